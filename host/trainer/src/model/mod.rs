@@ -1,0 +1,463 @@
+//! Qwen3 (dense) and Llama/SmolLM2 causal language models written from candle's primitive ops,
+//! so that every parameter is on the autograd graph.
+//!
+//! Why not candle-transformers: its fused softmax/rms_norm/rope, CPU flash attention and KV caches
+//! are called through `apply_op*_no_bwd` or `detach()`, so `backward()` silently reaches only the
+//! LM head; it also has no padding mask (see shared/reference/trainer-notes.md, B1). Here:
+//! generic `softmax`, a manual RMSNorm, RoPE by narrow/cat, matmul attention with an additive
+//! causal + key-padding mask, GQA by repeating k/v heads, and Hugging Face weight names.
+
+mod config;
+mod kv_cache;
+mod ops;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType, Device, Tensor, Var};
+
+pub use config::{Family, ModelConfig};
+pub use kv_cache::KvCache;
+pub use ops::{token_entropy, token_logprobs};
+
+use crate::lora::{Linear, LoraConfig, Param};
+use crate::rng::SamplerRng;
+
+/// Whether LoRA adapters take part in a forward pass. `Disabled` gives the base model, which is
+/// the KL reference under LoRA. Without adapters both modes are the same.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AdapterMode {
+    Enabled,
+    Disabled,
+}
+
+struct Layer {
+    input_layernorm: Param,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<Param>,
+    k_norm: Option<Param>,
+    post_attention_layernorm: Param,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+pub struct CausalLm {
+    cfg: ModelConfig,
+    lora: Option<LoraConfig>,
+    embed_tokens: Param,
+    layers: Vec<Layer>,
+    norm: Param,
+    /// None when the head is tied to the embeddings.
+    lm_head: Option<Linear>,
+    /// RoPE tables [max_positions, head_dim / 2].
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl CausalLm {
+    /// Random weights for tests and benchmarks (embeddings N(0,1), linear weights N(0, 1/fan_in),
+    /// norm weights 1 + N(0, 0.1²) so that activations and logits are O(1)). Not a training init.
+    pub fn random(
+        cfg: &ModelConfig,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rng = SamplerRng::new(seed);
+        let mut tensors = HashMap::new();
+        for (name, shape) in cfg.weight_shapes() {
+            let n: usize = shape.iter().product();
+            let values: Vec<f64> = if shape.len() == 1 {
+                (0..n).map(|_| 1.0 + 0.1 * rng.normal()).collect()
+            } else if name.ends_with("embed_tokens.weight") {
+                (0..n).map(|_| rng.normal()).collect()
+            } else {
+                let std = 1.0 / (shape[1] as f64).sqrt();
+                (0..n).map(|_| std * rng.normal()).collect()
+            };
+            tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
+        }
+        Self::build(cfg, tensors, lora, rng.next_u64(), true, dtype, device)
+    }
+
+    /// Build from Hugging Face-named tensors. Without `lora` every weight is trainable (full
+    /// fine-tuning); with `lora` only the adapters are. `seed` initialises the LoRA A matrices.
+    /// Missing tensors, wrong shapes and unexpected tensors are errors that name the tensor.
+    pub fn from_tensors(
+        cfg: &ModelConfig,
+        tensors: HashMap<String, Tensor>,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(cfg, tensors, lora, seed, true, dtype, device)
+    }
+
+    /// A copy with no trainable parameters and no adapters, holding the current merged
+    /// weights: the KL reference model for full fine-tuning.
+    pub fn frozen_copy(&self) -> Result<Self> {
+        let tensors = self.merged_weights()?.into_iter().collect();
+        Self::build(&self.cfg, tensors, None, 0, false, self.dtype, &self.device)
+    }
+
+    fn build(
+        cfg: &ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+        train_base: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if let Some(l) = lora {
+            l.validate()?;
+        }
+        if !matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16) {
+            bail!("model dtype must be a float type, got {dtype:?}");
+        }
+        let mut rng = SamplerRng::new(seed);
+        let expected = cfg.weight_shapes();
+        let mut take = |name: &str| take_tensor(&mut tensors, &expected, name, dtype, device);
+        // Norm weights and embeddings are trained only under full fine-tuning.
+        let train_plain = train_base && lora.is_none();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut linears = Vec::with_capacity(7);
+            for sub in [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
+                let name = format!("{p}.{sub}");
+                let w = take(&format!("{name}.weight"))?;
+                linears.push(Linear::new(name, w, lora, train_base, &mut rng)?);
+            }
+            let [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]: [Linear; 7] =
+                linears.try_into().map_err(|_| anyhow::anyhow!("seven linears per layer"))?;
+            let (q_norm, k_norm) = if cfg.family == Family::Qwen3 {
+                (
+                    Some(Param::new(take(&format!("{p}.self_attn.q_norm.weight"))?, train_plain)?),
+                    Some(Param::new(take(&format!("{p}.self_attn.k_norm.weight"))?, train_plain)?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                input_layernorm: Param::new(take(&format!("{p}.input_layernorm.weight"))?, train_plain)?,
+                post_attention_layernorm: Param::new(
+                    take(&format!("{p}.post_attention_layernorm.weight"))?,
+                    train_plain,
+                )?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+                gate_proj,
+                up_proj,
+                down_proj,
+            });
+        }
+        let embed_tokens = Param::new(take("model.embed_tokens.weight")?, train_plain)?;
+        let norm = Param::new(take("model.norm.weight")?, train_plain)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            // The head is not a LoRA target (PEFT's usual setting); it trains under full FT.
+            Some(Linear::new("lm_head".into(), take("lm_head.weight")?, None, train_plain, &mut rng)?)
+        };
+        drop(take);
+        // Tied checkpoints sometimes also ship lm_head.weight; HF's rotary_emb buffers are derived.
+        tensors.retain(|name, _| !(name == "lm_head.weight" || name.contains("rotary_emb")));
+        if !tensors.is_empty() {
+            let mut names: Vec<_> = tensors.keys().cloned().collect();
+            names.sort();
+            bail!(
+                "model weights: {} tensor(s) the {:?} config does not use, e.g. {:?} (wrong model family or shape?)",
+                names.len(),
+                cfg.family,
+                &names[..names.len().min(5)]
+            );
+        }
+        let (rope_cos, rope_sin) = ops::rope_tables(cfg, dtype, device)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            lora: lora.cloned(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope_cos,
+            rope_sin,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// input_ids [B, T] (u32); attention_mask [B, past + T] with 1 for real tokens and 0 for
+    /// padding (any numeric dtype; with a cache it covers cached and new positions). Position
+    /// ids are the running count of real tokens, so left padding does not shift them.
+    /// Returns logits [B, T, vocab] in the model dtype.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        adapters: AdapterMode,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, attention_mask, cache, adapters)?;
+        self.logits(&hidden, adapters)
+    }
+
+    /// Logits of the last position only, [B, vocab]: what sampling needs, without paying for
+    /// the vocabulary projection of every prompt position.
+    pub fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        adapters: AdapterMode,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, attention_mask, cache, adapters)?;
+        let t = hidden.dim(1)?;
+        Ok(self.logits(&hidden.narrow(1, t - 1, 1)?, adapters)?.squeeze(1)?)
+    }
+
+    /// Final hidden states (after the last norm), [B, T, hidden]. With [`Self::logits`] this
+    /// lets a caller project to the vocabulary in chunks to bound memory.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        adapters: AdapterMode,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
+        let past = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
+        if let Some(c) = cache.as_ref() {
+            if c.num_layers() != self.layers.len() {
+                bail!("kv cache has {} layers, the model {}", c.num_layers(), self.layers.len());
+            }
+            if past > 0 && c.batch_size() != b {
+                bail!("kv cache holds {} rows, input_ids has {b}", c.batch_size());
+            }
+        }
+        let (mb, ms) = attention_mask.dims2().context("attention_mask must be [batch, seq]")?;
+        if mb != b || ms != past + t {
+            bail!("attention_mask is [{mb}, {ms}], expected [{b}, {}] (cached {past} + new {t})", past + t);
+        }
+        let (mask, positions) = ops::mask_and_positions(attention_mask, past, t, self.dtype, &self.device)?;
+        if let Some(max) = positions.iter().copied().max()
+            && max as usize >= self.rope_cos.dim(0)?
+        {
+            bail!("position {max} exceeds the model's max_position_embeddings {}", self.rope_cos.dim(0)?);
+        }
+        let pos = Tensor::from_vec(positions, b * t, &self.device)?;
+        let half = self.cfg.head_dim / 2;
+        let cos = self.rope_cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.rope_sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        let mut x = self
+            .embed_tokens
+            .tensor()
+            .index_select(&ids, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn_in = ops::rms_norm(&x, layer.input_layernorm.tensor(), self.cfg.rms_norm_eps)?;
+            let attn = self.attention(i, layer, &attn_in, &mask, &cos, &sin, cache.as_deref_mut(), adapters)?;
+            x = (x + attn)?;
+            let mlp_in = ops::rms_norm(&x, layer.post_attention_layernorm.tensor(), self.cfg.rms_norm_eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&mlp_in, adapters)?)?;
+            let up = layer.up_proj.forward(&mlp_in, adapters)?;
+            x = (x + layer.down_proj.forward(&(gate * up)?, adapters)?)?;
+        }
+        ops::rms_norm(&x, self.norm.tensor(), self.cfg.rms_norm_eps)
+    }
+
+    /// Vocabulary projection of final hidden states: [B, T, hidden] -> [B, T, vocab].
+    pub fn logits(&self, hidden: &Tensor, adapters: AdapterMode) -> Result<Tensor> {
+        let (b, t, h) = hidden.dims3()?;
+        Ok(match &self.lm_head {
+            Some(head) => head.forward(hidden, adapters)?,
+            None => hidden
+                .reshape((b * t, h))?
+                .matmul(&self.embed_tokens.tensor().t()?)?
+                .reshape((b, t, self.cfg.vocab_size))?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        index: usize,
+        layer: &Layer,
+        x: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut KvCache>,
+        adapters: AdapterMode,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let eps = self.cfg.rms_norm_eps;
+        let mut q = layer.q_proj.forward(x, adapters)?.reshape((b, t, nh, hd))?;
+        let mut k = layer.k_proj.forward(x, adapters)?.reshape((b, t, nkv, hd))?;
+        let v = layer.v_proj.forward(x, adapters)?.reshape((b, t, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = ops::rms_norm(&q, qn.tensor(), eps)?;
+            k = ops::rms_norm(&k, kn.tensor(), eps)?;
+        }
+        let q = ops::apply_rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = ops::apply_rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match cache {
+            Some(c) => c.append(index, &k, &v)?,
+            None => (k, v),
+        };
+        let k = ops::repeat_kv(&k, nh / nkv)?;
+        let v = ops::repeat_kv(&v, nh / nkv)?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
+        // Generic softmax: softmax_last_dim has no backward in candle 0.11.
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        layer.o_proj.forward(&out, adapters)
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            out.extend([&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]);
+        }
+        out.extend(self.lm_head.as_ref());
+        out
+    }
+
+    /// Every base weight under its HF name (tied head omitted), as stored (adapters not merged).
+    fn base_params(&self) -> Vec<(String, &Param)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), &l.input_layernorm));
+            for lin in [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj] {
+                out.push((format!("{}.weight", lin.name), &lin.weight));
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                out.push((format!("{p}.self_attn.q_norm.weight"), qn));
+                out.push((format!("{p}.self_attn.k_norm.weight"), kn));
+            }
+            out.push((format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
+            for lin in [&l.gate_proj, &l.up_proj, &l.down_proj] {
+                out.push((format!("{}.weight", lin.name), &lin.weight));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), &h.weight));
+        }
+        out
+    }
+
+    /// Trainable parameters by stable name: HF names under full fine-tuning; under LoRA
+    /// "<module>.lora_A.weight" ([r, in]) and "<module>.lora_B.weight" ([out, r]).
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        let mut out: Vec<(String, Var)> = self
+            .base_params()
+            .into_iter()
+            .filter_map(|(n, p)| p.var().map(|v| (n, v.clone())))
+            .collect();
+        for lin in self.linears() {
+            if let Some(ad) = &lin.adapter {
+                out.push((format!("{}.lora_A.weight", lin.name), ad.a.clone()));
+                out.push((format!("{}.lora_B.weight", lin.name), ad.b.clone()));
+            }
+        }
+        out
+    }
+
+    /// Overwrite the trainable parameters from a name → tensor map (checkpoint resume, loading a
+    /// PEFT adapter). Every trainable name must be present with the right shape.
+    pub fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, var) in self.trainable_vars() {
+            let t = tensors.get(&name).with_context(|| format!("missing trainable tensor {name}"))?;
+            if t.dims() != var.dims() {
+                bail!("tensor {name} has shape {:?}, the model expects {:?}", t.dims(), var.dims());
+            }
+            var.set(&t.to_dtype(self.dtype)?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// All weights under HF names with LoRA merged in (W + alpha/r · B A); tied head omitted.
+    pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let merged: HashMap<String, Tensor> = self
+            .linears()
+            .into_iter()
+            .map(|l| Ok((format!("{}.weight", l.name), l.merged_weight()?)))
+            .collect::<Result<_>>()?;
+        self.base_params()
+            .into_iter()
+            .map(|(n, p)| {
+                let t = merged.get(&n).cloned().unwrap_or_else(|| p.tensor().detach());
+                Ok((n, t))
+            })
+            .collect()
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.cfg.num_parameters()
+    }
+
+    pub fn num_trainable_parameters(&self) -> usize {
+        self.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+}
+
+fn take_tensor(
+    tensors: &mut HashMap<String, Tensor>,
+    expected: &[(String, Vec<usize>)],
+    name: &str,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let shape = &expected.iter().find(|(n, _)| n == name).expect("name from weight_shapes").1;
+    let t = tensors.remove(name).with_context(|| format!("model weights: missing tensor {name}"))?;
+    if t.dims() != shape.as_slice() {
+        bail!("model weights: tensor {name} has shape {:?}, the config implies {:?}", t.dims(), shape);
+    }
+    Ok(t.to_dtype(dtype)?.to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! Differentiable building blocks (primitive candle ops only; see the module docs of `model`).
+
+use anyhow::{Result, bail};
+use candle_core::{D, DType, Device, Tensor};
+
+use super::ModelConfig;
+
+/// Additive mask value. Finite (not -inf) so that a query row whose keys are all padding gets a
+/// uniform softmax instead of NaN.
+const MASKED: f64 = -1e9;
+
+/// RMSNorm over the last dim, written out so that it has a backward pass
+/// (candle_nn's fused `rms_norm` has none).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(weight)?)
+}
+
+/// cos/sin tables [max_position_embeddings, head_dim / 2], computed in f64.
+pub fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let n = cfg.max_position_embeddings;
+    let inv_freq: Vec<f64> =
+        (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)).collect();
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for f in &inv_freq {
+            let a = p as f64 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (n, half), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+    let sin = Tensor::from_vec(sin, (n, half), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+    Ok((cos, sin))
+}
+
+/// Hugging Face ("rotate half") RoPE on x [B, H, T, hd] with cos/sin [B, 1, T, hd/2].
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[&a, &b], D::Minus1)?)
+}
+
+/// [B, KV, S, hd] -> [B, KV * n_rep, S, hd] (grouped-query attention).
+pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, s, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n_rep, s, hd))?.reshape((b, kv * n_rep, s, hd))?)
+}
+
+/// From a [B, past + T] 0/1 attention mask: the additive causal + key-padding mask
+/// [B, 1, T, past + T] and the position id of each new token (row-major [B * T]).
+pub fn mask_and_positions(
+    attention_mask: &Tensor,
+    past: usize,
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Vec<u32>)> {
+    let rows = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let s = past + t;
+    let mut mask = Vec::with_capacity(rows.len() * t * s);
+    let mut positions = Vec::with_capacity(rows.len() * t);
+    for (r, row) in rows.iter().enumerate() {
+        let mut count = 0u32;
+        let mut pos_of = Vec::with_capacity(s);
+        for &m in row {
+            if m != 0.0 && m != 1.0 {
+                bail!("attention_mask row {r} holds {m}; only 0 and 1 are allowed");
+            }
+            if m == 1.0 {
+                count += 1;
+            }
+            pos_of.push(count.saturating_sub(1));
+        }
+        positions.extend_from_slice(&pos_of[past..]);
+        for qi in 0..t {
+            let q_abs = past + qi;
+            for (kj, &m) in row.iter().enumerate() {
+                mask.push(if kj <= q_abs && m == 1.0 { 0.0 } else { MASKED });
+            }
+        }
+    }
+    let mask = Tensor::from_vec(mask, (rows.len(), 1, t, s), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+    Ok((mask, positions))
+}
+
+/// log p(targets) under softmax(logits): logits [B, T, V], targets [B, T] (u32) -> [B, T].
+/// Differentiable (generic log_softmax + gather). Callers shift: logits[:, t] predicts token t+1.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let idx = targets.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?;
+    Ok(logp.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?)
+}
+
+/// Entropy of softmax(logits) per position: [B, T, V] -> [B, T].
+pub fn token_entropy(logits: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let p = logp.exp()?;
+    Ok((p * logp)?.sum(D::Minus1)?.neg()?)
+}

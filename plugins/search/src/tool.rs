@@ -1,0 +1,293 @@
+//! The `search` tool: configuration, its function-calling spec, argument checking and the
+//! result text the model reads. Shared by the wasm component and native callers (tests, benches).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde_json::{Map, Value, json};
+
+use crate::corpus::{LoadWarning, load_dir};
+use crate::index::{Bm25fParams, Index};
+use crate::snippet::best_passage;
+use crate::tokenize::terms;
+
+pub const TOOL_NAME: &str = "search";
+const DEFAULT_DESCRIPTION: &str = "Search an offline knowledge base: Windows event definitions (Security, Sysmon, \
+PowerShell and ETW providers) with their fields, MITRE ATT&CK techniques, software and groups, and the Sigma \
+specification with logsource field lists. Returns the best-matching documents as short snippets with id, title \
+and source URL.";
+/// Longest query accepted, in characters: a tool call is not a place for a whole document.
+const MAX_QUERY_CHARS: usize = 2000;
+
+/// Plugin configuration (`plugins.search.config` in the run configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchConfig {
+    /// Directory of `*.jsonl` corpus files, as the plugin sees it (under the granted `/data`).
+    pub corpus_dir: PathBuf,
+    /// Results returned when the call gives no `k`.
+    pub default_k: usize,
+    /// Largest `k` a call may ask for.
+    pub max_k: usize,
+    /// Length of each result's snippet, in characters.
+    pub snippet_chars: usize,
+    /// The tool description offered to the model (describe your own corpus here).
+    pub description: String,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            corpus_dir: PathBuf::from("/data/knowledge"),
+            default_k: 5,
+            max_k: 10,
+            snippet_chars: 300,
+            description: DEFAULT_DESCRIPTION.to_owned(),
+        }
+    }
+}
+
+impl SearchConfig {
+    /// Reads the keys `corpus_dir`, `default_k`, `max_k`, `snippet_chars` and `description`
+    /// through `get` (the host's `config` import); unset keys keep their defaults. Errors name
+    /// the key and the bad value.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<SearchConfig, String> {
+        let mut config = SearchConfig::default();
+        if let Some(dir) = get("corpus_dir") {
+            if dir.trim().is_empty() {
+                return Err("config corpus_dir is empty".to_owned());
+            }
+            config.corpus_dir = PathBuf::from(dir.trim());
+        }
+        let number = |key: &str, default: usize, range: std::ops::RangeInclusive<usize>| -> Result<usize, String> {
+            let Some(raw) = get(key) else { return Ok(default) };
+            let value: usize = raw.trim().parse().map_err(|_| format!("config {key} = {raw:?} is not a whole number"))?;
+            if !range.contains(&value) {
+                return Err(format!("config {key} = {value} is out of range {}..={}", range.start(), range.end()));
+            }
+            Ok(value)
+        };
+        config.max_k = number("max_k", config.max_k, 1..=100)?;
+        config.default_k = number("default_k", config.default_k.min(config.max_k), 1..=100)?;
+        if config.default_k > config.max_k {
+            return Err(format!("config default_k = {} is larger than max_k = {}", config.default_k, config.max_k));
+        }
+        config.snippet_chars = number("snippet_chars", config.snippet_chars, 40..=5000)?;
+        if let Some(description) = get("description") {
+            config.description = description;
+        }
+        Ok(config)
+    }
+}
+
+/// The tool's function-calling description: (name, description, JSON Schema of the arguments).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub name: String,
+    pub description: String,
+    pub parameters: String,
+}
+
+/// The spec for a configuration (it does not depend on the corpus, so a host may ask for it
+/// before the corpus is loaded).
+pub fn spec(config: &SearchConfig) -> Spec {
+    let parameters = json!({
+        "type": "object",
+        "properties": {
+            "query": {
+                "type": "string",
+                "description": "What to look up: words, event IDs (\"EventID 4688\"), field names (\"CommandLine\"), ATT&CK ids (\"T1003.001\")."
+            },
+            "k": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": config.max_k,
+                "description": format!("How many results to return (default {}).", config.default_k)
+            }
+        },
+        "required": ["query"],
+        "additionalProperties": false
+    });
+    Spec { name: TOOL_NAME.to_owned(), description: config.description.clone(), parameters: parameters.to_string() }
+}
+
+/// A loaded search tool.
+pub struct SearchTool {
+    index: Index,
+    config: SearchConfig,
+}
+
+impl SearchTool {
+    /// Loads the corpus named by the configuration. Lines that could not be read are returned as
+    /// warnings (the caller logs them); an unreadable or empty corpus is an error.
+    pub fn load(config: SearchConfig) -> Result<(SearchTool, Vec<LoadWarning>), String> {
+        let corpus = load_dir(&config.corpus_dir)?;
+        let index = Index::build(corpus.documents, Bm25fParams::default());
+        Ok((SearchTool { index, config }, corpus.warnings))
+    }
+
+    /// A tool over an already built index (tests and benchmarks).
+    pub fn from_index(index: Index, config: SearchConfig) -> SearchTool {
+        SearchTool { index, config }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn config(&self) -> &SearchConfig {
+        &self.config
+    }
+
+    pub fn spec(&self) -> Spec {
+        spec(&self.config)
+    }
+
+    /// Runs one call. `arguments` is the JSON object of the call; an `Err` is a message for the
+    /// model naming the argument and the problem.
+    pub fn invoke(&self, arguments: &str) -> Result<String, String> {
+        let request = self.parse_arguments(arguments)?;
+        Ok(self.run(&request.query, request.k).to_string())
+    }
+
+    fn parse_arguments(&self, arguments: &str) -> Result<Request, String> {
+        let value: Value =
+            serde_json::from_str(arguments).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
+        let Value::Object(args) = value else {
+            return Err(format!("arguments must be a JSON object like {{\"query\": \"...\"}}, got {value}"));
+        };
+        if let Some(unknown) = args.keys().find(|k| !matches!(k.as_str(), "query" | "k")) {
+            return Err(format!("unknown argument \"{unknown}\"; expected \"query\" and optionally \"k\""));
+        }
+        let query = match args.get("query") {
+            None => return Err("missing required argument \"query\" (a string)".to_owned()),
+            Some(Value::String(q)) => q.trim().to_owned(),
+            Some(other) => return Err(format!("argument \"query\" must be a string, got {other}")),
+        };
+        if query.is_empty() {
+            return Err("argument \"query\" is empty; say what to look up".to_owned());
+        }
+        if query.chars().count() > MAX_QUERY_CHARS {
+            return Err(format!("argument \"query\" is longer than {MAX_QUERY_CHARS} characters"));
+        }
+        let k = self.parse_k(&args)?;
+        Ok(Request { query, k })
+    }
+
+    fn parse_k(&self, args: &Map<String, Value>) -> Result<usize, String> {
+        let max = self.config.max_k;
+        match args.get("k") {
+            None | Some(Value::Null) => Ok(self.config.default_k),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(k) if (1..=max as u64).contains(&k) => Ok(k as usize),
+                _ => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {n}")),
+            },
+            Some(other) => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {other}")),
+        }
+    }
+
+    /// The result object: `{"query", "results": [{"rank", "id", "title", "source_url", "score", "snippet"}]}`.
+    pub fn run(&self, query: &str, k: usize) -> Value {
+        let hits = self.index.search(query, k);
+        let weights: HashMap<String, f32> =
+            terms(query).into_iter().filter_map(|t| self.index.idf(&t).map(|w| (t, w))).collect();
+        let results: Vec<Value> = hits
+            .iter()
+            .enumerate()
+            .map(|(rank, hit)| {
+                let doc = &self.index.documents()[hit.doc];
+                json!({
+                    "rank": rank + 1,
+                    "id": doc.id,
+                    "title": doc.title,
+                    "source_url": doc.source_url,
+                    "score": (hit.score as f64 * 100.0).round() / 100.0,
+                    "snippet": best_passage(&doc.text, &weights, self.config.snippet_chars),
+                })
+            })
+            .collect();
+        json!({"query": query, "results": results})
+    }
+}
+
+struct Request {
+    query: String,
+    k: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corpus::Document;
+
+    fn tool() -> SearchTool {
+        let docs = vec![Document {
+            id: "sysmon-1".into(),
+            title: "Sysmon Event ID 1: Process creation".into(),
+            text: "Provides extended information about a newly created process.".into(),
+            source_url: "https://example.org/sysmon".into(),
+        }];
+        SearchTool::from_index(Index::build(docs, Bm25fParams::default()), SearchConfig::default())
+    }
+
+    #[test]
+    fn result_has_the_documented_fields() {
+        let out: Value = serde_json::from_str(&tool().invoke(r#"{"query": "sysmon process creation"}"#).unwrap()).unwrap();
+        let r = &out["results"][0];
+        assert_eq!(out["query"], "sysmon process creation");
+        assert_eq!(r["rank"], 1);
+        assert_eq!(r["id"], "sysmon-1");
+        assert_eq!(r["title"], "Sysmon Event ID 1: Process creation");
+        assert_eq!(r["source_url"], "https://example.org/sysmon");
+        assert!(r["score"].as_f64().unwrap() > 0.0);
+        assert!(r["snippet"].as_str().unwrap().contains("newly created process"), "{r}");
+    }
+
+    #[test]
+    fn bad_arguments_are_clear_errors() {
+        let t = tool();
+        let err = |args: &str| t.invoke(args).unwrap_err();
+        assert_eq!(err("{}"), "missing required argument \"query\" (a string)");
+        assert_eq!(err(r#"{"query": 42}"#), "argument \"query\" must be a string, got 42");
+        assert_eq!(err(r#"{"query": "   "}"#), "argument \"query\" is empty; say what to look up");
+        assert_eq!(err(r#"{"query": "x", "k": 0}"#), "argument \"k\" must be a whole number from 1 to 10, got 0");
+        assert_eq!(err(r#"{"query": "x", "k": 11}"#), "argument \"k\" must be a whole number from 1 to 10, got 11");
+        assert_eq!(err(r#"{"query": "x", "k": 2.5}"#), "argument \"k\" must be a whole number from 1 to 10, got 2.5");
+        assert_eq!(err(r#"{"query": "x", "k": "3"}"#), "argument \"k\" must be a whole number from 1 to 10, got \"3\"");
+        assert_eq!(err(r#"{"query": "x", "top": 3}"#), "unknown argument \"top\"; expected \"query\" and optionally \"k\"");
+        assert!(err(r#"["x"]"#).starts_with("arguments must be a JSON object"));
+        assert!(err("{query:").starts_with("arguments are not valid JSON"));
+        assert!(err(&format!("{{\"query\": \"{}\"}}", "a".repeat(2001))).contains("longer than 2000"));
+    }
+
+    #[test]
+    fn k_and_no_hits() {
+        let t = tool();
+        let out: Value = serde_json::from_str(&t.invoke(r#"{"query": "zzzz unknownword", "k": 3}"#).unwrap()).unwrap();
+        assert_eq!(out["results"], json!([]));
+    }
+
+    #[test]
+    fn spec_is_a_valid_schema_with_the_configured_limits() {
+        let spec = tool().spec();
+        assert_eq!(spec.name, "search");
+        let schema: Value = serde_json::from_str(&spec.parameters).unwrap();
+        assert_eq!(schema["required"], json!(["query"]));
+        assert_eq!(schema["properties"]["k"]["maximum"], 10);
+    }
+
+    #[test]
+    fn config_keys_are_checked() {
+        let cfg = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            SearchConfig::from_lookup(|k| map.get(k).cloned())
+        };
+        assert_eq!(cfg(&[]).unwrap(), SearchConfig::default());
+        let c = cfg(&[("corpus_dir", "/data/mine"), ("max_k", "20"), ("default_k", "8")]).unwrap();
+        assert_eq!((c.corpus_dir.to_str().unwrap(), c.max_k, c.default_k), ("/data/mine", 20, 8));
+        assert_eq!(cfg(&[("max_k", "ten")]).unwrap_err(), "config max_k = \"ten\" is not a whole number");
+        assert_eq!(cfg(&[("max_k", "3"), ("default_k", "4")]).unwrap_err(), "config default_k = 4 is larger than max_k = 3");
+        assert!(cfg(&[("snippet_chars", "5")]).unwrap_err().contains("out of range 40..=5000"));
+        // a small max_k lowers the default k with it
+        assert_eq!(cfg(&[("max_k", "3")]).unwrap().default_k, 3);
+    }
+}

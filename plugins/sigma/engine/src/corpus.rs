@@ -1,0 +1,311 @@
+//! The event store: every event of a corpus parsed once, with one interned field table, and an
+//! index by (Channel, EventID) so that a rule only looks at the events its logsource can match.
+//!
+//! Loading is serial and uses only `std::fs` (the Wasm reward plugin runs this code without
+//! threads); the CLI parses files in parallel with [`load_event_file`] and feeds the results to
+//! a [`CorpusBuilder`] in file order, so both paths build the identical store.
+//!
+//! [`Corpus::write_cache`] / [`Corpus::read_cache`] save and restore the store; see `cache.rs`
+//! for the format.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::event::{Event, FieldKey, FieldTable, FileId};
+
+/// Something a loader skipped, named by file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadWarning {
+    pub file: String,
+    pub message: String,
+}
+
+impl fmt::Display for LoadWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.message)
+    }
+}
+
+/// The events of one file, with a field table of their own (files are parsed independently,
+/// possibly in parallel; [`CorpusBuilder::add`] re-keys them into the corpus table).
+#[derive(Debug)]
+pub struct LoadedFile {
+    pub name: String,
+    pub table: FieldTable,
+    /// Events with `FileId(0)`; the builder gives them their real file id.
+    pub events: Vec<Event>,
+    pub warnings: Vec<LoadWarning>,
+}
+
+impl LoadedFile {
+    pub fn new(name: &str) -> Self {
+        LoadedFile { name: name.to_string(), table: FieldTable::new(), events: Vec::new(), warnings: Vec::new() }
+    }
+
+    pub fn warn(&mut self, message: String) {
+        self.warnings.push(LoadWarning { file: self.name.clone(), message });
+    }
+}
+
+/// The formats [`load_event_file`] understands, chosen by file extension (then by content).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventFormat {
+    Evtx,
+    Json,
+}
+
+impl EventFormat {
+    /// The format of `path` judged by its extension, `None` for files a directory walk skips.
+    pub fn from_extension(path: &Path) -> Option<EventFormat> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "evtx" => Some(EventFormat::Evtx),
+            "json" | "jsonl" | "ndjson" => Some(EventFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// One file to load: where it is, and the name events report (relative to the root it was
+/// found under).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+/// The event files under `root`: the file itself (named by its bare file name), or every
+/// `.evtx`/`.json`/`.jsonl`/`.ndjson` file below a directory (named by its path relative to it,
+/// with `/` separators), in sorted order.
+pub fn collect_event_files(root: &Path) -> std::io::Result<Vec<SourceFile>> {
+    let meta = std::fs::metadata(root)?;
+    if meta.is_file() {
+        let name = root.file_name().map_or_else(|| root.display().to_string(), |n| n.to_string_lossy().into_owned());
+        return Ok(vec![SourceFile { path: root.to_path_buf(), name }]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() || (kind.is_symlink() && path.is_dir()) {
+                stack.push(path);
+            } else if EventFormat::from_extension(&path).is_some() {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                out.push(SourceFile { path, name });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Reads and parses one event file. Never fails: an unreadable or corrupt file gives warnings
+/// and whatever events could be read.
+pub fn load_event_file(source: &SourceFile) -> LoadedFile {
+    let bytes = match std::fs::read(&source.path) {
+        Ok(b) => b,
+        Err(err) => {
+            let mut loaded = LoadedFile::new(&source.name);
+            loaded.warn(format!("cannot read the file ({err}); skipped"));
+            return loaded;
+        }
+    };
+    let format = EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") {
+        EventFormat::Evtx
+    } else {
+        EventFormat::Json
+    });
+    match format {
+        EventFormat::Evtx => crate::evtx::load_evtx_bytes(&source.name, bytes),
+        EventFormat::Json => crate::json_events::load_json_bytes(&source.name, &bytes),
+    }
+}
+
+/// The sentinel key of field names no event in the corpus has: no event holds it, so a rule that
+/// names such a field sees it as absent.
+pub const ABSENT_FIELD: FieldKey = FieldKey(u32::MAX);
+
+/// An index bucket: events with this (lowercased Channel, EventID text).
+pub type BucketKey = (Box<str>, Box<str>);
+
+/// All events of a corpus.
+#[derive(Debug, Default)]
+pub struct Corpus {
+    pub(crate) table: FieldTable,
+    pub(crate) files: Vec<String>,
+    pub(crate) events: Vec<Event>,
+    /// Event indices (ascending) per (lowercased Channel, EventID text); "" when absent.
+    pub(crate) index: BTreeMap<BucketKey, Vec<u32>>,
+}
+
+impl Corpus {
+    pub fn builder() -> CorpusBuilder {
+        CorpusBuilder::default()
+    }
+
+    /// Loads `sources` one after the other (no threads), returning the corpus and what was
+    /// skipped.
+    pub fn load(sources: &[SourceFile]) -> (Corpus, Vec<LoadWarning>) {
+        let mut builder = Corpus::builder();
+        for source in sources {
+            builder.add(load_event_file(source));
+        }
+        builder.finish()
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    pub fn event(&self, index: u32) -> &Event {
+        &self.events[index as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn table(&self) -> &FieldTable {
+        &self.table
+    }
+
+    /// File names (relative to their root), indexed by [`FileId`].
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    pub fn file_name(&self, file: FileId) -> &str {
+        &self.files[file.0 as usize]
+    }
+
+    /// The key of an event field name, or [`ABSENT_FIELD`] when no event has it. Pure, so rules
+    /// can be compiled in parallel against one corpus.
+    pub fn field_key(&self, name: &str) -> FieldKey {
+        self.table.get(name).unwrap_or(ABSENT_FIELD)
+    }
+
+    /// The index buckets with their sizes, for diagnostics.
+    pub fn buckets(&self) -> impl Iterator<Item = (&BucketKey, usize)> {
+        self.index.iter().map(|(k, v)| (k, v.len()))
+    }
+
+    /// Indices (ascending) of the events whose bucket passes `accept(channel_lower, event_id)`.
+    pub fn select(&self, mut accept: impl FnMut(&str, &str) -> bool) -> Vec<u32> {
+        let lists: Vec<&Vec<u32>> =
+            self.index.iter().filter(|((channel, id), _)| accept(channel, id)).map(|(_, v)| v).collect();
+        let mut out: Vec<u32> = lists.iter().flat_map(|v| v.iter().copied()).collect();
+        if lists.len() > 1 {
+            out.sort_unstable();
+        }
+        out
+    }
+
+    pub(crate) fn build_index(&mut self) {
+        let channel = self.table.get("Channel");
+        let event_id = self.table.get("EventID");
+        let mut index: BTreeMap<BucketKey, Vec<u32>> = BTreeMap::new();
+        for (i, event) in self.events.iter().enumerate() {
+            let text = |key: Option<FieldKey>, lower: bool| -> Box<str> {
+                let value = key.and_then(|k| event.values(k).next());
+                value.map_or("".into(), |v| if lower { v.lower().into() } else { v.text().trim().into() })
+            };
+            index.entry((text(channel, true), text(event_id, false))).or_default().push(i as u32);
+        }
+        self.index = index;
+    }
+}
+
+/// Builds a [`Corpus`] from loaded files, in the order they are added.
+#[derive(Debug, Default)]
+pub struct CorpusBuilder {
+    corpus: Corpus,
+    warnings: Vec<LoadWarning>,
+}
+
+impl CorpusBuilder {
+    pub fn add(&mut self, loaded: LoadedFile) {
+        let file = FileId(self.corpus.files.len() as u32);
+        self.corpus.files.push(loaded.name);
+        self.warnings.extend(loaded.warnings);
+        let remap: Vec<FieldKey> = loaded.table.names().map(|name| self.corpus.table.intern(name)).collect();
+        self.corpus.events.reserve(loaded.events.len());
+        for event in loaded.events {
+            let (_, record_id, timestamp, mut fields) = event.into_parts();
+            for (key, _) in &mut fields {
+                *key = remap[key.0 as usize];
+            }
+            self.corpus.events.push(Event::new(file, record_id, timestamp, fields));
+        }
+    }
+
+    pub fn finish(mut self) -> (Corpus, Vec<LoadWarning>) {
+        self.corpus.build_index();
+        (self.corpus, self.warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json_events::load_json_bytes;
+
+    fn corpus_of(files: &[(&str, &str)]) -> Corpus {
+        let mut b = Corpus::builder();
+        for (name, text) in files {
+            b.add(load_json_bytes(name, text.as_bytes()));
+        }
+        b.finish().0
+    }
+
+    #[test]
+    fn builder_merges_field_tables_and_indexes_by_channel_and_event_id() {
+        let c = corpus_of(&[
+            ("a.json", r#"{"Event":{"System":{"EventID":1,"EventRecordID":10,"Channel":"Microsoft-Windows-Sysmon/Operational"},"EventData":{"Image":"x"}}}"#),
+            ("b.json", r#"{"Event":{"System":{"Channel":"Security","EventID":"4688","EventRecordID":3},"EventData":{"NewProcessName":"y"}}}
+{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"#),
+        ]);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.files(), ["a.json", "b.json"]);
+        assert_eq!(c.file_name(c.event(1).file), "b.json");
+        let image = c.field_key("Image");
+        assert_eq!(c.event(0).values(image).next().unwrap().text(), "x");
+        assert_eq!(c.field_key("NoSuchField"), ABSENT_FIELD);
+        // String- and integer-typed EventIDs share a bucket.
+        assert_eq!(c.select(|ch, id| ch == "security" && id == "4688"), [1, 2]);
+        assert_eq!(c.select(|_, id| id == "1" || id == "4688"), [0, 1, 2]);
+        assert!(c.select(|ch, _| ch == "system").is_empty());
+    }
+
+    #[test]
+    fn collect_event_files_names_files_relative_to_the_root() {
+        let dir = std::env::temp_dir().join(format!("sf-collect-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/b.evtx"), b"").unwrap();
+        std::fs::write(dir.join("a.jsonl"), b"").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"").unwrap();
+        let files = collect_event_files(&dir).unwrap();
+        let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.jsonl", "sub/b.evtx"]);
+        let single = collect_event_files(&dir.join("sub/b.evtx")).unwrap();
+        assert_eq!(single[0].name, "b.evtx");
+        assert!(collect_event_files(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_file_is_a_warning() {
+        let (c, warnings) = Corpus::load(&[SourceFile { path: "/nonexistent/x.evtx".into(), name: "x.evtx".into() }]);
+        assert!(c.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].to_string().starts_with("x.evtx: cannot read"));
+    }
+}

@@ -1,0 +1,524 @@
+//! Compiling a rule's detection into matchers, and evaluating them on events.
+//!
+//! Semantics (sigma-spec.md section K): a missing field makes an item false and `not` of it true
+//! (two-valued logic); `null` matches an absent field or a null/empty value; keywords match when
+//! any value of the event contains them; a multi-valued field matches when any element does;
+//! strings compare case-insensitively (against the event's pre-lowered text) unless `cased`;
+//! numbers compare by their text, so `EventID: 4688` matches both `4688` and `"4688"`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use regex::Regex;
+
+use super::condition::Condition;
+use super::matcher::{AnyOf, StrMatcher, build_regex, compile_pattern};
+use super::modifier::Modifier;
+use super::pattern::{Pattern, Tok, Utf16};
+use super::timestamp::DateTime;
+use super::{Detection, Item, RawKind, SearchBody};
+use crate::diagnostic::{Diagnostic, Pos};
+use crate::event::{Event, FieldKey, Value, parse_number};
+use crate::rule::Rule;
+
+/// What `compile` needs besides the rule.
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// Values for `|expand` placeholders: `"known_cdcs"` (without `%`) → the values it stands for.
+    pub placeholders: HashMap<String, Vec<String>>,
+    /// What to do with a placeholder that has no configured values.
+    pub unknown_placeholder: PlaceholderPolicy,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum PlaceholderPolicy {
+    /// Refuse the rule with an error naming the placeholder (the spec: a tool that cannot
+    /// resolve placeholders must reject the rule).
+    #[default]
+    Error,
+    /// Treat the placeholder as an empty list of values: the value matches nothing.
+    MatchNothing,
+}
+
+/// A rule's detection, ready to run.
+#[derive(Clone, Debug)]
+pub struct CompiledRule {
+    searches: Vec<CompiledSearch>,
+    condition: Expr,
+    fields: Vec<FieldKey>,
+}
+
+impl CompiledRule {
+    /// Whether the rule's detection matches the event (logsource conditions are the caller's).
+    pub fn matches(&self, event: &Event) -> bool {
+        self.condition.eval(&self.searches, event)
+    }
+
+    /// Every field key the detection reads (sorted, unique). Keywords read all fields and add none.
+    pub fn fields(&self) -> &[FieldKey] {
+        &self.fields
+    }
+}
+
+/// Compiles `rule`'s detection. `resolve` maps each Sigma field name the rule uses to an event
+/// field key (it is called once per distinct name).
+pub fn compile(rule: &Rule, options: &CompileOptions, resolve: &mut dyn FnMut(&str) -> FieldKey) -> Result<CompiledRule, Diagnostic> {
+    compile_detection(&rule.detection, options, resolve)
+        .map_err(|(pos, message)| Diagnostic::error("compile", &rule.origin, Some(pos), message))
+}
+
+pub(crate) fn compile_detection(
+    detection: &Detection,
+    options: &CompileOptions,
+    resolve: &mut dyn FnMut(&str) -> FieldKey,
+) -> Result<CompiledRule, (Pos, String)> {
+    let mut cache: HashMap<String, FieldKey> = HashMap::new();
+    let mut fields = Vec::new();
+    let mut resolve_once = |name: &str| -> FieldKey {
+        if let Some(k) = cache.get(name) {
+            return *k;
+        }
+        let k = resolve(name);
+        cache.insert(name.to_string(), k);
+        fields.push(k);
+        k
+    };
+    let mut searches = Vec::with_capacity(detection.searches.len());
+    for s in &detection.searches {
+        searches.push(compile_body(&s.body, Some(options), &mut resolve_once)?);
+    }
+    let names: Vec<&str> = detection.names().collect();
+    let condition = Expr::from_condition(&detection.condition, &names);
+    fields.sort();
+    fields.dedup();
+    Ok(CompiledRule { searches, condition, fields })
+}
+
+fn compile_body(body: &SearchBody, options: Option<&CompileOptions>, resolve: &mut dyn FnMut(&str) -> FieldKey) -> Result<CompiledSearch, (Pos, String)> {
+    Ok(match body {
+        SearchBody::AllOf(items) => {
+            CompiledSearch::AllOf(items.iter().map(|i| build_item(i, options, resolve)).collect::<Result<_, _>>()?)
+        }
+        SearchBody::AnyOf(bodies) => {
+            CompiledSearch::AnyOf(bodies.iter().map(|b| compile_body(b, options, resolve)).collect::<Result<_, _>>()?)
+        }
+        SearchBody::Keyword(item) => CompiledSearch::Item(build_item(item, options, resolve)?),
+    })
+}
+
+#[derive(Clone, Debug)]
+enum CompiledSearch {
+    AllOf(Vec<CompiledItem>),
+    AnyOf(Vec<CompiledSearch>),
+    Item(CompiledItem),
+}
+
+impl CompiledSearch {
+    fn eval(&self, event: &Event) -> bool {
+        match self {
+            CompiledSearch::AllOf(items) => items.iter().all(|i| i.eval(event)),
+            CompiledSearch::AnyOf(v) => v.iter().any(|s| s.eval(event)),
+            CompiledSearch::Item(i) => i.eval(event),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Expr {
+    Search(usize),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+}
+
+impl Expr {
+    /// References were checked at parse time; `x of` targets expand here.
+    fn from_condition(c: &Condition, names: &[&str]) -> Expr {
+        let index = |n: &str| names.iter().position(|x| *x == n).expect("condition references were validated at parse time");
+        match c {
+            Condition::Ref(n) => Expr::Search(index(n)),
+            Condition::Not(inner) => Expr::Not(Box::new(Expr::from_condition(inner, names))),
+            Condition::And(v) => Expr::And(v.iter().map(|c| Expr::from_condition(c, names)).collect()),
+            Condition::Or(v) => Expr::Or(v.iter().map(|c| Expr::from_condition(c, names)).collect()),
+            Condition::OneOf(t) => Expr::Or(t.select(names.iter().copied()).into_iter().map(|n| Expr::Search(index(n))).collect()),
+            Condition::AllOf(t) => Expr::And(t.select(names.iter().copied()).into_iter().map(|n| Expr::Search(index(n))).collect()),
+        }
+    }
+
+    fn eval(&self, searches: &[CompiledSearch], event: &Event) -> bool {
+        match self {
+            Expr::Search(i) => searches[*i].eval(event),
+            Expr::Not(e) => !e.eval(searches, event),
+            Expr::And(v) => v.iter().all(|e| e.eval(searches, event)),
+            Expr::Or(v) => v.iter().any(|e| e.eval(searches, event)),
+        }
+    }
+}
+
+/// One compiled `field|modifiers: values` item.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledItem {
+    /// `None`: a keyword, tested against every value of the event.
+    field: Option<FieldKey>,
+    /// `neq`: the item's result is negated.
+    negate: bool,
+    test: Test,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+impl Cmp {
+    fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Gt => a > b,
+            Cmp::Gte => a >= b,
+            Cmp::Lt => a < b,
+            Cmp::Lte => a <= b,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum RefHow {
+    Equal,
+    Contains,
+    StartsWith,
+    EndsWith,
+}
+
+#[derive(Clone, Debug)]
+enum Test {
+    /// Absent field, or a null or empty value.
+    Null,
+    Exists(bool),
+    /// Any value matches any pattern.
+    Strings { any: AnyOf, cased: bool },
+    /// `all`: each rule value (its variants ORed) must match some event value.
+    StringsAll { each: Vec<AnyOf>, cased: bool },
+    Regex { regexes: Vec<Regex>, all: bool },
+    Cidr { nets: Vec<Cidr>, all: bool },
+    Compare { op: Cmp, values: Vec<f64>, all: bool },
+    TimePart { part: Modifier, op: Cmp, values: Vec<f64>, all: bool },
+    FieldRef { refs: Vec<FieldKey>, how: RefHow, cased: bool, all: bool },
+}
+
+impl CompiledItem {
+    #[inline]
+    fn eval(&self, event: &Event) -> bool {
+        let r = match self.field {
+            Some(key) => self.test.eval(event, || event.values(key)),
+            None => self.test.eval(event, || event.fields().iter().map(|(_, v)| v)),
+        };
+        r != self.negate
+    }
+}
+
+/// `all` or `any` over a list of conditions.
+fn quantify<T>(items: &[T], all: bool, f: impl FnMut(&T) -> bool) -> bool {
+    if all { items.iter().all(f) } else { items.iter().any(f) }
+}
+
+impl Test {
+    fn eval<'e, I: Iterator<Item = &'e Value>>(&self, event: &'e Event, values: impl Fn() -> I) -> bool {
+        let text = |v: &'e Value, cased: bool| if cased { v.text() } else { v.lower() };
+        match self {
+            Test::Null => {
+                let mut it = values().peekable();
+                it.peek().is_none() || values().any(|v| v.is_null() || v.text().is_empty())
+            }
+            Test::Exists(want) => values().next().is_some() == *want,
+            Test::Strings { any, cased } => values().any(|v| any.is_match(text(v, *cased))),
+            Test::StringsAll { each, cased } => each.iter().all(|a| values().any(|v| a.is_match(text(v, *cased)))),
+            Test::Regex { regexes, all } => quantify(regexes, *all, |r| values().any(|v| r.is_match(v.text()))),
+            Test::Cidr { nets, all } => quantify(nets, *all, |n| {
+                values().any(|v| v.text().trim().parse::<IpAddr>().is_ok_and(|ip| n.contains(ip)))
+            }),
+            Test::Compare { op, values: wanted, all } => quantify(wanted, *all, |w| {
+                values().any(|v| v.as_f64().is_some_and(|x| op.holds(x, *w)))
+            }),
+            Test::TimePart { part, op, values: wanted, all } => {
+                let parts: Vec<i64> = {
+                    let from_field: Vec<i64> = values().filter_map(|v| DateTime::parse(v.text())).map(|d| d.part(*part)).collect();
+                    if from_field.is_empty() && values().next().is_none() {
+                        event.timestamp_us.map(|us| DateTime::from_unix_micros(us).part(*part)).into_iter().collect()
+                    } else {
+                        from_field
+                    }
+                };
+                quantify(wanted, *all, |w| parts.iter().any(|p| op.holds(*p as f64, *w)))
+            }
+            Test::FieldRef { refs, how, cased, all } => quantify(refs, *all, |r| {
+                values().any(|v| {
+                    let a = text(v, *cased);
+                    event.values(*r).any(|w| {
+                        let b = text(w, *cased);
+                        match how {
+                            RefHow::Equal => a == b,
+                            RefHow::Contains => memchr::memmem::find(a.as_bytes(), b.as_bytes()).is_some(),
+                            RefHow::StartsWith => a.starts_with(b),
+                            RefHow::EndsWith => a.ends_with(b),
+                        }
+                    })
+                })
+            }),
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network.
+#[derive(Clone, Debug)]
+struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("'{s}' is not a valid CIDR network (e.g. 10.0.0.0/8 or fe80::/10)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, total: u32, prefix: u8) -> u128 {
+            if prefix == 0 { 0 } else { bits >> (total - prefix as u32) }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net) as u128, 32, self.prefix) == masked(u32::from(ip) as u128, 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), 128, self.prefix) == masked(u128::from(ip), 128, self.prefix),
+            (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+            _ => false,
+        }
+    }
+}
+
+/// Builds one item. `options` is `None` for the validation pass at parse time: placeholders are
+/// then left unexpanded.
+pub(crate) fn build_item(
+    item: &Item,
+    options: Option<&CompileOptions>,
+    resolve: &mut dyn FnMut(&str) -> FieldKey,
+) -> Result<CompiledItem, (Pos, String)> {
+    let mods = &item.modifiers;
+    let has = |m: Modifier| mods.contains(&m);
+    let all = has(Modifier::All);
+    let negate = has(Modifier::Neq);
+    let cased = has(Modifier::Cased);
+    let key_name = || {
+        let mut k = item.field.clone().unwrap_or_default();
+        for m in mods {
+            k.push('|');
+            k.push_str(m.name());
+        }
+        k
+    };
+    let err = |pos: Pos, msg: String| Err((pos, format!("'{}': {msg}", key_name())));
+    let field = item.field.as_deref().map(&mut *resolve);
+
+    let test = if item.values.len() == 1 && item.values[0].kind == RawKind::Null {
+        Test::Null
+    } else if has(Modifier::Exists) {
+        let v = &item.values[0];
+        if item.values.len() != 1 || v.kind != RawKind::Bool {
+            return err(v.pos, "'exists' takes a single true or false".into());
+        }
+        Test::Exists(v.text == "true")
+    } else if has(Modifier::Re) {
+        let mut regexes = Vec::new();
+        for v in &item.values {
+            let r = build_regex(&v.text, has(Modifier::IgnoreCase), has(Modifier::Multiline), has(Modifier::DotAll));
+            regexes.push(r.or_else(|e| err(v.pos, e))?);
+        }
+        Test::Regex { regexes, all }
+    } else if has(Modifier::Cidr) {
+        let mut nets = Vec::new();
+        for v in &item.values {
+            nets.push(Cidr::parse(&v.text).or_else(|e| err(v.pos, e))?);
+        }
+        Test::Cidr { nets, all }
+    } else if let Some(part) = mods.iter().copied().find(|m| m.is_time_part()) {
+        let op = comparison(mods).unwrap_or(Cmp::Eq);
+        Test::TimePart { part, op, values: numbers(item, &key_name())?, all }
+    } else if let Some(op) = comparison(mods) {
+        Test::Compare { op, values: numbers(item, &key_name())?, all }
+    } else if has(Modifier::FieldRef) {
+        let mut refs = Vec::new();
+        for v in &item.values {
+            if v.text.contains(['*', '?']) || v.text.is_empty() {
+                return err(v.pos, format!("'fieldref' takes the name of another field, without wildcards (got '{}')", v.text));
+            }
+            refs.push(resolve(&v.text));
+        }
+        let how = if has(Modifier::Contains) {
+            RefHow::Contains
+        } else if has(Modifier::StartsWith) {
+            RefHow::StartsWith
+        } else if has(Modifier::EndsWith) {
+            RefHow::EndsWith
+        } else {
+            RefHow::Equal
+        };
+        Test::FieldRef { refs, how, cased, all }
+    } else {
+        let mut per_value = Vec::with_capacity(item.values.len());
+        for v in &item.values {
+            let patterns = transform(item, v, options).or_else(|e| err(v.pos, e))?;
+            per_value.push(patterns.iter().flat_map(|p| compile_pattern(p, cased)).collect::<Vec<StrMatcher>>());
+        }
+        if all {
+            Test::StringsAll { each: per_value.into_iter().map(AnyOf::new).collect(), cased }
+        } else {
+            Test::Strings { any: AnyOf::new(per_value.into_iter().flatten().collect()), cased }
+        }
+    };
+    Ok(CompiledItem { field, negate, test })
+}
+
+fn comparison(mods: &[Modifier]) -> Option<Cmp> {
+    mods.iter().find_map(|m| match m {
+        Modifier::Gt => Some(Cmp::Gt),
+        Modifier::Gte => Some(Cmp::Gte),
+        Modifier::Lt => Some(Cmp::Lt),
+        Modifier::Lte => Some(Cmp::Lte),
+        _ => None,
+    })
+}
+
+fn numbers(item: &Item, key: &str) -> Result<Vec<f64>, (Pos, String)> {
+    let mut out = Vec::new();
+    for v in &item.values {
+        match (v.kind, parse_number(&v.text)) {
+            (RawKind::Number, Some(n)) => out.push(n),
+            _ => {
+                return Err((
+                    v.pos,
+                    format!("'{key}': numeric and time modifiers need a number, got '{}' (quoted numbers are strings)", v.text),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Applies the value-transforming modifiers in the order written and returns the patterns the
+/// value stands for (several after `base64offset`, `expand`).
+fn transform(item: &Item, v: &super::RawValue, options: Option<&CompileOptions>) -> Result<Vec<Pattern>, String> {
+    let base = match v.kind {
+        RawKind::String => Pattern::parse(&v.text),
+        _ => Pattern::literal(&v.text),
+    };
+    let mut patterns = vec![base];
+    let mut positioned = false;
+    for m in &item.modifiers {
+        patterns = match m {
+            Modifier::Expand => match options {
+                None => patterns,
+                Some(o) => {
+                    let mut out = Vec::new();
+                    for p in patterns {
+                        out.extend(expand_placeholders(p, o)?);
+                    }
+                    out
+                }
+            },
+            Modifier::Windash => patterns.into_iter().map(Pattern::windash).collect(),
+            Modifier::Utf16le | Modifier::Wide => utf16_all(patterns, Utf16::LittleEndian)?,
+            Modifier::Utf16be => utf16_all(patterns, Utf16::BigEndian)?,
+            Modifier::Utf16 => utf16_all(patterns, Utf16::WithBom)?,
+            Modifier::Base64 => patterns.iter().map(Pattern::base64).collect::<Result<_, _>>()?,
+            Modifier::Base64Offset => {
+                let mut out = Vec::new();
+                for p in &patterns {
+                    out.extend(p.base64offset()?);
+                }
+                out
+            }
+            Modifier::Contains => {
+                positioned = true;
+                patterns.into_iter().map(Pattern::contains).collect()
+            }
+            Modifier::StartsWith => {
+                positioned = true;
+                patterns.into_iter().map(Pattern::startswith).collect()
+            }
+            Modifier::EndsWith => {
+                positioned = true;
+                patterns.into_iter().map(Pattern::endswith).collect()
+            }
+            _ => patterns,
+        };
+    }
+    // Keywords are searched for inside the event's values ("applied to the full log message").
+    if item.field.is_none() && !positioned {
+        patterns = patterns.into_iter().map(Pattern::contains).collect();
+    }
+    Ok(patterns)
+}
+
+fn utf16_all(patterns: Vec<Pattern>, enc: Utf16) -> Result<Vec<Pattern>, String> {
+    patterns.into_iter().map(|p| p.utf16(enc)).collect()
+}
+
+/// Replaces each `%name%` with every configured value of `name` (all combinations when a value
+/// holds several placeholders).
+fn expand_placeholders(p: Pattern, options: &CompileOptions) -> Result<Vec<Pattern>, String> {
+    let toks = &p.0;
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i] == Tok::Lit('%') {
+            let name: Option<String> = toks[i + 1..]
+                .iter()
+                .take_while(|t| **t != Tok::Lit('%'))
+                .map(|t| match t {
+                    Tok::Lit(c) if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') => Some(*c),
+                    _ => None,
+                })
+                .collect();
+            let end = i + 1 + name.as_ref().map_or(0, String::len);
+            if let Some(name) = name.filter(|n| !n.is_empty() && end < toks.len()) {
+                let values: &[String] = match options.placeholders.get(&name) {
+                    Some(v) => v,
+                    None if options.unknown_placeholder == PlaceholderPolicy::MatchNothing => &[],
+                    None => {
+                        return Err(format!(
+                            "placeholder '%{name}%' has no configured values; give its values in the placeholder configuration (or choose to let unknown placeholders match nothing)"
+                        ));
+                    }
+                };
+                // Expand the rest first, so that text inside a substituted value is never
+                // mistaken for another placeholder.
+                let tails = expand_placeholders(Pattern(toks[end + 1..].to_vec(), p.1), options)?;
+                let mut out = Vec::new();
+                for value in values {
+                    for tail in &tails {
+                        let mut t = toks[..i].to_vec();
+                        t.extend(value.chars().map(Tok::Lit));
+                        t.extend_from_slice(&tail.0);
+                        out.push(Pattern(t, p.1));
+                    }
+                }
+                return Ok(out);
+            }
+        }
+        i += 1;
+    }
+    Ok(vec![p])
+}

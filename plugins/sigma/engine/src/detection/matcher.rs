@@ -1,0 +1,299 @@
+//! Compiled string matchers.
+//!
+//! Every rule value is compiled once into the cheapest primitive that decides it, working on the
+//! event's pre-lowered text (or the original text for `cased`): byte equality, prefix and suffix
+//! compares, `memchr::memmem` finders for `contains`, an in-order finder chain for `*` globs, an
+//! Aho-Corasick automaton for long OR lists of `contains` values, and an anchored regex only for
+//! values with `?` or many windash positions. These primitives stay within ~2x of native speed
+//! in Wasm with simd128, unlike `str::contains` (see the crate docs).
+
+use aho_corasick::AhoCorasick;
+use memchr::memmem::Finder;
+use regex::Regex;
+
+use super::pattern::{DASHES, Pattern, Tok};
+
+/// Regex limits: enough for any real rule, small enough that `a{1000}{1000}` is refused quickly
+/// instead of compiling for seconds or allocating gigabytes.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+const REGEX_NEST_LIMIT: u32 = 100;
+
+/// Builds a user regex (`re` modifier) with the engine's limits.
+pub fn build_regex(pattern: &str, ignore_case: bool, multi_line: bool, dot_all: bool) -> Result<Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(ignore_case)
+        .multi_line(multi_line)
+        .dot_matches_new_line(dot_all)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .nest_limit(REGEX_NEST_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => "the regular expression is too large (it would use more than 1 MiB compiled; check repetition counts such as {1000})".to_string(),
+            other => format!("invalid regular expression: {}", one_line(&other.to_string())),
+        })
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// One compiled value.
+#[derive(Clone, Debug)]
+pub enum StrMatcher {
+    /// `*`: any value.
+    Any,
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+    Contains(Finder<'static>),
+    /// `prefix*mid1*mid2*suffix`: the middles are found in order, without overlapping.
+    Glob { prefix: Box<str>, middles: Vec<Finder<'static>>, suffix: Box<str> },
+    Regex(Regex),
+}
+
+impl StrMatcher {
+    #[inline]
+    pub fn is_match(&self, text: &str) -> bool {
+        match self {
+            StrMatcher::Any => true,
+            StrMatcher::Exact(s) => text == &**s,
+            StrMatcher::Prefix(s) => text.as_bytes().starts_with(s.as_bytes()),
+            StrMatcher::Suffix(s) => text.as_bytes().ends_with(s.as_bytes()),
+            StrMatcher::Contains(f) => f.find(text.as_bytes()).is_some(),
+            StrMatcher::Glob { prefix, middles, suffix } => {
+                let b = text.as_bytes();
+                if b.len() < prefix.len() + suffix.len() || !b.starts_with(prefix.as_bytes()) || !b.ends_with(suffix.as_bytes()) {
+                    return false;
+                }
+                let mut rest = &b[prefix.len()..b.len() - suffix.len()];
+                for f in middles {
+                    match f.find(rest) {
+                        Some(i) => rest = &rest[i + f.needle().len()..],
+                        None => return false,
+                    }
+                }
+                true
+            }
+            StrMatcher::Regex(r) => r.is_match(text),
+        }
+    }
+}
+
+/// Most windash positions expanded into literal variants (5^2 = 25 variants); more positions
+/// compile to a regex with a character class instead.
+const MAX_EXPANDED_DASHES: usize = 2;
+
+/// Lowercases the literals of a pattern (for case-insensitive matching against pre-lowered text).
+fn lowered(p: &Pattern) -> Vec<Tok> {
+    let mut out = Vec::with_capacity(p.0.len());
+    for t in &p.0 {
+        match t {
+            Tok::Lit(c) => out.extend(c.to_lowercase().map(Tok::Lit)),
+            other => out.push(other.clone()),
+        }
+    }
+    out
+}
+
+/// Compiles a pattern into one or more matchers (several when windash positions are expanded);
+/// the value matches when any of them does.
+pub fn compile_pattern(p: &Pattern, cased: bool) -> Vec<StrMatcher> {
+    let toks = if cased { p.0.clone() } else { lowered(p) };
+    let dashes = toks.iter().filter(|t| **t == Tok::Dash).count();
+    if dashes > MAX_EXPANDED_DASHES || toks.contains(&Tok::One) {
+        return vec![regex_of(&toks)];
+    }
+    expand_dashes(&toks).iter().map(|v| compile_star_glob(v)).collect()
+}
+
+fn expand_dashes(toks: &[Tok]) -> Vec<Vec<Tok>> {
+    let mut variants: Vec<Vec<Tok>> = vec![Vec::with_capacity(toks.len())];
+    for t in toks {
+        if *t == Tok::Dash {
+            variants = variants
+                .into_iter()
+                .flat_map(|v| {
+                    DASHES.iter().map(move |d| {
+                        let mut v = v.clone();
+                        v.push(Tok::Lit(*d));
+                        v
+                    })
+                })
+                .collect();
+        } else {
+            for v in &mut variants {
+                v.push(t.clone());
+            }
+        }
+    }
+    variants
+}
+
+/// Compiles a pattern whose only wildcard is `*`.
+fn compile_star_glob(toks: &[Tok]) -> StrMatcher {
+    let mut segments: Vec<String> = vec![String::new()];
+    for t in toks {
+        match t {
+            Tok::Lit(c) => segments.last_mut().unwrap().push(*c),
+            Tok::Star => segments.push(String::new()),
+            Tok::One | Tok::Dash => unreachable!("compile_pattern routes these elsewhere"),
+        }
+    }
+    if segments.len() == 1 {
+        return StrMatcher::Exact(segments.pop().unwrap().into());
+    }
+    let prefix = segments.remove(0);
+    let suffix = segments.pop().unwrap();
+    let middles: Vec<String> = segments.into_iter().filter(|s| !s.is_empty()).collect();
+    match (prefix.is_empty(), middles.len(), suffix.is_empty()) {
+        (true, 0, true) => StrMatcher::Any,
+        (false, 0, true) => StrMatcher::Prefix(prefix.into()),
+        (true, 0, false) => StrMatcher::Suffix(suffix.into()),
+        (true, 1, true) => StrMatcher::Contains(Finder::new(middles[0].as_bytes()).into_owned()),
+        _ => StrMatcher::Glob {
+            prefix: prefix.into(),
+            middles: middles.iter().map(|m| Finder::new(m.as_bytes()).into_owned()).collect(),
+            suffix: suffix.into(),
+        },
+    }
+}
+
+/// An anchored regex for patterns with `?` or many windash positions. `*` and `?` span newlines.
+fn regex_of(toks: &[Tok]) -> StrMatcher {
+    let mut re = String::from("(?s)^");
+    for t in toks {
+        match t {
+            Tok::Lit(c) => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+            Tok::Star => re.push_str(".*"),
+            Tok::One => re.push('.'),
+            Tok::Dash => re.push_str("[-/\u{2013}\u{2014}\u{2015}]"),
+        }
+    }
+    re.push('$');
+    // Only literals and fixed classes: this cannot fail unless the value is absurdly long, in
+    // which case the limit error surfaces as a never-matching value rather than a panic.
+    match regex::RegexBuilder::new(&re).size_limit(REGEX_SIZE_LIMIT * 8).build() {
+        Ok(r) => StrMatcher::Regex(r),
+        Err(_) => StrMatcher::Regex(Regex::new("[^\\s\\S]").expect("static regex")),
+    }
+}
+
+/// An OR over many compiled values, with `contains` literals merged into one Aho-Corasick
+/// automaton when there are enough of them to pay for it.
+#[derive(Clone, Debug)]
+pub struct AnyOf {
+    contains: Option<AhoCorasick>,
+    others: Vec<StrMatcher>,
+}
+
+/// From this many `contains` literals on, one automaton beats a loop of memmem finders.
+const AHO_CORASICK_MIN: usize = 4;
+
+impl AnyOf {
+    pub fn new(matchers: Vec<StrMatcher>) -> AnyOf {
+        let n_contains = matchers.iter().filter(|m| matches!(m, StrMatcher::Contains(_))).count();
+        if n_contains < AHO_CORASICK_MIN {
+            return AnyOf { contains: None, others: matchers };
+        }
+        let mut needles: Vec<Vec<u8>> = Vec::new();
+        let mut others = Vec::new();
+        for m in matchers {
+            match m {
+                StrMatcher::Contains(f) => needles.push(f.needle().to_vec()),
+                other => others.push(other),
+            }
+        }
+        match AhoCorasick::builder().build(&needles) {
+            Ok(ac) => AnyOf { contains: Some(ac), others },
+            Err(_) => {
+                others.extend(needles.iter().map(|n| StrMatcher::Contains(Finder::new(n).into_owned())));
+                AnyOf { contains: None, others }
+            }
+        }
+    }
+
+    #[inline]
+    pub fn is_match(&self, text: &str) -> bool {
+        if let Some(ac) = &self.contains {
+            if ac.is_match(text.as_bytes()) {
+                return true;
+            }
+        }
+        self.others.iter().any(|m| m.is_match(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pattern: &str, text: &str) -> bool {
+        compile_pattern(&Pattern::parse(pattern), false).iter().any(|m| m.is_match(&text.to_lowercase()))
+    }
+
+    #[test]
+    fn wildcards_anywhere() {
+        assert!(m(r"C:\Windows\*\whoami.exe", r"c:\windows\system32\whoami.exe"));
+        assert!(!m(r"C:\Windows\*\whoami.exe", r"c:\windows\system32\whoami.exe.bak"));
+        assert!(m("a*b*c", "aXXbYYc"));
+        assert!(m("a*b*c", "abc"));
+        assert!(!m("a*b*c", "acb"));
+        assert!(!m("ab*ba", "aba"), "prefix and suffix must not overlap");
+        assert!(m("who?mi", "whoami"));
+        assert!(!m("who?mi", "whomi"));
+        assert!(m("*", ""));
+        assert!(m("", ""));
+        assert!(!m("", "x"));
+        assert!(m("a*", "a\nb"), "* spans newlines");
+        assert!(m("a?b", "a\nb"), "? matches a newline");
+    }
+
+    #[test]
+    fn escaped_wildcards_are_literal() {
+        assert!(m(r"a\*b", "a*b"));
+        assert!(!m(r"a\*b", "axb"));
+        assert!(m(r"a\?b", "a?b"));
+        assert!(!m(r"a\?b", "axb"));
+        assert!(m(r"x\\*", r"x\anything"));
+        assert!(!m(r"x\\*", "xanything"));
+    }
+
+    #[test]
+    fn windash_variants_and_regex_fallback() {
+        let p = Pattern::parse(" -a -b -c").windash();
+        let ms = compile_pattern(&p, false);
+        assert_eq!(ms.len(), 1, "three dashes use a regex");
+        assert!(ms[0].is_match(" \u{2014}a /b \u{2015}c"));
+        let p = Pattern::parse("*-enc*").windash();
+        let ms = compile_pattern(&p, false);
+        assert_eq!(ms.len(), 5);
+        for d in ["-", "/", "\u{2013}", "\u{2014}", "\u{2015}"] {
+            assert!(ms.iter().any(|m| m.is_match(&format!("powershell {d}enc abc"))), "{d}");
+        }
+        assert!(!ms.iter().any(|m| m.is_match("powershell +enc")));
+    }
+
+    #[test]
+    fn any_of_uses_aho_corasick_for_long_contains_lists() {
+        let pats = ["*alpha*", "*beta*", "*gamma*", "*delta*", "exact", "pre*"];
+        let ms: Vec<_> = pats.iter().flat_map(|p| compile_pattern(&Pattern::parse(p), false)).collect();
+        let any = AnyOf::new(ms);
+        assert!(any.contains.is_some());
+        assert!(any.is_match("xxgammaxx"));
+        assert!(any.is_match("exact"));
+        assert!(any.is_match("prefix"));
+        assert!(!any.is_match("exactly"));
+        assert!(!any.is_match("nothing"));
+    }
+
+    #[test]
+    fn huge_regex_repetition_is_refused_quickly() {
+        let t = std::time::Instant::now();
+        let e = build_regex("a{1000}{1000}", false, false, false).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(t.elapsed().as_secs() < 2);
+        assert!(build_regex("(unclosed", false, false, false).unwrap_err().contains("invalid regular expression"));
+        assert!(build_regex("abc", true, false, false).unwrap().is_match("xABCx"));
+    }
+}

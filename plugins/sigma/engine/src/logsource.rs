@@ -1,0 +1,351 @@
+//! Which events a Sigma `logsource` stands for, read from a mapping file
+//! (`configs/windows-logsources.yml`, embedded as the default; users may pass their own).
+//!
+//! An entry maps an exact (product, category, service) triple to one or more [`Variant`]s. A
+//! variant is a set of conditions on event fields (Channel, EventID, EventType, Provider_Name, …)
+//! plus Sigma-to-event field renames; a rule is compiled once per variant with that variant's
+//! renames, and evaluated only on the events the variant's conditions select. process_creation
+//! thus runs as "Sysmon 1 with Sysmon names" OR "Security 4688 with Image→NewProcessName, …".
+//!
+//! A logsource with no entry is *not* run on every event (that would make generic rules match
+//! everything, sigma-spec.md H1): the hunt skips such rules and says why.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::corpus::Corpus;
+use crate::event::FieldKey;
+use crate::yaml::{Node, NodeValue, parse_stream};
+
+/// The mapping shipped with SigmaForge.
+pub const DEFAULT_MAPPING: &str = include_str!("../../../../configs/windows-logsources.yml");
+/// Where [`DEFAULT_MAPPING`] comes from, for messages.
+pub const DEFAULT_MAPPING_ORIGIN: &str = "configs/windows-logsources.yml (built in)";
+
+/// A problem in a mapping file, located where possible.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingError {
+    pub origin: String,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    pub message: String,
+}
+
+impl fmt::Display for MappingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.origin, self.message),
+            _ => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+impl std::error::Error for MappingError {}
+
+/// One condition of a variant: the event field must have one of `values` (case-insensitive).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldCondition {
+    pub field: String,
+    /// Lowercased and trimmed.
+    pub values: Vec<String>,
+}
+
+/// One kind of event a logsource stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub name: String,
+    pub conditions: Vec<FieldCondition>,
+    /// Sigma field name → event field name.
+    pub renames: HashMap<String, String>,
+}
+
+/// The variants of one logsource triple.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingEntry {
+    pub product: Option<String>,
+    pub category: Option<String>,
+    pub service: Option<String>,
+    pub variants: Vec<Variant>,
+}
+
+impl MappingEntry {
+    /// `product=windows category=process_creation` style, for messages.
+    pub fn describe(&self) -> String {
+        describe_logsource(self.product.as_deref(), self.category.as_deref(), self.service.as_deref())
+    }
+}
+
+/// Formats a logsource triple for messages.
+pub fn describe_logsource(product: Option<&str>, category: Option<&str>, service: Option<&str>) -> String {
+    let parts: Vec<String> = [("product", product), ("category", category), ("service", service)]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+    if parts.is_empty() { "(empty logsource)".into() } else { parts.join(" ") }
+}
+
+/// A whole mapping file.
+#[derive(Clone, Debug)]
+pub struct LogsourceMap {
+    pub origin: String,
+    entries: Vec<MappingEntry>,
+}
+
+impl LogsourceMap {
+    /// The built-in mapping.
+    pub fn builtin() -> Result<LogsourceMap, MappingError> {
+        LogsourceMap::parse(DEFAULT_MAPPING, DEFAULT_MAPPING_ORIGIN)
+    }
+
+    pub fn entries(&self) -> &[MappingEntry] {
+        &self.entries
+    }
+
+    /// The entry for a rule's logsource: same product, category and service (compared without
+    /// case; an absent key only matches an absent key).
+    pub fn lookup(&self, product: Option<&str>, category: Option<&str>, service: Option<&str>) -> Option<&MappingEntry> {
+        let same = |a: &Option<String>, b: Option<&str>| match (a.as_deref(), b) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.eq_ignore_ascii_case(y.trim()),
+            _ => false,
+        };
+        self.entries.iter().find(|e| same(&e.product, product) && same(&e.category, category) && same(&e.service, service))
+    }
+
+    /// Parses a mapping file.
+    pub fn parse(text: &str, origin: &str) -> Result<LogsourceMap, MappingError> {
+        let err = |node: Option<&Node>, message: String| MappingError {
+            origin: origin.to_string(),
+            line: node.map(|n| n.pos.line),
+            column: node.map(|n| n.pos.column),
+            message,
+        };
+        let stream = parse_stream(text);
+        if let Some(e) = stream.error {
+            return Err(MappingError {
+                origin: origin.to_string(),
+                line: e.pos.map(|p| p.line),
+                column: e.pos.map(|p| p.column),
+                message: format!("YAML error: {}", e.message),
+            });
+        }
+        let [root] = stream.documents.as_slice() else {
+            return Err(err(None, format!("expected one YAML document, found {}", stream.documents.len())));
+        };
+        match root.get("version").and_then(|v| v.scalar_text()) {
+            Some(v) if v == "1" => {}
+            Some(v) => return Err(err(root.get("version"), format!("unsupported mapping version {v} (this SigmaForge reads version 1)"))),
+            None => return Err(err(Some(root), "missing `version: 1`".into())),
+        }
+        let Some(NodeValue::Seq(items)) = root.get("logsources").map(|n| &n.value) else {
+            return Err(err(Some(root), "missing `logsources:` list".into()));
+        };
+        let mut entries: Vec<MappingEntry> = Vec::new();
+        for item in items {
+            let logsource = item.get("logsource").ok_or_else(|| err(Some(item), "entry without `logsource:`".into()))?;
+            if logsource.as_map().is_none() {
+                return Err(err(Some(logsource), format!("`logsource` must be a map, not {}", logsource.kind_name())));
+            }
+            let key = |k: &str| -> Result<Option<String>, MappingError> {
+                match logsource.get(k) {
+                    None => Ok(None),
+                    Some(n) => n.scalar_text().map(Some).ok_or_else(|| err(Some(n), format!("`{k}` must be a string"))),
+                }
+            };
+            let (product, category, service) = (key("product")?, key("category")?, key("service")?);
+            let variants = match item.get("variants") {
+                Some(Node { value: NodeValue::Seq(vs), .. }) => {
+                    if vs.is_empty() {
+                        return Err(err(Some(item), "`variants` is empty".into()));
+                    }
+                    vs.iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            let name = v.get("name").and_then(|n| n.scalar_text()).unwrap_or_else(|| format!("variant {}", i + 1));
+                            parse_variant(v, name, &err)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                }
+                Some(other) => return Err(err(Some(other), "`variants` must be a list".into())),
+                None => vec![parse_variant(item, "default".into(), &err)?],
+            };
+            let entry = MappingEntry { product, category, service, variants };
+            if entries.iter().any(|e| (&e.product, &e.category, &e.service) == (&entry.product, &entry.category, &entry.service)) {
+                return Err(err(Some(logsource), format!("logsource {} is mapped twice", entry.describe())));
+            }
+            entries.push(entry);
+        }
+        Ok(LogsourceMap { origin: origin.to_string(), entries })
+    }
+}
+
+fn parse_variant(
+    node: &Node,
+    name: String,
+    err: &dyn Fn(Option<&Node>, String) -> MappingError,
+) -> Result<Variant, MappingError> {
+    let mut conditions = Vec::new();
+    match node.get("conditions") {
+        Some(c) => {
+            let map = c.as_map().ok_or_else(|| err(Some(c), "`conditions` must be a map of field: value(s)".into()))?;
+            for entry in map {
+                let values = match &entry.value.value {
+                    NodeValue::Seq(items) => items
+                        .iter()
+                        .map(|v| v.scalar_text().ok_or_else(|| err(Some(v), format!("values of `{}` must be scalars", entry.key))))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    _ => vec![entry.value.scalar_text().ok_or_else(|| err(Some(&entry.value), format!("`{}` needs a value", entry.key)))?],
+                };
+                let values = values.into_iter().map(|v| v.trim().to_lowercase()).collect();
+                conditions.push(FieldCondition { field: entry.key.clone(), values });
+            }
+        }
+        None => return Err(err(Some(node), "entry without `conditions:` (write `conditions: {}` for every event)".into())),
+    }
+    let mut renames = HashMap::new();
+    if let Some(f) = node.get("fields") {
+        let map = f.as_map().ok_or_else(|| err(Some(f), "`fields` must be a map of Sigma field: event field".into()))?;
+        for entry in map {
+            let target = entry.value.scalar_text().ok_or_else(|| err(Some(&entry.value), format!("rename of `{}` must be a field name", entry.key)))?;
+            renames.insert(entry.key.clone(), target);
+        }
+    }
+    Ok(Variant { name, conditions, renames })
+}
+
+impl Variant {
+    /// The event field a Sigma field name means for this variant.
+    pub fn event_field<'a>(&'a self, sigma_field: &'a str) -> &'a str {
+        self.renames.get(sigma_field).map_or(sigma_field, String::as_str)
+    }
+
+    /// The key of a Sigma field in `corpus` for this variant (renames applied).
+    pub fn resolve(&self, corpus: &Corpus, sigma_field: &str) -> FieldKey {
+        corpus.field_key(self.event_field(sigma_field))
+    }
+
+    /// Indices (ascending) of the corpus events this variant stands for. Channel and EventID
+    /// conditions pick index buckets without touching events; the others are checked per event.
+    pub fn candidates(&self, corpus: &Corpus) -> Vec<u32> {
+        let by = |name: &str| self.conditions.iter().find(|c| c.field == name);
+        let (channel, event_id) = (by("Channel"), by("EventID"));
+        let selected = corpus.select(|ch, id| {
+            channel.is_none_or(|c| c.values.iter().any(|v| v == ch))
+                && event_id.is_none_or(|c| c.values.iter().any(|v| v == id))
+        });
+        let rest: Vec<(FieldKey, &[String])> = self
+            .conditions
+            .iter()
+            .filter(|c| c.field != "Channel" && c.field != "EventID")
+            .map(|c| (corpus.field_key(&c.field), c.values.as_slice()))
+            .collect();
+        if rest.is_empty() {
+            return selected;
+        }
+        selected
+            .into_iter()
+            .filter(|&i| {
+                let event = corpus.event(i);
+                rest.iter().all(|(key, values)| event.values(*key).any(|v| values.iter().any(|want| v.lower().trim() == want)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json_events::load_json_bytes;
+
+    #[test]
+    fn builtin_mapping_parses_and_maps_process_creation_to_two_variants() {
+        let map = LogsourceMap::builtin().unwrap();
+        let pc = map.lookup(Some("windows"), Some("process_creation"), None).unwrap();
+        assert_eq!(pc.variants.len(), 2);
+        let sec = &pc.variants[1];
+        assert_eq!(sec.event_field("Image"), "NewProcessName");
+        assert_eq!(sec.event_field("ParentImage"), "ParentProcessName");
+        assert_eq!(sec.event_field("CommandLine"), "CommandLine");
+        assert!(map.lookup(Some("Windows"), None, Some("Security")).is_some(), "lookup ignores case");
+        assert!(map.lookup(Some("linux"), Some("process_creation"), None).is_none());
+        assert!(map.lookup(Some("windows"), Some("process_creation"), Some("sysmon")).is_none());
+    }
+
+    #[test]
+    fn candidates_use_channel_event_id_and_other_conditions() {
+        let events = [
+            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":12,"EventRecordID":1},"EventData":{"EventType":"CreateKey"}}}"#,
+            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":"12","EventRecordID":2},"EventData":{"EventType":"DeleteValue"}}}"#,
+            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":13,"EventRecordID":3}}}"#,
+            r#"{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"#,
+            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":5}}}"#,
+        ]
+        .join("\n");
+        let mut b = Corpus::builder();
+        b.add(load_json_bytes("e.jsonl", events.as_bytes()));
+        let (corpus, _) = b.finish();
+        let map = LogsourceMap::builtin().unwrap();
+        let cands = |cat: &str| -> Vec<Vec<u32>> {
+            map.lookup(Some("windows"), Some(cat), None).unwrap().variants.iter().map(|v| v.candidates(&corpus)).collect()
+        };
+        assert_eq!(cands("registry_add"), [vec![0]]);
+        assert_eq!(cands("registry_delete"), [vec![1]]);
+        assert_eq!(cands("registry_event"), [vec![0, 1, 2]]);
+        assert_eq!(cands("process_creation"), [vec![4], vec![3]]);
+        let all = map.lookup(Some("windows"), None, None).unwrap();
+        assert_eq!(all.variants[0].candidates(&corpus).len(), 5);
+    }
+
+    #[test]
+    fn bad_mapping_files_give_located_errors() {
+        let cases = [
+            ("logsources: []", "version"),
+            ("version: 2\nlogsources: []", "unsupported mapping version 2"),
+            ("version: 1\nlogsources:\n  - logsource: {product: windows}\n", "conditions"),
+            ("version: 1\nlogsources:\n  - logsource: {product: windows}\n    conditions: {}\n  - logsource: {product: windows}\n    conditions: {}\n", "mapped twice"),
+            ("version: 1\nlogsources:\n  - logsource: {product: windows}\n    conditions: {EventID: [1, [2]]}\n", "scalars"),
+            ("version: 1\nlogsources: [\n", "YAML"),
+        ];
+        for (text, expected) in cases {
+            let e = LogsourceMap::parse(text, "m.yml").unwrap_err();
+            assert!(e.to_string().contains(expected), "{text:?} -> {e}");
+            assert!(e.to_string().starts_with("m.yml"), "{e}");
+        }
+    }
+
+    /// Every logsource the SigmaHQ Windows rules use has an entry (rule files are scanned here with
+    /// a light reading of their `logsource:` block so this test does not depend on the rule parser).
+    #[test]
+    fn every_sigmahq_windows_logsource_is_mapped() {
+        let map = LogsourceMap::builtin().unwrap();
+        let root = sigmaforge_data::for_tests().join("sigma");
+        let mut files = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    if p != root.join("meta") {
+                        stack.push(p);
+                    }
+                } else if p.extension().is_some_and(|x| x == "yml") {
+                    files.push(p);
+                }
+            }
+        }
+        assert_eq!(files.len(), 2858, "the SigmaHQ snapshot holds 2,858 Windows rules");
+        let mut missing = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for doc in parse_stream(&text).documents {
+                let Some(ls) = doc.get("logsource") else { continue };
+                let get = |k: &str| ls.get(k).and_then(|n| n.scalar_text());
+                let (p, c, s) = (get("product"), get("category"), get("service"));
+                if map.lookup(p.as_deref(), c.as_deref(), s.as_deref()).is_none() {
+                    missing.push(format!("{}: {}", f.display(), describe_logsource(p.as_deref(), c.as_deref(), s.as_deref())));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "unmapped logsources:\n{}", missing.join("\n"));
+    }
+}

@@ -1,0 +1,251 @@
+//! The Sigma task: everything the sigma reward plugin does, as a plain library so that it runs
+//! natively (tests, benchmarks) and inside the `sigma-plugin` Wasm component unchanged.
+//!
+//! - [`extract`]: the rule YAML out of a model's completion (think blocks, prose, fences).
+//! - [`score`]: the reward components `yaml_valid`, `logsource_correct`, `iou`.
+//! - [`matching`]: a rule's matched events over the corpus, named by (file, EventRecordID).
+//! - [`tasks`]: reference rules from rule lists; the derived test split.
+//! - [`persona`]: analyst personas that turn rule metadata into requests; the system prompt.
+//! - [`config`]: configuration keys (weights, seed, lists, limits).
+//!
+//! Dependencies: only the engine and serde/serde_json (task metadata is JSON text in the WIT
+//! contract). Randomness is a hand-written SplitMix64 ([`rng`]) rather than the `rand` crate,
+//! because prompts must stay byte-identical for a seed across crate upgrades and targets.
+
+pub mod config;
+pub mod extract;
+pub mod fixtures;
+pub mod matching;
+pub mod meta;
+pub mod persona;
+mod rng;
+pub mod score;
+pub mod tasks;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use sigma_engine::corpus::Corpus;
+use sigma_engine::logsource::LogsourceMap;
+
+pub use config::{COMPONENTS, ConfigError, TaskConfig};
+pub use score::ComponentScore;
+use matching::RuleMatcher;
+use tasks::ReferenceRule;
+
+/// The splits the task offers.
+pub const SPLITS: [&str; 2] = ["train", "test"];
+
+/// One chat message of a prompt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// One task: a request about one reference rule.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Task {
+    /// `<rule id>#<n>`: stable while the rule id and `n` < requests_per_rule are.
+    pub id: String,
+    pub split: String,
+    pub prompt: Vec<Message>,
+    /// JSON object: rule_id, title, rule_path, persona, level, tags, logsource,
+    /// reference_events, mentions (detection values the persona reveals on purpose).
+    pub metadata: String,
+}
+
+/// What a completion is scored against.
+#[derive(Debug, Clone, Copy)]
+pub enum TaskRef<'a> {
+    /// A listed task (`<rule id>#<n>`, or the bare rule id).
+    Id(&'a str),
+    /// A reference rule's YAML text.
+    Reference(&'a str),
+}
+
+/// Severity of a log line sent to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+}
+
+/// Most ad-hoc reference rules whose match sets are kept (a batch usually repeats a few).
+const ADHOC_CACHE_SIZE: usize = 64;
+
+/// The loaded task: corpus, reference rules and their match sets.
+pub struct SigmaTask {
+    config: TaskConfig,
+    data_dir: PathBuf,
+    rules_dir: PathBuf,
+    matcher: RuleMatcher,
+    train: Vec<ReferenceRule>,
+    /// Derived (or read) on first use: deriving evaluates many SigmaHQ rules, and most runs
+    /// (training, scoring a train task) never need it.
+    test: OnceLock<Result<Vec<ReferenceRule>, String>>,
+    adhoc: Mutex<HashMap<u64, Result<ReferenceRule, String>>>,
+}
+
+impl SigmaTask {
+    /// Loads the corpus and the train split from `data_dir` (laid out like the project's shared
+    /// data directory). `log` receives progress and skipped rules.
+    pub fn load(data_dir: &Path, config: TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Self, String> {
+        let corpus = load_corpus(data_dir, &config, log)?;
+        let map = LogsourceMap::builtin().map_err(|e| format!("the built-in logsource mapping is invalid: {e}"))?;
+        let matcher = RuleMatcher::new(corpus, map);
+        let rules_dir = data_dir.join(&config.rules_dir);
+        let train_list = tasks::read_rule_list(&data_dir.join(&config.train_rules))?;
+        let (train, skipped) = tasks::load_listed(&rules_dir, &train_list, &matcher)?;
+        for s in &skipped {
+            log(LogLevel::Warn, &format!("train rule skipped: {}", s.reason));
+        }
+        if train.is_empty() {
+            return Err(format!("no rule of the train list {} matches any event of the corpus", config.train_rules));
+        }
+        log(LogLevel::Info, &format!("train split: {} of {} listed rules fire on the corpus", train.len(), train_list.len()));
+        Ok(SigmaTask { config, data_dir: data_dir.to_path_buf(), rules_dir, matcher, train, test: OnceLock::new(), adhoc: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn config(&self) -> &TaskConfig {
+        &self.config
+    }
+
+    pub fn corpus(&self) -> &Corpus {
+        &self.matcher.corpus
+    }
+
+    /// Component names and weights, in the order [`score`](Self::score) returns them.
+    pub fn components(&self) -> Vec<(String, f64)> {
+        COMPONENTS.iter().zip(self.config.weights).map(|(n, w)| (n.to_string(), w)).collect()
+    }
+
+    /// The reference rules of a split.
+    pub fn references(&self, split: &str) -> Result<&[ReferenceRule], String> {
+        match split {
+            "train" => Ok(&self.train),
+            "test" => self.test_split().map(|v| v.as_slice()),
+            other => Err(format!("unknown split `{other}` (this plugin has: {})", SPLITS.join(", "))),
+        }
+    }
+
+    /// Every task of a split, in a deterministic order (rule list order, then request number).
+    pub fn list_tasks(&self, split: &str) -> Result<Vec<Task>, String> {
+        let refs = self.references(split)?;
+        let mut out = Vec::with_capacity(refs.len() * self.config.requests_per_rule);
+        for r in refs {
+            let requests = persona::requests(&r.meta, &r.key, self.config.seed, self.config.requests_per_rule);
+            for (n, req) in requests.into_iter().enumerate() {
+                let metadata = serde_json::json!({
+                    "rule_id": r.key,
+                    "title": r.meta.title,
+                    "rule_path": r.path,
+                    "persona": req.persona,
+                    "level": r.meta.level,
+                    "tags": r.meta.tags,
+                    "logsource": {
+                        "product": r.reference.logsource.product,
+                        "category": r.reference.logsource.category,
+                        "service": r.reference.logsource.service,
+                    },
+                    "reference_events": r.reference.events.len(),
+                    "mentions": req.mentions,
+                });
+                out.push(Task {
+                    id: format!("{}#{n}", r.key),
+                    split: split.to_string(),
+                    prompt: vec![
+                        Message { role: "system".into(), content: persona::SYSTEM_PROMPT.into() },
+                        Message { role: "user".into(), content: req.text },
+                    ],
+                    metadata: metadata.to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Scores one completion. `Err` only when the task itself is unusable.
+    pub fn score(&self, task: TaskRef<'_>, completion: &str) -> Result<Vec<ComponentScore>, String> {
+        let scorer = score::Scorer { weights: self.config.weights, max_completion_bytes: self.config.max_completion_bytes, matcher: &self.matcher };
+        match task {
+            TaskRef::Id(id) => {
+                let r = self.find(id)?;
+                Ok(scorer.score(&r.reference, completion))
+            }
+            TaskRef::Reference(yaml) => {
+                let r = self.adhoc_reference(yaml)?;
+                Ok(scorer.score(&r.reference, completion))
+            }
+        }
+    }
+
+    fn find(&self, id: &str) -> Result<&ReferenceRule, String> {
+        let key = match id.rsplit_once('#') {
+            Some((key, n)) => {
+                let n: usize = n.parse().map_err(|_| format!("task id `{id}`: `{n}` after '#' is not a request number"))?;
+                if n >= self.config.requests_per_rule {
+                    return Err(format!("task id `{id}`: request {n} does not exist (requests_per_rule is {})", self.config.requests_per_rule));
+                }
+                key
+            }
+            None => id,
+        };
+        if let Some(r) = self.train.iter().find(|r| r.key == key) {
+            return Ok(r);
+        }
+        let test = self.test_split()?;
+        test.iter().find(|r| r.key == key).ok_or_else(|| format!("unknown task id `{id}`: no rule `{key}` in the train or test split"))
+    }
+
+    fn adhoc_reference(&self, yaml: &str) -> Result<ReferenceRule, String> {
+        let key = rng::fnv1a(0xcbf2_9ce4_8422_2325, yaml.as_bytes());
+        let mut cache = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(&key) {
+            return hit.clone();
+        }
+        let result = tasks::reference_from_text(yaml, "reference rule", &self.matcher);
+        if cache.len() >= ADHOC_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(key, result.clone());
+        result
+    }
+
+    fn test_split(&self) -> Result<&Vec<ReferenceRule>, String> {
+        self.test
+            .get_or_init(|| match &self.config.test_rules {
+                Some(list) => {
+                    let paths = tasks::read_rule_list(&self.data_dir.join(list))?;
+                    let (test, _) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher)?;
+                    tasks::check_disjoint(&self.train, &test)?;
+                    Ok(test)
+                }
+                None => {
+                    let candidates = tasks::candidate_rules(&self.rules_dir, &self.config.test_candidate_dirs);
+                    let (test, _) = tasks::derive_test_split(&self.rules_dir, &candidates, &self.train, self.config.test_size, &self.matcher);
+                    Ok(test)
+                }
+            })
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+}
+
+/// The corpus: from the prebuilt cache file when there is one, else from the EVTX files.
+fn load_corpus(data_dir: &Path, config: &TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Corpus, String> {
+    let evtx_dir = data_dir.join(&config.evtx_dir);
+    let sources = sigma_engine::corpus::collect_event_files(&evtx_dir)
+        .map_err(|e| format!("cannot list the event corpus {}: {e}", evtx_dir.display()))?;
+    let (corpus, warnings) = Corpus::load(&sources);
+    for w in warnings.iter().take(5) {
+        log(LogLevel::Warn, &format!("corpus: {w:?}"));
+    }
+    if corpus.is_empty() {
+        return Err(format!("the event corpus {} holds no events", evtx_dir.display()));
+    }
+    log(LogLevel::Info, &format!("corpus: {} events from {} files", corpus.len(), corpus.files().len()));
+    Ok(corpus)
+}

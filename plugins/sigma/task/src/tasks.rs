@@ -1,0 +1,161 @@
+//! Reference rules: reading rule lists, keeping the rules that fire on the corpus, and deriving
+//! a test split that never shares a rule with the train split.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use sigma_engine::{Document, Rule};
+
+use crate::matching::RuleMatcher;
+use crate::meta;
+use crate::persona::RuleMeta;
+use crate::rng::fnv1a;
+use crate::score::{LogsourceKey, Reference};
+
+/// One reference rule that fires on the corpus: the source of `requests_per_rule` tasks.
+#[derive(Debug, Clone)]
+pub struct ReferenceRule {
+    /// The rule's `id` (or its path when it has none): the part of a task id before `#`.
+    pub key: String,
+    /// Path relative to the rules folder, as written in the rule list.
+    pub path: String,
+    pub meta: RuleMeta,
+    pub reference: Reference,
+}
+
+/// Why a listed rule was left out (logged, not fatal: SigmaHQ has rules the engine can't run
+/// and rules that match nothing in this corpus).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Reads a rule list: one path per line, relative to the rules folder; `#` starts a comment.
+pub fn read_rule_list(list_file: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(list_file).map_err(|e| format!("cannot read rule list {}: {e}", list_file.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_string())
+        .collect())
+}
+
+/// Loads the listed rules; a listed file that is missing is an error (the list is wrong), a rule
+/// that does not parse or matches nothing is skipped with a reason.
+pub fn load_listed(
+    rules_dir: &Path,
+    paths: &[String],
+    matcher: &RuleMatcher,
+) -> Result<(Vec<ReferenceRule>, Vec<Skipped>), String> {
+    let mut kept = Vec::new();
+    let mut skipped = Vec::new();
+    for path in paths {
+        let file = rules_dir.join(path);
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("rule list names {path}, which cannot be read ({}): {e}", file.display()))?;
+        match reference_from_text(&text, path, matcher) {
+            Ok(r) => kept.push(r),
+            Err(reason) => skipped.push(Skipped { path: path.clone(), reason }),
+        }
+    }
+    Ok((kept, skipped))
+}
+
+/// A reference from rule text: it must be a valid detection rule that matches ≥ 1 event.
+pub fn reference_from_text(text: &str, origin: &str, matcher: &RuleMatcher) -> Result<ReferenceRule, String> {
+    let rule = parse_rule(text, origin)?;
+    let events = matcher.match_rule(&rule).map_err(|e| format!("{origin}: the rule cannot be run: {e}"))?;
+    if events.is_empty() {
+        return Err(format!("{origin}: the rule matches no event of the corpus, so IoU against it is undefined"));
+    }
+    Ok(ReferenceRule {
+        key: rule.id.clone().unwrap_or_else(|| origin.to_string()),
+        path: origin.to_string(),
+        meta: meta::rule_meta(&rule),
+        reference: Reference { logsource: LogsourceKey::of(&rule.logsource), events },
+    })
+}
+
+/// Parses one detection rule, or says why the text is not one.
+pub fn parse_rule(text: &str, origin: &str) -> Result<Rule, String> {
+    let parsed = sigma_engine::parse_documents(text, origin);
+    if let Some(err) = parsed.diagnostics.iter().find(|d| d.is_error()) {
+        return Err(err.to_string());
+    }
+    parsed
+        .documents
+        .into_iter()
+        .find_map(|d| match d {
+            Document::Rule(r) => Some(r),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{origin}: not a detection rule (a correlation or filter rule, or an empty file)"))
+}
+
+/// Every `.yml` file below `dirs` (relative to `rules_dir`), as paths relative to `rules_dir`,
+/// sorted. Missing folders are skipped (a trimmed data directory may lack some).
+pub fn candidate_rules(rules_dir: &Path, dirs: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in dirs {
+        walk(rules_dir, &rules_dir.join(d), &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path: PathBuf = entry.path();
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+}
+
+/// The derived test split: candidates in a fixed pseudo-random order (a hash of the path, so
+/// adding a rule to SigmaHQ does not reshuffle the rest), keeping the first `size` that are
+/// valid, fire on the corpus, and share neither path nor id with the train split.
+pub fn derive_test_split(
+    rules_dir: &Path,
+    candidates: &[String],
+    train: &[ReferenceRule],
+    size: usize,
+    matcher: &RuleMatcher,
+) -> (Vec<ReferenceRule>, usize) {
+    let train_paths: HashSet<&str> = train.iter().map(|r| r.path.as_str()).collect();
+    let train_keys: HashSet<&str> = train.iter().map(|r| r.key.as_str()).collect();
+    let mut order: Vec<&String> = candidates.iter().filter(|p| !train_paths.contains(p.as_str())).collect();
+    order.sort_by_key(|p| (fnv1a(0xcbf2_9ce4_8422_2325, p.as_bytes()), p.as_str()));
+    let mut kept: Vec<ReferenceRule> = Vec::new();
+    let mut tried = 0;
+    for path in order {
+        if kept.len() >= size {
+            break;
+        }
+        tried += 1;
+        let Ok(text) = std::fs::read_to_string(rules_dir.join(path)) else { continue };
+        if let Ok(r) = reference_from_text(&text, path, matcher) {
+            if !train_keys.contains(r.key.as_str()) && !kept.iter().any(|k| k.key == r.key) {
+                kept.push(r);
+            }
+        }
+    }
+    (kept, tried)
+}
+
+/// Rejects a user-given test list that shares rules with the train split.
+pub fn check_disjoint(train: &[ReferenceRule], test: &[ReferenceRule]) -> Result<(), String> {
+    for t in test {
+        if let Some(tr) = train.iter().find(|r| r.key == t.key || r.path == t.path) {
+            return Err(format!("the test rule list shares a rule with the train list: {} (train: {})", t.path, tr.path));
+        }
+    }
+    Ok(())
+}
