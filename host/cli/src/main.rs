@@ -16,14 +16,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Validate Sigma rule files (errors and style warnings, with file:line:column).
+    Check(commands::check::Args),
     /// Find or fetch the public corpora (EVTX samples, SigmaHQ rules, ...).
     Data(commands::data::Args),
+    /// Run Sigma rules over Windows event logs (EVTX, JSON) and list the matches.
+    Hunt(commands::hunt::Args),
+    /// Inspect a plugin component: world, WIT version, tasks, reward components or tool.
+    Plugin(commands::plugin::Args),
+    /// List the tasks of a task plugin.
+    Tasks(commands::tasks::Args),
+    /// Score completions with a task plugin (one, or a JSON Lines batch).
+    Score(commands::score::Args),
+    /// Call a tool plugin by hand.
+    Tool(commands::tool::Args),
+    /// Serve rewards over HTTP for other trainers (TRL, verl, OpenRLHF).
+    Serve(commands::serve::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Check(args) => commands::check::run(args),
         Command::Data(args) => commands::data::run(args),
+        Command::Hunt(args) => commands::hunt::run(args),
+        Command::Plugin(args) => commands::plugin::run(args),
+        Command::Tasks(args) => commands::tasks::run(args),
+        Command::Score(args) => commands::score::run(args),
+        Command::Tool(args) => commands::tool::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(code) => code,

@@ -106,10 +106,6 @@ impl Instance {
             None => String::new(),
         }
     }
-
-    pub fn plugin(&self) -> &str {
-        &self.plugin
-    }
 }
 
 /// Turns a wasmtime error into a diagnostic. Order matters: a memory-cap refusal usually

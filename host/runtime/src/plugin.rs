@@ -283,6 +283,13 @@ impl TaskPlugin {
         self.core.pool.warm_up().map_err(|f| anyhow!(f.message))
     }
 
+    /// Starts one extra instance (Store + instantiate + `init`) and drops it: what replacing
+    /// a poisoned instance costs. For the runtime benchmark.
+    #[doc(hidden)]
+    pub fn bench_start_instance(&self) -> Result<()> {
+        self.core.pool.start_detached().map_err(|f| anyhow!(f.message))
+    }
+
     pub fn list_tasks(&self, split: &str) -> Result<Vec<Task>> {
         if !self.splits.iter().any(|s| s == split) {
             bail!("plugin `{}` has no split `{split}` (it has: {})", self.core.name, self.splits.join(", "));

@@ -75,6 +75,11 @@ impl Pool {
         leases.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
 
+    /// Starts an instance outside the pool (not counted, dropped by the caller's scope).
+    pub fn start_detached(&self) -> Result<(), Failure> {
+        Instance::start(&self.engine, &self.pre, &self.grants, self.init_limit).map(drop)
+    }
+
     fn release_slot(&self) {
         let mut slots = self.state.lock().unwrap_or_else(|p| p.into_inner());
         slots.live -= 1;

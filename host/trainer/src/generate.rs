@@ -298,4 +298,104 @@ mod tests {
         assert!(cfg(1.0, 0.0, 0).validate().is_err());
         assert!(SamplingConfig { num_completions: 0, ..cfg(1.0, 1.0, 0) }.validate().is_err());
     }
+
+    use crate::model::{CausalLm, ModelConfig, token_logprobs};
+    use crate::testing::tiny_tokenizer;
+    use candle_core::{Device, IndexOp};
+
+    fn tiny() -> (CausalLm, Tokenizer) {
+        let cfg = ModelConfig::tiny_qwen3();
+        let model = CausalLm::random(&cfg, None, 21, DType::F32, &Device::Cpu).unwrap();
+        (model, tiny_tokenizer(cfg.vocab_size).unwrap())
+    }
+
+    fn prompts() -> Vec<Vec<u32>> {
+        vec![vec![2, 10, 11, 12, 13, 2], vec![2, 40, 2], vec![2, 7, 8, 9, 20, 21, 22, 23, 2]]
+    }
+
+    #[test]
+    fn same_seed_same_rollouts_and_groups_are_prompt_major() {
+        let (model, tok) = tiny();
+        let cfg = SamplingConfig { temperature: 1.0, top_p: 0.95, top_k: 40, max_new_tokens: 8, num_completions: 3, stop_token_ids: vec![] };
+        let a = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(5), AdapterMode::Enabled).unwrap();
+        let b = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(5), AdapterMode::Enabled).unwrap();
+        assert_eq!(a, b);
+        let c = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(6), AdapterMode::Enabled).unwrap();
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 9);
+        for (i, r) in a.iter().enumerate() {
+            assert_eq!(r.prompt_index, i / 3);
+            assert_eq!(r.prompt_ids, prompts()[i / 3]);
+            assert_eq!(r.logprobs.len(), r.completion_ids.len());
+            assert!(!r.completion_ids.is_empty() && r.completion_ids.len() <= 8);
+            match r.finish_reason {
+                FinishReason::Length => assert_eq!(r.completion_ids.len(), 8),
+                FinishReason::Stop => assert_eq!(*r.completion_ids.last().unwrap(), 1),
+            }
+            assert!(r.logprobs.iter().all(|lp| lp.is_finite() && *lp <= 0.0));
+        }
+        // Completions within a group differ (sampling, not copies).
+        assert!(a[0].completion_ids != a[1].completion_ids || a[1].completion_ids != a[2].completion_ids);
+    }
+
+    #[test]
+    fn stop_tokens_end_completions() {
+        let (model, tok) = tiny();
+        let cfg = SamplingConfig {
+            temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 50, num_completions: 4,
+            stop_token_ids: (4..64).filter(|t| t % 2 == 0).collect(),
+        };
+        let out = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(1), AdapterMode::Enabled).unwrap();
+        for r in &out {
+            let last = *r.completion_ids.last().unwrap();
+            assert_eq!(r.finish_reason, FinishReason::Stop, "{r:?}");
+            assert!(last == 1 || (last >= 4 && last % 2 == 0));
+            assert!(r.completion_ids[..r.completion_ids.len() - 1].iter().all(|t| !cfg.stop_token_ids.contains(t) && *t != 1));
+        }
+    }
+
+    #[test]
+    fn batched_greedy_equals_one_prompt_at_a_time() {
+        let (model, tok) = tiny();
+        let cfg = SamplingConfig { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 10, num_completions: 2, stop_token_ids: vec![] };
+        let batched = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        for (p, prompt) in prompts().iter().enumerate() {
+            let single = generate(&model, &tok, std::slice::from_ref(prompt), &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+            assert_eq!(single[0].completion_ids, batched[2 * p].completion_ids);
+            assert_eq!(batched[2 * p].completion_ids, batched[2 * p + 1].completion_ids);
+            for (x, y) in single[0].logprobs.iter().zip(&batched[2 * p].logprobs) {
+                assert!((x - y).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn recorded_logprobs_match_a_full_forward_at_the_sampling_temperature() {
+        let (model, tok) = tiny();
+        let cfg = SamplingConfig { temperature: 0.7, top_p: 1.0, top_k: 0, max_new_tokens: 6, num_completions: 2, stop_token_ids: vec![] };
+        let out = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(3), AdapterMode::Enabled).unwrap();
+        for r in &out {
+            let seq: Vec<u32> = r.prompt_ids.iter().chain(&r.completion_ids).copied().collect();
+            let n = seq.len();
+            let input = Tensor::from_vec(seq.clone(), (1, n), &Device::Cpu).unwrap();
+            let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
+            let logits = (model.forward(&input, &mask, None, AdapterMode::Enabled).unwrap() / 0.7).unwrap();
+            let lp = token_logprobs(&logits.narrow(1, 0, n - 1).unwrap(), &input.narrow(1, 1, n - 1).unwrap()).unwrap();
+            let p = r.prompt_ids.len();
+            let expect = lp.i((0, p - 1..)).unwrap().to_vec1::<f32>().unwrap();
+            for (a, b) in expect.iter().zip(&r.logprobs) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_prompts_are_errors() {
+        let (model, tok) = tiny();
+        let cfg = SamplingConfig::default();
+        let err = generate(&model, &tok, &[vec![]], &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap_err();
+        assert!(err.to_string().contains("prompt 0 is empty"));
+        let err = generate(&model, &tok, &[vec![2, 999]], &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap_err();
+        assert!(err.to_string().contains("999"));
+    }
 }

@@ -19,6 +19,7 @@ pub mod load;
 pub mod lora;
 pub mod model;
 pub mod rng;
+pub mod testing;
 
 // --- E2: GRPO, optimizer, checkpoints, run config, loop, metrics, export ---
 // - `serde_norway`: the YAML run config (maintained fork of the archived serde_yaml; the plugin
@@ -28,6 +29,11 @@ pub mod rng;
 //   the PNG of the training curves, without pulling in fontconfig.
 pub mod checkpoint;
 pub mod config;
+pub mod environment;
+pub mod export;
 pub mod grpo;
+pub mod metrics;
 pub mod optim;
+pub mod sampler;
+pub mod train;
 // --- end E2 ---

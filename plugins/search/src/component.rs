@@ -1,10 +1,12 @@
 //! The wasm component: the `tool-plugin` world of `wit/sigmaforge.wit` over [`crate::tool`].
 //! `init` reads the configuration through the host's `config` import and loads the corpus from
 //! the granted directory; every bad corpus line is logged as a warning naming file and line.
+//! With config `endpoint` set, queries go to that HTTP service instead ([`crate::remote`]).
 
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::remote::RemoteTool;
 use crate::tool::{SearchConfig, SearchTool, spec};
 
 wit_bindgen::generate!({ path: "../../wit", world: "tool-plugin" });
@@ -17,10 +19,15 @@ use sigmaforge::plugin::types::{PluginInfo, ToolSpec};
 /// Warnings logged one by one before the rest are summarised (a broken file must not flood the log).
 const MAX_LOGGED_WARNINGS: usize = 20;
 
-static TOOL: OnceLock<SearchTool> = OnceLock::new();
+enum Loaded {
+    Local(SearchTool),
+    Remote(RemoteTool),
+}
+
+static TOOL: OnceLock<Loaded> = OnceLock::new();
 
 fn configuration() -> Result<SearchConfig, String> {
-    SearchConfig::from_lookup(|key| config(key))
+    SearchConfig::from_lookup(config)
 }
 
 struct Component;
@@ -40,6 +47,13 @@ impl PluginGuest for Component {
         }
         let started = Instant::now();
         let config = configuration()?;
+        if config.endpoint.is_some() {
+            let remote = RemoteTool::new(config)?;
+            let e = remote.endpoint();
+            log(Level::Info, &format!("forwarding queries to http://{}:{}{}", e.host, e.port, e.path));
+            let _ = TOOL.set(Loaded::Remote(remote));
+            return Ok(());
+        }
         let dir = config.corpus_dir.display().to_string();
         let (tool, warnings) = SearchTool::load(config)
             .map_err(|e| format!("{e} (grant the corpus directory to the plugin and set its config corpus_dir)"))?;
@@ -59,24 +73,27 @@ impl PluginGuest for Component {
             ),
         );
         // Single-threaded guest: nothing else can have set it since the check above.
-        let _ = TOOL.set(tool);
+        let _ = TOOL.set(Loaded::Local(tool));
         Ok(())
     }
 }
 
 impl ToolGuest for Component {
     fn spec() -> ToolSpec {
-        let config = match TOOL.get() {
-            Some(tool) => tool.config().clone(),
-            None => configuration().unwrap_or_default(),
+        let s = match TOOL.get() {
+            Some(Loaded::Local(tool)) => tool.spec(),
+            Some(Loaded::Remote(tool)) => tool.spec(),
+            None => spec(&configuration().unwrap_or_default()),
         };
-        let s = spec(&config);
         ToolSpec { name: s.name, description: s.description, parameters: s.parameters }
     }
 
     fn invoke(arguments: String) -> Result<String, String> {
-        let tool = TOOL.get().ok_or("the search plugin is not initialised (the host must call init first)")?;
-        tool.invoke(&arguments)
+        match TOOL.get() {
+            Some(Loaded::Local(tool)) => tool.invoke(&arguments),
+            Some(Loaded::Remote(tool)) => tool.invoke(&arguments),
+            None => Err("the search plugin is not initialised (the host must call init first)".to_owned()),
+        }
     }
 }
 

@@ -75,6 +75,8 @@ pub fn load_dir(dir: &Path) -> Result<Corpus, String> {
 /// Appends the documents of one JSONL text (`file` names it in warnings). Blank lines are skipped
 /// silently; invalid JSON, missing fields and empty ids become warnings.
 pub fn parse_jsonl(file: &str, text: &str, corpus: &mut Corpus) {
+    // Editors on Windows may start a UTF-8 file with a byte-order mark; it is not part of line 1's JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -96,7 +98,7 @@ mod tests {
     #[test]
     fn bad_lines_are_warnings_naming_file_and_line() {
         let mut corpus = Corpus::default();
-        let text = "{\"id\":\"a\",\"title\":\"A\",\"text\":\"x\",\"source_url\":\"u\"}\n\n{not json\n\
+        let text = "\u{feff}{\"id\":\"a\",\"title\":\"A\",\"text\":\"x\",\"source_url\":\"u\"}\n\n{not json\n\
                     {\"id\":\"b\",\"title\":\"B\"}\n{\"id\":\"\",\"title\":\"C\",\"text\":\"y\"}\n\
                     {\"id\":\"d\",\"title\":\"D\",\"text\":\"z\"}\n";
         parse_jsonl("mine.jsonl", text, &mut corpus);

@@ -7,6 +7,7 @@
 //! term beat documents that merely mention it, which plain BM25 over title + text does not.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::corpus::Document;
 use crate::tokenize::{for_each_term, terms};
@@ -31,6 +32,40 @@ impl Default for Bm25fParams {
     }
 }
 
+/// FxHash (rustc's hasher): the term table is hashed ~1.5 million times while indexing, and
+/// std's DoS-resistant SipHash is several times slower for short keys. The keys come from the
+/// operator's own corpus, so flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type TermTable = HashMap<String, u32, BuildHasherDefault<FxHasher>>;
+
 #[derive(Debug, Clone, Copy)]
 struct Posting {
     doc: u32,
@@ -41,7 +76,7 @@ struct Posting {
 /// A searchable corpus.
 pub struct Index {
     docs: Vec<Document>,
-    term_ids: HashMap<String, u32>,
+    term_ids: TermTable,
     postings: Vec<Vec<Posting>>,
     title_len: Vec<u32>,
     body_len: Vec<u32>,
@@ -61,7 +96,7 @@ pub struct Hit {
 impl Index {
     pub fn build(docs: Vec<Document>, params: Bm25fParams) -> Index {
         let mut index = Index {
-            term_ids: HashMap::new(),
+            term_ids: TermTable::default(),
             postings: Vec::new(),
             title_len: Vec::with_capacity(docs.len()),
             body_len: Vec::with_capacity(docs.len()),
@@ -77,7 +112,8 @@ impl Index {
             // Documents are indexed in order, so a term already seen in this document has this
             // document as the last entry of its postings: count in place, no per-document map.
             let mut add = |term: &str, in_title: bool, index: &mut Index| {
-                let list = &mut index.postings[index.term_id(term) as usize];
+                let id = index.term_id(term);
+                let list = &mut index.postings[id as usize];
                 if list.last().is_none_or(|p| p.doc != doc_no) {
                     list.push(Posting { doc: doc_no, title_tf: 0, body_tf: 0 });
                 }

@@ -7,6 +7,8 @@
 //! - [`index`]: an inverted index ranked with BM25F (title field boosted).
 //! - [`snippet`]: the best-matching ~300-character passage of each hit.
 //! - [`tool`]: configuration, the function-calling spec, argument checks and the result JSON.
+//! - [`remote`]: the variant that forwards queries to one granted HTTP endpoint instead
+//!   (config `endpoint`), for teams running their own search service.
 //! - `component` (wasm32 only): the `tool-plugin` world of `wit/sigmaforge.wit`.
 //!
 //! Why no search library: tantivy and similar engines need threads, mmap and a filesystem index,
@@ -18,6 +20,7 @@
 
 pub mod corpus;
 pub mod index;
+pub mod remote;
 pub mod snippet;
 pub mod tokenize;
 pub mod tool;
@@ -27,4 +30,5 @@ mod component;
 
 pub use corpus::{Corpus, Document, LoadWarning, load_dir};
 pub use index::{Bm25fParams, Hit, Index};
+pub use remote::{Endpoint, RemoteTool};
 pub use tool::{SearchConfig, SearchTool, Spec, TOOL_NAME, spec};

@@ -11,6 +11,7 @@
 //!   field names;
 //! - a conservative plural stemmer (`events` → `event`, `processes` → `process`, `keys` → `key`)
 //!   on purely alphabetic words, never on ids or numbers.
+//!
 //! English function words are dropped: they are in nearly every document and only cost time.
 
 /// Calls `emit` with each term of `text`, in order. A term may be emitted more than once when
@@ -45,71 +46,79 @@ fn is_joiner(c: char) -> bool {
 
 /// Runs of alphanumerics joined by single joiners (`attack.t1003.001`, `lsass.exe`,
 /// `process_creation`, `4688`); a joiner not between two alphanumerics ends the run (so a
-/// sentence's final dot or a dash between words with spaces is a separator).
+/// sentence's final dot or a dash between words with spaces is a separator). Scans bytes and
+/// decodes only non-ASCII characters: this loop sees every byte of the corpus at load time.
 fn for_each_compound(text: &str, mut f: impl FnMut(&str)) {
     let bytes = text.as_bytes();
+    let alnum_at = |i: usize| -> (bool, usize) {
+        match bytes.get(i) {
+            None => (false, 0),
+            Some(&b) if b < 0x80 => (b.is_ascii_alphanumeric(), 1),
+            Some(_) => {
+                let c = text[i..].chars().next().expect("i is a char boundary");
+                (c.is_alphanumeric(), c.len_utf8())
+            }
+        }
+    };
     let mut start: Option<usize> = None;
-    let mut iter = text.char_indices().peekable();
-    while let Some((i, c)) = iter.next() {
-        if c.is_alphanumeric() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let (alnum, width) = alnum_at(i);
+        if alnum {
             start.get_or_insert(i);
-            continue;
-        }
-        if is_joiner(c)
-            && start.is_some()
-            && iter.peek().is_some_and(|&(_, next)| next.is_alphanumeric())
-        {
-            continue;
-        }
-        if let Some(s) = start.take() {
+        } else if start.is_some() && bytes[i] < 0x80 && is_joiner(bytes[i] as char) && alnum_at(i + 1).0 {
+            // a joiner inside a compound
+        } else if let Some(s) = start.take() {
             f(&text[s..i]);
         }
+        i += width;
     }
     if let Some(s) = start {
-        f(&text[s..bytes.len()]);
+        f(&text[s..]);
     }
 }
 
 /// One alphanumeric word: its lowercase whole, plus its camel-case pieces when it has several.
 fn emit_word(word: &str, buf: &mut String, emit: &mut impl FnMut(&str)) {
     buf.clear();
-    buf.extend(word.chars().flat_map(char::to_lowercase));
-    let pieces = camel_pieces(word);
-    if !is_stop_word(buf) {
-        let whole = stem(buf);
-        emit(whole);
-    }
-    if pieces.len() > 1 {
-        for piece in pieces {
-            buf.clear();
-            buf.extend(piece.chars().flat_map(char::to_lowercase));
-            if buf.len() > 1 && !is_stop_word(buf) {
-                emit(stem(buf));
-            }
+    if !word.is_ascii() {
+        // Non-ASCII words are folded whole; camel-case splitting is for ASCII field names.
+        buf.extend(word.chars().flat_map(char::to_lowercase));
+        if !is_stop_word(buf) {
+            emit(stem(buf));
         }
+        return;
     }
-}
-
-/// Camel-case pieces: `CommandLine` → [Command, Line], `EventID` → [Event, ID],
-/// `TargetUserSID` → [Target, User, SID], `NTLMv2` → [NTLMv2]. Digits stay with their letters.
-fn camel_pieces(word: &str) -> Vec<&str> {
-    let chars: Vec<(usize, char)> = word.char_indices().collect();
-    let mut pieces = Vec::new();
+    buf.push_str(word);
+    buf.make_ascii_lowercase();
+    if !is_stop_word(buf) {
+        emit(stem(buf));
+    }
+    let mut piece = |piece: &str, buf: &mut String| {
+        buf.clear();
+        buf.push_str(piece);
+        buf.make_ascii_lowercase();
+        if buf.len() > 1 && !is_stop_word(buf) {
+            emit(stem(buf));
+        }
+    };
+    // Camel-case pieces: `CommandLine` → Command, Line; `EventID` → Event, ID; `IDNumber` → ID,
+    // Number; `NTLMv2` stays whole. Digits stay with their letters.
+    let b = word.as_bytes();
+    let lower_at = |k: usize| b.get(k).is_some_and(u8::is_ascii_lowercase);
     let mut start = 0;
-    for w in 1..chars.len() {
-        let (i, c) = chars[w];
-        let prev = chars[w - 1].1;
-        let lower_at = |k: usize| chars.get(k).is_some_and(|&(_, n)| n.is_lowercase());
-        let boundary = (prev.is_lowercase() && c.is_uppercase())
-            // the end of an acronym: "IDNumber" splits before the "N" of "Number" (but "NTLMv2" stays)
-            || (prev.is_uppercase() && c.is_uppercase() && lower_at(w + 1) && lower_at(w + 2) && i > start);
+    for i in 1..b.len() {
+        let (prev, c) = (b[i - 1], b[i]);
+        let boundary = (prev.is_ascii_lowercase() && c.is_ascii_uppercase())
+            || (prev.is_ascii_uppercase() && c.is_ascii_uppercase() && lower_at(i + 1) && lower_at(i + 2) && i > start);
         if boundary {
-            pieces.push(&word[start..i]);
+            piece(&word[start..i], buf);
             start = i;
         }
     }
-    pieces.push(&word[start..]);
-    pieces
+    if start > 0 {
+        piece(&word[start..], buf);
+    }
 }
 
 /// Conservative English plural stemming of alphabetic words; anything with a digit is left alone.

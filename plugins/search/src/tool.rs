@@ -32,6 +32,10 @@ pub struct SearchConfig {
     pub snippet_chars: usize,
     /// The tool description offered to the model (describe your own corpus here).
     pub description: String,
+    /// `http://host:port/path` of a search service to forward queries to instead of ranking a
+    /// local corpus (the remote variant, see [`crate::remote`]); the run configuration must grant
+    /// the plugin that `host:port` as its `network`.
+    pub endpoint: Option<String>,
 }
 
 impl Default for SearchConfig {
@@ -42,12 +46,13 @@ impl Default for SearchConfig {
             max_k: 10,
             snippet_chars: 300,
             description: DEFAULT_DESCRIPTION.to_owned(),
+            endpoint: None,
         }
     }
 }
 
 impl SearchConfig {
-    /// Reads the keys `corpus_dir`, `default_k`, `max_k`, `snippet_chars` and `description`
+    /// Reads the keys `corpus_dir`, `default_k`, `max_k`, `snippet_chars`, `description` and `endpoint`
     /// through `get` (the host's `config` import); unset keys keep their defaults. Errors name
     /// the key and the bad value.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<SearchConfig, String> {
@@ -74,6 +79,10 @@ impl SearchConfig {
         config.snippet_chars = number("snippet_chars", config.snippet_chars, 40..=5000)?;
         if let Some(description) = get("description") {
             config.description = description;
+        }
+        if let Some(endpoint) = get("endpoint").filter(|e| !e.trim().is_empty()) {
+            crate::remote::Endpoint::parse(&endpoint)?;
+            config.endpoint = Some(endpoint.trim().to_owned());
         }
         Ok(config)
     }
@@ -145,44 +154,8 @@ impl SearchTool {
     /// Runs one call. `arguments` is the JSON object of the call; an `Err` is a message for the
     /// model naming the argument and the problem.
     pub fn invoke(&self, arguments: &str) -> Result<String, String> {
-        let request = self.parse_arguments(arguments)?;
+        let request = parse_arguments(arguments, &self.config)?;
         Ok(self.run(&request.query, request.k).to_string())
-    }
-
-    fn parse_arguments(&self, arguments: &str) -> Result<Request, String> {
-        let value: Value =
-            serde_json::from_str(arguments).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
-        let Value::Object(args) = value else {
-            return Err(format!("arguments must be a JSON object like {{\"query\": \"...\"}}, got {value}"));
-        };
-        if let Some(unknown) = args.keys().find(|k| !matches!(k.as_str(), "query" | "k")) {
-            return Err(format!("unknown argument \"{unknown}\"; expected \"query\" and optionally \"k\""));
-        }
-        let query = match args.get("query") {
-            None => return Err("missing required argument \"query\" (a string)".to_owned()),
-            Some(Value::String(q)) => q.trim().to_owned(),
-            Some(other) => return Err(format!("argument \"query\" must be a string, got {other}")),
-        };
-        if query.is_empty() {
-            return Err("argument \"query\" is empty; say what to look up".to_owned());
-        }
-        if query.chars().count() > MAX_QUERY_CHARS {
-            return Err(format!("argument \"query\" is longer than {MAX_QUERY_CHARS} characters"));
-        }
-        let k = self.parse_k(&args)?;
-        Ok(Request { query, k })
-    }
-
-    fn parse_k(&self, args: &Map<String, Value>) -> Result<usize, String> {
-        let max = self.config.max_k;
-        match args.get("k") {
-            None | Some(Value::Null) => Ok(self.config.default_k),
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(k) if (1..=max as u64).contains(&k) => Ok(k as usize),
-                _ => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {n}")),
-            },
-            Some(other) => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {other}")),
-        }
     }
 
     /// The result object: `{"query", "results": [{"rank", "id", "title", "source_url", "score", "snippet"}]}`.
@@ -209,10 +182,48 @@ impl SearchTool {
     }
 }
 
-struct Request {
-    query: String,
-    k: usize,
+pub(crate) struct Request {
+    pub query: String,
+    pub k: usize,
 }
+
+/// Checks a call's arguments against the spec; errors are messages for the model.
+pub(crate) fn parse_arguments(arguments: &str, config: &SearchConfig) -> Result<Request, String> {
+    let value: Value =
+        serde_json::from_str(arguments).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
+    let Value::Object(args) = value else {
+        return Err(format!("arguments must be a JSON object like {{\"query\": \"...\"}}, got {value}"));
+    };
+    if let Some(unknown) = args.keys().find(|k| !matches!(k.as_str(), "query" | "k")) {
+        return Err(format!("unknown argument \"{unknown}\"; expected \"query\" and optionally \"k\""));
+    }
+    let query = match args.get("query") {
+        None => return Err("missing required argument \"query\" (a string)".to_owned()),
+        Some(Value::String(q)) => q.trim().to_owned(),
+        Some(other) => return Err(format!("argument \"query\" must be a string, got {other}")),
+    };
+    if query.is_empty() {
+        return Err("argument \"query\" is empty; say what to look up".to_owned());
+    }
+    if query.chars().count() > MAX_QUERY_CHARS {
+        return Err(format!("argument \"query\" is longer than {MAX_QUERY_CHARS} characters"));
+    }
+    let k = parse_k(&args, config)?;
+    Ok(Request { query, k })
+}
+
+fn parse_k(args: &Map<String, Value>, config: &SearchConfig) -> Result<usize, String> {
+    let max = config.max_k;
+    match args.get("k") {
+        None | Some(Value::Null) => Ok(config.default_k),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(k) if (1..=max as u64).contains(&k) => Ok(k as usize),
+            _ => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {n}")),
+        },
+        Some(other) => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {other}")),
+    }
+}
+
 
 #[cfg(test)]
 mod tests {
@@ -287,6 +298,8 @@ mod tests {
         assert_eq!(cfg(&[("max_k", "ten")]).unwrap_err(), "config max_k = \"ten\" is not a whole number");
         assert_eq!(cfg(&[("max_k", "3"), ("default_k", "4")]).unwrap_err(), "config default_k = 4 is larger than max_k = 3");
         assert!(cfg(&[("snippet_chars", "5")]).unwrap_err().contains("out of range 40..=5000"));
+        assert!(cfg(&[("endpoint", "https://search.example")]).unwrap_err().contains("must start with http://"));
+        assert_eq!(cfg(&[("endpoint", "http://127.0.0.1:7700/q")]).unwrap().endpoint.as_deref(), Some("http://127.0.0.1:7700/q"));
         // a small max_k lowers the default k with it
         assert_eq!(cfg(&[("max_k", "3")]).unwrap().default_k, 3);
     }

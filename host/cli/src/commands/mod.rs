@@ -1,3 +1,10 @@
 //! One module per subcommand.
 
+pub mod check;
 pub mod data;
+pub mod hunt;
+pub mod plugin;
+pub mod score;
+pub mod tasks;
+pub mod tool;
+pub mod serve;

@@ -147,6 +147,7 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 /// The inverse of [`unpermute`] (what llama.cpp's converter does), for writing test GGUFs.
+#[cfg(test)]
 pub fn permute_for_gguf(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let hd = rows / heads;

@@ -52,3 +52,6 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         bail!("model path {} does not exist (expected a Hugging Face directory or a .gguf file)", path.display())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::detection::compile::{CompileOptions, compile_detection};
+use crate::detection::compile::{CompileOptions, PlaceholderPolicy, compile_detection};
 use crate::diagnostic::{Diagnostic, Pos};
 use crate::event::FieldKey;
 use crate::rule::{Document, FilterRules, ParsedFile, parse_documents};
@@ -23,8 +23,13 @@ pub fn check_text(text: &str, origin: &str, options: &CompileOptions) -> Checked
         if let Document::Rule(rule) = doc {
             if let Err((pos, message)) = compile_detection(&rule.detection, options, &mut |_| FieldKey(0)) {
                 // Unresolved placeholders are a deployment matter, not a broken rule: the rule is
-                // valid Sigma and runs once its placeholder values are configured.
-                extra.push(Diagnostic::warning("unresolved-placeholder", origin, Some(pos), message));
+                // valid Sigma and runs once its placeholder values are configured. Anything else
+                // (a regex over the size limit) is an error.
+                let lenient = CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..options.clone() };
+                match compile_detection(&rule.detection, &lenient, &mut |_| FieldKey(0)) {
+                    Ok(_) => extra.push(Diagnostic::warning("unresolved-placeholder", origin, Some(pos), message)),
+                    Err((pos, message)) => extra.push(Diagnostic::error("compile", origin, Some(pos), message)),
+                }
             }
         }
     }

@@ -269,9 +269,9 @@ mod tests {
     #[test]
     fn builder_merges_field_tables_and_indexes_by_channel_and_event_id() {
         let c = corpus_of(&[
-            ("a.json", r#"{"Event":{"System":{"EventID":1,"EventRecordID":10,"Channel":"Microsoft-Windows-Sysmon/Operational"},"EventData":{"Image":"x"}}}"#),
-            ("b.json", r#"{"Event":{"System":{"Channel":"Security","EventID":"4688","EventRecordID":3},"EventData":{"NewProcessName":"y"}}}
-{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"#),
+            ("a.json", r##"{"Event":{"System":{"EventID":1,"EventRecordID":10,"Channel":"Microsoft-Windows-Sysmon/Operational"},"EventData":{"Image":"x"}}}"##),
+            ("b.json", r##"{"Event":{"System":{"Channel":"Security","EventID":"4688","EventRecordID":3},"EventData":{"NewProcessName":"y"}}}
+{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"##),
         ]);
         assert_eq!(c.len(), 3);
         assert_eq!(c.files(), ["a.json", "b.json"]);

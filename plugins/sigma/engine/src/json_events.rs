@@ -15,7 +15,7 @@
 
 use serde_json::Value as Json;
 
-use crate::corpus::{LoadWarning, LoadedFile};
+use crate::corpus::LoadedFile;
 use crate::event::{Event, FieldKey, FieldTable, FileId, Value};
 
 /// One flattened event before it gets its file and final record id.
@@ -319,11 +319,6 @@ fn next_object_line(bytes: &[u8], from: usize) -> usize {
     bytes.len()
 }
 
-/// A warning for the whole file, for loaders that give up on it.
-pub(crate) fn file_warning(file: &str, message: String) -> LoadWarning {
-    LoadWarning { file: file.to_string(), message }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,7 +335,7 @@ mod tests {
         flat.fields.iter().filter(|(k, _)| *k == key).map(|(_, v)| v.text().to_string()).collect()
     }
 
-    const SYSMON: &str = r#"{"Event":{"#attributes":{"xmlns":"x"},"System":{
+    const SYSMON: &str = r##"{"Event":{"#attributes":{"xmlns":"x"},"System":{
         "Provider":{"#attributes":{"Name":"Microsoft-Windows-Sysmon","Guid":"{5770}"}},
         "EventID":1,"Level":4,"Keywords":"0x8000000000000000",
         "TimeCreated":{"#attributes":{"SystemTime":"2019-03-19T23:34:25.123456Z"}},
@@ -348,7 +343,7 @@ mod tests {
         "Execution":{"#attributes":{"ProcessID":3544,"ThreadID":4272}},
         "Channel":"Microsoft-Windows-Sysmon/Operational","Computer":"PC1",
         "Security":{"#attributes":{"UserID":"S-1-5-18"}}},
-        "EventData":{"Image":"C:\\Windows\\cmd.exe","ProcessId":4460,"Error Code":"5","Empty":null}}}"#;
+        "EventData":{"Image":"C:\\Windows\\cmd.exe","ProcessId":4460,"Error Code":"5","Empty":null}}}"##;
 
     #[test]
     fn system_and_event_data_fields_get_sigma_names() {
@@ -372,11 +367,11 @@ mod tests {
     #[test]
     fn separate_attributes_qualifiers_unnamed_data_and_user_data() {
         let (t, f) = flat(
-            r#"{"Event":{"System":{"Provider_attributes":{"Name":"Service Control Manager"},
+            r##"{"Event":{"System":{"Provider_attributes":{"Name":"Service Control Manager"},
             "EventID":{"#attributes":{"Qualifiers":16384},"#text":7045},"EventRecordID":7,
             "Channel":"System"},
             "EventData":{"Data":["a",{"#text":"b"}],"Binary":"00FF"},
-            "UserData":{"EventXML":{"#attributes":{"xmlns":"u"},"Param1":"x","Nested":{"Param2":"y"}}}}}"#,
+            "UserData":{"EventXML":{"#attributes":{"xmlns":"u"},"Param1":"x","Nested":{"Param2":"y"}}}}}"##,
         );
         assert_eq!(texts(&t, &f, "Provider_Name"), ["Service Control Manager"]);
         assert_eq!(texts(&t, &f, "EventID"), ["7045"]);
@@ -391,8 +386,8 @@ mod tests {
     #[test]
     fn named_data_elements_in_attribute_form() {
         let (t, f) = flat(
-            r#"{"Event":{"System":{"EventID":4688,"EventRecordID":1},"EventData":{"Data":[
-            {"#attributes":{"Name":"NewProcessName"},"#text":"C:\\x.exe"},{"#attributes":{"Name":"Empty"}}]}}}"#,
+            r##"{"Event":{"System":{"EventID":4688,"EventRecordID":1},"EventData":{"Data":[
+            {"#attributes":{"Name":"NewProcessName"},"#text":"C:\\x.exe"},{"#attributes":{"Name":"Empty"}}]}}}"##,
         );
         assert_eq!(texts(&t, &f, "NewProcessName"), ["C:\\x.exe"]);
         assert_eq!(texts(&t, &f, "Empty"), [""]);
@@ -402,7 +397,7 @@ mod tests {
     #[test]
     fn not_an_event_is_an_error_not_a_panic() {
         let mut t = FieldTable::new();
-        for bad in [r#"{"a":1}"#, r#"{"Event":5}"#, r#"{"Event":{"EventData":{}}}"#, "[]", "null"] {
+        for bad in [r##"{"a":1}"##, r##"{"Event":5}"##, r##"{"Event":{"EventData":{}}}"##, "[]", "null"] {
             let v: Json = serde_json::from_str(bad).unwrap();
             assert!(flatten_event(&v, &mut t).is_err(), "{bad}");
         }
@@ -420,7 +415,7 @@ mod tests {
 
     #[test]
     fn json_lines_pretty_streams_arrays_and_garbage() {
-        let line = r#"{"Event":{"System":{"EventID":1,"EventRecordID":5}}}"#;
+        let line = r##"{"Event":{"System":{"EventID":1,"EventRecordID":5}}}"##;
         let jsonl = format!("{line}\n{line}\nnot json at all\n{line}\n");
         let loaded = load_json_bytes("x.jsonl", jsonl.as_bytes());
         assert_eq!(loaded.events.len(), 3);

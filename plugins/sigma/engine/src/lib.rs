@@ -46,6 +46,9 @@ pub use rule::{
 };
 
 // Event side (helper B): loaders, store, logsource mapping, hunting.
+pub mod cache;
 pub mod corpus;
 pub mod evtx;
+pub mod hunt;
 pub mod json_events;
+pub mod logsource;

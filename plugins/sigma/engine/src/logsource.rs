@@ -104,12 +104,17 @@ impl LogsourceMap {
     /// The entry for a rule's logsource: same product, category and service (compared without
     /// case; an absent key only matches an absent key).
     pub fn lookup(&self, product: Option<&str>, category: Option<&str>, service: Option<&str>) -> Option<&MappingEntry> {
+        self.lookup_index(product, category, service).map(|i| &self.entries[i])
+    }
+
+    /// Like [`LogsourceMap::lookup`], giving the entry's position in [`LogsourceMap::entries`].
+    pub fn lookup_index(&self, product: Option<&str>, category: Option<&str>, service: Option<&str>) -> Option<usize> {
         let same = |a: &Option<String>, b: Option<&str>| match (a.as_deref(), b) {
             (None, None) => true,
             (Some(x), Some(y)) => x.eq_ignore_ascii_case(y.trim()),
             _ => false,
         };
-        self.entries.iter().find(|e| same(&e.product, product) && same(&e.category, category) && same(&e.service, service))
+        self.entries.iter().position(|e| same(&e.product, product) && same(&e.category, category) && same(&e.service, service))
     }
 
     /// Parses a mapping file.
@@ -274,11 +279,11 @@ mod tests {
     #[test]
     fn candidates_use_channel_event_id_and_other_conditions() {
         let events = [
-            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":12,"EventRecordID":1},"EventData":{"EventType":"CreateKey"}}}"#,
-            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":"12","EventRecordID":2},"EventData":{"EventType":"DeleteValue"}}}"#,
-            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":13,"EventRecordID":3}}}"#,
-            r#"{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"#,
-            r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":5}}}"#,
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":12,"EventRecordID":1},"EventData":{"EventType":"CreateKey"}}}"##,
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":"12","EventRecordID":2},"EventData":{"EventType":"DeleteValue"}}}"##,
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":13,"EventRecordID":3}}}"##,
+            r##"{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"##,
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":5}}}"##,
         ]
         .join("\n");
         let mut b = Corpus::builder();

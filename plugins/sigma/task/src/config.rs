@@ -49,7 +49,7 @@ impl Default for TaskConfig {
             test_candidate_dirs: vec!["rules/windows".into(), "rules-threat-hunting/windows".into(), "rules-emerging-threats".into()],
             evtx_dir: "evtx".into(),
             corpus_cache: "cache/corpus.sfc".into(),
-            max_completion_bytes: 256 * 1024,
+            max_completion_bytes: 1024 * 1024,
         }
     }
 }

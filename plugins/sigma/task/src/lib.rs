@@ -7,12 +7,14 @@
 //! - [`tasks`]: reference rules from rule lists; the derived test split.
 //! - [`persona`]: analyst personas that turn rule metadata into requests; the system prompt.
 //! - [`config`]: configuration keys (weights, seed, lists, limits).
+//! - [`corpus_cache`]: the event corpus from the engine's cache file, or from EVTX.
 //!
 //! Dependencies: only the engine and serde/serde_json (task metadata is JSON text in the WIT
 //! contract). Randomness is a hand-written SplitMix64 ([`rng`]) rather than the `rand` crate,
 //! because prompts must stay byte-identical for a seed across crate upgrades and targets.
 
 pub mod config;
+pub mod corpus_cache;
 pub mod extract;
 pub mod fixtures;
 pub mod matching;
@@ -93,7 +95,7 @@ impl SigmaTask {
     /// Loads the corpus and the train split from `data_dir` (laid out like the project's shared
     /// data directory). `log` receives progress and skipped rules.
     pub fn load(data_dir: &Path, config: TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Self, String> {
-        let corpus = load_corpus(data_dir, &config, log)?;
+        let corpus = corpus_cache::load(data_dir, &config, log)?;
         let map = LogsourceMap::builtin().map_err(|e| format!("the built-in logsource mapping is invalid: {e}"))?;
         let matcher = RuleMatcher::new(corpus, map);
         let rules_dir = data_dir.join(&config.rules_dir);
@@ -232,20 +234,4 @@ impl SigmaTask {
             .as_ref()
             .map_err(|e| e.clone())
     }
-}
-
-/// The corpus: from the prebuilt cache file when there is one, else from the EVTX files.
-fn load_corpus(data_dir: &Path, config: &TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Corpus, String> {
-    let evtx_dir = data_dir.join(&config.evtx_dir);
-    let sources = sigma_engine::corpus::collect_event_files(&evtx_dir)
-        .map_err(|e| format!("cannot list the event corpus {}: {e}", evtx_dir.display()))?;
-    let (corpus, warnings) = Corpus::load(&sources);
-    for w in warnings.iter().take(5) {
-        log(LogLevel::Warn, &format!("corpus: {w:?}"));
-    }
-    if corpus.is_empty() {
-        return Err(format!("the event corpus {} holds no events", evtx_dir.display()));
-    }
-    log(LogLevel::Info, &format!("corpus: {} events from {} files", corpus.len(), corpus.files().len()));
-    Ok(corpus)
 }

@@ -51,7 +51,8 @@ pub struct Indicators {
 pub struct Request {
     pub persona: &'static str,
     pub text: String,
-    /// The raw detection values this request reveals on purpose.
+    /// The indicators this request reveals on purpose, as written in the request (a file name,
+    /// a channel, an event ID). Detection values contained in one of them count as revealed.
     pub mentions: Vec<String>,
 }
 
@@ -129,7 +130,7 @@ fn incident_responder(m: &RuleMeta, rng: &mut SplitMix64, mentions: &mut Vec<Str
     let artifacts = if shown.is_empty() {
         format!("activity matching \"{}\"", m.title)
     } else {
-        mentions.extend(shown.iter().map(|(_, raw)| raw.clone()));
+        mentions.extend(shown.iter().map(|(name, _)| name.clone()));
         let names: Vec<String> = shown.iter().map(|(s, _)| format!("`{s}`")).collect();
         format!("traces of {}", names.join(" and "))
     };
@@ -364,7 +365,7 @@ mod tests {
                 }
                 "incident_responder" => {
                     assert!(r.text.contains("`KeePass.exe`"), "{}", r.text);
-                    assert_eq!(r.mentions, ["\\KeePass.exe"]);
+                    assert_eq!(r.mentions, ["KeePass.exe"]);
                 }
                 _ => assert!(r.mentions.is_empty()),
             }

@@ -76,10 +76,16 @@ impl Reward for Hostile {
                 std::hint::black_box(x);
             }
         } else if let Some(mib) = c.strip_prefix("alloc:") {
+            // In 16 MiB chunks: wasm32 can't express one 4 GiB Vec, but it can try to grow
+            // its memory to 4 GiB piece by piece.
             let mib: usize = mib.parse().map_err(|_| "bad size".to_string())?;
-            let mut v = vec![0u8; mib << 20];
-            v[mib << 19] = 1;
-            return ok(1.0, format!("allocated {} bytes", std::hint::black_box(&v).len()));
+            let mut chunks = Vec::new();
+            for _ in 0..mib.div_ceil(16) {
+                let mut c = vec![0u8; 16 << 20];
+                c[8 << 20] = 1;
+                chunks.push(std::hint::black_box(c));
+            }
+            return ok(1.0, format!("allocated {} MiB", chunks.len() * 16));
         } else if let Some(path) = c.strip_prefix("read:") {
             return match std::fs::read_to_string(path) {
                 Ok(text) => ok(1.0, format!("READ OK: {}", text.lines().next().unwrap_or(""))),

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use regex::Regex;
 
 use super::condition::Condition;
-use super::matcher::{AnyOf, StrMatcher, build_regex, compile_pattern};
+use super::matcher::{AnyOf, StrMatcher, build_regex, check_regex_syntax, compile_pattern};
 use super::modifier::Modifier;
 use super::pattern::{Pattern, Tok, Utf16};
 use super::timestamp::DateTime;
@@ -330,7 +330,7 @@ pub(crate) fn build_item(
         }
         k
     };
-    let err = |pos: Pos, msg: String| Err((pos, format!("'{}': {msg}", key_name())));
+    let err = |pos: Pos, msg: String| (pos, format!("'{}': {msg}", key_name()));
     let field = item.field.as_deref().map(&mut *resolve);
 
     let test = if item.values.len() == 1 && item.values[0].kind == RawKind::Null {
@@ -338,20 +338,26 @@ pub(crate) fn build_item(
     } else if has(Modifier::Exists) {
         let v = &item.values[0];
         if item.values.len() != 1 || v.kind != RawKind::Bool {
-            return err(v.pos, "'exists' takes a single true or false".into());
+            return Err(err(v.pos, "'exists' takes a single true or false".into()));
         }
         Test::Exists(v.text == "true")
     } else if has(Modifier::Re) {
         let mut regexes = Vec::new();
         for v in &item.values {
+            if options.is_none() {
+                // Validation pass: syntax only. Compiling Unicode-heavy patterns costs up to
+                // ~70 ms each, so it is done once, by `compile`.
+                check_regex_syntax(&v.text).map_err(|e| err(v.pos, e))?;
+                continue;
+            }
             let r = build_regex(&v.text, has(Modifier::IgnoreCase), has(Modifier::Multiline), has(Modifier::DotAll));
-            regexes.push(r.or_else(|e| err(v.pos, e))?);
+            regexes.push(r.map_err(|e| err(v.pos, e))?);
         }
         Test::Regex { regexes, all }
     } else if has(Modifier::Cidr) {
         let mut nets = Vec::new();
         for v in &item.values {
-            nets.push(Cidr::parse(&v.text).or_else(|e| err(v.pos, e))?);
+            nets.push(Cidr::parse(&v.text).map_err(|e| err(v.pos, e))?);
         }
         Test::Cidr { nets, all }
     } else if let Some(part) = mods.iter().copied().find(|m| m.is_time_part()) {
@@ -363,7 +369,7 @@ pub(crate) fn build_item(
         let mut refs = Vec::new();
         for v in &item.values {
             if v.text.contains(['*', '?']) || v.text.is_empty() {
-                return err(v.pos, format!("'fieldref' takes the name of another field, without wildcards (got '{}')", v.text));
+                return Err(err(v.pos, format!("'fieldref' takes the name of another field, without wildcards (got '{}')", v.text)));
             }
             refs.push(resolve(&v.text));
         }
@@ -380,8 +386,12 @@ pub(crate) fn build_item(
     } else {
         let mut per_value = Vec::with_capacity(item.values.len());
         for v in &item.values {
-            let patterns = transform(item, v, options).or_else(|e| err(v.pos, e))?;
-            per_value.push(patterns.iter().flat_map(|p| compile_pattern(p, cased)).collect::<Vec<StrMatcher>>());
+            let patterns = transform(item, v, options).map_err(|e| err(v.pos, e))?;
+            // The validation pass (no options) only needs the transformation's errors; building
+            // matchers cannot fail, so it is skipped there.
+            if options.is_some() {
+                per_value.push(patterns.iter().flat_map(|p| compile_pattern(p, cased)).collect::<Vec<StrMatcher>>());
+            }
         }
         if all {
             Test::StringsAll { each: per_value.into_iter().map(AnyOf::new).collect(), cased }

@@ -136,8 +136,9 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, ConditionError> {
                 i += 1;
             }
             '|' => {
+                // A v1 aggregation: the parser reports it; what follows need not tokenize.
                 out.push((Token::Pipe, off));
-                i += 1;
+                break;
             }
             c if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '*' => {
                 let start = i;
@@ -169,6 +170,10 @@ pub fn parse_condition(text: &str) -> Result<Condition, ConditionError> {
     if let Some((tok, off)) = p.tokens.get(p.at) {
         let message = match tok {
             Token::RParen => "unbalanced ')' in the condition".to_string(),
+            Token::Pipe => AGGREGATION_UNSUPPORTED.to_string(),
+            Token::Word(w) if matches!(w.as_str(), "AND" | "OR" | "NOT") => {
+                format!("operators are lowercase in Sigma: write '{}' instead of '{w}'", w.to_lowercase())
+            }
             Token::Word(w) => format!("expected 'and' or 'or' before '{w}'"),
             _ => "unexpected text after the end of the condition".to_string(),
         };
@@ -176,6 +181,9 @@ pub fn parse_condition(text: &str) -> Result<Condition, ConditionError> {
     }
     Ok(c)
 }
+
+const AGGREGATION_UNSUPPORTED: &str =
+    "aggregations ('| count() …') are Sigma v1 syntax and are unsupported: use a correlation rule (type: event_count / value_count)";
 
 /// Nesting limit for parentheses and `not` chains: deep enough for any real rule, shallow enough
 /// that the recursive descent cannot overflow the stack (also inside Wasm).
@@ -257,9 +265,7 @@ impl ConditionParser {
                 Ok(inner)
             }
             Some(Token::RParen) => self.err("unexpected ')' where a search identifier was expected"),
-            Some(Token::Pipe) => self.err(
-                "aggregations ('| count() …') are Sigma v1 syntax and are unsupported: use a correlation rule (type: event_count / value_count)",
-            ),
+            Some(Token::Pipe) => self.err(AGGREGATION_UNSUPPORTED),
             Some(Token::Word(w)) => {
                 match w.as_str() {
                     "and" | "or" => return self.err(format!("'{w}' needs a search identifier before it")),

@@ -103,6 +103,9 @@ pub(crate) fn parse_detection(node: &Node, sink: &mut Sink) -> Option<Detection>
     };
     let errors_before = sink.diagnostics.iter().filter(|d| d.is_error()).count();
     let mut searches = Vec::new();
+    // Every identifier written, including those with errors, so that the condition check does
+    // not repeat an error as "unknown identifier".
+    let mut declared: Vec<String> = Vec::new();
     let mut condition_node = None;
     for e in entries {
         match e.key.as_str() {
@@ -121,6 +124,7 @@ pub(crate) fn parse_detection(node: &Node, sink: &mut Sink) -> Option<Detection>
                     );
                     continue;
                 }
+                declared.push(name.to_string());
                 if let Some(body) = parse_search_body(&e.value, name, sink, true) {
                     searches.push(Search { name: name.to_string(), pos: e.key_pos, body });
                 }
@@ -131,7 +135,7 @@ pub(crate) fn parse_detection(node: &Node, sink: &mut Sink) -> Option<Detection>
         sink.error("missing-condition", node.pos, "'detection' has no 'condition'");
         return None;
     };
-    let condition = parse_condition_node(cond_node, &searches, sink)?;
+    let condition = parse_condition_node(cond_node, &declared, sink)?;
     let errors_after = sink.diagnostics.iter().filter(|d| d.is_error()).count();
     if errors_after > errors_before {
         return None;
@@ -164,7 +168,7 @@ fn trial_item(item: &Item, sink: &mut Sink) -> bool {
     }
 }
 
-fn parse_condition_node(node: &Node, searches: &[Search], sink: &mut Sink) -> Option<Condition> {
+fn parse_condition_node(node: &Node, declared: &[String], sink: &mut Sink) -> Option<Condition> {
     let texts: Vec<(&str, Pos)> = match &node.value {
         NodeValue::String(s) => vec![(s.as_str(), node.pos)],
         NodeValue::Seq(items) => {
@@ -193,7 +197,7 @@ fn parse_condition_node(node: &Node, searches: &[Search], sink: &mut Sink) -> Op
     for (text, pos) in texts {
         match condition::parse_condition(text) {
             Ok(c) => {
-                if check_references(&c, searches, pos, sink) {
+                if check_references(&c, declared, pos, sink) {
                     parsed.push(c);
                 }
             }
@@ -211,23 +215,23 @@ fn parse_condition_node(node: &Node, searches: &[Search], sink: &mut Sink) -> Op
 }
 
 /// Every identifier must exist (case-sensitively) and every `x of pattern` must match something.
-fn check_references(c: &Condition, searches: &[Search], pos: Pos, sink: &mut Sink) -> bool {
-    let names = || searches.iter().map(|s| s.name.as_str());
+fn check_references(c: &Condition, declared: &[String], pos: Pos, sink: &mut Sink) -> bool {
+    let names = || declared.iter().map(String::as_str);
     match c {
         Condition::Ref(name) => {
-            if searches.iter().any(|s| &s.name == name) {
+            if declared.contains(name) {
                 return true;
             }
-            let hint = searches
+            let hint = declared
                 .iter()
-                .find(|s| s.name.eq_ignore_ascii_case(name))
-                .map(|s| format!(" (identifiers are case-sensitive: did you mean '{}'?)", s.name))
+                .find(|s| s.eq_ignore_ascii_case(name))
+                .map(|s| format!(" (identifiers are case-sensitive: did you mean '{s}'?)"))
                 .unwrap_or_default();
             sink.error("unknown-identifier", pos, format!("the condition refers to '{name}', which is not a search identifier in 'detection'{hint}"));
             false
         }
-        Condition::Not(inner) => check_references(inner, searches, pos, sink),
-        Condition::And(v) | Condition::Or(v) => v.iter().fold(true, |ok, c| ok & check_references(c, searches, pos, sink)),
+        Condition::Not(inner) => check_references(inner, declared, pos, sink),
+        Condition::And(v) | Condition::Or(v) => v.iter().fold(true, |ok, c| ok & check_references(c, declared, pos, sink)),
         Condition::OneOf(t) | Condition::AllOf(t) => {
             if t.select(names()).is_empty() {
                 sink.error(

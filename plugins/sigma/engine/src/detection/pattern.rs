@@ -237,7 +237,7 @@ mod tests {
         let p = Pattern::parse(" -enc /c a-b --x").windash();
         let dashes: Vec<usize> = p.0.iter().enumerate().filter(|(_, t)| **t == Dash).map(|(i, _)| i).collect();
         // " -enc" (1), " /c" (6); "a-b" has a word char before; "--x": only the second dash
-        assert_eq!(dashes, vec![1, 6, 13]);
+        assert_eq!(dashes, vec![1, 6, 14]);
         assert_eq!(Pattern::parse("-x").windash().0[0], Dash);
     }
 

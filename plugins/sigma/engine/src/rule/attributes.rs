@@ -78,7 +78,10 @@ pub fn is_uuid(s: &str) -> bool {
 
 pub(crate) fn id(doc: &Node, sink: &mut Sink) -> Option<String> {
     let node = doc.get("id")?;
-    let id = opt_string(doc, "id", sink)?;
+    let Some(id) = node.scalar_text() else {
+        sink.error("bad-id", node.pos, format!("'id' must be a UUID, not {}", node.kind_name()));
+        return None;
+    };
     if !is_uuid(&id) {
         sink.error("bad-id", node.pos, format!("'id' must be a UUID such as 929a690e-bef0-4204-a928-ef5e620d6fcc, got '{id}'"));
     }
@@ -183,8 +186,12 @@ fn check_tag(tag: &str, pos: Pos, sink: &mut Sink) {
     };
     let known = match ns {
         "attack" => {
-            const TACTICS: [&str; 14] = [
+            // ATT&CK v18 split defense-evasion into stealth and defense-impairment; both
+            // generations appear in SigmaHQ rules.
+            const TACTICS: [&str; 16] = [
                 "reconnaissance",
+                "stealth",
+                "defense-impairment",
                 "resource-development",
                 "initial-access",
                 "execution",

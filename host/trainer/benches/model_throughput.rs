@@ -1,0 +1,110 @@
+//! CPU throughput of the differentiable model (BENCHMARKS.md, "Trainer: model throughput").
+//! Run: `cargo bench -p sigmaforge-trainer --bench model_throughput`
+//! (`.cargo/config.toml` builds with `-C target-cpu=native`; `RUSTFLAGS=""` gives the baseline
+//! x86-64 build for comparison.)
+//!
+//! Shapes: the 10.5M-parameter Qwen3 of `ModelConfig::qwen3_10m()`, f32.
+//! - forward + backward: B = 8, L = 256, loss = Σ advantage_row · log p(token) over all
+//!   next-token positions (the policy-gradient part of the GRPO loss, which dominates its cost);
+//! - decoding: B = 8 rows, 32-token prompts, 95 new tokens, greedy, KV cache (`generate`).
+//! With `SIGMAFORGE_BENCH_SMOLLM2=1` and the default model in the model cache, the same two
+//! measurements run on SmolLM2-135M (LoRA r=16 on all linear layers, B = 4, L = 128).
+//!
+//! A plain timing harness (medians of repeated runs), like the other benches of the project:
+//! criterion's build cost is large on the 2-core VM and each sample here takes seconds.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use sigmaforge_trainer::generate::{SamplingConfig, generate};
+use sigmaforge_trainer::load::{self, LoadOptions, Tokenizer};
+use sigmaforge_trainer::lora::LoraConfig;
+use sigmaforge_trainer::model::{AdapterMode, CausalLm, ModelConfig, token_logprobs};
+use sigmaforge_trainer::rng::SamplerRng;
+use sigmaforge_trainer::testing::tiny_tokenizer;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn random_ids(rng: &mut SamplerRng, n: usize, lo: u32, hi: u32) -> Vec<u32> {
+    (0..n).map(|_| lo + rng.below((hi - lo) as usize) as u32).collect()
+}
+
+fn fwd_bwd(model: &CausalLm, b: usize, l: usize, runs: usize) -> anyhow::Result<(Duration, Duration)> {
+    let mut rng = SamplerRng::new(1);
+    let vocab = model.config().vocab_size as u32;
+    let input = Tensor::from_vec(random_ids(&mut rng, b * l, 3, vocab), (b, l), &Device::Cpu)?;
+    let mask = Tensor::ones((b, l), DType::U32, &Device::Cpu)?;
+    let adv: Vec<f32> = (0..b).map(|_| rng.normal() as f32).collect();
+    let adv = Tensor::from_vec(adv, (b, 1), &Device::Cpu)?;
+    let mut fwd = Vec::new();
+    let mut total = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let logits = model.forward(&input, &mask, None, AdapterMode::Enabled)?;
+        let lp = token_logprobs(&logits.narrow(1, 0, l - 1)?, &input.narrow(1, 1, l - 1)?)?;
+        let loss = lp.broadcast_mul(&adv)?.mean_all()?.neg()?;
+        let _ = loss.to_scalar::<f32>()?;
+        fwd.push(start.elapsed());
+        let grads = loss.backward()?;
+        drop(grads);
+        total.push(start.elapsed());
+    }
+    Ok((median(fwd), median(total)))
+}
+
+fn decode(model: &CausalLm, tok: &Tokenizer, b: usize, prompt: usize, new: usize, runs: usize) -> anyhow::Result<(Duration, usize)> {
+    let mut rng = SamplerRng::new(2);
+    let vocab = model.config().vocab_size as u32;
+    let prompts: Vec<Vec<u32>> = (0..b).map(|_| random_ids(&mut rng, prompt, 4, vocab.min(tok.vocab_size() as u32))).collect();
+    let cfg = SamplingConfig { temperature: 0.0, max_new_tokens: new, num_completions: 1, ..Default::default() };
+    let mut times = Vec::new();
+    let mut tokens = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let out = generate(model, tok, &prompts, &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled)?;
+        times.push(start.elapsed());
+        tokens = out.iter().map(|r| r.completion_ids.len()).sum();
+    }
+    Ok((median(times), tokens))
+}
+
+fn report_fwd_bwd(label: &str, b: usize, l: usize, (fwd, total): (Duration, Duration)) {
+    let toks = (b * l) as f64;
+    println!(
+        "{label}: forward {:.2} s ({:.0} tok/s), forward+backward {:.2} s -> {:.0} tok/s  [B={b}, L={l}]",
+        fwd.as_secs_f64(),
+        toks / fwd.as_secs_f64(),
+        total.as_secs_f64(),
+        toks / total.as_secs_f64()
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    println!("threads: {}", candle_core::utils::get_num_threads());
+    let cfg = ModelConfig::qwen3_10m();
+    let model = CausalLm::random(&cfg, None, 0, DType::F32, &Device::Cpu)?;
+    println!("qwen3_10m: {} parameters", model.num_parameters());
+    report_fwd_bwd("qwen3_10m full FT", 8, 256, fwd_bwd(&model, 8, 256, 3)?);
+    let tok = tiny_tokenizer(cfg.vocab_size)?;
+    let (t, n) = decode(&model, &tok, 8, 32, 95, 3)?;
+    println!(
+        "qwen3_10m decode: {n} tokens in {:.2} s -> {:.0} tok/s  [B=8, prompt 32, 95 new, greedy, KV cache, prefill included]",
+        t.as_secs_f64(),
+        n as f64 / t.as_secs_f64()
+    );
+
+    if std::env::var_os("SIGMAFORGE_BENCH_SMOLLM2").is_some() {
+        let path = load::default_models_dir().join(load::DEFAULT_MODEL_FILE);
+        let lora = LoraConfig { rank: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] };
+        let start = Instant::now();
+        let loaded = load::load_model(&path, &LoadOptions { lora: Some(lora), ..Default::default() })?;
+        println!("smollm2-135m: loaded + dequantized in {:.1} s", start.elapsed().as_secs_f64());
+        report_fwd_bwd("smollm2-135m LoRA r16", 4, 128, fwd_bwd(&loaded.model, 4, 128, 3)?);
+        let (t, n) = decode(&loaded.model, &loaded.tokenizer, 8, 32, 95, 2)?;
+        println!("smollm2-135m decode: {n} tokens in {:.2} s -> {:.0} tok/s  [B=8, prompt 32, up to 95 new, greedy]", t.as_secs_f64(), n as f64 / t.as_secs_f64());
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Per-step metrics: one JSON object per line in `<run>/metrics.jsonl`, and a PNG of the
+//! curves (`<run>/metrics.png`) at the end of a run.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Mean and (population) standard deviation of one reward quantity over a step's rollouts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeanStd {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl MeanStd {
+    pub fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        Self { mean, std: var.sqrt() }
+    }
+}
+
+/// Everything logged for one GRPO step. Field names are the JSONL keys (see docs/training.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// 1-based number of the step just completed.
+    pub step: u64,
+    pub lr: f64,
+    pub reward: MeanStd,
+    /// Per reward component (value in [0, 1], before weighting).
+    pub reward_components: BTreeMap<String, MeanStd>,
+    /// Completions whose reward failed (scored 0).
+    pub reward_errors: usize,
+    pub loss: f64,
+    /// Mean k3 KL to the reference per token (0 when beta = 0: not computed).
+    pub kl: f64,
+    /// Mean per-token entropy of the policy over completion tokens.
+    pub entropy: f64,
+    /// Fraction of completion tokens whose objective was clipped (both sides).
+    pub clip_fraction: f64,
+    pub clip_fraction_low: f64,
+    pub clip_fraction_high: f64,
+    /// Global gradient norm before clipping (mean over the step's passes).
+    pub grad_norm: f64,
+    pub completion_length: MeanStd,
+    /// Completions that hit max_new_tokens without a stop token.
+    pub truncated: usize,
+    pub groups: usize,
+    pub zero_variance_groups: usize,
+    /// Mean |log-prob at sampling − log-prob in the training forward| per token; should be ~0.
+    pub logprob_mismatch: f64,
+    /// Seconds spent generating, scoring (on the scoring thread), waiting for scores after the
+    /// last generation, and updating the weights; and for the whole step.
+    pub time_generation_s: f64,
+    pub time_reward_s: f64,
+    pub time_reward_wait_s: f64,
+    pub time_update_s: f64,
+    pub time_step_s: f64,
+    /// Generated tokens per second of generation time.
+    pub generation_tokens_per_s: f64,
+}
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const PLOT_FILE: &str = "metrics.png";
+
+pub fn append(run_dir: &Path, m: &StepMetrics) -> Result<()> {
+    let path = run_dir.join(METRICS_FILE);
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub fn read_all(run_dir: &Path) -> Result<Vec<StepMetrics>> {
+    let path = run_dir.join(METRICS_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not a metrics record", path.display(), i + 1)))
+        .collect()
+}
+
+/// Keeps the records of steps ≤ `step` (a resumed run rewrites what came after its checkpoint).
+pub fn truncate_after(run_dir: &Path, step: u64) -> Result<()> {
+    let path = run_dir.join(METRICS_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let kept: Vec<StepMetrics> = read_all(run_dir)?.into_iter().filter(|m| m.step <= step).collect();
+    let mut text = String::new();
+    for m in &kept {
+        text.push_str(&serde_json::to_string(m)?);
+        text.push('\n');
+    }
+    fs::write(&path, text).with_context(|| format!("cannot rewrite {}", path.display()))?;
+    Ok(())
+}
+
+/// System fonts tried for the plot's text, in order ($SIGMAFORGE_PLOT_FONT first). Without
+/// any, the plot is drawn without text.
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:\\Windows\\Fonts\\arial.ttf",
+];
+
+fn register_font() -> bool {
+    use std::sync::OnceLock;
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let env = std::env::var("SIGMAFORGE_PLOT_FONT").ok();
+        for path in env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied()) {
+            if let Ok(bytes) = fs::read(path) {
+                // plotters keeps registered fonts for the life of the process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// Draws the curves of `metrics` into a PNG (a grid of panels: reward and components, loss,
+/// KL, entropy, grad norm, clip fraction, completion length, step time).
+pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let with_text = register_font();
+    let steps: Vec<f64> = metrics.iter().map(|m| m.step as f64).collect();
+    let mut panels: Vec<(&str, Vec<(String, Vec<f64>)>)> = Vec::new();
+    let mut rewards = vec![("total".to_string(), metrics.iter().map(|m| m.reward.mean).collect::<Vec<_>>())];
+    let names: std::collections::BTreeSet<&String> = metrics.iter().flat_map(|m| m.reward_components.keys()).collect();
+    for n in names {
+        rewards.push((n.clone(), metrics.iter().map(|m| m.reward_components.get(n).map_or(0.0, |c| c.mean)).collect()));
+    }
+    panels.push(("reward (mean)", rewards));
+    let one = |name: &str, f: fn(&StepMetrics) -> f64| vec![(name.to_string(), metrics.iter().map(f).collect::<Vec<_>>())];
+    panels.push(("loss", one("loss", |m| m.loss)));
+    panels.push(("KL", one("kl", |m| m.kl)));
+    panels.push(("entropy", one("entropy", |m| m.entropy)));
+    panels.push(("grad norm", one("grad_norm", |m| m.grad_norm)));
+    panels.push(("clip fraction", one("clip_fraction", |m| m.clip_fraction)));
+    panels.push(("completion length", one("tokens", |m| m.completion_length.mean)));
+    panels.push((
+        "time per step (s)",
+        vec![
+            ("generation".into(), metrics.iter().map(|m| m.time_generation_s).collect()),
+            ("reward wait".into(), metrics.iter().map(|m| m.time_reward_wait_s).collect()),
+            ("update".into(), metrics.iter().map(|m| m.time_update_s).collect()),
+        ],
+    ));
+
+    let root = BitMapBackend::new(path, (1600, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    let areas = root.split_evenly((2, 4));
+    let (x0, x1) = (steps.first().copied().unwrap_or(0.0), steps.last().copied().unwrap_or(1.0).max(steps.first().copied().unwrap_or(0.0) + 1.0));
+    for (area, (title, series)) in areas.iter().zip(&panels) {
+        let all: Vec<f64> = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).collect();
+        let (mut y0, mut y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        if !y0.is_finite() {
+            (y0, y1) = (0.0, 1.0);
+        }
+        if (y1 - y0).abs() < 1e-12 {
+            y0 -= 0.5;
+            y1 += 0.5;
+        }
+        let pad = (y1 - y0) * 0.05;
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(10);
+        if with_text {
+            builder.caption(*title, ("sans-serif", 18)).x_label_area_size(28).y_label_area_size(52);
+        }
+        let mut chart = builder.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        let mut mesh = chart.configure_mesh();
+        if with_text {
+            mesh.x_desc("step").label_style(("sans-serif", 12));
+        } else {
+            mesh.disable_x_mesh().disable_y_mesh().x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        for (i, (name, values)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = steps.iter().copied().zip(values.iter().copied()).filter(|(_, v)| v.is_finite()).collect();
+            let drawn = chart.draw_series(LineSeries::new(points, color.stroke_width(2))).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+            if with_text && series.len() > 1 {
+                drawn.label(name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            }
+        }
+        if with_text && series.len() > 1 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 12))
+                .draw()
+                .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        }
+    }
+    root.present().map_err(|e| anyhow::anyhow!("cannot write plot {}: {e}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_round_trip_truncate_and_plot() {
+        let dir = std::env::temp_dir().join(format!("sf-metrics-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for step in 1..=4 {
+            let mut m = StepMetrics { step, loss: 0.1 * step as f64, reward: MeanStd { mean: step as f64 / 4.0, std: 0.1 }, ..Default::default() };
+            m.reward_components.insert("iou".into(), MeanStd { mean: 0.2, std: 0.0 });
+            append(&dir, &m).unwrap();
+        }
+        assert_eq!(read_all(&dir).unwrap().len(), 4);
+        truncate_after(&dir, 2).unwrap();
+        let kept = read_all(&dir).unwrap();
+        assert_eq!(kept.iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2]);
+        let png = dir.join(PLOT_FILE);
+        plot(&kept, &png).unwrap();
+        let bytes = fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mean_std() {
+        let m = MeanStd::of(&[1.0, 3.0]);
+        assert_eq!((m.mean, m.std), (2.0, 1.0));
+    }
+}

@@ -1,0 +1,575 @@
+//! The GRPO loop: sample prompts, generate G rollouts each, score them (on another thread,
+//! while the next group generates), compute group-relative advantages, and update the policy
+//! over `passes_per_batch` passes with gradient accumulation over micro-batches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::checkpoint::{self, Checkpoint, CheckpointState, FORMAT_VERSION};
+use crate::config::RunConfig;
+use crate::environment::{RewardScore, TaskEnvironment, TaskPrompt, score_checked};
+use crate::export;
+use crate::generate::{FinishReason, Rollout, SamplingConfig, generate};
+use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
+use crate::load::Tokenizer;
+use crate::metrics::{self, MeanStd, StepMetrics};
+use crate::model::{AdapterMode, CausalLm};
+use crate::optim::{AdamW, GradAccumulator, LrSchedule};
+use crate::rng::SamplerRng;
+use crate::sampler::TaskSampler;
+
+/// What one step produced besides its metrics.
+pub struct StepOutcome {
+    pub metrics: StepMetrics,
+    /// Reward failures of this step ("task <id>: <error>"), for the log.
+    pub reward_errors: Vec<String>,
+}
+
+pub struct Trainer {
+    cfg: RunConfig,
+    model: CausalLm,
+    /// The frozen initial model, for the KL term under full fine-tuning with beta > 0.
+    reference: Option<CausalLm>,
+    tokenizer: Tokenizer,
+    optimizer: AdamW,
+    schedule: LrSchedule,
+    rng: SamplerRng,
+    sampler: TaskSampler,
+    tasks: Vec<TaskPrompt>,
+    env: Arc<dyn TaskEnvironment>,
+    step: u64,
+    run_dir: PathBuf,
+    coverage_checked: bool,
+    prompt_ids: HashMap<usize, Vec<u32>>,
+}
+
+/// One completion as the update sees it.
+struct Sample {
+    prompt: Vec<u32>,
+    completion: Vec<u32>,
+    sample_logp: Vec<f32>,
+    advantage: f64,
+}
+
+impl Trainer {
+    /// `model` must have been built with the config's LoRA setting (or none for full FT).
+    pub fn new(cfg: RunConfig, model: CausalLm, tokenizer: Tokenizer, env: Arc<dyn TaskEnvironment>, run_dir: &Path) -> Result<Self> {
+        cfg.validate()?;
+        ensure!(
+            model.lora_config() == cfg.lora(),
+            "the model was built with LoRA {:?} but the config asks for {:?}",
+            model.lora_config(),
+            cfg.lora()
+        );
+        let tasks = env.tasks().context("cannot list the training tasks")?;
+        ensure!(!tasks.is_empty(), "the task environment has no tasks to train on");
+        let params = model.trainable_vars();
+        ensure!(!params.is_empty(), "the model has no trainable parameters");
+        let optimizer = AdamW::new(params, cfg.optimizer.adamw)?;
+        let o = &cfg.optimizer;
+        let schedule = LrSchedule {
+            kind: o.schedule,
+            peak_lr: o.lr,
+            warmup_steps: o.warmup_steps,
+            total_steps: cfg.training.steps,
+            min_lr_ratio: o.min_lr_ratio,
+        };
+        let reference = if cfg.grpo.beta > 0.0 && cfg.lora().is_none() { Some(model.frozen_copy()?) } else { None };
+        std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+        let seed = cfg.training.seed;
+        Ok(Self {
+            sampler: TaskSampler::new(tasks.len(), seed),
+            rng: SamplerRng::new(seed ^ 0x6E6E_7261_7465),
+            cfg,
+            model,
+            reference,
+            tokenizer,
+            optimizer,
+            schedule,
+            tasks,
+            env,
+            step: 0,
+            run_dir: run_dir.to_path_buf(),
+            coverage_checked: false,
+            prompt_ids: HashMap::new(),
+        })
+    }
+
+    /// Continue from a checkpoint: weights, optimizer moments, step, RNG and data position.
+    /// Metrics logged after the checkpoint's step are dropped (they will be produced again).
+    pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.model.load_trainable(&ckpt.trainable).with_context(|| format!("checkpoint {}", ckpt.dir.display()))?;
+        self.optimizer.load_state(ckpt.optimizer.clone(), ckpt.state.optimizer_steps).with_context(|| format!("checkpoint {}", ckpt.dir.display()))?;
+        self.step = ckpt.state.step;
+        self.rng = SamplerRng::from_state(ckpt.state.rng);
+        self.sampler = TaskSampler::at(self.tasks.len(), self.cfg.training.seed, ckpt.state.data);
+        self.coverage_checked = true;
+        metrics::truncate_after(&self.run_dir, self.step)?;
+        Ok(())
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+    pub fn model(&self) -> &CausalLm {
+        &self.model
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let trainable: HashMap<String, Tensor> =
+            self.optimizer.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+        let (opt_state, optimizer_steps) = self.optimizer.state();
+        let state = CheckpointState {
+            version: FORMAT_VERSION,
+            step: self.step,
+            optimizer_steps,
+            rng: self.rng.state(),
+            data: self.sampler.position(),
+        };
+        checkpoint::save(&self.run_dir, &state, &self.cfg.to_yaml()?, &trainable, &opt_state, self.cfg.checkpoint.keep)
+    }
+
+    fn prompt_tokens(&mut self, task: usize) -> Result<Vec<u32>> {
+        if let Some(ids) = self.prompt_ids.get(&task) {
+            return Ok(ids.clone());
+        }
+        let t = &self.tasks[task];
+        let text = self
+            .tokenizer
+            .apply_chat_template(&t.messages, true, None)
+            .with_context(|| format!("task {}: cannot render the prompt with the chat template", t.id))?;
+        let ids = self.tokenizer.encode(&text, false).with_context(|| format!("task {}: cannot tokenize the prompt", t.id))?;
+        ensure!(
+            ids.len() <= self.cfg.generation.max_prompt_tokens,
+            "task {}: prompt has {} tokens, more than generation.max_prompt_tokens = {}",
+            t.id,
+            ids.len(),
+            self.cfg.generation.max_prompt_tokens
+        );
+        self.prompt_ids.insert(task, ids.clone());
+        Ok(ids)
+    }
+
+    fn sampling_config(&self) -> SamplingConfig {
+        let g = &self.cfg.generation;
+        SamplingConfig {
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k,
+            max_new_tokens: g.max_new_tokens,
+            num_completions: self.cfg.training.rollouts_per_prompt,
+            stop_token_ids: Vec::new(),
+        }
+    }
+
+    /// One GRPO step. Reward failures score 0 and are reported in the outcome, never an error.
+    pub fn train_step(&mut self) -> Result<StepOutcome> {
+        let step_start = Instant::now();
+        let b = self.cfg.training.prompts_per_step;
+        let g = self.cfg.training.rollouts_per_prompt;
+        let task_idx = self.sampler.next_batch(b);
+        let prompts: Vec<Vec<u32>> = task_idx.iter().map(|&t| self.prompt_tokens(t)).collect::<Result<_>>()?;
+        let sampling = self.sampling_config();
+
+        // Generate group after group; the scoring thread works on group i while group i+1
+        // generates, so slow rewards overlap with the model's work.
+        let per_call = self.cfg.generation.prompts_per_call;
+        let env = Arc::clone(&self.env);
+        let (tx, rx) = mpsc::channel::<(usize, Vec<(String, String)>)>();
+        let scorer = std::thread::Builder::new()
+            .name("sigmaforge-reward".into())
+            .spawn(move || {
+                let mut out: Vec<(usize, Vec<RewardScore>)> = Vec::new();
+                let mut busy = Duration::ZERO;
+                for (offset, items) in rx {
+                    let t = Instant::now();
+                    out.push((offset, score_checked(env.as_ref(), &items)));
+                    busy += t.elapsed();
+                }
+                (out, busy)
+            })
+            .context("cannot start the reward thread")?;
+        let mut rollouts: Vec<Rollout> = Vec::with_capacity(b * g);
+        let mut gen_time = Duration::ZERO;
+        let gen_result: Result<()> = (|| {
+            for (chunk_no, chunk) in prompts.chunks(per_call).enumerate() {
+                let t = Instant::now();
+                let mut out = generate(&self.model, &self.tokenizer, chunk, &sampling, &mut self.rng, AdapterMode::Enabled)?;
+                gen_time += t.elapsed();
+                ensure!(out.len() == chunk.len() * g, "generation returned {} rollouts for {} prompts × {g}", out.len(), chunk.len());
+                let first = chunk_no * per_call;
+                let items = out.iter().map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.text.clone())).collect();
+                for r in &mut out {
+                    r.prompt_index += first;
+                }
+                let offset = rollouts.len();
+                rollouts.extend(out);
+                tx.send((offset, items)).map_err(|_| anyhow::anyhow!("the reward thread stopped"))?;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let wait_start = Instant::now();
+        let joined = scorer.join();
+        let reward_wait = wait_start.elapsed();
+        gen_result?;
+        let (scored, reward_busy) = joined.map_err(|_| anyhow::anyhow!("the reward thread panicked"))?;
+        let mut scores: Vec<Option<RewardScore>> = vec![None; rollouts.len()];
+        for (offset, chunk) in scored {
+            for (i, s) in chunk.into_iter().enumerate() {
+                scores[offset + i] = Some(s);
+            }
+        }
+        let scores: Vec<RewardScore> = scores.into_iter().map(|s| s.unwrap_or_else(|| RewardScore::failed("no score came back"))).collect();
+
+        // Advantages per group.
+        let totals: Vec<f64> = scores.iter().map(|s| s.total).collect();
+        let advantages = grpo::group_advantages(&totals, g, self.cfg.grpo.scale_rewards)?;
+        let zero_var = grpo::zero_variance_groups(&totals, g);
+        let samples: Vec<Sample> = rollouts
+            .iter()
+            .zip(&advantages)
+            .enumerate()
+            .filter(|(i, _)| !(self.cfg.grpo.drop_zero_variance_groups && zero_var[i / g]))
+            .map(|(_, (r, &a))| Sample {
+                prompt: r.prompt_ids.clone(),
+                completion: r.completion_ids.clone(),
+                sample_logp: r.logprobs.clone(),
+                advantage: a,
+            })
+            .collect();
+
+        let lr = self.schedule.lr(self.step);
+        let update_start = Instant::now();
+        let update = if samples.is_empty() { UpdateStats::default() } else { self.update(&samples, lr)? };
+        let update_time = update_start.elapsed();
+        self.step += 1;
+
+        self.log_rollouts(&task_idx, &rollouts, &scores, &advantages)?;
+        let mut reward_errors = Vec::new();
+        for (r, s) in rollouts.iter().zip(&scores) {
+            if let Some(e) = &s.error {
+                reward_errors.push(format!("task {}: {e}", self.tasks[task_idx[r.prompt_index]].id));
+            }
+        }
+        let mut components: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for name in self.env.component_names() {
+            components.insert(name, Vec::new());
+        }
+        for s in &scores {
+            if s.components.is_empty() {
+                // A failed score counts as 0 in every component.
+                for v in components.values_mut() {
+                    v.push(0.0);
+                }
+            }
+            for (name, v) in &s.components {
+                components.entry(name.clone()).or_default().push(*v);
+            }
+        }
+        let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
+        let generated: f64 = lengths.iter().sum();
+        let tokens = update.stats.tokens.max(1.0);
+        let metrics = StepMetrics {
+            step: self.step,
+            lr,
+            reward: MeanStd::of(&totals),
+            reward_components: components.into_iter().map(|(k, v)| (k, MeanStd::of(&v))).collect(),
+            reward_errors: reward_errors.len(),
+            loss: update.loss,
+            kl: update.stats.kl_sum / tokens,
+            entropy: update.entropy,
+            clip_fraction: (update.stats.clipped_low + update.stats.clipped_high) / tokens,
+            clip_fraction_low: update.stats.clipped_low / tokens,
+            clip_fraction_high: update.stats.clipped_high / tokens,
+            grad_norm: update.grad_norm,
+            completion_length: MeanStd::of(&lengths),
+            truncated: rollouts.iter().filter(|r| r.finish_reason == FinishReason::Length).count(),
+            groups: b,
+            zero_variance_groups: zero_var.iter().filter(|z| **z).count(),
+            logprob_mismatch: update.mismatch,
+            time_generation_s: gen_time.as_secs_f64(),
+            time_reward_s: reward_busy.as_secs_f64(),
+            time_reward_wait_s: reward_wait.as_secs_f64(),
+            time_update_s: update_time.as_secs_f64(),
+            time_step_s: step_start.elapsed().as_secs_f64(),
+            generation_tokens_per_s: if gen_time.is_zero() { 0.0 } else { generated / gen_time.as_secs_f64() },
+        };
+        Ok(StepOutcome { metrics, reward_errors })
+    }
+
+    fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Rollout], scores: &[RewardScore], adv: &[f64]) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            step: u64,
+            task: &'a str,
+            completion: &'a str,
+            reward: f64,
+            components: &'a [(String, f64)],
+            error: Option<&'a str>,
+            advantage: f64,
+            finish: FinishReason,
+        }
+        use std::io::Write;
+        let path = self.run_dir.join("rollouts.jsonl");
+        let mut f = std::io::BufWriter::new(
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?,
+        );
+        for ((r, s), a) in rollouts.iter().zip(scores).zip(adv) {
+            let line = Line {
+                step: self.step,
+                task: &self.tasks[task_idx[r.prompt_index]].id,
+                completion: &r.text,
+                reward: s.total,
+                components: &s.components,
+                error: s.error.as_deref(),
+                advantage: *a,
+                finish: r.finish_reason,
+            };
+            writeln!(f, "{}", serde_json::to_string(&line)?)?;
+        }
+        f.flush()?;
+        Ok(())
+    }
+
+    /// `passes_per_batch` optimizer steps over `samples`, each accumulating gradients over
+    /// micro-batches.
+    fn update(&mut self, samples: &[Sample], lr: f64) -> Result<UpdateStats> {
+        let mb = self.cfg.training.micro_batch_size;
+        let params = LossParams {
+            epsilon_low: self.cfg.grpo.epsilon_low,
+            epsilon_high: self.cfg.grpo.epsilon_high,
+            beta: self.cfg.grpo.beta,
+            aggregation: self.cfg.grpo.loss_aggregation,
+        };
+        let lengths: Vec<usize> = samples.iter().map(|s| s.completion.len()).collect();
+        let norm = LossNormalizer::for_batch(params.aggregation, &lengths, lengths.iter().copied().max().unwrap_or(1));
+        let temperature = self.sampling_config().logprob_temperature();
+        let batches: Vec<MicroBatch> = samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
+        let mut old_logp: Vec<Tensor> = Vec::with_capacity(batches.len());
+        let mut ref_logp: Vec<Option<Tensor>> = Vec::with_capacity(batches.len());
+        let mut out = UpdateStats::default();
+        let passes = self.cfg.training.passes_per_batch;
+        let (mut entropy_sum, mut mismatch_sum, mut tokens0) = (0.0, 0.0, 0.0);
+        for pass in 0..passes {
+            let mut acc = GradAccumulator::new(self.optimizer.params().len());
+            let mut pass_loss = 0.0;
+            for (i, batch) in batches.iter().enumerate() {
+                let logits = self.completion_logits(&self.model, batch, AdapterMode::Enabled)?;
+                let (logp, entropy) = grpo::token_logprobs(&logits, &batch.targets, temperature)?;
+                drop(logits);
+                if pass == 0 {
+                    old_logp.push(logp.detach());
+                    let r = if params.beta > 0.0 {
+                        let reference = self.reference.as_ref().unwrap_or(&self.model);
+                        let ref_logits = self.completion_logits(reference, batch, AdapterMode::Disabled)?;
+                        Some(grpo::token_logprobs(&ref_logits, &batch.targets, temperature)?.0.detach())
+                    } else {
+                        None
+                    };
+                    ref_logp.push(r);
+                    let mask = &batch.mask;
+                    entropy_sum += to_f64(&(entropy * mask)?.sum_all()?)?;
+                    mismatch_sum += to_f64(&((logp.detach() - &batch.sample_logp)?.abs()? * mask)?.sum_all()?)?;
+                    tokens0 += to_f64(&mask.sum_all()?)?;
+                }
+                let inputs = LossInputs {
+                    logp: &logp,
+                    old_logp: &old_logp[i],
+                    ref_logp: ref_logp[i].as_ref(),
+                    mask: &batch.mask,
+                    advantages: &batch.advantages,
+                };
+                let (loss, stats) = grpo::policy_loss(&inputs, &params, &norm)?;
+                let loss_value = to_f64(&loss)?;
+                ensure!(loss_value.is_finite(), "step {}: the loss is {loss_value}", self.step + 1);
+                pass_loss += loss_value;
+                out.stats.add(&stats);
+                let grads = loss.backward()?;
+                acc.add(&grads, self.optimizer.params())?;
+            }
+            if !self.coverage_checked {
+                let missing = acc.missing(self.optimizer.params());
+                if !missing.is_empty() {
+                    bail!(
+                        "{} trainable parameter(s) received no gradient (a graph cut in the model), e.g. {}",
+                        missing.len(),
+                        missing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                self.coverage_checked = true;
+            }
+            out.grad_norm += acc.clip_global_norm(self.cfg.optimizer.max_grad_norm)? / passes as f64;
+            self.optimizer.step(&acc, lr)?;
+            out.loss += pass_loss / passes as f64;
+        }
+        // Statistics were summed over every pass; report per-pass averages.
+        out.stats.tokens /= passes as f64;
+        out.stats.kl_sum /= passes as f64;
+        out.stats.clipped_low /= passes as f64;
+        out.stats.clipped_high /= passes as f64;
+        out.entropy = entropy_sum / tokens0.max(1.0);
+        out.mismatch = mismatch_sum / tokens0.max(1.0);
+        Ok(out)
+    }
+
+    /// Logits (f32) at the positions that predict the completion tokens: `[n, C, vocab]`.
+    fn completion_logits(&self, model: &CausalLm, batch: &MicroBatch, adapters: AdapterMode) -> Result<Tensor> {
+        let hidden = model.forward_hidden(&batch.input_ids, &batch.attention_mask, None, adapters)?;
+        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
+        Ok(model.logits(&h, adapters)?.to_dtype(DType::F32)?)
+    }
+
+    /// Runs until `training.steps`, saving checkpoints, metrics, the plot and the exports.
+    /// `stop_after`: return after that many steps of this call (tests of resume).
+    pub fn run(&mut self, show_progress: bool, stop_after: Option<u64>) -> Result<RunSummary> {
+        let total = self.cfg.training.steps;
+        let bar = if show_progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} (eta {eta}) {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(self.step);
+        bar.set_message("generating…");
+        let mut done_here = 0;
+        let mut last: Option<StepMetrics> = None;
+        while self.step < total {
+            if stop_after.is_some_and(|n| done_here >= n) {
+                bar.abandon();
+                return Ok(RunSummary { steps: self.step, last, finished: false });
+            }
+            let outcome = self.train_step()?;
+            done_here += 1;
+            let m = &outcome.metrics;
+            metrics::append(&self.run_dir, m)?;
+            for e in outcome.reward_errors.iter().take(3) {
+                bar.suspend(|| eprintln!("warning: step {}: reward failed, scored 0: {e}", m.step));
+            }
+            let line = format!(
+                "reward {:.3}±{:.3} loss {:+.4} kl {:.4} len {:.0} {:.1}s/step",
+                m.reward.mean, m.reward.std, m.loss, m.kl, m.completion_length.mean, m.time_step_s
+            );
+            if show_progress && bar.is_hidden() {
+                eprintln!("step {}/{total}: {line}", m.step);
+            }
+            bar.set_message(line);
+            bar.set_position(self.step);
+            let every = self.cfg.checkpoint.every;
+            if (every > 0 && self.step % every == 0) || self.step == total {
+                let dir = self.save_checkpoint()?;
+                bar.suspend(|| if show_progress { eprintln!("checkpoint: {}", dir.display()) });
+            }
+            last = Some(outcome.metrics);
+        }
+        bar.finish();
+        let all = metrics::read_all(&self.run_dir)?;
+        if let Err(e) = metrics::plot(&all, &self.run_dir.join(metrics::PLOT_FILE)) {
+            eprintln!("warning: could not draw {}: {e:#}", metrics::PLOT_FILE);
+        }
+        self.export()?;
+        Ok(RunSummary { steps: self.step, last, finished: true })
+    }
+
+    /// Writes the exports the config asks for under `<run>/export/`.
+    pub fn export(&self) -> Result<()> {
+        let dir = self.run_dir.join("export");
+        if self.cfg.export.merged {
+            export::merged_hf_dir(&self.model, &self.tokenizer, &dir.join("merged"))?;
+        }
+        if self.cfg.export.lora_adapter && self.model.lora_config().is_some() {
+            export::peft_adapter(&self.model, &dir.join("lora"))?;
+        }
+        Ok(())
+    }
+}
+
+pub struct RunSummary {
+    pub steps: u64,
+    pub last: Option<StepMetrics>,
+    /// False when stopped early by `stop_after`.
+    pub finished: bool,
+}
+
+#[derive(Default)]
+struct UpdateStats {
+    loss: f64,
+    grad_norm: f64,
+    entropy: f64,
+    mismatch: f64,
+    stats: LossStats,
+}
+
+/// Tensors of one micro-batch: prompts left-padded to `prompt_width`, completions right-padded
+/// to `completion_width`. The model reads the prompt and every completion token but the last;
+/// hidden position `prompt_width - 1 + j` predicts completion token `j`.
+struct MicroBatch {
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    sample_logp: Tensor,
+    advantages: Tensor,
+    prompt_width: usize,
+    completion_width: usize,
+}
+
+impl MicroBatch {
+    fn build(samples: &[Sample], pad: u32, device: &Device) -> Result<Self> {
+        let n = samples.len();
+        let p = samples.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
+        let c = samples.iter().map(|s| s.completion.len()).max().unwrap_or(0).max(1);
+        ensure!(p > 0, "a prompt is empty");
+        let width = p + c - 1;
+        let mut ids = Vec::with_capacity(n * width);
+        let mut attn = Vec::with_capacity(n * width);
+        let mut targets = Vec::with_capacity(n * c);
+        let mut mask = Vec::with_capacity(n * c);
+        let mut lp = Vec::with_capacity(n * c);
+        for s in samples {
+            ensure!(s.sample_logp.len() == s.completion.len(), "rollout has {} log-probs for {} tokens", s.sample_logp.len(), s.completion.len());
+            let left = p - s.prompt.len();
+            let seq: Vec<u32> = std::iter::repeat_n(pad, left).chain(s.prompt.iter().copied()).chain(s.completion.iter().copied()).collect();
+            for j in 0..width {
+                ids.push(seq.get(j).copied().unwrap_or(pad));
+                attn.push(u32::from(j >= left && j < seq.len()));
+            }
+            for j in 0..c {
+                let real = j < s.completion.len();
+                targets.push(if real { s.completion[j] } else { pad });
+                mask.push(if real { 1f32 } else { 0.0 });
+                lp.push(if real { s.sample_logp[j] } else { 0.0 });
+            }
+        }
+        Ok(Self {
+            input_ids: Tensor::from_vec(ids, (n, width), device)?,
+            attention_mask: Tensor::from_vec(attn, (n, width), device)?,
+            targets: Tensor::from_vec(targets, (n, c), device)?,
+            mask: Tensor::from_vec(mask, (n, c), device)?,
+            sample_logp: Tensor::from_vec(lp, (n, c), device)?,
+            advantages: Tensor::from_vec(samples.iter().map(|s| s.advantage as f32).collect::<Vec<_>>(), n, device)?,
+            prompt_width: p,
+            completion_width: c,
+        })
+    }
+}
+
+fn to_f64(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}

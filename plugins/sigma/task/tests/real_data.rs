@@ -1,0 +1,128 @@
+//! sigma-task over the real data directory (EVTX corpus + SigmaHQ rules), natively: the same
+//! cases the e2e tests check through the Wasm plugin, plus checks only the library can see.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use sigma_task::fixtures::{reference_answer, rollouts};
+use sigma_task::{SigmaTask, TaskConfig, TaskRef};
+
+fn task() -> &'static SigmaTask {
+    static TASK: OnceLock<SigmaTask> = OnceLock::new();
+    TASK.get_or_init(|| {
+        let data = sigmaforge_data::for_tests();
+        let t = Instant::now();
+        let task = SigmaTask::load(&data, TaskConfig::default(), &|level, msg| eprintln!("[{level:?}] {msg}")).expect("load");
+        eprintln!("init: {:?}", t.elapsed());
+        task
+    })
+}
+
+fn rule_text(path: &str) -> String {
+    std::fs::read_to_string(sigmaforge_data::for_tests().join("sigma").join(path)).unwrap()
+}
+
+fn total(scores: &[sigma_task::ComponentScore]) -> f64 {
+    scores.iter().map(|c| c.value * c.weight).sum()
+}
+
+#[test]
+fn every_train_reference_scores_its_own_answer_perfectly() {
+    let t = task();
+    let refs = t.references("train").unwrap();
+    assert!(refs.len() >= 34, "only {} train rules fire", refs.len());
+    for r in refs {
+        let answer = reference_answer(&rule_text(&r.path));
+        let s = t.score(TaskRef::Id(&format!("{}#0", r.key)), &answer).unwrap();
+        assert!((total(&s) - 1.1).abs() < 1e-9, "{}: {s:#?}", r.path);
+    }
+}
+
+#[test]
+fn fixture_rollouts_score_as_expected_and_deterministically() {
+    let t = task();
+    for r in t.references("train").unwrap().iter().take(8) {
+        let id = format!("{}#1", r.key);
+        for rollout in rollouts(&rule_text(&r.path)) {
+            let s = t.score(TaskRef::Id(&id), &rollout.completion).unwrap();
+            if let Some(expected) = rollout.expected_total {
+                assert!((total(&s) - expected).abs() < 1e-9, "{} / {}: {s:#?}", r.path, rollout.kind);
+            }
+            for c in &s {
+                assert!((0.0..=1.0).contains(&c.value) && !c.detail.is_empty(), "{c:?}");
+            }
+            assert_eq!(s, t.score(TaskRef::Id(&id), &rollout.completion).unwrap(), "scores must be deterministic");
+        }
+    }
+}
+
+#[test]
+fn inline_reference_and_errors() {
+    let t = task();
+    let r = &t.references("train").unwrap()[0];
+    let text = rule_text(&r.path);
+    let s = t.score(TaskRef::Reference(&text), &reference_answer(&text)).unwrap();
+    assert!((total(&s) - 1.1).abs() < 1e-9);
+
+    let e = t.score(TaskRef::Reference("title: x\nlogsource: {product: windows}\n"), "x").unwrap_err();
+    assert!(e.contains("detection"), "{e}");
+    let silent = "title: x\nlogsource: {product: windows, category: process_creation}\ndetection: {s: {Image: 'no-such-image-zz'}, condition: s}\n";
+    assert!(t.score(TaskRef::Reference(silent), "x").unwrap_err().contains("matches no event"));
+    assert!(t.score(TaskRef::Id("nope#0"), "x").unwrap_err().contains("nope"));
+    assert!(t.score(TaskRef::Id(&format!("{}#99", r.key)), "x").unwrap_err().contains("requests_per_rule"));
+}
+
+#[test]
+fn test_split_is_disjoint_and_fires() {
+    let t = task();
+    let train = t.references("train").unwrap();
+    let test = t.references("test").unwrap();
+    assert!(test.len() >= 50, "test split has {} rules", test.len());
+    for r in test {
+        assert!(!r.reference.events.is_empty());
+        assert!(train.iter().all(|tr| tr.key != r.key && tr.path != r.path), "{} is in train", r.path);
+    }
+    let tasks = t.list_tasks("train").unwrap();
+    assert_eq!(tasks.len(), train.len() * t.config().requests_per_rule);
+}
+
+#[test]
+fn corpus_cache_round_trip_gives_the_same_rewards() {
+    let data = sigmaforge_data::for_tests();
+    let dir = std::env::temp_dir().join(format!("sf-task-cache-{}", std::process::id()));
+    let config = TaskConfig { corpus_cache: dir.join("corpus.sfc").display().to_string(), ..TaskConfig::default() };
+    let (path, events) = sigma_task::corpus_cache::write(&data, &config).unwrap();
+    assert!(path.is_file());
+    let logs = std::sync::Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    let cached = SigmaTask::load(&data, config, &|_, m| logs.lock().unwrap().push(m.to_string())).unwrap();
+    eprintln!("init from cache: {:?}", t0.elapsed());
+    assert!(logs.lock().unwrap().iter().any(|m| m.contains("(cache ")), "{:?}", logs.lock().unwrap());
+    assert_eq!(cached.corpus().len(), events);
+    let fresh = task();
+    for r in fresh.references("train").unwrap().iter().take(10) {
+        for rollout in rollouts(&rule_text(&r.path)) {
+            let id = format!("{}#0", r.key);
+            assert_eq!(cached.score(TaskRef::Id(&id), &rollout.completion), fresh.score(TaskRef::Id(&id), &rollout.completion));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn event_id_pruning_never_changes_a_match_set() {
+    use sigma_task::matching::RuleMatcher;
+    let data = sigmaforge_data::for_tests();
+    let corpus = sigma_task::corpus_cache::load(&data, &TaskConfig::default(), &|_, _| {}).unwrap();
+    let plain = RuleMatcher::new(corpus, sigma_engine::logsource::LogsourceMap::builtin().unwrap()).without_pruning();
+    let t = task();
+    let mut pinned = 0;
+    for split in ["train", "test"] {
+        for r in t.references(split).unwrap() {
+            let rule = sigma_task::tasks::parse_rule(&rule_text(&r.path), &r.path).unwrap();
+            pinned += sigma_task::matching::required_event_ids(&rule.detection).is_some() as usize;
+            assert_eq!(plain.match_rule(&rule).unwrap(), r.reference.events, "{}", r.path);
+        }
+    }
+    assert!(pinned > 20, "only {pinned} rules pin their EventIDs");
+}

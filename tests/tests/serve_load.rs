@@ -1,0 +1,167 @@
+//! `sigmaforge serve` under load, on loopback, with the real Sigma plugin: several concurrent
+//! clients send batches that mix correct rules with hostile completions; every item comes back
+//! exactly once, in order, scored; the server answers health and metrics; SIGTERM stops it
+//! gracefully. Bounded in count and time.
+
+#[path = "sigma_common/mod.rs"]
+mod sigma_common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let data = sigma_common::data();
+    let mut child = Command::new(sigmaforge_e2e::sigmaforge_bin())
+        .args(["serve", "--plugins", &sigma_common::plugin(), "--data", data.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args(["--max-concurrent", "2", "--max-queue", "64"])
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sigmaforge serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                let url = rest.split_whitespace().next().unwrap().to_string();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let base = rx.recv_timeout(Duration::from_secs(120)).expect("the server did not say where it listens within 120 s");
+    Server { child, base }
+}
+
+fn detection_only(rule: &str) -> String {
+    // The reference's own logsource + detection: what a perfect model would write.
+    let mut keep = false;
+    let mut out = String::new();
+    for line in rule.lines() {
+        if !line.starts_with(' ') && !line.starts_with('\t') && !line.trim().is_empty() {
+            keep = line.starts_with("logsource:") || line.starts_with("detection:");
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn hostile() -> Vec<String> {
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n".to_string();
+    let deep = format!("detection:\n  sel: {}x{}\n  condition: sel\n", "[".repeat(10_000), "]".repeat(10_000));
+    let regex = "logsource:\n  category: process_creation\n  product: windows\ndetection:\n  sel:\n    CommandLine|re: '(a{1000}){1000}'\n  condition: sel\n".to_string();
+    vec![bomb, deep, regex, "not yaml at all: [".into(), "x".repeat(1 << 20)]
+}
+
+#[test]
+fn concurrent_clients_get_every_score_once_with_hostile_completions_mixed_in() {
+    let (task, rule) = sigma_common::first_train_task();
+    let good = detection_only(&rule);
+    let server = start_server();
+    let url = format!("{}/v1/score", server.base);
+    let deadline = Instant::now() + Duration::from_secs(240);
+
+    let clients = 6;
+    let batches_per_client = 3;
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (url, task, good) = (url.clone(), task.clone(), good.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent =
+                    ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).build().into();
+                let mut seen = Vec::new();
+                for b in 0..batches_per_client {
+                    let mut items = Vec::new();
+                    for (h, text) in hostile().into_iter().enumerate() {
+                        items.push(json!({"id": format!("{c}-{b}-h{h}"), "task": task, "completion": text}));
+                        items.push(json!({"id": format!("{c}-{b}-g{h}"), "task": task, "completion": good}));
+                    }
+                    let mut resp = agent.post(&url).send_json(&items).expect("scoring request");
+                    assert_eq!(resp.status().as_u16(), 200);
+                    let body: Value = resp.body_mut().with_config().limit(64 << 20).read_json().unwrap();
+                    let results = body.as_array().expect("an array of scores").clone();
+                    assert_eq!(results.len(), items.len(), "one score per item");
+                    for (item, result) in items.iter().zip(&results) {
+                        assert_eq!(item["id"], result["id"], "scores come back in request order");
+                        let total = result["total"].as_f64().unwrap();
+                        assert!((0.0..=1.1 + 1e-9).contains(&total), "{result}");
+                        if item["id"].as_str().unwrap().contains("-g") {
+                            assert!((total - 1.1).abs() < 1e-6, "the reference's own detection scores 1.1: {result}");
+                            assert!(result["error"].is_null(), "{result}");
+                        } else {
+                            assert!(total < 0.5, "a hostile completion scores low: {result}");
+                        }
+                        seen.push(result["id"].as_str().unwrap().to_string());
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect();
+    assert!(Instant::now() < deadline, "the load test ran past its time bound");
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "no score was duplicated");
+    assert_eq!(n, clients * batches_per_client * 10, "no score was lost");
+
+    let health: Value = ureq::get(&format!("{}/health", server.base)).call().unwrap().body_mut().read_json().unwrap();
+    assert_eq!(health["status"], "ok");
+    let names: Vec<&str> = health["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["yaml_valid", "logsource_correct", "iou"]);
+    let metrics = ureq::get(&format!("{}/metrics", server.base)).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(metrics.contains(&format!("sigmaforge_completions_scored_total {n}")), "{metrics}");
+
+    // Graceful shutdown on SIGTERM.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stop = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "serve exits 0 after SIGTERM, got {status}");
+            break;
+        }
+        assert!(stop.elapsed() < Duration::from_secs(20), "serve did not stop within 20 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn malformed_requests_are_refused_with_a_reason() {
+    let server = start_server();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent.post(&format!("{}/v1/score", server.base)).send_json(json!([{"task": "x"}])).unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.body_mut().read_json().unwrap();
+    assert!(body["error"].as_str().unwrap().contains("completion"), "{body}");
+    // An unknown task id is scored 0 with an error naming it, not a crash.
+    let mut resp = agent
+        .post(&format!("{}/v1/score", server.base))
+        .send_json(json!([{"task": "no-such-task", "completion": "x"}]))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(body[0]["total"], 0.0);
+    assert!(body[0]["error"].as_str().unwrap_or_default().contains("no-such-task"), "{body}");
+}
