@@ -32,6 +32,8 @@ enum Command {
     Tool(commands::tool::Args),
     /// Serve rewards over HTTP for other trainers (TRL, verl, OpenRLHF).
     Serve(commands::serve::Args),
+    /// Train a model with GRPO on a task plugin's tasks and rewards.
+    Run(commands::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Tool(args) => commands::tool::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -162,6 +162,14 @@ impl Runtime {
         Ok(set)
     }
 
+    /// Loads a `plugins:` map embedded in another config (e.g. a run config): names come from
+    /// the keys, relative paths are resolved against `base` (that config file's folder).
+    pub fn load_all_map(&self, plugins: &BTreeMap<String, PluginConfig>, base: &Path) -> Result<PluginSet> {
+        let mut config = PluginsConfig { plugins: plugins.clone() };
+        config.normalize(base);
+        self.load_all(&config)
+    }
+
     /// What a component is and offers, for `sigmaforge plugin inspect`. The contract is read
     /// from the component itself; the rest needs `init`, which may need `data`.
     pub fn inspect(&self, file: &Path, data: Option<&Path>) -> Result<Inspection> {

@@ -264,6 +264,15 @@ impl RunConfig {
         Ok(())
     }
 
+    /// The model dtype named by `model.dtype` (validated).
+    pub fn dtype(&self) -> candle_core::DType {
+        match self.model.dtype.as_str() {
+            "bf16" => candle_core::DType::BF16,
+            "f16" => candle_core::DType::F16,
+            _ => candle_core::DType::F32,
+        }
+    }
+
     pub fn lora(&self) -> Option<&LoraConfig> {
         match self.finetune {
             FinetuneMode::Lora => self.lora.as_ref(),

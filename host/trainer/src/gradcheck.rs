@@ -59,7 +59,7 @@ pub fn check_gradients(
             .to_dtype(DType::F64)?
             .flatten_all()?
             .to_vec1::<f64>()?;
-        let original = var.as_tensor().detach();
+        let original = var.as_tensor().copy()?; // own storage: Var::set refuses its own buffer
         let values = original.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         if values.is_empty() {
             bail!("{name} is empty");

@@ -8,3 +8,4 @@ pub mod score;
 pub mod tasks;
 pub mod tool;
 pub mod serve;
+pub mod run;

@@ -91,11 +91,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     // 3. Device and model.
     let (device, device_desc) = sigmaforge_trainer::device::select_device(&cfg.model.device)?;
-    let dtype = match cfg.model.dtype.as_str() {
-        "bf16" => candle_core::DType::BF16,
-        "f16" => candle_core::DType::F16,
-        _ => candle_core::DType::F32,
-    };
+    let dtype = cfg.dtype();
     let model_path = if cfg.model.path == "default" {
         load::ensure_default_model(&load::default_models_dir(), |msg| eprintln!("{msg}"))?
     } else {

@@ -46,7 +46,8 @@ fn opt_usize(c: &Content, key: &str) -> Option<usize> {
 
 fn opt_f64(c: &Content, key: &str) -> Option<f64> {
     match c.metadata.get(key)? {
-        Value::F32(x) => Some(*x as f64),
+        // Shortest decimal that round-trips the f32 (1e-5, not 9.99999974e-6).
+        Value::F32(x) => format!("{x}").parse().ok(),
         Value::F64(x) => Some(*x),
         _ => None,
     }

@@ -414,6 +414,9 @@ impl CausalLm {
             if t.dims() != var.dims() {
                 bail!("tensor {name} has shape {:?}, the model expects {:?}", t.dims(), var.dims());
             }
+            if t.id() == var.as_tensor().id() {
+                continue; // already this var's own value
+            }
             var.set(&t.to_dtype(self.dtype)?.to_device(&self.device)?)?;
         }
         Ok(())

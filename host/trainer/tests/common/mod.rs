@@ -86,7 +86,7 @@ fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
 }
 
 pub fn tiny_trainer(cfg: &RunConfig, run_dir: &std::path::Path) -> Trainer {
-    let mc = ModelConfig::tiny_llama();
+    let mc = ModelConfig::tiny_qwen3();
     let model = CausalLm::random(&mc, cfg.lora(), 11, DType::F32, &Device::Cpu).unwrap();
     let tok = tiny_tokenizer(mc.vocab_size).unwrap();
     let env = Arc::new(TargetWords { max_new_tokens: cfg.generation.max_new_tokens });

@@ -57,7 +57,10 @@ fn main() {
     let sources = collect_event_files(&data.join("evtx")).unwrap();
 
     let (parse, (corpus, warnings)) = time(3, || Corpus::load(&sources));
-    assert!(warnings.is_empty(), "{warnings:?}");
+    // The corpus has one record without an EventRecordID (see ../shared/data/evtx/SOURCES.md).
+    for w in &warnings {
+        println!("warning: {w}");
+    }
     println!("corpus: {} events from {} files", corpus.len(), sources.len());
     println!("EVTX parse (serial, median of 3):          {:>10.2?}", parse);
 

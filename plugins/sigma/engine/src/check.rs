@@ -20,8 +20,8 @@ pub fn check_text(text: &str, origin: &str, options: &CompileOptions) -> Checked
     let mut parsed = parse_documents(text, origin);
     let mut extra = Vec::new();
     for doc in &parsed.documents {
-        if let Document::Rule(rule) = doc {
-            if let Err((pos, message)) = compile_detection(&rule.detection, options, &mut |_| FieldKey(0)) {
+        if let Document::Rule(rule) = doc
+            && let Err((pos, message)) = compile_detection(&rule.detection, options, &mut |_| FieldKey(0)) {
                 // Unresolved placeholders are a deployment matter, not a broken rule: the rule is
                 // valid Sigma and runs once its placeholder values are configured. Anything else
                 // (a regex over the size limit) is an error.
@@ -31,7 +31,6 @@ pub fn check_text(text: &str, origin: &str, options: &CompileOptions) -> Checked
                     Err((pos, message)) => extra.push(Diagnostic::error("compile", origin, Some(pos), message)),
                 }
             }
-        }
     }
     parsed.diagnostics.extend(extra);
     CheckedFile { origin: origin.to_string(), parsed }

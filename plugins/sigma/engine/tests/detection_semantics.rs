@@ -430,3 +430,19 @@ fn compiled_rules_can_be_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<CompiledRule>();
 }
+
+#[test]
+fn required_values_pin_a_field_only_when_every_branch_does() {
+    let req = |det: &str| {
+        let c = compiled(det);
+        let key = c.table.get("EventID").expect("the rule uses EventID");
+        c.rule.required_values(key)
+    };
+    let two = "  a:\n    EventID: 4719\n    X: 1\n  b:\n    EventID:\n      - 4720\n      - 4721\n";
+    assert_eq!(req(&format!("{two}  condition: a or b\n")), Some(vec!["4719".into(), "4720".into(), "4721".into()]));
+    assert_eq!(req(&format!("{two}  condition: a and not b\n")), Some(vec!["4719".into()]));
+    assert_eq!(req(&format!("{two}  c:\n    Y: 2\n  condition: a or c\n")), None, "branch c does not pin EventID");
+    assert_eq!(req("  a:\n    EventID|contains: 47\n  condition: a\n"), None);
+    assert_eq!(req("  a:\n    EventID|neq: 4719\n  condition: a\n"), None);
+    assert_eq!(req(&format!("{two}  condition: a and b\n")), Some(vec![]), "contradictory: can never match");
+}

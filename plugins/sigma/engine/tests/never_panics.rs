@@ -14,8 +14,8 @@ fn exercise(text: &str) {
     let mut table = FieldTable::new();
     let options = CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..Default::default() };
     for doc in &parsed.documents {
-        if let Document::Rule(rule) = doc {
-            if let Ok(c) = compile(rule, &options, &mut |n| table.intern(n)) {
+        if let Document::Rule(rule) = doc
+            && let Ok(c) = compile(rule, &options, &mut |n| table.intern(n)) {
                 let fields = vec![
                     (table.intern("Image"), Value::string("C:\\Windows\\System32\\cmd.exe")),
                     (table.intern("CommandLine"), Value::string("cmd /c whoami -all")),
@@ -24,7 +24,6 @@ fn exercise(text: &str) {
                 ];
                 let _ = c.matches(&Event::new(FileId(0), 1, Some(0), fields));
             }
-        }
     }
     for d in &parsed.diagnostics {
         assert!(!d.message.is_empty());

@@ -28,7 +28,7 @@ fn documented_invalid() -> BTreeMap<String, String> {
         .filter_map(|l| {
             let l = l.trim().strip_prefix("| `")?;
             let (path, rest) = l.split_once('`')?;
-            Some((path.to_string(), rest.trim_start_matches(|c| c == ' ' || c == '|').trim_end_matches('|').trim().to_string()))
+            Some((path.to_string(), rest.trim_start_matches([' ', '|']).trim_end_matches('|').trim().to_string()))
         })
         .collect()
 }

@@ -32,6 +32,9 @@ pub struct TaskConfig {
     pub evtx_dir: String,
     /// A prebuilt corpus cache file, relative to the data directory (used when present).
     pub corpus_cache: String,
+    /// The derived test split written by `sigmaforge data cache`, relative to the data directory
+    /// (used when present and `test_rules` is unset; saves deriving it in the plugin).
+    pub derived_test_rules: String,
     /// Completions longer than this score 0 without being parsed.
     pub max_completion_bytes: usize,
 }
@@ -49,6 +52,7 @@ impl Default for TaskConfig {
             test_candidate_dirs: vec!["rules/windows".into(), "rules-threat-hunting/windows".into(), "rules-emerging-threats".into()],
             evtx_dir: "evtx".into(),
             corpus_cache: "cache/corpus.sfc".into(),
+            derived_test_rules: "cache/sigma-test-rules.txt".into(),
             max_completion_bytes: 1024 * 1024,
         }
     }
@@ -116,7 +120,8 @@ impl TaskConfig {
                 problem: format!("not a JSON list of folder names ({e})"),
             })?;
         }
-        let paths: [(&str, &mut String); 4] = [
+        let paths: [(&str, &mut String); 5] = [
+            ("derived_test_rules", &mut c.derived_test_rules),
             ("train_rules", &mut c.train_rules),
             ("rules_dir", &mut c.rules_dir),
             ("evtx_dir", &mut c.evtx_dir),

@@ -217,21 +217,52 @@ impl SigmaTask {
     }
 
     fn test_split(&self) -> Result<&Vec<ReferenceRule>, String> {
-        self.test
-            .get_or_init(|| match &self.config.test_rules {
-                Some(list) => {
-                    let paths = tasks::read_rule_list(&self.data_dir.join(list))?;
-                    let (test, _) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher)?;
-                    tasks::check_disjoint(&self.train, &test)?;
-                    Ok(test)
+        self.test.get_or_init(|| self.build_test_split()).as_ref().map_err(|e| e.clone())
+    }
+
+    fn build_test_split(&self) -> Result<Vec<ReferenceRule>, String> {
+        if let Some(list) = &self.config.test_rules {
+            let paths = tasks::read_rule_list(&self.data_dir.join(list))?;
+            let (test, _) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher)?;
+            tasks::check_disjoint(&self.train, &test)?;
+            return Ok(test);
+        }
+        // A list derived earlier (by `sigmaforge data cache`) is only a shortcut: any rule in it
+        // that is now in train, missing or silent makes the plugin derive the split again.
+        let derived = self.data_dir.join(&self.config.derived_test_rules);
+        if let Ok(paths) = tasks::read_rule_list(&derived) {
+            if let Ok((test, skipped)) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher) {
+                if skipped.is_empty() && tasks::check_disjoint(&self.train, &test).is_ok() && test.len() == self.config.test_size.min(paths.len()) {
+                    return Ok(test);
                 }
-                None => {
-                    let candidates = tasks::candidate_rules(&self.rules_dir, &self.config.test_candidate_dirs);
-                    let (test, _) = tasks::derive_test_split(&self.rules_dir, &candidates, &self.train, self.config.test_size, &self.matcher);
-                    Ok(test)
-                }
-            })
-            .as_ref()
-            .map_err(|e| e.clone())
+            }
+        }
+        Ok(self.derive_test_split())
+    }
+
+    /// Derives the test split from the SigmaHQ rules (see [`tasks::derive_test_split`]).
+    pub fn derive_test_split(&self) -> Vec<ReferenceRule> {
+        let candidates = tasks::candidate_rules(&self.rules_dir, &self.config.test_candidate_dirs);
+        tasks::derive_test_split(&self.rules_dir, &candidates, &self.train, self.config.test_size, &self.matcher).0
+    }
+
+    /// Writes the derived test split as a rule list to `derived_test_rules` (native use, before
+    /// starting the plugin: deriving runs hundreds of rules, too slow for one plugin call).
+    pub fn write_derived_test_split(&self) -> Result<(PathBuf, usize), String> {
+        let test = self.derive_test_split();
+        let path = self.data_dir.join(&self.config.derived_test_rules);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let mut text = format!(
+            "# Sigma test split derived by SigmaForge: SigmaHQ rules that fire on the corpus and are not in {}.\n# Paths relative to {}/. Regenerate with `sigmaforge data cache`.\n",
+            self.config.train_rules, self.config.rules_dir
+        );
+        for r in &test {
+            text.push_str(&r.path);
+            text.push('\n');
+        }
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok((path, test.len()))
     }
 }

@@ -58,6 +58,35 @@ impl CompiledRule {
     pub fn fields(&self) -> &[FieldKey] {
         &self.fields
     }
+
+    /// The values (lowercase) that field `key` must have for the rule to match, when the rule's
+    /// condition pins it to a fixed set: `Some(["4719"])` for a rule whose every branch says
+    /// `EventID: 4719`. `None` when the field is not constrained that way. Lets a caller with an
+    /// index (by EventID, say) skip events without touching them: the result is exact for events
+    /// whose field has one value, which is how EVTX System fields come.
+    pub fn required_values(&self, key: FieldKey) -> Option<Vec<String>> {
+        let mut v = self.condition.required(&self.searches, key)?;
+        v.sort();
+        v.dedup();
+        Some(v)
+    }
+}
+
+/// Intersection of optional value sets (`None` = unconstrained).
+fn intersect(a: Option<Vec<String>>, b: Option<Vec<String>>) -> Option<Vec<String>> {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(a), Some(b)) => Some(a.into_iter().filter(|x| b.contains(x)).collect()),
+    }
+}
+
+/// Union of value sets; unconstrained if any side is.
+fn union(parts: impl Iterator<Item = Option<Vec<String>>>) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p?);
+    }
+    Some(out)
 }
 
 /// Compiles `rule`'s detection. `resolve` maps each Sigma field name the rule uses to an event
@@ -114,6 +143,14 @@ enum CompiledSearch {
 }
 
 impl CompiledSearch {
+    fn required(&self, key: FieldKey) -> Option<Vec<String>> {
+        match self {
+            CompiledSearch::AllOf(items) => items.iter().map(|i| i.required(key)).fold(None, intersect),
+            CompiledSearch::AnyOf(v) => union(v.iter().map(|s| s.required(key))),
+            CompiledSearch::Item(i) => i.required(key),
+        }
+    }
+
     fn eval(&self, event: &Event) -> bool {
         match self {
             CompiledSearch::AllOf(items) => items.iter().all(|i| i.eval(event)),
@@ -142,6 +179,15 @@ impl Expr {
             Condition::Or(v) => Expr::Or(v.iter().map(|c| Expr::from_condition(c, names)).collect()),
             Condition::OneOf(t) => Expr::Or(t.select(names.iter().copied()).into_iter().map(|n| Expr::Search(index(n))).collect()),
             Condition::AllOf(t) => Expr::And(t.select(names.iter().copied()).into_iter().map(|n| Expr::Search(index(n))).collect()),
+        }
+    }
+
+    fn required(&self, searches: &[CompiledSearch], key: FieldKey) -> Option<Vec<String>> {
+        match self {
+            Expr::Search(i) => searches[*i].required(key),
+            Expr::Not(_) => None,
+            Expr::And(v) => v.iter().map(|e| e.required(searches, key)).fold(None, intersect),
+            Expr::Or(v) => union(v.iter().map(|e| e.required(searches, key))),
         }
     }
 
@@ -211,6 +257,17 @@ enum Test {
 }
 
 impl CompiledItem {
+    /// The exact values this item pins `key` to, if it is a plain, case-insensitive,
+    /// non-negated exact match on that field.
+    fn required(&self, key: FieldKey) -> Option<Vec<String>> {
+        match (&self.test, self.field, self.negate) {
+            (Test::Strings { any, cased: false }, Some(k), false) if k == key => {
+                any.exact_values().map(|v| v.into_iter().map(str::to_string).collect())
+            }
+            _ => None,
+        }
+    }
+
     #[inline]
     fn eval(&self, event: &Event) -> bool {
         let r = match self.field {

@@ -59,9 +59,10 @@ pub enum StrMatcher {
     Exact(Box<str>),
     Prefix(Box<str>),
     Suffix(Box<str>),
-    Contains(Finder<'static>),
-    /// `prefix*mid1*mid2*suffix`: the middles are found in order, without overlapping.
-    Glob { prefix: Box<str>, middles: Vec<Finder<'static>>, suffix: Box<str> },
+    /// Boxed: a finder is ~300 bytes and would bloat every matcher in a list.
+    Contains(Box<Finder<'static>>),
+    /// `prefix*mid1*mid2*suffix` (boxed: rare, and it would double the size of every matcher).
+    Glob(Box<Glob>),
     Regex(Regex),
 }
 
@@ -74,7 +75,8 @@ impl StrMatcher {
             StrMatcher::Prefix(s) => text.as_bytes().starts_with(s.as_bytes()),
             StrMatcher::Suffix(s) => text.as_bytes().ends_with(s.as_bytes()),
             StrMatcher::Contains(f) => f.find(text.as_bytes()).is_some(),
-            StrMatcher::Glob { prefix, middles, suffix } => {
+            StrMatcher::Glob(g) => {
+                let Glob { prefix, middles, suffix } = &**g;
                 let b = text.as_bytes();
                 if b.len() < prefix.len() + suffix.len() || !b.starts_with(prefix.as_bytes()) || !b.ends_with(suffix.as_bytes()) {
                     return false;
@@ -91,6 +93,14 @@ impl StrMatcher {
             StrMatcher::Regex(r) => r.is_match(text),
         }
     }
+}
+
+/// A `*` glob: the middles are found in order, without overlapping, between prefix and suffix.
+#[derive(Clone, Debug)]
+pub struct Glob {
+    prefix: Box<str>,
+    middles: Vec<Finder<'static>>,
+    suffix: Box<str>,
 }
 
 /// Most windash positions expanded into literal variants (5^2 = 25 variants); more positions
@@ -163,12 +173,12 @@ fn compile_star_glob(toks: &[Tok]) -> StrMatcher {
         (true, 0, true) => StrMatcher::Any,
         (false, 0, true) => StrMatcher::Prefix(prefix.into()),
         (true, 0, false) => StrMatcher::Suffix(suffix.into()),
-        (true, 1, true) => StrMatcher::Contains(Finder::new(middles[0].as_bytes()).into_owned()),
-        _ => StrMatcher::Glob {
+        (true, 1, true) => StrMatcher::Contains(Box::new(Finder::new(middles[0].as_bytes()).into_owned())),
+        _ => StrMatcher::Glob(Box::new(Glob {
             prefix: prefix.into(),
             middles: middles.iter().map(|m| Finder::new(m.as_bytes()).into_owned()).collect(),
             suffix: suffix.into(),
-        },
+        })),
     }
 }
 
@@ -240,24 +250,38 @@ impl AnyOf {
         match AhoCorasick::builder().kind(Some(AhoCorasickKind::ContiguousNFA)).build(&needles) {
             Ok(ac) => AnyOf { contains: Some(ac), exact, others },
             Err(_) => {
-                others.extend(needles.iter().map(|n| StrMatcher::Contains(Finder::new(n).into_owned())));
+                others.extend(needles.iter().map(|n| StrMatcher::Contains(Box::new(Finder::new(n).into_owned()))));
                 AnyOf { contains: None, exact, others }
             }
         }
     }
 
+    /// The values this set accepts when it only accepts exact values (no wildcards, no
+    /// contains), for index lookups; `None` otherwise.
+    pub fn exact_values(&self) -> Option<Vec<&str>> {
+        if self.contains.is_some() {
+            return None;
+        }
+        let mut out: Vec<&str> = self.exact.iter().flatten().map(|s| &**s).collect();
+        for m in &self.others {
+            match m {
+                StrMatcher::Exact(s) => out.push(s),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
     #[inline]
     pub fn is_match(&self, text: &str) -> bool {
-        if let Some(set) = &self.exact {
-            if set.contains(text) {
+        if let Some(set) = &self.exact
+            && set.contains(text) {
                 return true;
             }
-        }
-        if let Some(ac) = &self.contains {
-            if ac.is_match(text.as_bytes()) {
+        if let Some(ac) = &self.contains
+            && ac.is_match(text.as_bytes()) {
                 return true;
             }
-        }
         self.others.iter().any(|m| m.is_match(text))
     }
 }

@@ -274,6 +274,7 @@ fn parse_search_body(node: &Node, name: &str, sink: &mut Sink, top: bool) -> Opt
                 return None;
             }
             let mut bodies = Vec::new();
+            let mut keywords = Vec::new();
             let mut ok = true;
             for el in elements {
                 match &el.value {
@@ -289,11 +290,17 @@ fn parse_search_body(node: &Node, name: &str, sink: &mut Sink, top: bool) -> Opt
                         sink.error("null-keyword", el.pos, format!("search identifier '{name}': a keyword list cannot hold null"));
                         ok = false;
                     }
-                    _ => match keyword_item(el) {
-                        Some(item) => bodies.push(SearchBody::Keyword(item)),
+                    _ => match raw_value(el) {
+                        Some(v) => keywords.push(v),
                         None => ok = false,
                     },
                 }
+            }
+            // All plain values of the list form one keyword item (an OR of its values), so the
+            // event's values are scanned once, with one automaton, instead of once per keyword.
+            if let Some(first) = keywords.first() {
+                let pos = first.pos;
+                bodies.push(SearchBody::Keyword(Item { field: None, modifiers: Vec::new(), values: keywords, pos }));
             }
             ok.then_some(SearchBody::AnyOf(bodies))
         }
@@ -328,16 +335,14 @@ fn raw_value(node: &Node) -> Option<RawValue> {
 /// Numbers compare by their decimal text ("EventID: 0x10" means 16); other forms stay as written.
 fn canonical_number(s: &str) -> String {
     let t = s.strip_prefix('+').unwrap_or(s);
-    if let Some(hex) = t.strip_prefix("0x") {
-        if let Ok(n) = u64::from_str_radix(hex, 16) {
+    if let Some(hex) = t.strip_prefix("0x")
+        && let Ok(n) = u64::from_str_radix(hex, 16) {
             return n.to_string();
         }
-    }
-    if let Some(oct) = t.strip_prefix("0o") {
-        if let Ok(n) = u64::from_str_radix(oct, 8) {
+    if let Some(oct) = t.strip_prefix("0o")
+        && let Ok(n) = u64::from_str_radix(oct, 8) {
             return n.to_string();
         }
-    }
     if let Ok(n) = t.parse::<i64>() {
         return n.to_string();
     }

@@ -169,16 +169,14 @@ pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), Stri
     }
     let others = |allowed: &[Modifier]| mods.iter().find(|m| !allowed.contains(m)).copied();
 
-    if let Some(pos) = mods.iter().position(|m| m.is_regex_flag()) {
-        if !has(Re) || mods.iter().position(|m| *m == Re).unwrap() > pos {
+    if let Some(pos) = mods.iter().position(|m| m.is_regex_flag())
+        && (!has(Re) || mods.iter().position(|m| *m == Re).unwrap() > pos) {
             return Err(format!("modifier '{}' is a regular-expression flag and must follow 're' (e.g. 're|i')", mods[pos]));
         }
-    }
-    if has(Re) {
-        if let Some(m) = others(&[Re, IgnoreCase, Multiline, DotAll, All, Neq]) {
+    if has(Re)
+        && let Some(m) = others(&[Re, IgnoreCase, Multiline, DotAll, All, Neq]) {
             return Err(format!("'re' takes the value as a regular expression and cannot be combined with '{m}'"));
         }
-    }
     if has(Cidr) {
         if is_keyword {
             return Err("'cidr' needs a field name".into());
@@ -219,16 +217,14 @@ pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), Stri
         if let Some(m) = others(&[**t, Gt, Gte, Lt, Lte, Neq, All]) {
             return Err(format!("time modifier '{t}' cannot be combined with '{m}'"));
         }
-        if let Some(c) = comparisons.first() {
-            if mods.iter().position(|m| m == *c).unwrap() < t_at {
+        if let Some(c) = comparisons.first()
+            && mods.iter().position(|m| m == *c).unwrap() < t_at {
                 return Err(format!("'{c}' must come after the time modifier '{t}'"));
             }
-        }
-    } else if let Some(c) = comparisons.first() {
-        if let Some(m) = others(&[**c, Neq, All]) {
+    } else if let Some(c) = comparisons.first()
+        && let Some(m) = others(&[**c, Neq, All]) {
             return Err(format!("numeric comparison '{c}' cannot be combined with '{m}'"));
         }
-    }
     let encoders = [Base64, Base64Offset];
     if mods.iter().filter(|m| encoders.contains(m)).count() > 1 {
         return Err("'base64' and 'base64offset' cannot be combined".into());

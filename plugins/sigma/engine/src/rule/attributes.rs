@@ -347,13 +347,11 @@ pub(crate) fn logsource(doc: &Node, sink: &mut Sink) -> Option<super::Logsource>
 }
 
 pub(crate) fn length_limit(doc: &Node, key: &str, max: usize, sink: &mut Sink) {
-    if let Some(n) = doc.get(key) {
-        if let Some(s) = n.as_str() {
-            if s.chars().count() > max {
+    if let Some(n) = doc.get(key)
+        && let Some(s) = n.as_str()
+            && s.chars().count() > max {
                 sink.error("attribute-too-long", n.pos, format!("'{key}' is longer than {max} characters"));
             }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -93,12 +93,11 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Filter>
             None
         }
     };
-    if let Some(n) = f.get("condition") {
-        if !matches!(n.value, NodeValue::String(_)) {
+    if let Some(n) = f.get("condition")
+        && !matches!(n.value, NodeValue::String(_)) {
             sink.error("bad-filter", n.pos, "a filter's 'condition' must be a single string");
             return None;
         }
-    }
     // The selections and condition read like a detection without `rules`.
     let det_node = Node {
         pos: f.pos,

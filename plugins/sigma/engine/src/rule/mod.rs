@@ -34,6 +34,8 @@ impl ParsedFile {
     }
 }
 
+// A file holds a handful of documents; boxing the rule would only make callers' matches noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Document {
     Rule(Rule),
@@ -218,24 +220,22 @@ fn parse_rule(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Rule> {
     let related = attributes::related(doc, sink);
     let date = attributes::date(doc, "date", sink);
     let modified = attributes::date(doc, "modified", sink);
-    if let (Some(d), Some(m)) = (&date, &modified) {
-        if m < d {
+    if let (Some(d), Some(m)) = (&date, &modified)
+        && m < d {
             sink.warning("modified-before-date", doc.get("modified").unwrap().pos, format!("'modified' ({m}) is earlier than 'date' ({d})"));
         }
-    }
     let fields = attributes::string_list(doc, "fields", sink);
     let falsepositives = falsepositives(doc, sink);
     let scope = attributes::string_list(doc, "scope", sink);
     let taxonomy = attributes::opt_string(doc, "taxonomy", sink);
-    if let Some(t) = &taxonomy {
-        if t != "sigma" {
+    if let Some(t) = &taxonomy
+        && t != "sigma" {
             sink.warning(
                 "foreign-taxonomy",
                 doc.get("taxonomy").unwrap().pos,
                 format!("taxonomy '{t}': field names are matched as written, without mapping them to the Sigma taxonomy"),
             );
         }
-    }
     attributes::warn_unknown_keys(doc, RULE_KEYS, sink);
     let logsource = attributes::logsource(doc, sink);
     let detection = match doc.get("detection") {
@@ -272,12 +272,11 @@ fn parse_rule(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Rule> {
 
 /// `falsepositives`: a list of strings (a single string is tolerated with a warning).
 fn falsepositives(doc: &Node, sink: &mut Sink) -> Vec<String> {
-    if let Some(n) = doc.get("falsepositives") {
-        if let NodeValue::String(s) = &n.value {
+    if let Some(n) = doc.get("falsepositives")
+        && let NodeValue::String(s) = &n.value {
             sink.warning("falsepositives-not-a-list", n.pos, "'falsepositives' should be a list of strings");
             return vec![s.clone()];
         }
-    }
     let list = attributes::string_list(doc, "falsepositives", sink);
     if let Some(NodeValue::Seq(nodes)) = doc.get("falsepositives").map(|n| &n.value) {
         for (s, n) in list.iter().zip(nodes) {
