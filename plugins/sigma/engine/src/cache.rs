@@ -238,7 +238,9 @@ impl Corpus {
     /// Writes the cache file (through a temporary file and a rename, so a crash never leaves a
     /// half-written cache under the real name).
     pub fn write_cache(&self, path: &Path, sources: &[SourceStamp]) -> std::io::Result<()> {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Not `process::id()`: it is unsupported under WASI, where the reward plugin runs this.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let tmp = path.with_extension(format!("tmp{nanos}"));
         std::fs::write(&tmp, self.to_cache_bytes(sources))?;
         std::fs::rename(&tmp, path)
     }

@@ -22,6 +22,9 @@ use crate::rule::{Correlation, CorrelationType, Document, Filter, Rule, apply_fi
 pub struct PreparedRule {
     /// (mapping entry, variant, compiled detection).
     units: Vec<(usize, usize, CompiledRule)>,
+    /// Per unit: the variant's candidates narrowed to the EventIDs the detection requires
+    /// (`EventID: 4624` inside a `service: security` rule), when it requires some.
+    narrowed: Vec<Option<Vec<u32>>>,
 }
 
 /// Runs rules over one corpus with one logsource mapping.
@@ -58,20 +61,29 @@ impl<'a> Hunter<'a> {
         };
         let entry = &self.map.entries()[entry_index];
         let mut units = Vec::with_capacity(entry.variants.len());
+        let mut narrowed = Vec::with_capacity(entry.variants.len());
         for (vi, variant) in entry.variants.iter().enumerate() {
             let compiled = compile(rule, &self.options, &mut |name| variant.resolve(self.corpus, name))
                 .map_err(|d| d.to_string())?;
+            // A detection that pins EventID lets the index skip every other bucket.
+            let event_id = variant.resolve(self.corpus, "EventID");
+            narrowed.push(compiled.required_values(event_id).map(|ids| {
+                let ids: Vec<String> = ids.iter().map(|id| id.trim().to_string()).collect();
+                let by_id = self.corpus.select(|_, id| ids.iter().any(|want| want == id));
+                intersect_sorted(&self.candidates[entry_index][vi], &by_id)
+            }));
             units.push((entry_index, vi, compiled));
         }
-        Ok(PreparedRule { units })
+        Ok(PreparedRule { units, narrowed })
     }
 
     /// The events (ascending corpus indices) a prepared rule matches.
     pub fn evaluate(&self, rule: &PreparedRule) -> Vec<u32> {
         let mut out = Vec::new();
-        for (entry, variant, compiled) in &rule.units {
-            let events = self.corpus.events();
-            out.extend(self.candidates[*entry][*variant].iter().copied().filter(|&i| compiled.matches(&events[i as usize])));
+        let events = self.corpus.events();
+        for ((entry, variant, compiled), narrowed) in rule.units.iter().zip(&rule.narrowed) {
+            let candidates = narrowed.as_ref().unwrap_or(&self.candidates[*entry][*variant]);
+            out.extend(candidates.iter().copied().filter(|&i| compiled.matches(&events[i as usize])));
         }
         if rule.units.len() > 1 {
             out.sort_unstable();
@@ -245,6 +257,23 @@ impl<'a> Hunter<'a> {
     }
 }
 
+/// The elements of two ascending lists that are in both.
+fn intersect_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
 /// A rule that could not run, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -377,6 +406,22 @@ mod tests {
         let out = h.hunt(&rules(WHOAMI));
         let ids: Vec<u64> = out.rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1, 2]);
+    }
+
+    #[test]
+    fn event_id_pinned_by_the_detection_narrows_candidates_without_changing_results() {
+        let c = corpus(&[
+            sec4688(1, "a"),
+            r##"{"Event":{"System":{"Channel":"Security","EventID":4624,"EventRecordID":2},"EventData":{"LogonType":"3"}}}"##.to_string(),
+            r##"{"Event":{"System":{"Channel":"Security","EventID":"4625","EventRecordID":3},"EventData":{"LogonType":"3"}}}"##.to_string(),
+        ]);
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let set = rules("title: Logons\nlogsource: {product: windows, service: security}\ndetection:\n  sel:\n    EventID: [4624, 4625]\n    LogonType: 3\n  not4625:\n    EventID: 4625\n  condition: sel and not not4625\n");
+        let prepared = h.prepare(&set.rules[0].rule).unwrap();
+        assert_eq!(prepared.narrowed[0].as_deref(), Some(&[1u32, 2][..]));
+        let ids: Vec<u64> = h.evaluate(&prepared).iter().map(|&i| c.event(i).record_id).collect();
+        assert_eq!(ids, [2]);
     }
 
     #[test]

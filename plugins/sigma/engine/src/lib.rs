@@ -12,6 +12,13 @@
 //!   compiler from a rule's detection to fast matchers ([`compile`], [`CompiledRule`]).
 //! - [`check`]: the validation `sigmaforge check` runs over many files.
 //! - [`diagnostic`]: errors and warnings with file, line and column.
+//! - [`evtx`], [`json_events`]: EVTX and evtx_dump-style JSON / JSON Lines events, flattened to
+//!   Sigma's Windows field names; corrupt input gives warnings, never panics.
+//! - [`corpus`]: the event store (one field table, events indexed by (Channel, EventID)) and
+//!   [`cache`]: its versioned, checksummed cache file.
+//! - [`logsource`]: the logsource → events mapping (`configs/windows-logsources.yml`, embedded).
+//! - [`hunt`]: rules over a corpus: logsource pruning, per-variant compilation (Security 4688
+//!   renames), Sigma filters, correlations.
 //!
 //! Library choices (rule side):
 //! - **YAML: `saphyr-parser` 0.3.** `serde_yaml` is archived and loses positions. saphyr-parser
@@ -26,6 +33,11 @@
 //!   (shared/reference/wasm-notes.md, section 4). Values are compiled once into byte compares,
 //!   memmem finders, one Aho-Corasick automaton per long `contains` list, and regexes only for
 //!   `?` wildcards and `re` (with size limits, so hostile patterns fail fast).
+//! - Library choices (event side): **EVTX: `evtx` 0.15** (what Chainsaw and Hayabusa use;
+//!   default features off so it builds for wasm32-wasip2, where it parses serially). Records
+//!   are rendered to JSON bytes by the crate and flattened by our own code, so EVTX and JSON
+//!   inputs share one path. **Cache: a hand-written binary format** (see [`cache`] for why not
+//!   bincode/postcard). No thread pool in the library: the CLI parallelises with rayon around it.
 //! - Base64, UTF-16, UUID, CIDR and date handling are a few lines each and written here rather
 //!   than pulled in as dependencies.
 

@@ -12,18 +12,22 @@ use sigma_engine::{CompileOptions, Document, PlaceholderPolicy, compile, parse_d
 fn exercise(text: &str) {
     let parsed = parse_documents(text, "fuzz.yml");
     let mut table = FieldTable::new();
-    let options = CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..Default::default() };
+    let options = CompileOptions {
+        unknown_placeholder: PlaceholderPolicy::MatchNothing,
+        ..Default::default()
+    };
     for doc in &parsed.documents {
         if let Document::Rule(rule) = doc
-            && let Ok(c) = compile(rule, &options, &mut |n| table.intern(n)) {
-                let fields = vec![
-                    (table.intern("Image"), Value::string("C:\\Windows\\System32\\cmd.exe")),
-                    (table.intern("CommandLine"), Value::string("cmd /c whoami -all")),
-                    (table.intern("EventID"), Value::int(1)),
-                    (table.intern("Empty"), Value::null()),
-                ];
-                let _ = c.matches(&Event::new(FileId(0), 1, Some(0), fields));
-            }
+            && let Ok(c) = compile(rule, &options, &mut |n| table.intern(n))
+        {
+            let fields = vec![
+                (table.intern("Image"), Value::string("C:\\Windows\\System32\\cmd.exe")),
+                (table.intern("CommandLine"), Value::string("cmd /c whoami -all")),
+                (table.intern("EventID"), Value::int(1)),
+                (table.intern("Empty"), Value::null()),
+            ];
+            let _ = c.matches(&Event::new(FileId(0), 1, Some(0), fields));
+        }
     }
     for d in &parsed.diagnostics {
         assert!(!d.message.is_empty());
@@ -48,7 +52,11 @@ fn corpus() -> &'static [String] {
         }
         let mut files = Vec::new();
         walk(&sigmaforge_data::for_tests().join("sigma/rules/windows"), &mut files);
-        files.iter().step_by(25).map(|f| std::fs::read_to_string(f).unwrap()).collect()
+        files
+            .iter()
+            .step_by(25)
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect()
     })
 }
 
@@ -105,14 +113,54 @@ fn apply(text: &str, m: &Mutation) -> String {
 fn mutation() -> impl Strategy<Value = Mutation> {
     // Text that exercises Sigma's special characters and YAML's structure.
     let snippet = prop::sample::select(vec![
-        "|", "|contains", "|re", "|all", "|base64offset", "|windash", "|cidr", "|expand", "|exists", "|gt", "|fieldref", "*", "?",
-        "\\", "\\\\", ":", " ", "- ", "\n", "\n  ", "'", "\"", "[", "]", "{", "}", "&a ", "*a", "%x%", "null", "~", "1 of ",
-        "all of them", " and ", " or not ", "(", ")", "---\n", "condition: ", "a{99999}", "\u{2014}", "\t",
+        "|",
+        "|contains",
+        "|re",
+        "|all",
+        "|base64offset",
+        "|windash",
+        "|cidr",
+        "|expand",
+        "|exists",
+        "|gt",
+        "|fieldref",
+        "*",
+        "?",
+        "\\",
+        "\\\\",
+        ":",
+        " ",
+        "- ",
+        "\n",
+        "\n  ",
+        "'",
+        "\"",
+        "[",
+        "]",
+        "{",
+        "}",
+        "&a ",
+        "*a",
+        "%x%",
+        "null",
+        "~",
+        "1 of ",
+        "all of them",
+        " and ",
+        " or not ",
+        "(",
+        ")",
+        "---\n",
+        "condition: ",
+        "a{99999}",
+        "\u{2014}",
+        "\t",
     ])
     .prop_map(str::to_string);
     prop_oneof![
         (any::<usize>(), 0usize..200).prop_map(|(at, len)| Mutation::Delete { at, len }),
-        (any::<usize>(), prop::collection::vec(snippet, 1..4)).prop_map(|(at, t)| Mutation::Insert { at, text: t.concat() }),
+        (any::<usize>(), prop::collection::vec(snippet, 1..4))
+            .prop_map(|(at, t)| Mutation::Insert { at, text: t.concat() }),
         any::<usize>().prop_map(|line| Mutation::DuplicateLine { line }),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines { a, b }),
         any::<usize>().prop_map(|at| Mutation::Truncate { at }),
