@@ -73,8 +73,6 @@ fn under_lora_only_the_adapters_train_and_all_get_gradients() {
         let (input, mask) = batch();
         let grads = logprob_sum(&model, &input, &mask, AdapterMode::Enabled).unwrap().backward().unwrap();
         assert!(missing_gradients(&vars, &grads).unwrap().is_empty());
-        // Frozen base weights are not on the graph at all.
-        assert_eq!(grads.get_ids().count(), vars.len() + grads.get_ids().count() - vars.len());
     }
     // Only the targeted modules get adapters.
     let cfg = ModelConfig::tiny_qwen3();

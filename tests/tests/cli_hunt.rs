@@ -1,0 +1,118 @@
+//! `sigmaforge hunt` as a user runs it: the JSON Lines contract (`rule_id`, `rule`, `title`,
+//! `file`, `record_id`), file naming relative to `--events`, the table and summary, rules that
+//! fail to load, corrupt event files, and the corpus cache.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn hunt(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(sigmaforge_e2e::sigmaforge_bin())
+        .arg("hunt")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sigmaforge");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const RULE_ID: &str = "8a2f4b1c-3d5e-4f7a-9b2c-1e4f6d8a9c2b";
+
+fn fixture() -> (PathBuf, PathBuf) {
+    let data = sigmaforge_data::for_tests();
+    let rule = data.join("sigma/rules-threat-hunting/windows/image_load/image_load_win_werfaultsecure_dbgcore_dbghelp_load.yml");
+    let dir = data.join("sigma-regression/regression_data/rules-threat-hunting/windows/image_load/image_load_win_werfaultsecure_dbgcore_dbghelp_load");
+    (rule, dir)
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sf-hunt-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn json_lines_name_the_rule_and_the_event() {
+    let (rule, dir) = fixture();
+    let evtx = dir.join(format!("{RULE_ID}.evtx"));
+    let (code, out, err) = hunt(&["--json", "--rules", rule.to_str().unwrap(), "--events", evtx.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let lines = json_lines(&out);
+    assert!(!lines.is_empty(), "no match; stderr: {err}");
+    for l in &lines {
+        assert_eq!(l["rule_id"], RULE_ID);
+        assert_eq!(l["rule"], rule.to_str().unwrap());
+        assert_eq!(l["title"], "WerFaultSecure Loading DbgCore or DbgHelp - EDR-Freeze");
+        assert_eq!(l["file"], format!("{RULE_ID}.evtx"), "a file argument is reported by its bare name");
+        assert!(l["record_id"].is_u64(), "{l}");
+    }
+    assert!(lines.iter().any(|l| l["record_id"] == 571146), "{out}");
+    assert!(err.contains("matches:"), "the summary goes to stderr with --json: {err}");
+}
+
+#[test]
+fn directories_name_files_relative_to_the_events_argument() {
+    let (rule, dir) = fixture();
+    let (code, out, err) = hunt(&["--json", "--rules", rule.parent().unwrap().to_str().unwrap(), "--events", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = json_lines(&out).into_iter().filter(|l| l["rule_id"] == RULE_ID).collect();
+    let files: std::collections::BTreeSet<String> = lines.iter().map(|l| l["file"].as_str().unwrap().to_string()).collect();
+    // The .evtx file and its evtx_dump JSON rendering give the same events.
+    assert_eq!(files.into_iter().collect::<Vec<_>>(), [format!("{RULE_ID}.evtx"), format!("{RULE_ID}.json")]);
+    assert_eq!(lines.len() % 2, 0);
+}
+
+#[test]
+fn broken_rules_and_corrupt_event_files_are_reported_and_the_hunt_goes_on() {
+    let (rule, dir) = fixture();
+    let work = temp_dir("broken");
+    std::fs::copy(&rule, work.join("good.yml")).unwrap();
+    std::fs::write(work.join("broken.yml"), "title: Broken\nlogsource: [\n").unwrap();
+    let events = temp_dir("events");
+    std::fs::copy(dir.join(format!("{RULE_ID}.evtx")), events.join("good.evtx")).unwrap();
+    std::fs::write(events.join("corrupt.evtx"), b"ElfFile\0 this is not really an event log").unwrap();
+    std::fs::write(events.join("empty.evtx"), b"").unwrap();
+    let (code, out, err) = hunt(&["--rules", work.to_str().unwrap(), "--events", events.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("broken.yml"), "the broken rule is named on stderr: {err}");
+    assert!(err.contains("corrupt.evtx") && err.contains("empty.evtx"), "{err}");
+    assert!(out.contains("WerFaultSecure Loading DbgCore"), "the table lists the good rule's matches: {out}");
+    assert!(out.contains("good.evtx"));
+    assert!(out.contains("rules:") && out.contains("1 files with errors") && out.contains("matches:"), "{out}");
+    std::fs::remove_dir_all(&work).ok();
+    std::fs::remove_dir_all(&events).ok();
+}
+
+#[test]
+fn the_cache_is_written_then_reused_and_a_damaged_cache_is_rebuilt() {
+    let (rule, dir) = fixture();
+    let work = temp_dir("cache");
+    let cache = work.join("corpus.cache");
+    let args = ["--json", "--rules", rule.to_str().unwrap(), "--events", dir.to_str().unwrap(), "--cache", cache.to_str().unwrap()];
+    let (code, first, err) = hunt(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(Path::new(&cache).is_file());
+    let (_, second, err) = hunt(&args);
+    assert_eq!(first, second);
+    assert!(!err.contains("note: cache"), "a fresh cache is used silently: {err}");
+    std::fs::write(&cache, b"garbage").unwrap();
+    let (code, third, err) = hunt(&args);
+    assert_eq!(code, 0);
+    assert_eq!(first, third);
+    assert!(err.contains("not a SigmaForge corpus cache"), "{err}");
+    std::fs::remove_dir_all(&work).ok();
+}
+
+#[test]
+fn missing_events_is_a_usage_error() {
+    let (rule, _) = fixture();
+    let (code, _, err) = hunt(&["--rules", rule.to_str().unwrap(), "--events", "/nonexistent/events"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/events"), "{err}");
+}
