@@ -98,7 +98,7 @@ impl Default for ServerOptions {
 struct AppState {
     scorer: Arc<dyn Scorer>,
     options: ServerOptions,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     metrics: Metrics,
 }
@@ -106,7 +106,7 @@ struct AppState {
 /// The HTTP routes, ready to serve.
 pub fn router(scorer: Arc<dyn Scorer>, options: ServerOptions) -> Router {
     let state = Arc::new(AppState {
-        slots: Semaphore::new(options.max_concurrent.max(1)),
+        slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
         waiting: AtomicUsize::new(0),
         metrics: Metrics::default(),
         scorer,
@@ -164,6 +164,15 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+/// Decrements the waiting count when a queued request stops waiting, however it stops.
+struct WaitingGuard(Arc<AppState>);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -225,7 +234,7 @@ async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Re
     let n = items.len();
     let deadline = state.options.request_timeout;
     let work = async {
-        let permit = match state.slots.try_acquire() {
+        let permit = match state.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 if state.waiting.fetch_add(1, Ordering::SeqCst) >= state.options.max_queue {
@@ -233,20 +242,28 @@ async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Re
                     state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                     return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "server busy: scoring queue is full, retry later".into()));
                 }
-                let p = state.slots.acquire().await;
-                state.waiting.fetch_sub(1, Ordering::SeqCst);
-                p.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into()))?
+                // Counted as waiting until this future ends, also when the timeout drops it.
+                let _waiting = WaitingGuard(state.clone());
+                state
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into()))?
             }
         };
         state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        let scorer = state.scorer.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit; // released when scoring ends, even if the client timed out
-            scorer.score_batch(&items)
+        let worker_state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            // The slot and the in-flight count are released when scoring ends, even if the
+            // client already got its 504: the plugin runtime bounds each call, so this ends.
+            let _permit = permit;
+            let results = worker_state.scorer.score_batch(&items);
+            worker_state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            results
         })
-        .await;
-        state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-        joined.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring worker failed: {e}")))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring worker failed: {e}")))
     };
     let result = match tokio::time::timeout(deadline, work).await {
         Ok(r) => r,
