@@ -78,7 +78,8 @@ fn prompts_do_not_leak_the_reference_detection() {
                 format!("{} {} {}", rule.title, rule.description.clone().unwrap_or_default(), rule.falsepositives.join(" ")).to_lowercase();
             let mentions: Vec<String> = m["mentions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_lowercase()).collect();
             for value in sigma_task::meta::detection_values(&rule.detection) {
-                let v = value.trim_matches(['*', '\\']).to_lowercase();
+                // Surrounding spaces delimit a word in the pattern (" firewall "); the word is what could leak.
+                let v = value.trim_matches(['*', '\\']).trim().to_lowercase();
                 if v.len() < 5 {
                     continue; // "1", "true", "cmd" are ordinary words, not a leaked detection
                 }

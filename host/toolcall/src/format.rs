@@ -206,8 +206,8 @@ mod tests {
         let expected = "You write Sigma rules.\n\n# Tools\n\nYou may call one or more functions to assist with the \
             user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n\
             {\"type\": \"function\", \"function\": {\"name\": \"search\", \"description\": \"Search the knowledge \
-            base.\", \"parameters\": {\"properties\": {\"query\": {\"type\": \"string\"}}, \"required\": [\"query\"], \
-            \"type\": \"object\"}}}\n</tools>\n\nFor each function call, return a json object with function name \
+            base.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"query\": {\"type\": \"string\"}}, \
+            \"required\": [\"query\"]}}}\n</tools>\n\nFor each function call, return a json object with function name \
             and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \
             \"arguments\": <args-json-object>}\n</tool_call>";
         assert_eq!(prompt, expected);

@@ -70,6 +70,12 @@ struct VariantEvents {
 }
 
 impl RuleMatcher {
+    /// Whether `rule` compiles at all (regex size limits, placeholders, ...), independent of the
+    /// corpus: a rule no engine can run is not a valid rule, whatever its YAML looks like.
+    pub fn check_compiles(&self, rule: &Rule) -> Result<(), sigma_engine::Diagnostic> {
+        compile(rule, &self.options, &mut |_| sigma_engine::event::FieldKey(u32::MAX)).map(|_| ())
+    }
+
     pub fn new(corpus: Corpus, map: LogsourceMap) -> Self {
         RuleMatcher { corpus, map, candidates: Mutex::new(HashMap::new()), options: CompileOptions::default(), prune_by_event_id: true }
     }

@@ -100,7 +100,10 @@ impl Scorer<'_> {
         });
 
         let (valid, rule) = match (rule, errors.is_empty()) {
-            (Some(rule), true) => ((1.0, format!("valid Sigma rule ({})", extracted.source)), Some(rule)),
+            (Some(rule), true) => match self.matcher.check_compiles(&rule) {
+                Ok(()) => ((1.0, format!("valid Sigma rule ({})", extracted.source)), Some(rule)),
+                Err(d) => ((0.0, describe(&d, &extracted)), None),
+            },
             (None, true) => ((0.0, "the YAML is not a detection rule (a correlation or filter, or no document)".into()), None),
             (_, false) => {
                 let more = if errors.len() > 1 { format!(" (+{} more)", errors.len() - 1) } else { String::new() };
