@@ -95,3 +95,26 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
+
+/// Runs the built `sigmaforge` with `args`, feeding `stdin` when given; returns
+/// (exit code, stdout, stderr). Compiled plugins are cached under the target dir, so each test
+/// process does not recompile them.
+pub fn run_sigmaforge(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(sigmaforge_bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env("SIGMAFORGE_CACHE", target_dir().join("e2e-cwasm-cache"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sigmaforge");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -2,29 +2,13 @@
 //! its granted directory, opens a socket, panics or returns invalid scores is stopped with a
 //! clear error for that completion, and the host goes on scoring the rest of the batch.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 fn sigmaforge(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(sigmaforge_e2e::sigmaforge_bin())
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env("SIGMAFORGE_CACHE", sigmaforge_e2e::target_dir().join("e2e-cwasm-cache"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sigmaforge");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    sigmaforge_e2e::run_sigmaforge(args, stdin)
 }
 
 /// A plugins config for the hostile plugin with tight limits and one granted directory.

@@ -1,9 +1,7 @@
 //! Helpers shared by the sigma e2e tests: running the built binary with the built plugin.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -12,20 +10,7 @@ pub fn data() -> PathBuf {
 }
 
 pub fn sigmaforge(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(sigmaforge_e2e::sigmaforge_bin())
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sigmaforge");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    sigmaforge_e2e::run_sigmaforge(args, stdin)
 }
 
 pub fn plugin() -> String {
