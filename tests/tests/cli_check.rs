@@ -2,20 +2,14 @@
 //! fields, directories, and the whole SigmaHQ corpus.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 /// Runs `sigmaforge check` with `args`; returns (exit code, stdout, stderr).
 fn check(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(sigmaforge_e2e::sigmaforge_bin())
-        .arg("check")
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sigmaforge");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    sigmaforge_e2e::run_sigmaforge(&all, None)
 }
 
 const VALID: &str = "title: Whoami

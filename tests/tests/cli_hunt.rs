@@ -3,19 +3,13 @@
 //! fail to load, corrupt event files, and the corpus cache.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 fn hunt(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(sigmaforge_e2e::sigmaforge_bin())
-        .arg("hunt")
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sigmaforge");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let mut all = vec!["hunt"];
+    all.extend_from_slice(args);
+    sigmaforge_e2e::run_sigmaforge(&all, None)
 }
 
 const RULE_ID: &str = "8a2f4b1c-3d5e-4f7a-9b2c-1e4f6d8a9c2b";

