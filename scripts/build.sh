@@ -5,7 +5,7 @@
 #   scripts/build.sh --plugins  # only the plugins
 #
 # Outputs: dist/sigmaforge, dist/sigma.wasm, dist/search.wasm, dist/regex-task.wasm
-# (and the test-only hostile plugins under dist/test/). Respects CARGO_TARGET_DIR.
+# (and the test-only hostile and toy-task plugins under dist/test/). Respects CARGO_TARGET_DIR.
 # Installs the wasm32-wasip2 Rust target with rustup when it is missing.
 set -euo pipefail
 
@@ -25,6 +25,7 @@ plugins=(
 test_plugins=(
   "hostile-plugin hostile_plugin hostile.wasm"
   "future-plugin future_plugin future.wasm"
+  "toy-task-plugin toy_task_plugin toy-task.wasm"
 )
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

@@ -9,8 +9,13 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 /// The workspace root (the folder with the top-level Cargo.toml).
+/// `cargo test` sets `CARGO_MANIFEST_DIR` for the test process too; that runtime value wins over
+/// the compile-time one, which is stale when a target dir shared between checkouts (as `.ci/run`
+/// does) holds this crate compiled in another checkout.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).filter(|p| p.join("Cargo.toml").is_file());
+    let manifest = manifest.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("tests/ is inside the workspace").to_path_buf()
 }
 
 /// `$CARGO_TARGET_DIR`, else `<workspace>/target`.
