@@ -4,7 +4,10 @@
 //! Written here instead of using `candle_nn::AdamW` because candle keeps that optimizer's
 //! moments and step counter private (no checkpoint/resume) and has no gradient clipping.
 //! Moments are kept in f32 even for bf16/f16 parameters, so the update does not lose the small
-//! second-moment values to half-precision rounding.
+//! second-moment values to half-precision rounding, and half-precision parameters get f32
+//! master weights: the update is applied to the f32 copy and the model sees it rounded. Without
+//! them a bf16 weight near 1.0 (spacing 2^-7) ignores every update smaller than ~0.004, i.e. all
+//! of them at fine-tuning learning rates.
 
 use std::collections::HashMap;
 
@@ -90,6 +93,8 @@ pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// f32 master copies of the parameters that are not f32 (None for f32 parameters).
+    master: Vec<Option<Tensor>>,
     step: u64,
     hp: AdamWParams,
 }
@@ -103,7 +108,8 @@ impl AdamW {
         let zeros = |v: &Var| v.as_tensor().zeros_like()?.to_dtype(DType::F32);
         let m = params.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<Vec<_>>>()?;
         let v = params.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { params, m, v, step: 0, hp })
+        let master = params.iter().map(|(_, v)| master_copy(v)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { params, m, v, master, step: 0, hp })
     }
 
     pub fn params(&self) -> &[(String, Var)] {
@@ -126,24 +132,33 @@ impl AdamW {
             let Some(g) = &grads.grads[i] else { continue };
             let m = ((&self.m[i] * beta1)? + (g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let theta = var.as_tensor().to_dtype(DType::F32)?;
+            let theta = match &self.master[i] {
+                Some(w) => w.clone(),
+                None => var.as_tensor().to_dtype(DType::F32)?,
+            };
             let decayed = if weight_decay != 0.0 { (&theta * (1.0 - lr * weight_decay))? } else { theta };
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + eps)?)?;
             let new = (decayed - (update * lr)?)?;
             var.set(&new.to_dtype(var.dtype())?)?;
+            if let Some(w) = &mut self.master[i] {
+                *w = new;
+            }
             self.m[i] = m;
             self.v[i] = v;
         }
         Ok(())
     }
 
-    /// The moments as named tensors (`m.<param>`, `v.<param>`) and the step counter, for a
-    /// checkpoint.
+    /// The moments as named tensors (`m.<param>`, `v.<param>`, and `w.<param>` for the f32
+    /// master weights of half-precision parameters) and the step counter, for a checkpoint.
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut map = HashMap::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
             map.insert(format!("m.{name}"), self.m[i].clone());
             map.insert(format!("v.{name}"), self.v[i].clone());
+            if let Some(w) = &self.master[i] {
+                map.insert(format!("w.{name}"), w.clone());
+            }
         }
         (map, self.step)
     }
@@ -157,12 +172,35 @@ impl AdamW {
                 ensure!(t.dims() == var.dims(), "optimizer state {key} has shape {:?}, parameter has {:?}", t.dims(), var.dims());
                 *slot = t.to_dtype(DType::F32)?.to_device(var.device())?;
             }
+            // Master weights: from the checkpoint when it has them, else from the (rounded)
+            // parameter, which is what a checkpoint written before they existed can offer.
+            if self.master[i].is_some() {
+                let key = format!("w.{name}");
+                self.master[i] = match tensors.remove(&key) {
+                    Some(t) => {
+                        ensure!(t.dims() == var.dims(), "optimizer state {key} has shape {:?}, parameter has {:?}", t.dims(), var.dims());
+                        Some(t.to_dtype(DType::F32)?.to_device(var.device())?)
+                    }
+                    None => master_copy(var)?,
+                };
+            } else {
+                tensors.remove(&format!("w.{name}"));
+            }
         }
         if let Some(extra) = tensors.keys().next() {
             bail!("optimizer state has {extra}, which is not a trainable parameter of this model (different LoRA/full setting?)");
         }
         self.step = step;
         Ok(())
+    }
+}
+
+/// An f32 copy of a half-precision (bf16/f16) parameter; `None` for the others, which hold
+/// at least f32 precision themselves.
+fn master_copy(var: &Var) -> candle_core::Result<Option<Tensor>> {
+    match var.dtype() {
+        DType::BF16 | DType::F16 => Ok(Some(var.as_tensor().to_dtype(DType::F32)?.detach())),
+        _ => Ok(None),
     }
 }
 
@@ -207,6 +245,34 @@ impl LrSchedule {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// bf16 has 8 bits of mantissa: at 1.0 the next value down is 1 - 2^-8. An Adam step of
+    /// lr = 1e-4 moves the weight by ~1e-4, so without master weights it would never move.
+    #[test]
+    fn half_precision_parameters_accumulate_small_updates_in_master_weights() {
+        let var = Var::new(&[1.0f32, 1.0], &Device::Cpu).unwrap();
+        let var = Var::from_tensor(&var.as_tensor().to_dtype(DType::BF16).unwrap()).unwrap();
+        let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], hp).unwrap();
+        let mut acc = GradAccumulator::new(1);
+        acc.grads[0] = Some(Tensor::new(&[1.0f32, -1.0], &Device::Cpu).unwrap());
+        for _ in 0..100 {
+            opt.step(&acc, 1e-4).unwrap();
+        }
+        let got: Vec<f32> = var.as_tensor().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+        assert!(got[0] < 0.996 && got[0] > 0.98, "{got:?}: the small updates were lost to bf16 rounding");
+        assert!(got[1] > 1.004 && got[1] < 1.02, "{got:?}");
+        // The master weights travel with the optimizer state, so a resumed run continues exactly.
+        let (state, steps) = opt.state();
+        let master: Vec<f32> = state["w.w"].to_vec1().unwrap();
+        assert!((master[0] - 0.99).abs() < 1e-3, "{master:?}");
+        let var2 = Var::from_tensor(var.as_tensor()).unwrap();
+        let mut opt2 = AdamW::new(vec![("w".into(), var2.clone())], hp).unwrap();
+        opt2.load_state(state, steps).unwrap();
+        opt.step(&acc, 1e-4).unwrap();
+        opt2.step(&acc, 1e-4).unwrap();
+        assert_eq!(opt.state().0["w.w"].to_vec1::<f32>().unwrap(), opt2.state().0["w.w"].to_vec1::<f32>().unwrap());
+    }
 
     #[test]
     fn adamw_matches_a_hand_computed_step_with_decay() {
