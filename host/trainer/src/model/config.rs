@@ -203,6 +203,27 @@ impl ModelConfig {
         }
     }
 
+    /// Qwen3-0.6B's shape (Hugging Face Qwen/Qwen3-0.6B config.json), for the GPU benchmark
+    /// against PyTorch with random weights (scripts/gpu-check.sh).
+    pub fn qwen3_0_6b() -> Self {
+        Self {
+            family: Family::Qwen3,
+            vocab_size: 151_936,
+            hidden_size: 1024,
+            intermediate_size: 3072,
+            num_hidden_layers: 28,
+            num_attention_heads: 16,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            max_position_embeddings: 40_960,
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_ids: vec![151_645],
+        }
+    }
+
     /// Number of parameters (tied head counted once).
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;

@@ -9,6 +9,7 @@
 
 mod config;
 mod kv_cache;
+mod memory;
 mod ops;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 
 pub use config::{Family, ModelConfig};
 pub use kv_cache::KvCache;
+pub use memory::MemoryOptions;
 pub use ops::{token_entropy, token_logprobs};
 
 use crate::lora::{Linear, LoraConfig, Param};
@@ -43,6 +45,15 @@ struct Layer {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+}
+
+/// What every decoder layer of one forward pass shares.
+struct BlockInputs {
+    /// Additive causal + padding mask [B, 1, T, past + T].
+    mask: Tensor,
+    /// RoPE rows of each position [B, 1, T, head_dim / 2].
+    cos: Tensor,
+    sin: Tensor,
 }
 
 pub struct CausalLm {
@@ -262,9 +273,19 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         adapters: AdapterMode,
     ) -> Result<Tensor> {
+        let ctx = self.prepare(input_ids, attention_mask, cache.as_deref())?;
+        let mut x = self.embed(input_ids)?;
+        for i in 0..self.layers.len() {
+            x = self.block(i, &x, &ctx, cache.as_deref_mut(), adapters)?;
+        }
+        ops::rms_norm(&x, self.norm.tensor(), self.cfg.rms_norm_eps)
+    }
+
+    /// Checks shapes against the cache and builds the additive mask and RoPE rows of a forward.
+    fn prepare(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&KvCache>) -> Result<BlockInputs> {
         let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
-        let past = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
-        if let Some(c) = cache.as_ref() {
+        let past = cache.map(|c| c.seq_len()).unwrap_or(0);
+        if let Some(c) = cache {
             if c.num_layers() != self.layers.len() {
                 bail!("kv cache has {} layers, the model {}", c.num_layers(), self.layers.len());
             }
@@ -286,23 +307,26 @@ impl CausalLm {
         let half = self.cfg.head_dim / 2;
         let cos = self.rope_cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
         let sin = self.rope_sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
+        Ok(BlockInputs { mask, cos, sin })
+    }
 
+    /// Token embeddings [B, T, hidden].
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
-        let mut x = self
-            .embed_tokens
-            .tensor()
-            .index_select(&ids, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attn_in = ops::rms_norm(&x, layer.input_layernorm.tensor(), self.cfg.rms_norm_eps)?;
-            let attn = self.attention(i, layer, &attn_in, &mask, &cos, &sin, cache.as_deref_mut(), adapters)?;
-            x = (x + attn)?;
-            let mlp_in = ops::rms_norm(&x, layer.post_attention_layernorm.tensor(), self.cfg.rms_norm_eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&mlp_in, adapters)?)?;
-            let up = layer.up_proj.forward(&mlp_in, adapters)?;
-            x = (x + layer.down_proj.forward(&(gate * up)?, adapters)?)?;
-        }
-        ops::rms_norm(&x, self.norm.tensor(), self.cfg.rms_norm_eps)
+        Ok(self.embed_tokens.tensor().index_select(&ids, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Decoder layer `i`: pre-norm attention and SwiGLU MLP, each with a residual.
+    fn block(&self, i: usize, x: &Tensor, ctx: &BlockInputs, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
+        let layer = &self.layers[i];
+        let attn_in = ops::rms_norm(x, layer.input_layernorm.tensor(), self.cfg.rms_norm_eps)?;
+        let attn = self.attention(i, layer, &attn_in, &ctx.mask, &ctx.cos, &ctx.sin, cache, adapters)?;
+        let x = (x + attn)?;
+        let mlp_in = ops::rms_norm(&x, layer.post_attention_layernorm.tensor(), self.cfg.rms_norm_eps)?;
+        let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&mlp_in, adapters)?)?;
+        let up = layer.up_proj.forward(&mlp_in, adapters)?;
+        Ok((x + layer.down_proj.forward(&(gate * up)?, adapters)?)?)
     }
 
     /// Vocabulary projection of final hidden states: [B, T, hidden] -> [B, T, vocab].

@@ -1,0 +1,224 @@
+//! Gradients with bounded activation memory: activation checkpointing and a vocabulary
+//! projection computed a chunk of positions at a time.
+//!
+//! candle records the whole forward graph until `backward()`; for a 14B model with long
+//! completions the activations of every layer and the `[N, T, vocab]` logits (plus their
+//! log-softmax) dominate GPU memory (docs/memory-plan.md). candle has no checkpointing hooks,
+//! so this does it by hand, exactly, using the chain rule across segments:
+//!
+//! 1. Forward without keeping graphs: only each layer's input `x_i` is kept (detached).
+//! 2. Head: `x_L` becomes a leaf; for each chunk of positions the final norm, the vocabulary
+//!    projection and the caller's loss are built and back-propagated at once, so only one
+//!    chunk of logits exists at a time. The chunks' gradients w.r.t. `x_L` add up to `g_L`.
+//! 3. Layers in reverse: recompute layer `i` from the leaf `x_i` and back-propagate the
+//!    surrogate `Σ(layer_i(x_i) ⊙ g_{i+1})`, whose gradient is the true one for the layer's
+//!    parameters and gives `g_i`. Then the embeddings with `Σ(embed(ids) ⊙ g_0)`.
+//!
+//! Without checkpointing (only chunked logits) step 1 keeps the trunk's graph and step 3 is a
+//! single surrogate backward through it. The sum of the per-segment gradients equals the
+//! gradient of the summed chunk losses (tests compare them in f64).
+
+use std::ops::Range;
+
+use anyhow::{Result, bail, ensure};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::{AdapterMode, CausalLm, ops};
+
+/// Memory-saving options of the policy update (`training.memory` in the run config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryOptions {
+    /// Keep only each layer's input during the forward and recompute the layer in the backward:
+    /// activation memory of one layer instead of all, for ~1/3 more compute.
+    pub activation_checkpointing: bool,
+    /// Compute the vocabulary projection, log-softmax and loss for this many completion
+    /// positions at a time (0 = all at once). Bounds the `[N, T, vocab]` logits to
+    /// `[N, logits_chunk, vocab]`.
+    pub logits_chunk: usize,
+}
+
+impl MemoryOptions {
+    /// True when the update should go through [`CausalLm::backward_bounded`].
+    pub fn enabled(&self) -> bool {
+        self.activation_checkpointing || self.logits_chunk > 0
+    }
+}
+
+impl CausalLm {
+    /// Back-propagates `Σ_chunks chunk_loss(logits_chunk, range)` with bounded memory and hands
+    /// every partial gradient store to `on_grads` (their sum is the gradient; accumulate them).
+    ///
+    /// `window = (start, len)`: the hidden positions whose logits the loss reads (for GRPO, the
+    /// positions that predict completion tokens). `chunk_loss` gets the logits
+    /// `[B, c, vocab]` of window positions `range` (relative to `start`) and returns a scalar
+    /// that must depend only on them; it is called once per chunk, in order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_bounded(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        adapters: AdapterMode,
+        window: (usize, usize),
+        options: MemoryOptions,
+        mut chunk_loss: impl FnMut(&Tensor, Range<usize>) -> Result<Tensor>,
+        mut on_grads: impl FnMut(&GradStore) -> Result<()>,
+    ) -> Result<()> {
+        let (_, t) = input_ids.dims2()?;
+        let (start, len) = window;
+        ensure!(len > 0 && start + len <= t, "loss window {start}..{} is outside the {t} positions", start + len);
+        let ctx = self.prepare(input_ids, attention_mask, None)?;
+        let checkpoint = options.activation_checkpointing;
+
+        // 1. Forward. With checkpointing keep only detached layer inputs; without, keep the graph.
+        let embedded = self.embed(input_ids)?;
+        let mut inputs: Vec<Tensor> = Vec::with_capacity(self.layers.len() + 1);
+        let mut x = if checkpoint { embedded.detach() } else { embedded.clone() };
+        for i in 0..self.layers.len() {
+            inputs.push(x.clone());
+            let y = self.block(i, &x, &ctx, None, adapters)?;
+            x = if checkpoint { y.detach() } else { y };
+        }
+        let trunk_out = x;
+
+        // 2. Head, chunk by chunk, from a leaf copy of the trunk's output.
+        let leaf = Var::from_tensor(&trunk_out.detach())?;
+        let chunk = if options.logits_chunk == 0 { len } else { options.logits_chunk };
+        let mut grad = leaf.as_tensor().zeros_like()?;
+        let mut from = 0;
+        while from < len {
+            let c = chunk.min(len - from);
+            let h = ops::rms_norm(&leaf.as_tensor().narrow(1, start + from, c)?, self.norm.tensor(), self.cfg.rms_norm_eps)?;
+            let logits = self.logits(&h, adapters)?;
+            let loss = chunk_loss(&logits, from..from + c)?;
+            if loss.elem_count() != 1 {
+                bail!("the chunk loss must be a scalar, got shape {:?}", loss.dims());
+            }
+            drop(logits);
+            let grads = loss.backward()?;
+            if let Some(g) = grads.get(leaf.as_tensor()) {
+                grad = (grad + g)?;
+            }
+            on_grads(&grads)?;
+            from += c;
+        }
+
+        // 3. Trunk: one surrogate backward through the kept graph, or layer by layer.
+        if !checkpoint {
+            let surrogate = (trunk_out * grad.detach())?.sum_all()?;
+            return on_grads(&surrogate.backward()?);
+        }
+        for i in (0..self.layers.len()).rev() {
+            let x_i = Var::from_tensor(&inputs[i])?;
+            let y = self.block(i, x_i.as_tensor(), &ctx, None, adapters)?;
+            let grads = (y * grad.detach())?.sum_all()?.backward()?;
+            on_grads(&grads)?;
+            grad = match grads.get(x_i.as_tensor()) {
+                Some(g) => g.clone(),
+                // Only possible if the layer ignored its input; nothing flows further down.
+                None => return Ok(()),
+            };
+            inputs.truncate(i);
+        }
+        if self.embed_tokens.var().is_some() {
+            let grads = (self.embed(input_ids)? * grad.detach())?.sum_all()?.backward()?;
+            on_grads(&grads)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::lora::LoraConfig;
+    use crate::model::{ModelConfig, token_logprobs};
+    use crate::optim::GradAccumulator;
+
+    fn batch() -> (Tensor, Tensor) {
+        let ids = Tensor::new(&[[0u32, 0, 5, 9, 13, 2, 7, 30], [3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 11, 12, 60, 33]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[0u32, 0, 1, 1, 1, 1, 1, 1], [1; 8], [0, 0, 0, 0, 1, 1, 1, 1]], &Device::Cpu).unwrap();
+        (ids, mask)
+    }
+
+    /// A weighted sum of the log-probs of the next tokens over window positions `range`: the
+    /// shape of the GRPO loss (per-token terms, masked, summed).
+    fn loss_of(logits: &Tensor, ids: &Tensor, start: usize, range: Range<usize>) -> Result<Tensor> {
+        let targets = ids.narrow(1, start + 1 + range.start, range.len())?;
+        let lp = token_logprobs(logits, &targets)?;
+        // Per-token weights that depend on (row, position) only, not on the chunking.
+        let w: Vec<f64> = (0..3).flat_map(|row| range.clone().map(move |p| (((row * 7 + p) % 5) as f64 - 2.0) * 0.3)).collect();
+        let w = Tensor::from_vec(w, (3, range.len()), &Device::Cpu)?.to_dtype(lp.dtype())?;
+        Ok((lp * w)?.sum_all()?)
+    }
+
+    fn gradients(model: &CausalLm, options: Option<MemoryOptions>) -> Vec<Vec<f64>> {
+        let (ids, mask) = batch();
+        let (start, len) = (3, 4);
+        let params = model.trainable_vars();
+        let mut acc = GradAccumulator::new(params.len());
+        match options {
+            None => {
+                let hidden = model.forward_hidden(&ids, &mask, None, AdapterMode::Enabled).unwrap();
+                let logits = model.logits(&hidden.narrow(1, start, len).unwrap(), AdapterMode::Enabled).unwrap();
+                let loss = loss_of(&logits, &ids, start, 0..len).unwrap();
+                acc.add(&loss.backward().unwrap(), &params).unwrap();
+            }
+            Some(o) => model
+                .backward_bounded(&ids, &mask, AdapterMode::Enabled, (start, len), o, |l, r| loss_of(l, &ids, start, r), |g| acc.add(g, &params))
+                .unwrap(),
+        }
+        acc.grads
+            .iter()
+            .zip(&params)
+            .map(|(g, (name, _))| {
+                let g = g.as_ref().unwrap_or_else(|| panic!("{name} got no gradient"));
+                g.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bounded_backward_gives_the_plain_gradients() {
+        let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] };
+        for (cfg, lora) in [(ModelConfig::tiny_qwen3(), None), (ModelConfig::tiny_llama(), None), (ModelConfig::tiny_llama(), Some(&lora))] {
+            let model = CausalLm::random(&cfg, lora, 9, DType::F64, &Device::Cpu).unwrap();
+            if lora.is_some() {
+                // Fresh adapters have B = 0, where A gets a zero gradient; make B non-zero.
+                let mut values = std::collections::HashMap::new();
+                for (name, var) in model.trainable_vars() {
+                    let t = if name.contains("lora_B") { (var.as_tensor().ones_like().unwrap() * 0.2).unwrap() } else { var.as_tensor().clone() };
+                    values.insert(name, t);
+                }
+                model.load_trainable(&values).unwrap();
+            }
+            let want = gradients(&model, None);
+            for options in [
+                MemoryOptions { activation_checkpointing: true, logits_chunk: 0 },
+                MemoryOptions { activation_checkpointing: false, logits_chunk: 1 },
+                MemoryOptions { activation_checkpointing: true, logits_chunk: 3 },
+            ] {
+                let got = gradients(&model, Some(options));
+                for (k, (a, b)) in want.iter().zip(&got).enumerate() {
+                    let scale = a.iter().fold(1e-9f64, |m, v| m.max(v.abs()));
+                    let diff = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+                    assert!(diff / scale < 1e-6, "{:?} lora={} {options:?}: parameter {k} differs by {diff} (scale {scale})", cfg.family, lora.is_some());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_outside_the_sequence_is_an_error() {
+        let model = CausalLm::random(&ModelConfig::tiny_qwen3(), None, 1, DType::F32, &Device::Cpu).unwrap();
+        let (ids, mask) = batch();
+        let err = model
+            .backward_bounded(&ids, &mask, AdapterMode::Enabled, (6, 4), MemoryOptions { activation_checkpointing: true, logits_chunk: 2 }, |l, _| Ok(l.sum_all()?), |_| Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("outside the 8 positions"), "{err}");
+    }
+}
