@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::grpo::LossAggregation;
 use crate::lora::LoraConfig;
+use crate::model::MemoryOptions;
 use crate::optim::{AdamWParams, ScheduleKind};
 
 /// The configuration built into the binary: SmolLM2-135M-Instruct with LoRA on a CPU.
@@ -98,6 +99,10 @@ pub struct TrainingSection {
     pub passes_per_batch: usize,
     #[serde(default)]
     pub seed: u64,
+    /// Memory savers for large models: `{ activation_checkpointing: bool, logits_chunk: N }`
+    /// (docs/memory-plan.md). Off by default; the gradients are the same either way.
+    #[serde(default)]
+    pub memory: MemoryOptions,
 }
 
 fn default_micro_batch() -> usize {
@@ -247,6 +252,10 @@ impl RunConfig {
         ensure!(t.rollouts_per_prompt >= 2, "training.rollouts_per_prompt must be at least 2 (GRPO compares completions within a group)");
         ensure!(t.micro_batch_size > 0, "training.micro_batch_size must be at least 1");
         ensure!(t.passes_per_batch > 0, "training.passes_per_batch must be at least 1");
+        ensure!(
+            t.memory.logits_chunk == 0 || self.grpo.loss_aggregation != LossAggregation::Sequence,
+            "training.memory.logits_chunk needs grpo.loss_aggregation token or constant: sequence aggregation divides by whole-completion lengths, which a chunk does not see"
+        );
         let g = &self.generation;
         ensure!(g.max_new_tokens > 0, "generation.max_new_tokens must be at least 1");
         ensure!(g.temperature >= 0.0 && g.temperature.is_finite(), "generation.temperature must be ≥ 0");

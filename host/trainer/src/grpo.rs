@@ -218,7 +218,8 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) -> Re
     ensure!(targets.dims() == [n, t], "targets must be [{n}, {t}], got {:?}", targets.dims());
     let logits = if temperature > 0.0 && (temperature - 1.0).abs() > 1e-12 { (logits / temperature)? } else { logits.clone() };
     let logsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let idx = targets.to_dtype(DType::U32)?.unsqueeze(2)?;
+    // gather needs contiguous indices; a chunk of the targets is a strided view.
+    let idx = targets.to_dtype(DType::U32)?.contiguous()?.unsqueeze(2)?;
     let logp = logsm.gather(&idx, D::Minus1)?.squeeze(2)?;
     let logsm_d = logsm.detach();
     let entropy = (logsm_d.exp()? * &logsm_d)?.sum(D::Minus1)?.neg()?;

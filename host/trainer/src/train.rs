@@ -371,6 +371,18 @@ impl Trainer {
             let mut acc = GradAccumulator::new(self.optimizer.params().len());
             let mut pass_loss = 0.0;
             for (i, batch) in batches.iter().enumerate() {
+                if self.cfg.training.memory.enabled() {
+                    let bounded = self.bounded_micro_batch(i, batch, pass, &params, &norm, temperature, &mut old_logp, &mut ref_logp, &mut acc)?;
+                    ensure!(bounded.loss.is_finite(), "step {}: the loss is {}", self.step + 1, bounded.loss);
+                    pass_loss += bounded.loss;
+                    out.stats.add(&bounded.stats);
+                    if pass == 0 {
+                        entropy_sum += bounded.entropy_sum;
+                        mismatch_sum += bounded.mismatch_sum;
+                        tokens0 += bounded.stats.tokens;
+                    }
+                    continue;
+                }
                 let logits = self.completion_logits(&self.model, batch, AdapterMode::Enabled)?;
                 let (logp, entropy) = grpo::token_logprobs(&logits, &batch.targets, temperature)?;
                 drop(logits);
@@ -426,6 +438,84 @@ impl Trainer {
         out.stats.clipped_high /= passes as f64;
         out.entropy = entropy_sum / tokens0.max(1.0);
         out.mismatch = mismatch_sum / tokens0.max(1.0);
+        Ok(out)
+    }
+
+    /// One micro-batch of the update with bounded memory (`training.memory`): the model
+    /// back-propagates chunk by chunk (and layer by layer with activation checkpointing), and
+    /// the loss of each chunk of completion positions is built here. Same gradients and
+    /// statistics as the plain path; on the first pass it records the old (and reference)
+    /// log-probs for the later passes.
+    #[allow(clippy::too_many_arguments)]
+    fn bounded_micro_batch(
+        &self,
+        i: usize,
+        batch: &MicroBatch,
+        pass: usize,
+        params: &LossParams,
+        norm: &LossNormalizer,
+        temperature: f64,
+        old_logp: &mut Vec<Tensor>,
+        ref_logp: &mut Vec<Option<Tensor>>,
+        acc: &mut GradAccumulator,
+    ) -> Result<BoundedStats> {
+        let first_pass = pass == 0;
+        if first_pass && params.beta > 0.0 {
+            // The reference has no trainable weights on its path: no graph is recorded.
+            let reference = self.reference.as_ref().unwrap_or(&self.model);
+            let hidden = reference.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Disabled)?;
+            let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
+            let chunk = self.cfg.training.memory.logits_chunk.max(1).min(batch.completion_width);
+            let mut parts = Vec::new();
+            let mut from = 0;
+            while from < batch.completion_width {
+                let c = chunk.min(batch.completion_width - from);
+                let logits = reference.logits(&h.narrow(1, from, c)?, AdapterMode::Disabled)?.to_dtype(DType::F32)?;
+                parts.push(grpo::token_logprobs(&logits, &batch.targets.narrow(1, from, c)?, temperature)?.0.detach());
+                from += c;
+            }
+            ref_logp.push(Some(Tensor::cat(&parts, 1)?));
+        } else if first_pass {
+            ref_logp.push(None);
+        }
+        let reference = if first_pass { ref_logp.last().cloned().flatten() } else { ref_logp[i].clone() };
+        let recorded_old = if first_pass { None } else { Some(old_logp[i].clone()) };
+        let mut new_old: Vec<Tensor> = Vec::new();
+        let mut out = BoundedStats::default();
+        let window = (batch.prompt_width - 1, batch.completion_width);
+        let params_list = self.optimizer.params();
+        self.model.backward_bounded(
+            &batch.input_ids,
+            &batch.attention_mask,
+            AdapterMode::Enabled,
+            window,
+            self.cfg.training.memory,
+            |logits, range| {
+                let targets = batch.targets.narrow(1, range.start, range.len())?;
+                let mask = batch.mask.narrow(1, range.start, range.len())?;
+                let (logp, entropy) = grpo::token_logprobs(&logits.to_dtype(DType::F32)?, &targets, temperature)?;
+                let old = match &recorded_old {
+                    Some(o) => o.narrow(1, range.start, range.len())?,
+                    None => logp.detach(),
+                };
+                let ref_c = reference.as_ref().map(|r| r.narrow(1, range.start, range.len())).transpose()?;
+                if first_pass {
+                    new_old.push(logp.detach());
+                    out.entropy_sum += to_f64(&(entropy * &mask)?.sum_all()?)?;
+                    let sampled = batch.sample_logp.narrow(1, range.start, range.len())?;
+                    out.mismatch_sum += to_f64(&((logp.detach() - sampled)?.abs()? * &mask)?.sum_all()?)?;
+                }
+                let inputs = LossInputs { logp: &logp, old_logp: &old, ref_logp: ref_c.as_ref(), mask: &mask, advantages: &batch.advantages };
+                let (loss, stats) = grpo::policy_loss(&inputs, params, norm)?;
+                out.loss += to_f64(&loss)?;
+                out.stats.add(&stats);
+                Ok(loss)
+            },
+            |grads| acc.add(grads, params_list),
+        )?;
+        if first_pass {
+            old_logp.push(Tensor::cat(&new_old, 1)?);
+        }
         Ok(out)
     }
 
@@ -505,6 +595,15 @@ pub struct RunSummary {
     pub last: Option<StepMetrics>,
     /// False when stopped early by `stop_after`.
     pub finished: bool,
+}
+
+/// What [`Trainer::bounded_micro_batch`] sums up for the step's metrics.
+#[derive(Default)]
+struct BoundedStats {
+    loss: f64,
+    stats: LossStats,
+    entropy_sum: f64,
+    mismatch_sum: f64,
 }
 
 #[derive(Default)]
