@@ -63,7 +63,8 @@ impl<'a> Hunter<'a> {
         let mut units = Vec::with_capacity(entry.variants.len());
         let mut narrowed = Vec::with_capacity(entry.variants.len());
         for (vi, variant) in entry.variants.iter().enumerate() {
-            let compiled = compile(rule, &self.options, &mut |name| variant.resolve(self.corpus, name))
+            let rule = variant.map_values(rule);
+            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(self.corpus, name))
                 .map_err(|d| d.to_string())?;
             // A detection that pins EventID lets the index skip every other bucket.
             let event_id = variant.resolve(self.corpus, "EventID");
@@ -406,6 +407,30 @@ mod tests {
         let out = h.hunt(&rules(WHOAMI));
         let ids: Vec<u64> = out.rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1, 2]);
+    }
+
+    /// Sysmon's IntegrityLevel "High" is 4688's MandatoryLabel S-1-16-12288 (sigma-spec.md I3).
+    #[test]
+    fn integrity_level_values_are_mapped_to_mandatory_label_sids_on_4688() {
+        let sec = |id: u64, label: &str| {
+            format!(r##"{{"Event":{{"System":{{"Channel":"Security","EventID":4688,"EventRecordID":{id}}},"EventData":{{"NewProcessName":"C:\\x\\whoami.exe","MandatoryLabel":"{label}"}}}}}}"##)
+        };
+        let c = corpus(&[
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":1},"EventData":{"Image":"C:\\x\\whoami.exe","IntegrityLevel":"High"}}}"##.to_string(),
+            sec(2, "S-1-16-12288"),
+            sec(3, "S-1-16-8192"),
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":4},"EventData":{"Image":"C:\\x\\whoami.exe","IntegrityLevel":"Medium"}}}"##.to_string(),
+        ]);
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let set = rules("title: Elevated whoami\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n    IntegrityLevel: high\n  condition: sel\n");
+        let out = h.hunt(&set);
+        let ids: Vec<u64> = out.rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
+        assert_eq!(ids, [1, 2]);
+        // With a modifier the value is not an exact level, so it is left alone (and 4688 cannot match it).
+        let set = rules("title: T\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    IntegrityLevel|contains: Hig\n  condition: sel\n");
+        let ids: Vec<u64> = h.hunt(&set).rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
+        assert_eq!(ids, [1]);
     }
 
     #[test]

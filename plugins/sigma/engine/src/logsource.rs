@@ -10,10 +10,13 @@
 //! A logsource with no entry is *not* run on every event (that would make generic rules match
 //! everything, sigma-spec.md H1): the hunt skips such rules and says why.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
 use crate::corpus::Corpus;
+use crate::detection::{Item, Modifier, RawKind, SearchBody};
+use crate::rule::Rule;
 use crate::event::FieldKey;
 use crate::yaml::{Node, NodeValue, parse_stream};
 
@@ -57,6 +60,10 @@ pub struct Variant {
     pub conditions: Vec<FieldCondition>,
     /// Sigma field name → event field name.
     pub renames: HashMap<String, String>,
+    /// Sigma field name → (lower-cased rule value → event value): values that this kind of
+    /// event spells differently (4688's MandatoryLabel holds the SID where Sysmon's
+    /// IntegrityLevel holds "High").
+    pub value_maps: HashMap<String, HashMap<String, String>>,
 }
 
 /// The variants of one logsource triple.
@@ -215,10 +222,59 @@ fn parse_variant(
             renames.insert(entry.key.clone(), target);
         }
     }
-    Ok(Variant { name, conditions, renames })
+    let mut value_maps = HashMap::new();
+    if let Some(v) = node.get("values") {
+        let map = v.as_map().ok_or_else(|| err(Some(v), "`values` must be a map of Sigma field: {rule value: event value}".into()))?;
+        for entry in map {
+            let inner = entry.value.as_map().ok_or_else(|| err(Some(&entry.value), format!("`values` of `{}` must be a map of rule value: event value", entry.key)))?;
+            let mut pairs = HashMap::new();
+            for pair in inner {
+                let to = pair.value.scalar_text().ok_or_else(|| err(Some(&pair.value), format!("the event value for `{}: {}` must be a scalar", entry.key, pair.key)))?;
+                pairs.insert(pair.key.to_lowercase(), to);
+            }
+            value_maps.insert(entry.key.clone(), pairs);
+        }
+    }
+    Ok(Variant { name, conditions, renames, value_maps })
 }
 
 impl Variant {
+    /// `rule` with the values this variant spells differently replaced (see `value_maps`).
+    /// Only exact-match items (no modifiers, or only `cased`) are mapped: a `contains: High`
+    /// has no SID counterpart. Borrowed when nothing changes.
+    pub fn map_values<'r>(&self, rule: &'r Rule) -> Cow<'r, Rule> {
+        fn visit(body: &mut SearchBody, maps: &HashMap<String, HashMap<String, String>>, changed: &mut bool) {
+            match body {
+                SearchBody::AllOf(items) => items.iter_mut().for_each(|i| map_item(i, maps, changed)),
+                SearchBody::AnyOf(bodies) => bodies.iter_mut().for_each(|b| visit(b, maps, changed)),
+                SearchBody::Keyword(_) => {}
+            }
+        }
+        fn map_item(item: &mut Item, maps: &HashMap<String, HashMap<String, String>>, changed: &mut bool) {
+            let Some(map) = item.field.as_deref().and_then(|f| maps.get(f)) else { return };
+            if !item.modifiers.iter().all(|m| matches!(m, Modifier::Cased)) {
+                return;
+            }
+            for v in &mut item.values {
+                if v.kind == RawKind::String
+                    && let Some(to) = map.get(&v.text.to_lowercase())
+                {
+                    v.text = to.clone();
+                    *changed = true;
+                }
+            }
+        }
+        if self.value_maps.is_empty() {
+            return Cow::Borrowed(rule);
+        }
+        let mut mapped = rule.clone();
+        let mut changed = false;
+        for search in &mut mapped.detection.searches {
+            visit(&mut search.body, &self.value_maps, &mut changed);
+        }
+        if changed { Cow::Owned(mapped) } else { Cow::Borrowed(rule) }
+    }
+
     /// The event field a Sigma field name means for this variant.
     pub fn event_field<'a>(&'a self, sigma_field: &'a str) -> &'a str {
         self.renames.get(sigma_field).map_or(sigma_field, String::as_str)
