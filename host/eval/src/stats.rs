@@ -2,7 +2,8 @@
 
 /// The mean, or None for no values.
 pub fn mean(values: &[f64]) -> Option<f64> {
-    if values.is_empty() { None } else { Some(values.iter().sum::<f64>() / values.len() as f64) }
+    // Folding from +0.0 (not `sum`, which starts at -0.0) keeps "-0.000" out of the tables.
+    if values.is_empty() { None } else { Some(values.iter().fold(0.0, |a, v| a + v) / values.len() as f64) }
 }
 
 /// The `q`-th percentile (0–100) with linear interpolation between closest ranks (NumPy's
@@ -43,6 +44,7 @@ mod tests {
     fn mean_and_share() {
         assert_eq!(mean(&[1.0, 2.0, 6.0]), Some(3.0));
         assert_eq!(mean(&[]), None);
+        assert!(mean(&[-0.0]).unwrap().is_sign_positive());
         assert_eq!(share(&[0.0, 1.0, 1.0, 0.5], |v| v == 1.0), Some(0.5));
     }
 }
