@@ -267,6 +267,8 @@ pub(crate) mod tests_support {
         ComponentScore { name: name.into(), value, weight, detail: String::new() }
     }
 
+    /// One sample with the sigma components (none when failed).
+    #[allow(clippy::too_many_arguments, reason = "a test fixture: one positional value per column")]
     pub(crate) fn sample(id: &str, y: f64, l: f64, iou: f64, latency: f64, usage: (u64, u64), failed: bool, tool_calls: u32) -> SampleRecord {
         let components = if failed { vec![] } else { vec![comp("yaml_valid", y, 0.1), comp("logsource_correct", l, 0.3), comp("iou", iou, 0.7)] };
         SampleRecord {

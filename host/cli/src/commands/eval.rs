@@ -180,8 +180,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The task plugin and the tool plugins of an eval.
+type EvalPlugins = (Arc<sigmaforge_runtime::TaskPlugin>, Vec<Arc<dyn ToolRunner>>);
+
 /// The one task plugin and every tool plugin named by --plugins.
-fn load_plugins(args: &Args) -> Result<(Arc<sigmaforge_runtime::TaskPlugin>, Vec<Arc<dyn ToolRunner>>)> {
+fn load_plugins(args: &Args) -> Result<EvalPlugins> {
     let data = data_dir(args.data.as_deref())?;
     let mut all = PluginsConfig::default();
     for path in &args.plugins {
