@@ -465,6 +465,57 @@ fn tool_calls_go_through_the_search_plugin_and_are_reported() {
 }
 
 #[test]
+fn paraphrase_pass_rewords_requests_before_the_model_sees_them() {
+    let _serial = serial();
+    let tasks = test_tasks(3);
+    let by_request: HashMap<String, (usize, String)> = tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect();
+    let server = serve(Arc::new(move |seen: &Seen| {
+        match seen.body["model"].as_str().unwrap() {
+            // The paraphraser: a fixed rewording; the second task's request always fails.
+            "para-model" => {
+                assert_eq!(seen.body["temperature"], 0.0);
+                assert!(seen.body["messages"][0]["content"].as_str().unwrap().contains("rewrite requests"));
+                let (i, _) = &by_request[&seen.prompt];
+                if *i == 1 { Reply::Raw(500, "paraphraser down".into()) } else { Reply::Ok(answer(&format!("Reworded: {}", seen.prompt), 7, 7)) }
+            }
+            // The model under test answers reworded requests with the reference rule and the
+            // one left as written with a refusal, so the report shows which it saw.
+            _ => match seen.prompt.strip_prefix("Reworded: ") {
+                Some(original) => Reply::Ok(answer(&by_request[original].1, 10, 5)),
+                None => Reply::Ok(answer("I can't help with that.", 10, 5)),
+            },
+        }
+    }));
+    let out = sigmaforge_e2e::scratch_dir("eval-openai-paraphrase");
+    let data = data();
+    let plugin = plugin();
+    let mut args = base_args(&server.url, &out, &data, &plugin, "3");
+    args.extend(["--paraphrase".to_string(), format!("openai:{}#para-model", server.url), "--retries".into(), "1".into(), "--retry-backoff".into(), "0.01".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = eval(&args, &[]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    assert!(stdout.contains("1 of 3 requests could not be paraphrased"), "{stdout}");
+
+    let (r, lines) = read_report(&out);
+    assert_eq!(r["paraphrase"], json!({"model": "para-model", "paraphrased": 2, "failed": 1}));
+    assert!(close(r["mean_reward"].as_f64().unwrap(), 2.0 * 1.1 / 3.0), "{r:#}");
+    for (i, line) in lines.iter().enumerate() {
+        let user = line["prompt"].as_array().unwrap().iter().find(|m| m["role"] == "user").unwrap()["content"].as_str().unwrap();
+        if i == 1 {
+            assert_eq!(user, tasks[1].prompt);
+            assert!(line["original_request"].is_null());
+            assert!(line["paraphrase_error"].as_str().unwrap().contains("paraphraser down"), "{line:#}");
+        } else {
+            assert_eq!(user, format!("Reworded: {}", tasks[i].prompt));
+            assert_eq!(line["original_request"], tasks[i].prompt.as_str());
+        }
+        // The system prompt (the output contract) is never reworded.
+        assert_eq!(line["prompt"][0]["role"], "system");
+        assert!(!line["prompt"][0]["content"].as_str().unwrap().starts_with("Reworded"));
+    }
+}
+
+#[test]
 fn bad_input_exits_non_zero_with_a_clear_message() {
     let _serial = serial();
     let data = data();

@@ -71,6 +71,7 @@ mod tests {
             components: &comps,
             prices,
             tools: None,
+            paraphrase: None,
         };
         let a = Report::from_samples(
             &ctx("gpt-x", Some(Prices { input: 1.0, output: 1.0 })),

@@ -8,7 +8,8 @@
 //! reference work's tables: mean reward and component means, YAML-valid rate, logsource
 //! accuracy, IoU, share of perfect rules, latency percentiles, tokens and cost per query, failed
 //! samples and tool use. [`output`] writes `report.json`, `report.md`, `report.png` and
-//! `completions.jsonl`; [`compare`] combines several reports into one table.
+//! `completions.jsonl`; [`compare`] combines several reports into one table. An optional
+//! [`paraphrase`] pass has another chat model reword each request first.
 //!
 //! Dependencies, and why:
 //! - `ureq` (3.x, rustls with webpki roots): a small, well-kept blocking HTTP client. The eval is
@@ -26,6 +27,7 @@ pub mod compare;
 pub mod openai;
 pub mod local;
 pub mod output;
+pub mod paraphrase;
 pub mod plot;
 pub mod policy;
 pub mod prices;

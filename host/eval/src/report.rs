@@ -21,7 +21,14 @@ pub struct SampleRecord {
     pub task_id: String,
     /// The analyst persona of the request, when the task plugin names one.
     pub persona: Option<String>,
+    /// The chat messages the model was given (after the paraphrase pass, if any).
     pub prompt: Vec<Message>,
+    /// The task's own request, when the paraphrase pass reworded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_request: Option<String>,
+    /// Why the paraphrase pass left the request as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paraphrase_error: Option<String>,
     /// None when the sample failed.
     pub completion: Option<String>,
     /// Σ weight × value; 0 for a failed sample.
@@ -75,6 +82,16 @@ pub struct ToolMetrics {
     pub mean_reward_without_call: Option<f64>,
 }
 
+/// The paraphrase pass, when one ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParaphraseSummary {
+    pub model: String,
+    /// Requests reworded.
+    pub paraphrased: usize,
+    /// Requests left as they were because the paraphrase failed.
+    pub failed: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailedSample {
     pub task_id: String,
@@ -116,6 +133,9 @@ pub struct Report {
     pub cost_total_usd: Option<f64>,
     pub cost_per_query_usd: Option<f64>,
     pub tools: Option<ToolMetrics>,
+    /// Present when the requests were paraphrased first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paraphrase: Option<ParaphraseSummary>,
     pub failures: Vec<FailedSample>,
 }
 
@@ -132,6 +152,7 @@ pub struct ReportContext<'a> {
     pub prices: Option<Prices>,
     /// (tool names, max tool turns) when tools were offered.
     pub tools: Option<(Vec<String>, usize)>,
+    pub paraphrase: Option<ParaphraseSummary>,
 }
 
 impl Report {
@@ -197,6 +218,7 @@ impl Report {
             cost_total_usd: cost_total,
             cost_per_query_usd: cost_total.map(|c| if n == 0 { 0.0 } else { c / n as f64 }),
             tools,
+            paraphrase: ctx.paraphrase.clone(),
             failures: samples
                 .iter()
                 .filter(|s| s.failed)
@@ -244,6 +266,12 @@ impl Report {
                 opt(t.mean_reward_without_call, 3)
             ));
         }
+        if let Some(p) = &self.paraphrase {
+            md.push_str(&format!(
+                "\n## Paraphrase pass\n\n- requests reworded by {}: {} of {} ({} left as they were after a failure)\n",
+                p.model, p.paraphrased, self.samples, p.failed
+            ));
+        }
         if !self.failures.is_empty() {
             md.push_str(&format!("\n## Failed samples ({} of {})\n\n| task | reason |\n|---|---|\n", self.failed, self.samples));
             for f in &self.failures {
@@ -275,6 +303,8 @@ pub(crate) mod tests_support {
             task_id: id.into(),
             persona: None,
             prompt: vec![],
+            original_request: None,
+            paraphrase_error: None,
             completion: (!failed).then(|| "x".into()),
             score: components.iter().map(|c| c.value * c.weight).sum(),
             components,
@@ -314,6 +344,7 @@ mod tests {
             components: &comps,
             prices: Some(Prices { input: 1.0, output: 2.0 }),
             tools: Some((vec!["search".into()], 1)),
+            paraphrase: None,
         };
         let samples = vec![
             sample("a", 1.0, 1.0, 1.0, 1.0, (100, 10), false, 1),  // 1.1
@@ -362,6 +393,7 @@ mod tests {
             components: &comps,
             prices: None,
             tools: None,
+            paraphrase: None,
         };
         let mut s = sample("a", 0.0, 0.0, 0.0, 1.0, (1, 1), false, 0);
         s.components = vec![comp("exact", 1.0, 1.0)];

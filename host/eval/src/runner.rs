@@ -9,9 +9,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sigmaforge_runtime::{ScoreResult, TaskPlugin, TaskRef};
 
 use crate::output::utc_timestamp;
+use crate::paraphrase::{Paraphrased, paraphrase_prompts};
 use crate::policy::Policy;
 use crate::prices::Prices;
-use crate::report::{Report, ReportContext, SampleRecord};
+use crate::report::{ParaphraseSummary, Report, ReportContext, SampleRecord};
 use crate::tools::Toolbox;
 
 pub struct EvalOptions {
@@ -21,6 +22,20 @@ pub struct EvalOptions {
     pub prices: Option<Prices>,
     /// No progress bar.
     pub quiet: bool,
+    /// Rewords each request with this model before the evaluated one answers.
+    pub paraphraser: Option<Box<dyn Policy>>,
+}
+
+fn progress_bar(quiet: bool, len: usize, message: String) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
 }
 
 pub struct EvalRun {
@@ -42,19 +57,17 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
     }
     let tools = tools.filter(|t| !t.is_empty() && policy.supports_tools());
 
-    let progress = if opts.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let bar = ProgressBar::with_draw_target(Some(tasks.len() as u64), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(format!("eval {}", policy.model()));
-        bar
+    let mut prompts: Vec<_> = tasks.iter().map(|t| t.prompt.clone()).collect();
+    let paraphrased: Vec<Paraphrased> = match &opts.paraphraser {
+        Some(p) => {
+            let bar = progress_bar(opts.quiet, prompts.len(), format!("paraphrase with {}", p.model()));
+            let out = paraphrase_prompts(p.as_ref(), &mut prompts, &|| bar.inc(1));
+            bar.finish_and_clear();
+            out
+        }
+        None => vec![Paraphrased::Skipped; prompts.len()],
     };
-    let prompts: Vec<_> = tasks.iter().map(|t| t.prompt.clone()).collect();
+    let progress = progress_bar(opts.quiet, prompts.len(), format!("eval {}", policy.model()));
     let outcomes = policy.complete_all(&prompts, tools, &|| progress.inc(1));
     progress.finish_and_clear();
 
@@ -68,17 +81,25 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
 
     let samples: Vec<SampleRecord> = tasks
         .into_iter()
-        .zip(outcomes)
-        .map(|(task, outcome)| {
+        .zip(prompts)
+        .zip(outcomes.into_iter().zip(paraphrased))
+        .map(|((task, prompt), (outcome, paraphrased))| {
             let persona = task.metadata.get("persona").and_then(|p| p.as_str()).map(str::to_string);
-            match outcome {
+            let (original_request, paraphrase_error) = match paraphrased {
+                Paraphrased::Done { original } => (Some(original), None),
+                Paraphrased::Failed { reason } => (None, Some(reason)),
+                Paraphrased::Skipped => (None, None),
+            };
+            let mut record = match outcome {
                 Ok(c) => {
                     let score: ScoreResult = scores.next().expect("one score per answered sample");
                     let diagnostics: BTreeMap<String, String> = score.components.iter().map(|c| (c.name.clone(), c.detail.clone())).collect();
                     SampleRecord {
                         task_id: task.id,
                         persona,
-                        prompt: task.prompt,
+                        prompt,
+                        original_request: None,
+                        paraphrase_error: None,
                         completion: Some(c.text),
                         score: score.total,
                         components: score.components,
@@ -96,7 +117,9 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
                 Err(f) => SampleRecord {
                     task_id: task.id,
                     persona,
-                    prompt: task.prompt,
+                    prompt,
+                    original_request: None,
+                    paraphrase_error: None,
                     completion: None,
                     score: 0.0,
                     components: Vec::new(),
@@ -110,7 +133,10 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
                     tool_calls: f.tool_calls,
                     transcript: f.transcript,
                 },
-            }
+            };
+            record.original_request = original_request;
+            record.paraphrase_error = paraphrase_error;
+            record
         })
         .collect();
 
@@ -125,6 +151,11 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
         components: plugin.components(),
         prices: opts.prices,
         tools: tools.map(|t| (t.names(), t.max_turns)),
+        paraphrase: opts.paraphraser.as_ref().map(|p| ParaphraseSummary {
+            model: p.model().to_string(),
+            paraphrased: samples.iter().filter(|s| s.original_request.is_some()).count(),
+            failed: samples.iter().filter(|s| s.paraphrase_error.is_some()).count(),
+        }),
     };
     let report = Report::from_samples(&ctx, &samples);
     Ok(EvalRun { report, samples })

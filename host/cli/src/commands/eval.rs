@@ -92,6 +92,14 @@ pub struct Args {
     /// policy's model is used.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["price_in", "price_out"])]
     prices: Option<PathBuf>,
+    /// Reword each request with this chat model first (`openai:<base_url>#<model>` or
+    /// `local:<path>`, temperature 0); the original is kept in completions.jsonl.
+    #[arg(long, value_name = "SPEC")]
+    paraphrase: Option<String>,
+    /// The environment variable holding the paraphrase endpoint's API key (default: none, no
+    /// Authorization header).
+    #[arg(long, value_name = "NAME", requires = "paraphrase")]
+    paraphrase_api_key_env: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -100,6 +108,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     // Cheap checks first, so a typo fails before plugins load.
     let spec = PolicySpec::parse(&args.policy)?;
+    let paraphrase_spec = args.paraphrase.as_deref().map(PolicySpec::parse).transpose().context("--paraphrase")?;
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds, got {}", args.timeout);
     }
@@ -129,33 +138,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("unknown split `{}`: plugin `{}` has {}", args.split, task_plugin.name(), task_plugin.splits().join(", "));
     }
 
-    let policy: Box<dyn Policy> = match &spec {
-        PolicySpec::OpenAi { base_url, model } => {
-            let api_key = std::env::var(&args.api_key_env).ok().filter(|k| !k.trim().is_empty());
-            Box::new(OpenAiPolicy::new(OpenAiOptions {
-                base_url: base_url.clone(),
-                model: model.clone(),
-                api_key,
-                concurrency: args.concurrency,
-                timeout: Duration::from_secs_f64(args.timeout),
-                retries: args.retries,
-                backoff: Duration::from_secs_f64(args.retry_backoff),
-                temperature: args.temperature,
-                max_tokens: args.max_tokens,
-                seed: args.seed,
-            }))
+    let api_key = std::env::var(&args.api_key_env).ok();
+    let policy = build_policy(&spec, &args, api_key, args.temperature, args.max_tokens)?;
+    let paraphraser = match &paraphrase_spec {
+        Some(p) => {
+            let key = args.paraphrase_api_key_env.as_ref().and_then(|name| std::env::var(name).ok());
+            Some(build_policy(p, &args, key, Some(0.0), None)?)
         }
-        PolicySpec::Local { path } => {
-            let opts = LocalOptions {
-                temperature: args.temperature.unwrap_or(0.0),
-                max_tokens: args.max_tokens.unwrap_or(512) as usize,
-                batch_size: args.batch_size,
-                seed: args.seed,
-                device: args.device.clone(),
-            };
-            eprintln!("loading {path}");
-            Box::new(LocalPolicy::load(std::path::Path::new(path), &opts)?)
-        }
+        None => None,
     };
     let toolbox = (!tool_plugins.is_empty()).then(|| Toolbox::new(tool_plugins, args.max_tool_turns));
     if let Some(tb) = &toolbox
@@ -165,7 +155,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let out_dir = args.out.clone().unwrap_or_else(|| output::default_out_dir(policy.model()));
-    let run = run_eval(&task_plugin, policy.as_ref(), toolbox.as_ref(), &EvalOptions { split: args.split.clone(), limit: args.limit, prices, quiet: args.quiet })?;
+    let run = run_eval(&task_plugin, policy.as_ref(), toolbox.as_ref(), &EvalOptions { split: args.split.clone(), limit: args.limit, prices, quiet: args.quiet, paraphraser })?;
     output::write_all(&out_dir, &run.report, &run.samples)?;
 
     let r = &run.report;
@@ -173,11 +163,45 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(t) = &r.tools {
         println!("tool calls: {} of {} samples ({:.1}%)", t.samples_with_call, r.samples, 100.0 * t.tool_call_share);
     }
+    if let Some(p) = &r.paraphrase
+        && p.failed > 0
+    {
+        println!("{} of {} requests could not be paraphrased and were asked as written", p.failed, r.samples);
+    }
     if r.failed > 0 {
         println!("{} of {} samples failed (reasons in {}/report.md)", r.failed, r.samples, out_dir.display());
     }
     eprintln!("report: {}/report.json, report.md, report.png; completions: {}/completions.jsonl", out_dir.display(), out_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policy a spec names, with the client flags of `args`.
+fn build_policy(spec: &PolicySpec, args: &Args, api_key: Option<String>, temperature: Option<f64>, max_tokens: Option<u32>) -> Result<Box<dyn Policy>> {
+    Ok(match spec {
+        PolicySpec::OpenAi { base_url, model } => Box::new(OpenAiPolicy::new(OpenAiOptions {
+            base_url: base_url.clone(),
+            model: model.clone(),
+            api_key: api_key.filter(|k| !k.trim().is_empty()),
+            concurrency: args.concurrency,
+            timeout: Duration::from_secs_f64(args.timeout),
+            retries: args.retries,
+            backoff: Duration::from_secs_f64(args.retry_backoff),
+            temperature,
+            max_tokens,
+            seed: args.seed,
+        })),
+        PolicySpec::Local { path } => {
+            let opts = LocalOptions {
+                temperature: temperature.unwrap_or(0.0),
+                max_tokens: max_tokens.unwrap_or(512) as usize,
+                batch_size: args.batch_size,
+                seed: args.seed,
+                device: args.device.clone(),
+            };
+            eprintln!("loading {path}");
+            Box::new(LocalPolicy::load(std::path::Path::new(path), &opts)?)
+        }
+    })
 }
 
 /// The task plugin and the tool plugins of an eval.
