@@ -84,4 +84,35 @@ mod tests {
         let name = d.file_name().unwrap().to_str().unwrap();
         assert!(d.starts_with("evals") && name.starts_with("Qwen_Qwen3_0.6B-"), "{}", d.display());
     }
+
+    #[test]
+    fn writes_every_file() {
+        use crate::report::ReportContext;
+        use crate::report::tests_support::{sample, sigma_components};
+        let comps = sigma_components();
+        let ctx = ReportContext {
+            model: "m",
+            policy: "p",
+            plugin: "sigma",
+            split: "test",
+            started_at: utc_timestamp(),
+            duration_s: 1.0,
+            components: &comps,
+            prices: None,
+            tools: None,
+            paraphrase: None,
+        };
+        let samples = vec![sample("a", 1.0, 1.0, 0.5, 0.3, (1, 2), false, 0), sample("b", 0.0, 0.0, 0.0, 0.0, (0, 0), true, 0)];
+        let report = Report::from_samples(&ctx, &samples);
+        let dir = std::env::temp_dir().join(format!("sf-eval-output-{}", std::process::id())).join("nested");
+        write_all(&dir, &report, &samples).unwrap();
+        let back: Report = serde_json::from_str(&std::fs::read_to_string(dir.join(REPORT_JSON)).unwrap()).unwrap();
+        assert_eq!(back, report);
+        assert!(std::fs::read_to_string(dir.join(REPORT_MD)).unwrap().contains("| m | 0.375 |"));
+        let lines: Vec<SampleRecord> =
+            std::fs::read_to_string(dir.join(COMPLETIONS)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines, samples);
+        let png = std::fs::read(dir.join(REPORT_PNG)).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 1000);
+    }
 }

@@ -52,7 +52,7 @@ pub fn plot_report(report: &Report, path: &Path) -> Result<()> {
     let (left, right) = root.split_horizontally(900);
 
     let mut reward_bars = vec![(format!("reward (max {:.2})", report.max_reward), report.mean_reward)];
-    reward_bars.extend(report.components.iter().map(|(k, v)| (k.clone(), *v)));
+    reward_bars.extend(report.ordered_components().into_iter().map(|(k, v)| (k.to_string(), v)));
     let y_max = reward_bars.iter().map(|(_, v)| *v).fold(report.max_reward.max(1.0), f64::max) * 1.1;
     let title = format!("{} — {} samples, {} failed", report.model, report.samples, report.failed);
     bars(&left, &title, &reward_bars, y_max, with_text)?;

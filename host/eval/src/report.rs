@@ -118,6 +118,9 @@ pub struct Report {
     pub max_reward: f64,
     /// Mean value of each reward component.
     pub components: BTreeMap<String, f64>,
+    /// The components in the plugin's order, for tables and the chart.
+    #[serde(default)]
+    pub component_order: Vec<String>,
     /// Share of samples with `yaml_valid` > 0 (tasks with that component).
     pub yaml_valid_rate: Option<f64>,
     /// Share of samples with `logsource_correct` = 1.
@@ -201,6 +204,7 @@ impl Report {
             mean_reward: mean(&rewards).unwrap_or(0.0),
             max_reward: ctx.components.iter().map(|(_, w)| w).sum(),
             components,
+            component_order: ctx.components.iter().map(|(n, _)| n.clone()).collect(),
             yaml_valid_rate: column("yaml_valid").and_then(|v| share(&v, |x| x > 0.0)),
             logsource_accuracy: column("logsource_correct").and_then(|v| share(&v, |x| x >= 1.0)),
             mean_iou: iou.as_deref().and_then(mean),
@@ -227,6 +231,13 @@ impl Report {
         }
     }
 
+    /// (name, mean) in the plugin's order (the map's order for reports without one).
+    pub fn ordered_components(&self) -> Vec<(&str, f64)> {
+        let listed = self.component_order.iter().filter_map(|n| self.components.get(n).map(|v| (n.as_str(), *v)));
+        let rest = self.components.iter().filter(|(n, _)| !self.component_order.contains(n)).map(|(n, v)| (n.as_str(), *v));
+        listed.chain(rest).collect()
+    }
+
     /// `report.md`: a summary table, component means, tool use and the failures.
     pub fn to_markdown(&self) -> String {
         let mut md = format!("# Eval: {}\n\n", self.model);
@@ -236,7 +247,7 @@ impl Report {
         ));
         md.push_str(&crate::compare::markdown_table(std::slice::from_ref(self)));
         md.push_str("\n## Reward components (mean)\n\n| component | mean |\n|---|---:|\n");
-        for (name, v) in &self.components {
+        for (name, v) in self.ordered_components() {
             md.push_str(&format!("| {name} | {v:.3} |\n"));
         }
         md.push_str(&format!("| **total** (max {:.2}) | **{:.3}** |\n", self.max_reward, self.mean_reward));
@@ -375,6 +386,7 @@ mod tests {
         assert_eq!(t.mean_reward_with_call, Some(1.1));
         assert!((t.mean_reward_without_call.unwrap() - 0.75 / 3.0).abs() < 1e-12);
         assert_eq!(r.failures, vec![FailedSample { task_id: "d".into(), reason: "HTTP 500: boom (after 2 attempts)".into() }]);
+        assert_eq!(r.ordered_components().iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["yaml_valid", "logsource_correct", "iou"]);
         let md = r.to_markdown();
         assert!(md.contains("## Failed samples (1 of 4)") && md.contains("| d | HTTP 500: boom"), "{md}");
         assert!(md.contains("samples that called a tool: 1 of 4 (25.0%)"), "{md}");
