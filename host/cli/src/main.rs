@@ -34,6 +34,10 @@ enum Command {
     Serve(commands::serve::Args),
     /// Train a model with GRPO on a task plugin's tasks and rewards.
     Run(commands::run::Args),
+    /// Evaluate a model (OpenAI-compatible server or local) on a task plugin's tasks.
+    Eval(commands::eval::Args),
+    /// Combine eval reports into one Markdown table (models as rows).
+    EvalCompare(commands::eval::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Tool(args) => commands::tool::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::EvalCompare(args) => commands::eval::run_compare(args),
     };
     match result {
         Ok(code) => code,

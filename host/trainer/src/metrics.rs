@@ -120,7 +120,9 @@ const FONT_CANDIDATES: &[&str] = &[
     "C:\\Windows\\Fonts\\arial.ttf",
 ];
 
-fn register_font() -> bool {
+/// Registers the first usable system font as plotters' "sans-serif" (once per process); false
+/// when none is found, and plots are then drawn without text. Also used by `sigmaforge eval`.
+pub fn register_font() -> bool {
     use std::sync::OnceLock;
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| {

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod data;
+pub mod eval;
 pub mod hunt;
 pub mod plugin;
 pub mod score;

@@ -1,0 +1,68 @@
+//! `report.png`: the reward and its component means as bars (left), latency p50/p95 (right).
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::report::Report;
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("plot: {e}")
+}
+
+/// Draws one vertical bar chart into `area`.
+fn bars(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str, bars: &[(String, f64)], y_max: f64, with_text: bool) -> Result<()> {
+    let n = bars.len().max(1);
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(16);
+    if with_text {
+        builder.caption(title, ("sans-serif", 20)).x_label_area_size(36).y_label_area_size(48);
+    }
+    let mut chart = builder.build_cartesian_2d(0f64..n as f64, 0f64..y_max).map_err(err)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh().x_labels(0);
+    if with_text {
+        mesh.label_style(("sans-serif", 13));
+    } else {
+        mesh.y_labels(0);
+    }
+    mesh.draw().map_err(err)?;
+    for (i, (label, value)) in bars.iter().enumerate() {
+        let x = i as f64;
+        let color = Palette99::pick(i).to_rgba();
+        chart.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, value.max(0.0))], color.filled()))).map_err(err)?;
+        if with_text {
+            let style = TextStyle::from(("sans-serif", 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Bottom,
+            ));
+            chart
+                .draw_series(std::iter::once(Text::new(format!("{label} {value:.3}"), (x + 0.5, value.max(0.0) + y_max * 0.01), style)))
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn plot_report(report: &Report, path: &Path) -> Result<()> {
+    let with_text = sigmaforge_trainer::metrics::register_font();
+    let root = BitMapBackend::new(path, (1400, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(900);
+
+    let mut reward_bars = vec![(format!("reward (max {:.2})", report.max_reward), report.mean_reward)];
+    reward_bars.extend(report.ordered_components().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let y_max = reward_bars.iter().map(|(_, v)| *v).fold(report.max_reward.max(1.0), f64::max) * 1.1;
+    let title = format!("{} — {} samples, {} failed", report.model, report.samples, report.failed);
+    bars(&left, &title, &reward_bars, y_max, with_text)?;
+
+    let latency = vec![
+        ("p50 s".to_string(), report.latency_p50_s.unwrap_or(0.0)),
+        ("p95 s".to_string(), report.latency_p95_s.unwrap_or(0.0)),
+    ];
+    let l_max = latency.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1e-3) * 1.2;
+    bars(&right, "latency (answered samples)", &latency, l_max, with_text)?;
+    root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
