@@ -198,3 +198,19 @@ fn inspect_reports_world_version_and_components() {
     assert_eq!(v["splits"][0]["split"], "train");
     assert_eq!(v["splits"][0]["tasks"], 1);
 }
+
+/// `list-tasks` is setup work (a split may be derived from a corpus): it runs under the init
+/// limit (5 s here), not the 300 ms score limit; a listing that never ends is still stopped.
+#[test]
+fn list_tasks_gets_the_setup_limit_and_an_endless_listing_is_stopped() {
+    let (cfg, _dir) = hostile_config("hostile-list", "");
+    let (code, out, err) = sigmaforge(&["tasks", "--plugins", cfg.to_str().unwrap(), "--split", "slow"], None);
+    assert_eq!(code, 0, "an 800 ms listing must pass under the 5 s setup limit: {err}");
+    assert!(out.contains("t1"), "{out}");
+    let (cfg, _dir) = hostile_config("hostile-list-forever", "    config:\n      list-forever: yes\n");
+    let start = Instant::now();
+    let (code, _out, err) = sigmaforge(&["tasks", "--plugins", cfg.to_str().unwrap(), "--split", "slow"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("time limit of 5000 ms exceeded"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30), "the endless listing was not stopped in time");
+}

@@ -99,6 +99,7 @@ impl Runtime {
             path: config.path.clone(),
             version: contract.version.to_string(),
             call_limit: Duration::from_millis(limits.call_timeout_ms),
+            setup_limit: Duration::from_millis(limits.init_timeout_ms.max(limits.call_timeout_ms)),
             pool,
         };
         let name = core.name.clone();
@@ -217,6 +218,9 @@ struct Core {
     path: PathBuf,
     version: String,
     call_limit: Duration,
+    /// For setup calls (`list-tasks`): building a split can mean reading a corpus once, which
+    /// is start-up work like `init`, not per-completion work like `score`.
+    setup_limit: Duration,
     pool: Pool,
 }
 
@@ -225,10 +229,11 @@ impl Core {
     fn with_instance<R>(
         &self,
         what: &str,
+        limit: Duration,
         f: impl FnOnce(&Bindings, &mut wasmtime::Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
         let mut lease = self.pool.checkout()?;
-        match lease.get().call(what, self.call_limit, f) {
+        match lease.get().call(what, limit, f) {
             Ok(r) => Ok(r),
             Err(f) => {
                 lease.discard();
@@ -304,7 +309,7 @@ impl TaskPlugin {
         }
         let tasks = self
             .core
-            .with_instance("list-tasks", |b, s| match b {
+            .with_instance("list-tasks", self.core.setup_limit, |b, s| match b {
                 Bindings::Task(t) => t.sigmaforge_plugin_tasks().call_list_tasks(s, split),
                 Bindings::Tool(_) => unreachable!("a TaskPlugin holds task-world instances"),
             })
@@ -421,7 +426,7 @@ impl ToolPlugin {
     /// Runs the tool. Err is text to show the model: the tool's own error, or a sandbox
     /// failure (time limit, memory cap, trap) naming the plugin.
     pub fn invoke(&self, arguments: &str) -> Result<String, String> {
-        let out = self.core.with_instance("invoke", |b, s| match b {
+        let out = self.core.with_instance("invoke", self.core.call_limit, |b, s| match b {
             Bindings::Tool(t) => t.sigmaforge_plugin_tool().call_invoke(s, arguments),
             Bindings::Task(_) => unreachable!("a ToolPlugin holds tool-world instances"),
         });

@@ -13,7 +13,8 @@
 //! | `echo:<x>`            | ordinary score: value 1 and detail `<x>`                         |
 //! | anything else         | ordinary score: value = length of the text mod 10 / 10           |
 //!
-//! Its `init` fails when the config key `fail-init` is set, to test load errors.
+//! Its `init` fails when the config key `fail-init` is set, to test load errors. Listing the
+//! split `slow` takes 800 ms (forever with the config key `list-forever`).
 
 wit_bindgen::generate!({ path: "../../../wit", world: "task-plugin" });
 
@@ -45,10 +46,21 @@ impl Plugin for Hostile {
 
 impl Tasks for Hostile {
     fn splits() -> Vec<String> {
-        vec!["train".into()]
+        vec!["train".into(), "slow".into()]
     }
 
     fn list_tasks(split: String) -> Result<Vec<Task>, String> {
+        // "slow": setup work longer than a score call may take (the host allows it the init
+        // limit); with the config key `list-forever` it never returns (the host must stop it).
+        if split == "slow" {
+            let forever = config("list-forever").is_some();
+            let start = std::time::Instant::now();
+            let mut spin = 0u64;
+            while forever || start.elapsed() < std::time::Duration::from_millis(800) {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+            return Ok(vec![Task { id: "t1".into(), split, prompt: vec![], metadata: "{}".into() }]);
+        }
         if split != "train" {
             return Err(format!("no split {split}"));
         }
