@@ -61,29 +61,41 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// The gradient each of two TCP-connected ranks ends with, rank r holding samples `split[r]`.
+fn two_rank_gradients(cfg: &RunConfig, dir: &Path, split: [std::ops::Range<usize>; 2]) -> Vec<Vec<f32>> {
+    // Each rank connects over TCP as it would in a real job.
+    let master = format!("127.0.0.1:{}", free_port());
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let (cfg, dir, master, range) = (cfg.clone(), dir.to_path_buf(), master.clone(), split[rank].clone());
+            std::thread::spawn(move || {
+                let env = LaunchEnv { rank, world_size: 2, local_rank: rank, master };
+                let dp = DataParallel::new(init(&env, Backend::Tcp, false).unwrap());
+                let mut t = trainer_on(&cfg, &dir, dp);
+                let mine: Vec<Sample> = samples().into_iter().skip(range.start).take(range.len()).collect();
+                flat(&t.policy_gradient(&mine).unwrap())
+            })
+        })
+        .collect();
+    ranks.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 #[test]
 fn the_gradient_summed_over_two_ranks_is_the_single_process_gradient() {
-    for aggregation in ["token", "sequence", "constant"] {
-        let cfg = tiny_config(&format!("grpo: {{ loss_aggregation: {aggregation} }}"));
+    let cases = [
+        ("token", "grpo: { loss_aggregation: token }"),
+        ("sequence", "grpo: { loss_aggregation: sequence }"),
+        ("constant", "grpo: { loss_aggregation: constant }"),
+        ("lora", "finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj] }\ngrpo: { beta: 0.1, loss_aggregation: token }"),
+    ];
+    for (aggregation, overrides) in cases {
+        let cfg = tiny_config(overrides);
         let dir = temp_run_dir(&format!("grad-{aggregation}"));
         let all = samples();
         let whole = flat(&trainer_on(&cfg, &dir, DataParallel::single()).policy_gradient(&all).unwrap());
 
-        // Each rank holds one group; rank r connects over TCP as it would in a real job.
-        let master = format!("127.0.0.1:{}", free_port());
-        let ranks: Vec<_> = (0..2)
-            .map(|rank| {
-                let (cfg, dir, master) = (cfg.clone(), dir.clone(), master.clone());
-                std::thread::spawn(move || {
-                    let env = LaunchEnv { rank, world_size: 2, local_rank: rank, master };
-                    let dp = DataParallel::new(init(&env, Backend::Tcp, false).unwrap());
-                    let mut t = trainer_on(&cfg, &dir, dp);
-                    let mine: Vec<Sample> = samples().into_iter().skip(4 * rank).take(4).collect();
-                    flat(&t.policy_gradient(&mine).unwrap())
-                })
-            })
-            .collect();
-        let per_rank: Vec<Vec<f32>> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+        // Each rank holds one group.
+        let per_rank = two_rank_gradients(&cfg, &dir, [0..4, 4..8]);
         assert_eq!(per_rank[0], per_rank[1], "{aggregation}: ranks must hold bit-identical gradients");
         let scale = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         assert!(scale > 1e-3, "{aggregation}: the gradient is ~0, the test would prove nothing");
@@ -103,6 +115,20 @@ fn the_gradient_summed_over_two_ranks_is_the_single_process_gradient() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+#[test]
+fn a_rank_without_samples_still_gets_the_others_gradient() {
+    // E.g. every group of rank 0 had equal rewards and was dropped.
+    let cfg = tiny_config("grpo: { loss_aggregation: token, drop_zero_variance_groups: true }");
+    let dir = temp_run_dir("grad-empty-rank");
+    let only_second: Vec<Sample> = samples().into_iter().skip(4).collect();
+    let whole = flat(&trainer_on(&cfg, &dir, DataParallel::single()).policy_gradient(&only_second).unwrap());
+    let per_rank = two_rank_gradients(&cfg, &dir, [0..0, 4..8]);
+    assert_eq!(per_rank[0], per_rank[1]);
+    let scale = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(max_diff(&per_rank[0], &whole) <= 1e-6 * scale.max(1.0));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- multi-process ----
