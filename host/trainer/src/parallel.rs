@@ -173,7 +173,7 @@ impl DataParallel {
     /// `row_offset..row_offset + local.len() / cols` of `total_rows`. Each slot is written by one
     /// rank only, so the values arrive with about 48 bits of precision (see [`split_f64`]).
     pub fn gather_rows(&mut self, local: &[f64], cols: usize, row_offset: usize, total_rows: usize, what: &str) -> Result<Vec<f64>> {
-        ensure!(cols > 0 && local.len() % cols == 0, "{} values do not form rows of {cols}", local.len());
+        ensure!(cols > 0 && local.len().is_multiple_of(cols), "{} values do not form rows of {cols}", local.len());
         ensure!(row_offset * cols + local.len() <= total_rows * cols, "rows {row_offset}.. do not fit in {total_rows} rows");
         if !self.is_distributed() {
             ensure!(local.len() == total_rows * cols, "a single process must hold every row");
@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn the_global_normaliser_is_the_normaliser_of_all_samples() {
         let lengths = [vec![3usize, 5, 2], vec![7, 1]];
-        let got = on_ranks(2, move |dp| dp.loss_normalizer(LossAggregation::Constant, &[[3usize, 5, 2].as_slice(), &[7, 1]][dp.rank()]).unwrap().unwrap());
+        let got = on_ranks(2, move |dp| dp.loss_normalizer(LossAggregation::Constant, [[3usize, 5, 2].as_slice(), &[7, 1]][dp.rank()]).unwrap().unwrap());
         let all: Vec<usize> = lengths.concat();
         let want = LossNormalizer::for_batch(LossAggregation::Constant, &all, 7);
         for n in got {

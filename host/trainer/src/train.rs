@@ -588,10 +588,11 @@ impl Trainer {
             bar.set_message(line);
             bar.set_position(self.step);
             let every = self.cfg.checkpoint.every;
-            if (every > 0 && self.step % every == 0) || self.step == total {
-                if let Some(dir) = self.save_checkpoint()? {
-                    bar.suspend(|| if show_progress { eprintln!("checkpoint: {}", dir.display()) });
-                }
+            let due = (every > 0 && self.step.is_multiple_of(every)) || self.step == total;
+            // Every rank takes part in saving; rank 0 gets the directory it wrote.
+            let saved = if due { self.save_checkpoint()? } else { None };
+            if let Some(dir) = saved {
+                bar.suspend(|| if show_progress { eprintln!("checkpoint: {}", dir.display()) });
             }
             last = Some(outcome.metrics);
         }
