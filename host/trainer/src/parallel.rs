@@ -14,7 +14,13 @@
 //!   ([`DataParallel::all_reduce_gradients`]); clipping and AdamW then run identically on every
 //!   rank, so the weights stay equal, which [`DataParallel::verify_same_weights`] checks
 //!   bit for bit with a checksum at the start, after a resume and at every checkpoint;
-//! - metrics are computed from every rank's rollouts ([`DataParallel::gather_rows`]).
+//! - metrics are computed from every rank's rollouts ([`DataParallel::gather_rows`]);
+//! - optionally (ZeRO stage 1, `training.shard_optimizer_state`), each rank keeps the AdamW
+//!   moments of its share of the parameters only ([`shard_owners`]), updates those, and the
+//!   owners' new values are shared ([`DataParallel::share_updated_parameters`]); checkpoints
+//!   gather the moments back ([`DataParallel::full_optimizer_state`]). Gradients are still
+//!   all-reduced whole (not reduce-scattered), so this saves the moments' memory, not the
+//!   gradients'.
 //!
 //! With world size 1 ([`DataParallel::single`]) every collective returns its input unchanged,
 //! so a one-process run executes this same code with the same numbers as before.
@@ -23,6 +29,7 @@
 //! exactly (per-rollout rewards, RNG states, checksums) are sent so that f32 sums are exact:
 //! f64 as a (hi, lo) f32 pair placed in a slot only one rank fills, u64 as four 16-bit pieces.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -30,7 +37,7 @@ use candle_core::{DType, Tensor, Var};
 use sigmaforge_distributed::{Collective, SingleProcess, shard};
 
 use crate::grpo::{LossAggregation, LossNormalizer};
-use crate::optim::GradAccumulator;
+use crate::optim::{AdamW, GradAccumulator};
 
 /// The seed of a rank's generation RNG: the run's seed for rank 0 (so a one-process run samples
 /// what it always did), a different stream for every other rank.
@@ -38,9 +45,28 @@ pub fn generation_seed(base: u64, rank: usize) -> u64 {
     base ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// Which rank keeps the optimizer state of each parameter (sizes in elements): largest first,
+/// each onto the rank with the fewest elements so far (the greedy partition FairScale's
+/// optimizer-state sharding uses). Deterministic, so every rank computes the same owners.
+pub fn shard_owners(sizes: &[usize], world: usize) -> Vec<usize> {
+    let world = world.max(1);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
+    let mut load = vec![0usize; world];
+    let mut owners = vec![0; sizes.len()];
+    for i in order {
+        let rank = (0..world).min_by_key(|&r| (load[r], r)).expect("world ≥ 1");
+        owners[i] = rank;
+        load[rank] += sizes[i];
+    }
+    owners
+}
+
 /// This process's place in a data-parallel job and its collectives.
 pub struct DataParallel {
     comm: Box<dyn Collective>,
+    /// With sharded optimizer state: the owning rank of each trainable parameter.
+    owners: Option<Vec<usize>>,
 }
 
 impl Default for DataParallel {
@@ -52,11 +78,87 @@ impl Default for DataParallel {
 impl DataParallel {
     /// One process: every collective is the identity.
     pub fn single() -> Self {
-        Self { comm: Box::new(SingleProcess) }
+        Self { comm: Box::new(SingleProcess), owners: None }
     }
 
     pub fn new(comm: Box<dyn Collective>) -> Self {
-        Self { comm }
+        Self { comm, owners: None }
+    }
+
+    /// The optimizer for `params`: with `shard_state` in a multi-rank job, one that keeps state
+    /// for this rank's share only (ZeRO-1); otherwise a plain AdamW.
+    pub fn optimizer(&mut self, params: Vec<(String, Var)>, hp: crate::optim::AdamWParams, shard_state: bool) -> Result<AdamW> {
+        if !(shard_state && self.is_distributed()) {
+            self.owners = None;
+            return AdamW::new(params, hp);
+        }
+        let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
+        let owners = shard_owners(&sizes, self.world_size());
+        let owned: Vec<bool> = owners.iter().map(|&r| r == self.rank()).collect();
+        self.owners = Some(owners);
+        AdamW::sharded(params, hp, &owned)
+    }
+
+    /// Whether the optimizer state is sharded across the ranks.
+    pub fn shards_optimizer_state(&self) -> bool {
+        self.owners.is_some()
+    }
+
+    /// After a sharded optimizer step: every rank takes each parameter's value from its owner
+    /// (one all-reduce in which only the owner fills a parameter's slots, so the sum is exact).
+    /// Nothing to do without sharding: every rank took the same step.
+    pub fn share_updated_parameters(&mut self, params: &[(String, Var)]) -> Result<()> {
+        let Some(owners) = self.owners.clone() else { return Ok(()) };
+        let values = self.from_owners(&owners, params.iter().map(|(_, v)| v.as_tensor().clone()).collect(), "the updated parameters")?;
+        for ((_, var), t) in params.iter().zip(values) {
+            // Every rank, the owner included, takes the shared value, so all hold the same bits.
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The whole optimizer state (every parameter's moments) for a checkpoint, gathered from
+    /// the owners when sharded. Every rank must call it; every rank gets the full state.
+    pub fn full_optimizer_state(&mut self, optimizer: &AdamW) -> Result<(HashMap<String, Tensor>, u64)> {
+        let (mut state, steps) = optimizer.state();
+        let Some(owners) = self.owners.clone() else { return Ok((state, steps)) };
+        let params = optimizer.params();
+        for kind in ["m", "v"] {
+            let local: Vec<Tensor> = params
+                .iter()
+                .map(|(name, var)| match state.get(&format!("{kind}.{name}")) {
+                    Some(t) => Ok(t.clone()),
+                    None => Ok(var.as_tensor().zeros_like()?.to_dtype(DType::F32)?),
+                })
+                .collect::<Result<_>>()?;
+            let full = self.from_owners(&owners, local, &format!("the optimizer moments {kind}"))?;
+            for ((name, _), t) in params.iter().zip(full) {
+                state.insert(format!("{kind}.{name}"), t);
+            }
+        }
+        Ok((state, steps))
+    }
+
+    /// `tensors[i]` as its owner holds it, on every rank (f32).
+    fn from_owners(&mut self, owners: &[usize], tensors: Vec<Tensor>, what: &str) -> Result<Vec<Tensor>> {
+        let rank = self.rank();
+        let sizes: Vec<usize> = tensors.iter().map(Tensor::elem_count).collect();
+        let mut flat = vec![0f32; sizes.iter().sum()];
+        let mut offset = 0;
+        for ((t, &n), &owner) in tensors.iter().zip(&sizes).zip(owners) {
+            if owner == rank {
+                flat[offset..offset + n].copy_from_slice(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            }
+            offset += n;
+        }
+        self.all_reduce(&mut flat, what)?;
+        let mut out = Vec::with_capacity(tensors.len());
+        let mut offset = 0;
+        for (t, &n) in tensors.iter().zip(&sizes) {
+            out.push(Tensor::from_slice(&flat[offset..offset + n], t.shape(), t.device())?);
+            offset += n;
+        }
+        Ok(out)
     }
 
     pub fn rank(&self) -> usize {
@@ -420,6 +522,16 @@ mod tests {
                 assert!(agreed.contains("failed on rank(s) [0]"), "{agreed}");
             }
         }
+    }
+
+    #[test]
+    fn optimizer_shards_are_balanced_and_cover_every_parameter() {
+        let owners = shard_owners(&[100, 10, 60, 50, 5, 40], 2);
+        let load = |r: usize| owners.iter().zip([100, 10, 60, 50, 5, 40]).filter(|(o, _)| **o == r).map(|(_, n)| n).sum::<usize>();
+        // Largest first onto the lighter rank: 100→0, 60→1, 50→1, 40→0, 10→1, 5→1.
+        assert_eq!(owners, vec![0, 1, 1, 1, 1, 0]);
+        assert_eq!((load(0), load(1)), (140, 125));
+        assert_eq!(shard_owners(&[3, 3], 1), vec![0, 0]);
     }
 
     #[test]

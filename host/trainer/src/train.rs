@@ -100,7 +100,7 @@ impl Trainer {
         ensure!(!tasks.is_empty(), "the task environment has no tasks to train on");
         let params = model.trainable_vars();
         ensure!(!params.is_empty(), "the model has no trainable parameters");
-        let optimizer = AdamW::new(params, cfg.optimizer.adamw)?;
+        let optimizer = dp.optimizer(params, cfg.optimizer.adamw, cfg.training.shard_optimizer_state)?;
         let o = &cfg.optimizer;
         let schedule = LrSchedule {
             kind: o.schedule,
@@ -173,6 +173,10 @@ impl Trainer {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+    /// The optimizer (with sharded state: holding this rank's share of the moments).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
     pub fn config(&self) -> &RunConfig {
         &self.cfg
     }
@@ -186,6 +190,8 @@ impl Trainer {
     pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>> {
         let step = self.step;
         self.dp.verify_same_weights(self.optimizer.params(), &format!("at step {step}"))?;
+        // Sharded optimizer state is gathered, so the checkpoint does not depend on the sharding.
+        let (opt_state, optimizer_steps) = self.dp.full_optimizer_state(&self.optimizer)?;
         let rank_rngs: Vec<[u64; 4]> = if self.dp.is_distributed() {
             let all = self.dp.gather_u64s(&self.rng.state(), "the generation RNG states")?;
             all.into_iter().map(|s| [s[0], s[1], s[2], s[3]]).collect()
@@ -195,7 +201,6 @@ impl Trainer {
         let written = if self.dp.is_primary() {
             let trainable: HashMap<String, Tensor> =
                 self.optimizer.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-            let (opt_state, optimizer_steps) = self.optimizer.state();
             let state = CheckpointState {
                 version: FORMAT_VERSION,
                 step: self.step,
@@ -515,6 +520,7 @@ impl Trainer {
             }
             out.grad_norm += acc.clip_global_norm(self.cfg.optimizer.max_grad_norm)? / passes as f64;
             self.optimizer.step(&acc, lr)?;
+            self.dp.share_updated_parameters(self.optimizer.params())?;
             out.loss += pass_loss / passes as f64;
         }
         // Sums over this rank's samples → sums over the job's (the loss is already a share of

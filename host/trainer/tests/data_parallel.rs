@@ -135,9 +135,12 @@ fn a_rank_without_samples_still_gets_the_others_gradient() {
 
 const CHILD: &str = "SIGMAFORGE_TEST_DP_CHILD";
 
-/// Config of the multi-process runs: 4 steps, checkpoints every 2, no exports.
-fn dp_config(prompts: usize) -> RunConfig {
-    tiny_config(&format!("training: {{ steps: 4, prompts_per_step: {prompts}, passes_per_batch: 2 }}\ncheckpoint: {{ every: 2, keep: 0 }}"))
+/// Config of the multi-process runs: 4 steps, checkpoints every 2, no exports; `sharded`:
+/// ZeRO-1 optimizer state.
+fn dp_config(prompts: usize, sharded: bool) -> RunConfig {
+    tiny_config(&format!(
+        "training: {{ steps: 4, prompts_per_step: {prompts}, passes_per_batch: 2, shard_optimizer_state: {sharded} }}\ncheckpoint: {{ every: 2, keep: 0 }}"
+    ))
 }
 
 /// Not a test by itself: the body of one rank, spawned by the tests below. Reads the launcher's
@@ -146,11 +149,11 @@ fn dp_config(prompts: usize) -> RunConfig {
 #[ignore = "child process of the data-parallel tests"]
 fn dp_rank_child() {
     let spec = std::env::var(CHILD).expect("spawned by a data-parallel test");
-    let [run_dir, prompts, stop_after, resume, exit_after]: [&str; 5] = spec.split('|').collect::<Vec<_>>().try_into().unwrap();
+    let [run_dir, prompts, stop_after, resume, exit_after, sharded]: [&str; 6] = spec.split('|').collect::<Vec<_>>().try_into().unwrap();
     let launch = LaunchEnv::from_env().unwrap();
     let dp = DataParallel::new(init(&launch, Backend::Auto, false).unwrap());
     let run_dir = PathBuf::from(run_dir);
-    let mut t = trainer_on(&dp_config(prompts.parse().unwrap()), &run_dir, dp);
+    let mut t = trainer_on(&dp_config(prompts.parse().unwrap(), sharded == "sharded"), &run_dir, dp);
     if !resume.is_empty() {
         t.restore(&checkpoint::load(Path::new(resume), &Device::Cpu).unwrap()).unwrap();
     }
@@ -162,6 +165,13 @@ fn dp_rank_child() {
     }
     let bytes: Vec<u8> = weights(&t).iter().flat_map(|(_, w)| w.iter().flat_map(|x| x.to_le_bytes())).collect();
     std::fs::write(run_dir.join(format!("weights-{}.bin", launch.rank)), bytes).unwrap();
+    let moments: usize = t.optimizer().state().0.values().map(|m| m.elem_count()).sum();
+    std::fs::write(run_dir.join(format!("moments-{}.txt", launch.rank)), moments.to_string()).unwrap();
+}
+
+/// How many optimizer-moment values rank `rank` held at the end.
+fn rank_moments(dir: &Path, rank: usize) -> usize {
+    std::fs::read_to_string(dir.join(format!("moments-{rank}.txt"))).unwrap().parse().unwrap()
 }
 
 struct Job {
@@ -172,6 +182,18 @@ struct Job {
 /// Starts `world` ranks; rank r runs in `<base>-rank-r` (separate directories, so that what each
 /// rank wrote can be told apart). `exit_after`: (rank, steps) to kill one rank early.
 fn launch(base: &str, world: usize, prompts: usize, stop_after: Option<u64>, resume: Option<&Path>, exit_after: Option<(usize, u64)>) -> Job {
+    launch_with(base, world, prompts, stop_after, resume, exit_after, false)
+}
+
+fn launch_with(
+    base: &str,
+    world: usize,
+    prompts: usize,
+    stop_after: Option<u64>,
+    resume: Option<&Path>,
+    exit_after: Option<(usize, u64)>,
+    sharded: bool,
+) -> Job {
     let port = free_port();
     let mut children = Vec::new();
     let mut dirs = Vec::new();
@@ -180,10 +202,11 @@ fn launch(base: &str, world: usize, prompts: usize, stop_after: Option<u64>, res
         std::fs::create_dir_all(&dir).unwrap();
         let exit = exit_after.filter(|(r, _)| *r == rank).map(|(_, s)| s.to_string()).unwrap_or_default();
         let spec = format!(
-            "{}|{prompts}|{}|{}|{exit}",
+            "{}|{prompts}|{}|{}|{exit}|{}",
             dir.display(),
             stop_after.map(|s| s.to_string()).unwrap_or_default(),
-            resume.map(|p| p.display().to_string()).unwrap_or_default()
+            resume.map(|p| p.display().to_string()).unwrap_or_default(),
+            if sharded { "sharded" } else { "" }
         );
         let child = Command::new(std::env::current_exe().unwrap())
             .args(["dp_rank_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
@@ -351,5 +374,52 @@ fn a_rank_that_dies_stops_the_others_with_its_number() {
     assert!(err0.contains("rank 0 of 2"), "and say which rank reports it:\n{err0}");
     assert!(results[1].1.contains("exits on purpose"), "{}", results[1].1);
     cleanup(&job);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn sharded_optimizer_state_gives_the_same_weights_and_full_checkpoints() {
+    let tmp = std::env::temp_dir().join(format!("sf-dp-zero1-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let base = |name: &str| tmp.join(name).display().to_string();
+    let ok = |job: &mut Job, what: &str| {
+        for (rank, (ok, err)) in wait(job, Duration::from_secs(120)).into_iter().enumerate() {
+            assert!(ok, "{what}: rank {rank} failed:\n{err}");
+        }
+    };
+    let mut plain = launch(&base("plain"), 2, 2, None, None, None);
+    let mut sharded = launch_with(&base("sharded"), 2, 2, None, None, None, true);
+    ok(&mut plain, "replicated");
+    ok(&mut sharded, "sharded");
+    check_job(&sharded, 2, 2, "sharded");
+    // Replicated: each rank holds all moments (2 per trainable value); sharded: a share each,
+    // together all of them.
+    let all = rank_moments(&plain.dirs[0], 0);
+    assert_eq!(rank_moments(&plain.dirs[1], 1), all);
+    let (m0, m1) = (rank_moments(&sharded.dirs[0], 0), rank_moments(&sharded.dirs[1], 1));
+    assert_eq!(m0 + m1, all, "the shards must cover every moment once");
+    assert!(m0 < all * 2 / 3 && m1 < all * 2 / 3, "unbalanced shards: {m0} + {m1}");
+    // Each owner takes exactly the step every rank takes without sharding: same bits.
+    assert!(rank_weights(&sharded.dirs[0], 0) == rank_weights(&plain.dirs[0], 0), "ZeRO-1 changed the result");
+    // The checkpoint holds every parameter's moments, gathered from both ranks, equal to the
+    // replicated run's.
+    let (a, b) = (checkpoint::load(&sharded.dirs[0], &Device::Cpu).unwrap(), checkpoint::load(&plain.dirs[0], &Device::Cpu).unwrap());
+    assert_eq!(a.optimizer.len(), b.optimizer.len());
+    for (k, t) in &b.optimizer {
+        let got = a.optimizer.get(k).unwrap_or_else(|| panic!("sharded checkpoint lacks {k}"));
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{k}");
+    }
+
+    // Stopped after step 2 and resumed (each rank reloads its shard): same end.
+    let mut first = launch_with(&base("split"), 2, 2, Some(2), None, None, true);
+    ok(&mut first, "sharded first half");
+    let ckpt = checkpoint::resolve(&first.dirs[0]).unwrap();
+    let mut second = launch_with(&base("split"), 2, 2, None, Some(&ckpt), None, true);
+    ok(&mut second, "sharded resumed");
+    assert!(rank_weights(&second.dirs[0], 0) == rank_weights(&plain.dirs[0], 0), "the resumed sharded job ends elsewhere");
+    assert!(rank_weights(&second.dirs[1], 1) == rank_weights(&plain.dirs[0], 0));
+    for job in [&plain, &sharded, &first] {
+        cleanup(job);
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }
