@@ -181,6 +181,10 @@ pub struct TcpCollective {
 
 const HELLO: &[u8; 8] = b"SFDP0001";
 
+/// How long a rank waits for a peer's data before it gives up (a GRPO step on a slow CPU can
+/// take minutes, so this is generous; it only bounds a hang).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl TcpCollective {
     /// Rank 0 listens on `env.master`; the others connect, retrying until `timeout`.
     pub fn connect(env: &LaunchEnv, timeout: Duration) -> Result<Self> {
@@ -245,8 +249,9 @@ impl TcpCollective {
 
 fn configure(s: &TcpStream) -> Result<()> {
     s.set_nodelay(true)?;
-    // A peer that died must fail the step, not hang the job.
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    // A peer that died closes its sockets (the read fails at once); one that hangs must fail
+    // the step after a while, not stall the job forever.
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
     Ok(())
 }
 
@@ -263,21 +268,37 @@ fn read_u64(s: &mut TcpStream) -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
-fn write_f32s(s: &mut TcpStream, data: &[f32]) -> Result<()> {
-    s.write_all(&(data.len() as u64).to_le_bytes())?;
-    let mut bytes = Vec::with_capacity(data.len() * 4);
+/// Why a transfer with `who` failed, in words a user can act on: a closed connection means the
+/// peer process is gone, a timeout that it stopped answering.
+fn peer_error(e: std::io::Error, who: &str, doing: &str) -> anyhow::Error {
+    use std::io::ErrorKind::*;
+    let why = match e.kind() {
+        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted => {
+            format!("{who} closed the connection (it exited or failed; see its log)")
+        }
+        WouldBlock | TimedOut => format!("{who} did not answer within {READ_TIMEOUT:?} (stuck, or much slower than this rank)"),
+        _ => format!("{e}"),
+    };
+    anyhow::anyhow!("{doing} {who}: {why}")
+}
+
+fn write_f32s(s: &mut TcpStream, data: &[f32], who: &str) -> Result<()> {
+    let mut bytes = Vec::with_capacity(8 + data.len() * 4);
+    bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
     for x in data {
         bytes.extend_from_slice(&x.to_le_bytes());
     }
-    s.write_all(&bytes)?;
-    Ok(())
+    s.write_all(&bytes).map_err(|e| peer_error(e, who, "sending to"))
 }
 
 fn read_f32s_into(s: &mut TcpStream, out: &mut [f32], who: &str) -> Result<()> {
-    let n = read_u64(s).with_context(|| format!("receiving from {who}"))? as usize;
+    let n = read_u64(s).map_err(|e| match e.downcast::<std::io::Error>() {
+        Ok(io) => peer_error(io, who, "receiving from"),
+        Err(e) => e,
+    })? as usize;
     ensure!(n == out.len(), "{who} sent {n} values where {} were expected: the ranks disagree on the model", out.len());
     let mut bytes = vec![0u8; n * 4];
-    s.read_exact(&mut bytes).with_context(|| format!("receiving from {who}"))?;
+    s.read_exact(&mut bytes).map_err(|e| peer_error(e, who, "receiving from"))?;
     for (x, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
         *x = f32::from_le_bytes(chunk.try_into().unwrap());
     }
@@ -301,12 +322,12 @@ impl Collective for TcpCollective {
                     *acc += *x;
                 }
             }
-            for peer in &mut self.peers {
-                write_f32s(peer, data)?;
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                write_f32s(peer, data, &format!("rank {}", i + 1))?;
             }
         } else {
             let root = &mut self.peers[0];
-            write_f32s(root, data)?;
+            write_f32s(root, data, "rank 0")?;
             read_f32s_into(root, data, "rank 0")?;
         }
         Ok(())
@@ -315,15 +336,17 @@ impl Collective for TcpCollective {
     fn broadcast(&mut self, data: &mut Vec<u8>, root: usize) -> Result<()> {
         ensure!(root == 0, "the TCP backend broadcasts from rank 0 only");
         if self.rank == 0 {
-            for peer in &mut self.peers {
-                peer.write_all(&(data.len() as u64).to_le_bytes())?;
-                peer.write_all(data)?;
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                let who = format!("rank {}", i + 1);
+                peer.write_all(&(data.len() as u64).to_le_bytes()).map_err(|e| peer_error(e, &who, "broadcasting to"))?;
+                peer.write_all(data).map_err(|e| peer_error(e, &who, "broadcasting to"))?;
             }
         } else {
             let s = &mut self.peers[0];
-            let n = read_u64(s)? as usize;
-            data.resize(n, 0);
-            s.read_exact(data).context("receiving a broadcast from rank 0")?;
+            let mut len = [0u8; 8];
+            s.read_exact(&mut len).map_err(|e| peer_error(e, "rank 0", "receiving a broadcast from"))?;
+            data.resize(u64::from_le_bytes(len) as usize, 0);
+            s.read_exact(data).map_err(|e| peer_error(e, "rank 0", "receiving a broadcast from"))?;
         }
         Ok(())
     }
@@ -421,6 +444,21 @@ mod tests {
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let root = results[0].as_ref().unwrap_err();
         assert!(root.contains("disagree"), "{root}");
+    }
+
+    #[test]
+    fn a_peer_that_exits_is_named_in_the_error() {
+        let master = format!("127.0.0.1:{}", free_port());
+        let env1 = LaunchEnv { rank: 1, world_size: 2, local_rank: 1, master: master.clone() };
+        let quitter = std::thread::spawn(move || {
+            let c = TcpCollective::connect(&env1, Duration::from_secs(10)).unwrap();
+            drop(c); // the process "dies" before its first all-reduce
+        });
+        let env0 = LaunchEnv { rank: 0, world_size: 2, local_rank: 0, master };
+        let mut root = TcpCollective::connect(&env0, Duration::from_secs(10)).unwrap();
+        quitter.join().unwrap();
+        let err = root.all_reduce_sum(&mut [1.0, 2.0]).unwrap_err().to_string();
+        assert!(err.contains("rank 1 closed the connection"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct CheckpointState {
     pub optimizer_steps: u64,
     pub rng: [u64; 4],
     pub data: DataPosition,
+    /// Data-parallel runs: every rank's generation RNG, by rank (`rng` is rank 0's). Absent
+    /// for one-process runs, whose checkpoints stay as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_rngs: Vec<[u64; 4]>,
 }
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -177,7 +181,7 @@ mod tests {
         let w: HashMap<String, Tensor> = [("a".to_string(), Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap())].into();
         let o: HashMap<String, Tensor> = [("m.a".to_string(), Tensor::new(&[0.1f32, 0.2], &Device::Cpu).unwrap())].into();
         for step in [5, 10, 15] {
-            let st = CheckpointState { version: FORMAT_VERSION, step, optimizer_steps: step * 2, rng: [1, 2, 3, step], data: DataPosition { epoch: 1, cursor: 3 } };
+            let st = CheckpointState { version: FORMAT_VERSION, step, optimizer_steps: step * 2, rng: [1, 2, 3, step], data: DataPosition { epoch: 1, cursor: 3 }, rank_rngs: Vec::new() };
             save(&run, &st, "x: 1\n", &w, &o, 2).unwrap();
         }
         let steps: Vec<u64> = list(&run).unwrap().into_iter().map(|(s, _)| s).collect();

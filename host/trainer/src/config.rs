@@ -103,6 +103,11 @@ pub struct TrainingSection {
     /// (docs/memory-plan.md). Off by default; the gradients are the same either way.
     #[serde(default)]
     pub memory: MemoryOptions,
+    /// Data-parallel jobs: each rank keeps the AdamW moments of its share of the parameters
+    /// only (ZeRO stage 1), and the updated parameters are shared after each step. Saves
+    /// memory (moments are 2× the trainable weights in f32); no effect with one process.
+    #[serde(default)]
+    pub shard_optimizer_state: bool,
 }
 
 fn default_micro_batch() -> usize {

@@ -34,6 +34,7 @@ pub mod export;
 pub mod grpo;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod sampler;
 pub mod train;
 // --- end E2 ---

@@ -54,6 +54,9 @@ pub struct StepMetrics {
     /// Completions that hit max_new_tokens without a stop token.
     pub truncated: usize,
     pub groups: usize,
+    /// Completions scored this step (prompts × rollouts, over every rank of a data-parallel run).
+    #[serde(default)]
+    pub rollouts: usize,
     pub zero_variance_groups: usize,
     /// Mean |log-prob at sampling − log-prob in the training forward| per token; should be ~0.
     pub logprob_mismatch: f64,

@@ -89,11 +89,16 @@ impl GradAccumulator {
 }
 
 /// AdamW over a fixed, named list of parameters.
+///
+/// Sharded optimizer state (ZeRO-1, [`AdamW::sharded`]): the optimizer still knows every
+/// parameter, but keeps moments for, and updates, only the ones this rank owns; the caller
+/// shares the owners' new values afterwards.
 pub struct AdamW {
     params: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    /// f32 master copies of the parameters that are not f32 (None for f32 parameters).
+    /// `None` for parameters another rank owns.
+    m: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+    /// f32 master copies of the owned parameters that are not f32 (None otherwise).
     master: Vec<Option<Tensor>>,
     step: u64,
     hp: AdamWParams,
@@ -101,15 +106,33 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<(String, Var)>, hp: AdamWParams) -> Result<Self> {
+        let owned = vec![true; params.len()];
+        Self::sharded(params, hp, &owned)
+    }
+
+    /// AdamW that keeps state for, and updates, only the parameters with `owned[i]`.
+    pub fn sharded(params: Vec<(String, Var)>, hp: AdamWParams, owned: &[bool]) -> Result<Self> {
+        ensure!(owned.len() == params.len(), "{} ownership flags for {} parameters", owned.len(), params.len());
         let mut names = std::collections::HashSet::new();
         for (n, _) in &params {
             ensure!(names.insert(n.as_str()), "parameter name {n} appears twice");
         }
-        let zeros = |v: &Var| v.as_tensor().zeros_like()?.to_dtype(DType::F32);
-        let m = params.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = params.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<Vec<_>>>()?;
-        let master = params.iter().map(|(_, v)| master_copy(v)).collect::<candle_core::Result<Vec<_>>>()?;
+        let zeros = |(i, (_, v)): (usize, &(String, Var))| -> candle_core::Result<Option<Tensor>> {
+            if owned[i] { Ok(Some(v.as_tensor().zeros_like()?.to_dtype(DType::F32)?)) } else { Ok(None) }
+        };
+        let m = params.iter().enumerate().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = params.iter().enumerate().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
+        let master = params
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| if owned[i] { master_copy(v) } else { Ok(None) })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { params, m, v, master, step: 0, hp })
+    }
+
+    /// Whether this optimizer updates parameter `i` (false for other ranks' shards).
+    pub fn owns(&self, i: usize) -> bool {
+        self.m[i].is_some()
     }
 
     pub fn params(&self) -> &[(String, Var)] {
@@ -130,8 +153,9 @@ impl AdamW {
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         for (i, (_, var)) in self.params.iter().enumerate() {
             let Some(g) = &grads.grads[i] else { continue };
-            let m = ((&self.m[i] * beta1)? + (g * (1.0 - beta1))?)?;
-            let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let (Some(m_prev), Some(v_prev)) = (&self.m[i], &self.v[i]) else { continue };
+            let m = ((m_prev * beta1)? + (g * (1.0 - beta1))?)?;
+            let v = ((v_prev * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let theta = match &self.master[i] {
                 Some(w) => w.clone(),
                 None => var.as_tensor().to_dtype(DType::F32)?,
@@ -143,19 +167,22 @@ impl AdamW {
             if let Some(w) = &mut self.master[i] {
                 *w = new;
             }
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = Some(m);
+            self.v[i] = Some(v);
         }
         Ok(())
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`, and `w.<param>` for the f32
-    /// master weights of half-precision parameters) and the step counter, for a checkpoint.
+    /// master weights of half-precision parameters) and the step counter, for a checkpoint (a
+    /// sharded optimizer: of its own parameters only).
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut map = HashMap::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
-            map.insert(format!("m.{name}"), self.m[i].clone());
-            map.insert(format!("v.{name}"), self.v[i].clone());
+            if let (Some(m), Some(v)) = (&self.m[i], &self.v[i]) {
+                map.insert(format!("m.{name}"), m.clone());
+                map.insert(format!("v.{name}"), v.clone());
+            }
             if let Some(w) = &self.master[i] {
                 map.insert(format!("w.{name}"), w.clone());
             }
@@ -163,28 +190,31 @@ impl AdamW {
         (map, self.step)
     }
 
-    /// Restores moments saved by [`AdamW::state`]; every parameter must be present with its shape.
+    /// Restores moments saved by [`AdamW::state`]; every parameter must be present with its
+    /// shape (a sharded optimizer takes its own parameters' moments and skips the others).
     pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, step: u64) -> Result<()> {
         for (i, (name, var)) in self.params.iter().enumerate() {
+            let owned = self.m[i].is_some();
             for (kind, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("{kind}.{name}");
                 let t = tensors.remove(&key).with_context(|| format!("optimizer state has no {key}"))?;
                 ensure!(t.dims() == var.dims(), "optimizer state {key} has shape {:?}, parameter has {:?}", t.dims(), var.dims());
-                *slot = t.to_dtype(DType::F32)?.to_device(var.device())?;
+                if owned {
+                    *slot = Some(t.to_dtype(DType::F32)?.to_device(var.device())?);
+                }
             }
             // Master weights: from the checkpoint when it has them, else from the (rounded)
             // parameter, which is what a checkpoint written before they existed can offer.
+            let key = format!("w.{name}");
+            let saved = tensors.remove(&key);
             if self.master[i].is_some() {
-                let key = format!("w.{name}");
-                self.master[i] = match tensors.remove(&key) {
+                self.master[i] = match saved {
                     Some(t) => {
                         ensure!(t.dims() == var.dims(), "optimizer state {key} has shape {:?}, parameter has {:?}", t.dims(), var.dims());
                         Some(t.to_dtype(DType::F32)?.to_device(var.device())?)
                     }
                     None => master_copy(var)?,
                 };
-            } else {
-                tensors.remove(&format!("w.{name}"));
             }
         }
         if let Some(extra) = tensors.keys().next() {
@@ -333,6 +363,32 @@ mod tests {
             var.as_tensor().to_vec1().unwrap()
         };
         assert_eq!(run(None), run(Some(2)));
+    }
+
+    #[test]
+    fn a_sharded_optimizer_updates_and_saves_only_its_own_parameters() {
+        let dev = Device::Cpu;
+        let params = || vec![("a".to_string(), Var::new(&[1.0f32], &dev).unwrap()), ("b".to_string(), Var::new(&[2.0f32], &dev).unwrap())];
+        let (full_p, shard_p) = (params(), params());
+        let mut full = AdamW::new(full_p.clone(), AdamWParams::default()).unwrap();
+        let mut shard = AdamW::sharded(shard_p.clone(), AdamWParams::default(), &[false, true]).unwrap();
+        let mut acc = GradAccumulator::new(2);
+        acc.grads = vec![Some(Tensor::new(&[0.5f32], &dev).unwrap()), Some(Tensor::new(&[-0.5f32], &dev).unwrap())];
+        full.step(&acc, 0.1).unwrap();
+        shard.step(&acc, 0.1).unwrap();
+        let value = |p: &[(String, Var)], i: usize| p[i].1.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert_eq!(value(&shard_p, 0), 1.0, "another rank's parameter is left alone");
+        assert_eq!(value(&shard_p, 1), value(&full_p, 1), "its own parameter moves exactly as unsharded");
+        let (state, step) = shard.state();
+        let mut keys: Vec<_> = state.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, vec!["m.b", "v.b"]);
+        // Restoring from a full state takes the owned moments only.
+        let (full_state, _) = full.state();
+        let mut restored = AdamW::sharded(params(), AdamWParams::default(), &[false, true]).unwrap();
+        restored.load_state(full_state, step).unwrap();
+        assert_eq!(restored.state().0["m.b"].to_vec1::<f32>().unwrap(), full.state().0["m.b"].to_vec1::<f32>().unwrap());
+        assert!(!restored.owns(0) && restored.owns(1));
     }
 
     #[test]

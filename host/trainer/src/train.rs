@@ -1,6 +1,10 @@
 //! The GRPO loop: sample prompts, generate G rollouts each, score them (on another thread,
 //! while the next group generates), compute group-relative advantages, and update the policy
 //! over `passes_per_batch` passes with gradient accumulation over micro-batches.
+//!
+//! Data parallelism (several ranks, see `parallel`) hooks in at a few marked places: each rank
+//! generates for its share of the prompts, the loss normaliser, gradients and metrics are made
+//! global, and only rank 0 writes files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,6 +26,7 @@ use crate::load::Tokenizer;
 use crate::metrics::{self, MeanStd, StepMetrics};
 use crate::model::{AdapterMode, CausalLm};
 use crate::optim::{AdamW, GradAccumulator, LrSchedule};
+use crate::parallel::{DataParallel, generation_seed, text_checksum};
 use crate::rng::SamplerRng;
 use crate::sampler::TaskSampler;
 
@@ -48,20 +53,43 @@ pub struct Trainer {
     run_dir: PathBuf,
     coverage_checked: bool,
     prompt_ids: HashMap<usize, Vec<u32>>,
+    /// This rank's place in a data-parallel job (one process: `DataParallel::single`).
+    dp: DataParallel,
 }
 
 /// One completion as the update sees it.
-struct Sample {
-    prompt: Vec<u32>,
-    completion: Vec<u32>,
-    sample_logp: Vec<f32>,
-    advantage: f64,
+pub struct Sample {
+    pub prompt: Vec<u32>,
+    pub completion: Vec<u32>,
+    /// Log-probabilities of the completion tokens when they were sampled.
+    pub sample_logp: Vec<f32>,
+    pub advantage: f64,
 }
 
 impl Trainer {
     /// `model` must have been built with the config's LoRA setting (or none for full FT).
     pub fn new(cfg: RunConfig, model: CausalLm, tokenizer: Tokenizer, env: Arc<dyn TaskEnvironment>, run_dir: &Path) -> Result<Self> {
+        Self::data_parallel(cfg, model, tokenizer, env, run_dir, DataParallel::single())
+    }
+
+    /// As [`Trainer::new`], as one rank of a data-parallel job. Every rank must be given the
+    /// same config and the same initial weights (both are checked here).
+    pub fn data_parallel(
+        cfg: RunConfig,
+        model: CausalLm,
+        tokenizer: Tokenizer,
+        env: Arc<dyn TaskEnvironment>,
+        run_dir: &Path,
+        mut dp: DataParallel,
+    ) -> Result<Self> {
         cfg.validate()?;
+        ensure!(
+            cfg.training.prompts_per_step >= dp.world_size(),
+            "training.prompts_per_step = {} is smaller than the {} ranks of the job: every rank needs at least one prompt group",
+            cfg.training.prompts_per_step,
+            dp.world_size()
+        );
+        dp.verify_same(text_checksum(&cfg.to_yaml()?), "the run config")?;
         ensure!(
             model.lora_config() == cfg.lora(),
             "the model was built with LoRA {:?} but the config asks for {:?}",
@@ -72,7 +100,7 @@ impl Trainer {
         ensure!(!tasks.is_empty(), "the task environment has no tasks to train on");
         let params = model.trainable_vars();
         ensure!(!params.is_empty(), "the model has no trainable parameters");
-        let optimizer = AdamW::new(params, cfg.optimizer.adamw)?;
+        let optimizer = dp.optimizer(params, cfg.optimizer.adamw, cfg.training.shard_optimizer_state)?;
         let o = &cfg.optimizer;
         let schedule = LrSchedule {
             kind: o.schedule,
@@ -84,9 +112,10 @@ impl Trainer {
         let reference = if cfg.grpo.beta > 0.0 && cfg.lora().is_none() { Some(model.frozen_copy()?) } else { None };
         std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
         let seed = cfg.training.seed;
+        dp.verify_same_weights(optimizer.params(), "at the start")?;
         Ok(Self {
             sampler: TaskSampler::new(tasks.len(), seed),
-            rng: SamplerRng::new(seed ^ 0x6E6E_7261_7465),
+            rng: SamplerRng::new(generation_seed(seed ^ 0x6E6E_7261_7465, dp.rank())),
             cfg,
             model,
             reference,
@@ -99,6 +128,7 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             coverage_checked: false,
             prompt_ids: HashMap::new(),
+            dp,
         })
     }
 
@@ -108,11 +138,30 @@ impl Trainer {
         self.model.load_trainable(&ckpt.trainable).with_context(|| format!("checkpoint {}", ckpt.dir.display()))?;
         self.optimizer.load_state(ckpt.optimizer.clone(), ckpt.state.optimizer_steps).with_context(|| format!("checkpoint {}", ckpt.dir.display()))?;
         self.step = ckpt.state.step;
-        self.rng = SamplerRng::from_state(ckpt.state.rng);
+        self.rng = SamplerRng::from_state(self.rank_rng_state(&ckpt.state, &ckpt.dir)?);
         self.sampler = TaskSampler::at(self.tasks.len(), self.cfg.training.seed, ckpt.state.data);
         self.coverage_checked = true;
-        metrics::truncate_after(&self.run_dir, self.step)?;
-        Ok(())
+        self.dp.verify_same_weights(self.optimizer.params(), &format!("after resuming from {}", ckpt.dir.display()))?;
+        let truncated = if self.dp.is_primary() { metrics::truncate_after(&self.run_dir, self.step) } else { Ok(()) };
+        self.dp.agree(truncated, "rewriting metrics.jsonl for the resumed run")
+    }
+
+    /// This rank's generation RNG state in a checkpoint; the job must have as many ranks as
+    /// the one that wrote it, since each rank continues its own random stream.
+    fn rank_rng_state(&self, state: &CheckpointState, dir: &Path) -> Result<[u64; 4]> {
+        let written_by = state.rank_rngs.len().max(1);
+        ensure!(
+            written_by == self.dp.world_size(),
+            "checkpoint {} was written by a job of {written_by} rank(s); resume it with WORLD_SIZE={written_by} (this job has {})",
+            dir.display(),
+            self.dp.world_size()
+        );
+        Ok(if state.rank_rngs.is_empty() { state.rng } else { state.rank_rngs[self.dp.rank()] })
+    }
+
+    /// This rank's place in the job.
+    pub fn rank(&self) -> usize {
+        self.dp.rank()
     }
 
     pub fn step(&self) -> u64 {
@@ -124,6 +173,10 @@ impl Trainer {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+    /// The optimizer (with sharded state: holding this rank's share of the moments).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
     pub fn config(&self) -> &RunConfig {
         &self.cfg
     }
@@ -131,18 +184,39 @@ impl Trainer {
         &self.run_dir
     }
 
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
-        let trainable: HashMap<String, Tensor> =
-            self.optimizer.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-        let (opt_state, optimizer_steps) = self.optimizer.state();
-        let state = CheckpointState {
-            version: FORMAT_VERSION,
-            step: self.step,
-            optimizer_steps,
-            rng: self.rng.state(),
-            data: self.sampler.position(),
+    /// Writes a checkpoint (rank 0; every rank of a data-parallel job must call this, since it
+    /// gathers their RNG states and checks that their weights agree). Returns the directory on
+    /// rank 0, `None` on the others.
+    pub fn save_checkpoint(&mut self) -> Result<Option<PathBuf>> {
+        let step = self.step;
+        self.dp.verify_same_weights(self.optimizer.params(), &format!("at step {step}"))?;
+        // Sharded optimizer state is gathered, so the checkpoint does not depend on the sharding.
+        let (opt_state, optimizer_steps) = self.dp.full_optimizer_state(&self.optimizer)?;
+        let rank_rngs: Vec<[u64; 4]> = if self.dp.is_distributed() {
+            let all = self.dp.gather_u64s(&self.rng.state(), "the generation RNG states")?;
+            all.into_iter().map(|s| [s[0], s[1], s[2], s[3]]).collect()
+        } else {
+            Vec::new()
         };
-        checkpoint::save(&self.run_dir, &state, &self.cfg.to_yaml()?, &trainable, &opt_state, self.cfg.checkpoint.keep)
+        let written = if self.dp.is_primary() {
+            let trainable: HashMap<String, Tensor> =
+                self.optimizer.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+            let state = CheckpointState {
+                version: FORMAT_VERSION,
+                step: self.step,
+                optimizer_steps,
+                rng: rank_rngs.first().copied().unwrap_or(self.rng.state()),
+                data: self.sampler.position(),
+                rank_rngs,
+            };
+            self.cfg
+                .to_yaml()
+                .and_then(|yaml| checkpoint::save(&self.run_dir, &state, &yaml, &trainable, &opt_state, self.cfg.checkpoint.keep))
+                .map(Some)
+        } else {
+            Ok(None)
+        };
+        self.dp.agree(written, &format!("writing the checkpoint of step {step}"))
     }
 
     fn prompt_tokens(&mut self, task: usize) -> Result<Vec<u32>> {
@@ -183,7 +257,10 @@ impl Trainer {
         let step_start = Instant::now();
         let b = self.cfg.training.prompts_per_step;
         let g = self.cfg.training.rollouts_per_prompt;
-        let task_idx = self.sampler.next_batch(b);
+        // Every rank draws the same prompts and keeps its share (all of them in one process).
+        let all_tasks = self.sampler.next_batch(b);
+        let local = self.dp.local_prompts(b);
+        let task_idx: Vec<usize> = all_tasks[local.clone()].to_vec();
         let prompts: Vec<Vec<u32>> = task_idx.iter().map(|&t| self.prompt_tokens(t)).collect::<Result<_>>()?;
         let sampling = self.sampling_config();
 
@@ -205,7 +282,7 @@ impl Trainer {
                 (out, busy)
             })
             .context("cannot start the reward thread")?;
-        let mut rollouts: Vec<Rollout> = Vec::with_capacity(b * g);
+        let mut rollouts: Vec<Rollout> = Vec::with_capacity(task_idx.len() * g);
         let mut gen_time = Duration::ZERO;
         let gen_result: Result<()> = (|| {
             for (chunk_no, chunk) in prompts.chunks(per_call).enumerate() {
@@ -257,7 +334,9 @@ impl Trainer {
 
         let lr = self.schedule.lr(self.step);
         let update_start = Instant::now();
-        let update = if samples.is_empty() { UpdateStats::default() } else { self.update(&samples, lr)? };
+        // A data-parallel rank whose groups were all dropped still takes part in the update's
+        // collectives; `update` finds out whether any rank has samples.
+        let update = if samples.is_empty() && !self.dp.is_distributed() { UpdateStats::default() } else { self.update(&samples, lr, UpdateMode::Step)? };
         let update_time = update_start.elapsed();
         self.step += 1;
 
@@ -268,30 +347,30 @@ impl Trainer {
                 reward_errors.push(format!("task {}: {e}", self.tasks[task_idx[r.prompt_index]].id));
             }
         }
-        let mut components: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for name in self.env.component_names() {
-            components.insert(name, Vec::new());
-        }
-        for s in &scores {
-            if s.components.is_empty() {
-                // A failed score counts as 0 in every component.
-                for v in components.values_mut() {
-                    v.push(0.0);
-                }
-            }
-            for (name, v) in &s.components {
-                components.entry(name.clone()).or_default().push(*v);
-            }
-        }
-        let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
+        // Metrics cover every rank's rollouts: one row per rollout, gathered in rank order.
+        let names = self.env.component_names();
+        let rows = RolloutRow::table(&rollouts, &scores, &names);
+        let rows = self.dp.gather_rows(&rows, RolloutRow::cols(&names), local.start * g, b * g, "the rollouts' metrics")?;
+        let rows: Vec<RolloutRow> = rows.chunks_exact(RolloutRow::cols(&names)).map(RolloutRow::from_slice).collect();
+        let totals: Vec<f64> = rows.iter().map(|r| r.total).collect();
+        let components: BTreeMap<String, MeanStd> = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| (name.clone(), MeanStd::of(&rows.iter().map(|r| r.components[k]).collect::<Vec<_>>())))
+            .collect();
+        let lengths: Vec<f64> = rows.iter().map(|r| r.length).collect();
         let generated: f64 = lengths.iter().sum();
+        // The step waits for the slowest rank, so its times are the ones reported.
+        let local_times = [gen_time.as_secs_f64(), reward_busy.as_secs_f64(), reward_wait.as_secs_f64(), update_time.as_secs_f64()];
+        let times = self.dp.gather_per_rank(&local_times, "the step timings")?;
+        let slowest = |k: usize| times.iter().map(|t| t[k]).fold(0.0, f64::max);
         let tokens = update.stats.tokens.max(1.0);
         let metrics = StepMetrics {
             step: self.step,
             lr,
             reward: MeanStd::of(&totals),
-            reward_components: components.into_iter().map(|(k, v)| (k, MeanStd::of(&v))).collect(),
-            reward_errors: reward_errors.len(),
+            reward_components: components,
+            reward_errors: rows.iter().filter(|r| r.failed).count(),
             loss: update.loss,
             kl: update.stats.kl_sum / tokens,
             entropy: update.entropy,
@@ -300,16 +379,17 @@ impl Trainer {
             clip_fraction_high: update.stats.clipped_high / tokens,
             grad_norm: update.grad_norm,
             completion_length: MeanStd::of(&lengths),
-            truncated: rollouts.iter().filter(|r| r.finish_reason == FinishReason::Length).count(),
+            truncated: rows.iter().filter(|r| r.truncated).count(),
             groups: b,
-            zero_variance_groups: zero_var.iter().filter(|z| **z).count(),
+            rollouts: rows.len(),
+            zero_variance_groups: grpo::zero_variance_groups(&totals, g).iter().filter(|z| **z).count(),
             logprob_mismatch: update.mismatch,
-            time_generation_s: gen_time.as_secs_f64(),
-            time_reward_s: reward_busy.as_secs_f64(),
-            time_reward_wait_s: reward_wait.as_secs_f64(),
-            time_update_s: update_time.as_secs_f64(),
+            time_generation_s: slowest(0),
+            time_reward_s: slowest(1),
+            time_reward_wait_s: slowest(2),
+            time_update_s: slowest(3),
             time_step_s: step_start.elapsed().as_secs_f64(),
-            generation_tokens_per_s: if gen_time.is_zero() { 0.0 } else { generated / gen_time.as_secs_f64() },
+            generation_tokens_per_s: if slowest(0) == 0.0 { 0.0 } else { generated / slowest(0) },
         };
         Ok(StepOutcome { metrics, reward_errors })
     }
@@ -327,7 +407,9 @@ impl Trainer {
             finish: FinishReason,
         }
         use std::io::Write;
-        let path = self.run_dir.join("rollouts.jsonl");
+        // Each rank logs the rollouts it generated.
+        let file = if self.dp.is_distributed() { format!("rollouts-rank-{}.jsonl", self.dp.rank()) } else { "rollouts.jsonl".to_string() };
+        let path = self.run_dir.join(file);
         let mut f = std::io::BufWriter::new(
             std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?,
         );
@@ -348,9 +430,21 @@ impl Trainer {
         Ok(())
     }
 
+    /// The gradient of the GRPO loss of one pass over `samples` (this rank's share of the batch),
+    /// summed over the ranks and before clipping: what the first optimizer step of an update
+    /// would use. Changes no weights. For checking data parallelism (tests) and debugging.
+    pub fn policy_gradient(&mut self, samples: &[Sample]) -> Result<Vec<(String, Option<Tensor>)>> {
+        let out = self.update(samples, 0.0, UpdateMode::GradientOnly)?;
+        let names = self.optimizer.params().iter().map(|(n, _)| n.clone());
+        Ok(match out.gradient {
+            Some(acc) => names.zip(acc.grads).collect(),
+            None => names.map(|n| (n, None)).collect(),
+        })
+    }
+
     /// `passes_per_batch` optimizer steps over `samples`, each accumulating gradients over
     /// micro-batches.
-    fn update(&mut self, samples: &[Sample], lr: f64) -> Result<UpdateStats> {
+    fn update(&mut self, samples: &[Sample], lr: f64, mode: UpdateMode) -> Result<UpdateStats> {
         let mb = self.cfg.training.micro_batch_size;
         let params = LossParams {
             epsilon_low: self.cfg.grpo.epsilon_low,
@@ -359,13 +453,16 @@ impl Trainer {
             aggregation: self.cfg.grpo.loss_aggregation,
         };
         let lengths: Vec<usize> = samples.iter().map(|s| s.completion.len()).collect();
-        let norm = LossNormalizer::for_batch(params.aggregation, &lengths, lengths.iter().copied().max().unwrap_or(1));
+        // Global over the ranks, so each rank's loss is its part of the whole batch's loss.
+        let Some(norm) = self.dp.loss_normalizer(params.aggregation, &lengths)? else {
+            return Ok(UpdateStats::default());
+        };
         let temperature = self.sampling_config().logprob_temperature();
         let batches: Vec<MicroBatch> = samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
         let mut old_logp: Vec<Tensor> = Vec::with_capacity(batches.len());
         let mut ref_logp: Vec<Option<Tensor>> = Vec::with_capacity(batches.len());
         let mut out = UpdateStats::default();
-        let passes = self.cfg.training.passes_per_batch;
+        let passes = if mode == UpdateMode::GradientOnly { 1 } else { self.cfg.training.passes_per_batch };
         let (mut entropy_sum, mut mismatch_sum, mut tokens0) = (0.0, 0.0, 0.0);
         for pass in 0..passes {
             let mut acc = GradAccumulator::new(self.optimizer.params().len());
@@ -416,6 +513,8 @@ impl Trainer {
                 let grads = loss.backward()?;
                 acc.add(&grads, self.optimizer.params())?;
             }
+            // One all-reduce per optimizer step; afterwards every rank holds the same gradient.
+            self.dp.all_reduce_gradients(&mut acc, self.optimizer.params())?;
             if !self.coverage_checked {
                 let missing = acc.missing(self.optimizer.params());
                 if !missing.is_empty() {
@@ -427,10 +526,31 @@ impl Trainer {
                 }
                 self.coverage_checked = true;
             }
+            if mode == UpdateMode::GradientOnly {
+                out.gradient = Some(acc);
+                return Ok(out);
+            }
             out.grad_norm += acc.clip_global_norm(self.cfg.optimizer.max_grad_norm)? / passes as f64;
             self.optimizer.step(&acc, lr)?;
+            self.dp.share_updated_parameters(self.optimizer.params())?;
             out.loss += pass_loss / passes as f64;
         }
+        // Sums over this rank's samples → sums over the job's (the loss is already a share of
+        // the global loss, thanks to the global normaliser).
+        let mut sums = [
+            out.loss,
+            out.stats.tokens,
+            out.stats.kl_sum,
+            out.stats.clipped_low,
+            out.stats.clipped_high,
+            out.stats.ratio_sum,
+            entropy_sum,
+            mismatch_sum,
+            tokens0,
+        ];
+        self.dp.sum_f64(&mut sums, "the update's statistics")?;
+        [out.loss, out.stats.tokens, out.stats.kl_sum, out.stats.clipped_low, out.stats.clipped_high, out.stats.ratio_sum, entropy_sum, mismatch_sum, tokens0] =
+            sums;
         // Statistics were summed over every pass; report per-pass averages.
         out.stats.tokens /= passes as f64;
         out.stats.kl_sum /= passes as f64;
@@ -548,9 +668,11 @@ impl Trainer {
             let outcome = self.train_step()?;
             done_here += 1;
             let m = &outcome.metrics;
-            metrics::append(&self.run_dir, m)?;
+            let logged = if self.dp.is_primary() { metrics::append(&self.run_dir, m) } else { Ok(()) };
+            self.dp.agree(logged, "appending to metrics.jsonl")?;
+            let label = self.dp.label();
             for e in outcome.reward_errors.iter().take(3) {
-                bar.suspend(|| eprintln!("warning: step {}: reward failed, scored 0: {e}", m.step));
+                bar.suspend(|| eprintln!("warning: {label}step {}: reward failed, scored 0: {e}", m.step));
             }
             let line = format!(
                 "reward {:.3}±{:.3} loss {:+.4} kl {:.4} len {:.0} {:.1}s/step",
@@ -562,19 +684,28 @@ impl Trainer {
             bar.set_message(line);
             bar.set_position(self.step);
             let every = self.cfg.checkpoint.every;
-            if (every > 0 && self.step % every == 0) || self.step == total {
-                let dir = self.save_checkpoint()?;
+            let due = (every > 0 && self.step.is_multiple_of(every)) || self.step == total;
+            // Every rank takes part in saving; rank 0 gets the directory it wrote.
+            let saved = if due { self.save_checkpoint()? } else { None };
+            if let Some(dir) = saved {
                 bar.suspend(|| if show_progress { eprintln!("checkpoint: {}", dir.display()) });
             }
             last = Some(outcome.metrics);
         }
         bar.finish();
+        self.dp.verify_same_weights(self.optimizer.params(), "at the end of the run")?;
+        let finished = if self.dp.is_primary() { self.finish_outputs() } else { Ok(()) };
+        self.dp.agree(finished, "writing the plot and the exports")?;
+        Ok(RunSummary { steps: self.step, last, finished: true })
+    }
+
+    /// Rank 0's files at the end of a run: the plot and the exports.
+    fn finish_outputs(&self) -> Result<()> {
         let all = metrics::read_all(&self.run_dir)?;
         if let Err(e) = metrics::plot(&all, &self.run_dir.join(metrics::PLOT_FILE)) {
             eprintln!("warning: could not draw {}: {e:#}", metrics::PLOT_FILE);
         }
-        self.export()?;
-        Ok(RunSummary { steps: self.step, last, finished: true })
+        self.export()
     }
 
     /// Writes the exports the config asks for under `<run>/export/`.
@@ -613,6 +744,51 @@ struct UpdateStats {
     entropy: f64,
     mismatch: f64,
     stats: LossStats,
+    /// `UpdateMode::GradientOnly`: the global gradient of the first pass.
+    gradient: Option<GradAccumulator>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpdateMode {
+    /// Update the weights (`passes_per_batch` optimizer steps).
+    Step,
+    /// Stop after the first pass's gradient (no clipping, no step).
+    GradientOnly,
+}
+
+/// What the step's metrics need of one rollout, as numbers that a data-parallel job gathers.
+struct RolloutRow {
+    total: f64,
+    /// In `TaskEnvironment::component_names` order; a failed score counts 0 in each.
+    components: Vec<f64>,
+    length: f64,
+    truncated: bool,
+    failed: bool,
+}
+
+impl RolloutRow {
+    fn cols(names: &[String]) -> usize {
+        4 + names.len()
+    }
+
+    /// Rows of [total, length, truncated, failed, components…], flattened.
+    fn table(rollouts: &[Rollout], scores: &[RewardScore], names: &[String]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(rollouts.len() * Self::cols(names));
+        for (r, s) in rollouts.iter().zip(scores) {
+            out.push(s.total);
+            out.push(r.completion_ids.len() as f64);
+            out.push(f64::from(u8::from(r.finish_reason == FinishReason::Length)));
+            out.push(f64::from(u8::from(s.error.is_some())));
+            for name in names {
+                out.push(s.components.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v));
+            }
+        }
+        out
+    }
+
+    fn from_slice(row: &[f64]) -> Self {
+        Self { total: row[0], length: row[1], truncated: row[2] > 0.5, failed: row[3] > 0.5, components: row[4..].to_vec() }
+    }
 }
 
 /// Tensors of one micro-batch: prompts left-padded to `prompt_width`, completions right-padded

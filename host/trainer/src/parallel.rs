@@ -1,0 +1,562 @@
+//! Data parallelism for the GRPO trainer: what each rank trains on, and the few collectives
+//! that make N ranks compute exactly the update one process would compute on all their samples.
+//!
+//! The scheme (DDP-style, one process per device):
+//! - every rank draws the same prompts (same sampler seed) and handles a contiguous share of
+//!   them ([`DataParallel::local_prompts`]); whole groups stay on one rank, so group-relative
+//!   advantages need no communication;
+//! - generation RNGs differ per rank ([`generation_seed`]), otherwise every rank would sample the
+//!   same completions for equal prompts;
+//! - the loss normaliser (token count, sequence count, longest completion) is made global
+//!   ([`DataParallel::loss_normalizer`]) so that each rank's loss is its part of the *global*
+//!   loss and the summed gradient is the single-process gradient of all samples;
+//! - gradients go through one flat f32 all-reduce (sum) per optimizer step
+//!   ([`DataParallel::all_reduce_gradients`]); clipping and AdamW then run identically on every
+//!   rank, so the weights stay equal, which [`DataParallel::verify_same_weights`] checks
+//!   bit for bit with a checksum at the start, after a resume and at every checkpoint;
+//! - metrics are computed from every rank's rollouts ([`DataParallel::gather_rows`]);
+//! - optionally (ZeRO stage 1, `training.shard_optimizer_state`), each rank keeps the AdamW
+//!   moments of its share of the parameters only ([`shard_owners`]), updates those, and the
+//!   owners' new values are shared ([`DataParallel::share_updated_parameters`]); checkpoints
+//!   gather the moments back ([`DataParallel::full_optimizer_state`]). Gradients are still
+//!   all-reduced whole (not reduce-scattered), so this saves the moments' memory, not the
+//!   gradients'.
+//!
+//! With world size 1 ([`DataParallel::single`]) every collective returns its input unchanged,
+//! so a one-process run executes this same code with the same numbers as before.
+//!
+//! The collectives carry f32 (NCCL's native type for gradients). Values that must survive
+//! exactly (per-rollout rewards, RNG states, checksums) are sent so that f32 sums are exact:
+//! f64 as a (hi, lo) f32 pair placed in a slot only one rank fills, u64 as four 16-bit pieces.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{DType, Tensor, Var};
+use sigmaforge_distributed::{Collective, SingleProcess, shard};
+
+use crate::grpo::{LossAggregation, LossNormalizer};
+use crate::optim::{AdamW, GradAccumulator};
+
+/// The seed of a rank's generation RNG: the run's seed for rank 0 (so a one-process run samples
+/// what it always did), a different stream for every other rank.
+pub fn generation_seed(base: u64, rank: usize) -> u64 {
+    base ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Which rank keeps the optimizer state of each parameter (sizes in elements): largest first,
+/// each onto the rank with the fewest elements so far (the greedy partition FairScale's
+/// optimizer-state sharding uses). Deterministic, so every rank computes the same owners.
+pub fn shard_owners(sizes: &[usize], world: usize) -> Vec<usize> {
+    let world = world.max(1);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
+    let mut load = vec![0usize; world];
+    let mut owners = vec![0; sizes.len()];
+    for i in order {
+        let rank = (0..world).min_by_key(|&r| (load[r], r)).expect("world ≥ 1");
+        owners[i] = rank;
+        load[rank] += sizes[i];
+    }
+    owners
+}
+
+/// This process's place in a data-parallel job and its collectives.
+pub struct DataParallel {
+    comm: Box<dyn Collective>,
+    /// With sharded optimizer state: the owning rank of each trainable parameter.
+    owners: Option<Vec<usize>>,
+}
+
+impl Default for DataParallel {
+    fn default() -> Self {
+        Self::single()
+    }
+}
+
+impl DataParallel {
+    /// One process: every collective is the identity.
+    pub fn single() -> Self {
+        Self { comm: Box::new(SingleProcess), owners: None }
+    }
+
+    pub fn new(comm: Box<dyn Collective>) -> Self {
+        Self { comm, owners: None }
+    }
+
+    /// The optimizer for `params`: with `shard_state` in a multi-rank job, one that keeps state
+    /// for this rank's share only (ZeRO-1); otherwise a plain AdamW.
+    pub fn optimizer(&mut self, params: Vec<(String, Var)>, hp: crate::optim::AdamWParams, shard_state: bool) -> Result<AdamW> {
+        if !(shard_state && self.is_distributed()) {
+            self.owners = None;
+            return AdamW::new(params, hp);
+        }
+        let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
+        let owners = shard_owners(&sizes, self.world_size());
+        let owned: Vec<bool> = owners.iter().map(|&r| r == self.rank()).collect();
+        self.owners = Some(owners);
+        AdamW::sharded(params, hp, &owned)
+    }
+
+    /// Whether the optimizer state is sharded across the ranks.
+    pub fn shards_optimizer_state(&self) -> bool {
+        self.owners.is_some()
+    }
+
+    /// After a sharded optimizer step: every rank takes each parameter's value from its owner
+    /// (one all-reduce in which only the owner fills a parameter's slots, so the sum is exact).
+    /// Nothing to do without sharding: every rank took the same step.
+    pub fn share_updated_parameters(&mut self, params: &[(String, Var)]) -> Result<()> {
+        let Some(owners) = self.owners.clone() else { return Ok(()) };
+        let values = self.from_owners(&owners, params.iter().map(|(_, v)| v.as_tensor().clone()).collect(), "the updated parameters")?;
+        for ((_, var), t) in params.iter().zip(values) {
+            // Every rank, the owner included, takes the shared value, so all hold the same bits.
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The whole optimizer state (every parameter's moments) for a checkpoint, gathered from
+    /// the owners when sharded. Every rank must call it; every rank gets the full state.
+    pub fn full_optimizer_state(&mut self, optimizer: &AdamW) -> Result<(HashMap<String, Tensor>, u64)> {
+        let (mut state, steps) = optimizer.state();
+        let Some(owners) = self.owners.clone() else { return Ok((state, steps)) };
+        let params = optimizer.params();
+        for kind in ["m", "v"] {
+            let local: Vec<Tensor> = params
+                .iter()
+                .map(|(name, var)| match state.get(&format!("{kind}.{name}")) {
+                    Some(t) => Ok(t.clone()),
+                    None => Ok(var.as_tensor().zeros_like()?.to_dtype(DType::F32)?),
+                })
+                .collect::<Result<_>>()?;
+            let full = self.from_owners(&owners, local, &format!("the optimizer moments {kind}"))?;
+            for ((name, _), t) in params.iter().zip(full) {
+                state.insert(format!("{kind}.{name}"), t);
+            }
+        }
+        // f32 master weights of half-precision parameters live with their owners too. Every
+        // rank knows which parameters are half precision, so all take part in the same call.
+        if params.iter().any(|(_, v)| matches!(v.dtype(), DType::BF16 | DType::F16)) {
+            let local: Vec<Tensor> = params
+                .iter()
+                .map(|(name, var)| match state.get(&format!("w.{name}")) {
+                    Some(t) => Ok(t.clone()),
+                    None => Ok(var.as_tensor().to_dtype(DType::F32)?),
+                })
+                .collect::<Result<_>>()?;
+            let full = self.from_owners(&owners, local, "the optimizer master weights")?;
+            for ((name, var), t) in params.iter().zip(full) {
+                if matches!(var.dtype(), DType::BF16 | DType::F16) {
+                    state.insert(format!("w.{name}"), t);
+                }
+            }
+        }
+        Ok((state, steps))
+    }
+
+    /// `tensors[i]` as its owner holds it, on every rank (f32).
+    fn from_owners(&mut self, owners: &[usize], tensors: Vec<Tensor>, what: &str) -> Result<Vec<Tensor>> {
+        let rank = self.rank();
+        let sizes: Vec<usize> = tensors.iter().map(Tensor::elem_count).collect();
+        let mut flat = vec![0f32; sizes.iter().sum()];
+        let mut offset = 0;
+        for ((t, &n), &owner) in tensors.iter().zip(&sizes).zip(owners) {
+            if owner == rank {
+                flat[offset..offset + n].copy_from_slice(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            }
+            offset += n;
+        }
+        self.all_reduce(&mut flat, what)?;
+        let mut out = Vec::with_capacity(tensors.len());
+        let mut offset = 0;
+        for (t, &n) in tensors.iter().zip(&sizes) {
+            out.push(Tensor::from_slice(&flat[offset..offset + n], t.shape(), t.device())?);
+            offset += n;
+        }
+        Ok(out)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    /// Rank 0 writes metrics, checkpoints, the plot and the exports.
+    pub fn is_primary(&self) -> bool {
+        self.rank() == 0
+    }
+
+    pub fn is_distributed(&self) -> bool {
+        self.world_size() > 1
+    }
+
+    /// "rank R of W: " for messages of a distributed job, "" otherwise.
+    pub fn label(&self) -> String {
+        if self.is_distributed() { format!("rank {} of {}: ", self.rank(), self.world_size()) } else { String::new() }
+    }
+
+    /// Which of a step's `prompts` (indices into the step's prompt list) this rank generates
+    /// for and trains on. Contiguous and in rank order, so concatenating every rank's rollouts
+    /// gives the single-process order.
+    pub fn local_prompts(&self, prompts: usize) -> Range<usize> {
+        shard(prompts, self.rank(), self.world_size())
+    }
+
+    fn all_reduce(&mut self, data: &mut [f32], what: &str) -> Result<()> {
+        let label = self.label();
+        self.comm.all_reduce_sum(data).with_context(|| format!("{label}all-reduce of {what} failed"))
+    }
+
+    /// The loss normaliser of the whole job's batch, from this rank's completion lengths
+    /// (loss-masked tokens per completion). `None` when no rank has any sample (every group
+    /// was dropped): then no rank updates, and all of them agree on that.
+    pub fn loss_normalizer(&mut self, aggregation: LossAggregation, local_lengths: &[usize]) -> Result<Option<LossNormalizer>> {
+        let local_max = local_lengths.iter().copied().max().unwrap_or(0);
+        if !self.is_distributed() {
+            // Exactly what the single-process trainer always computed.
+            return Ok((!local_lengths.is_empty()).then(|| LossNormalizer::for_batch(aggregation, local_lengths, local_max.max(1))));
+        }
+        let tokens: usize = local_lengths.iter().sum();
+        // f32 sums of integers are exact below 2^24; a batch is far below that.
+        ensure!(tokens < 1 << 24 && local_lengths.len() < 1 << 24, "{}batch of {tokens} tokens is too large to count exactly in f32", self.label());
+        // [tokens, sequences, max length of rank 0, …, max length of rank W-1]
+        let world = self.world_size();
+        let mut buf = vec![0f32; 2 + world];
+        buf[0] = tokens as f32;
+        buf[1] = local_lengths.len() as f32;
+        buf[2 + self.rank()] = local_max as f32;
+        self.all_reduce(&mut buf, "the loss normaliser")?;
+        let sequences = buf[1] as usize;
+        if sequences == 0 {
+            return Ok(None);
+        }
+        let max_len = buf[2..].iter().fold(0f32, |a, &b| a.max(b)) as usize;
+        Ok(Some(LossNormalizer {
+            aggregation,
+            total_tokens: (buf[0] as usize).max(1) as f64,
+            total_sequences: sequences as f64,
+            max_completion_len: max_len.max(1) as f64,
+        }))
+    }
+
+    /// Sums every rank's accumulated gradients in one flat f32 all-reduce, so each rank holds
+    /// the gradient of the global loss. A parameter that got no gradient on some rank (a rank
+    /// whose groups were all dropped) counts as zero there; one that got none on any rank stays
+    /// `None`, so the optimizer and the gradient-coverage check treat it as before.
+    pub fn all_reduce_gradients(&mut self, acc: &mut GradAccumulator, params: &[(String, Var)]) -> Result<()> {
+        if !self.is_distributed() {
+            return Ok(());
+        }
+        ensure!(acc.grads.len() == params.len(), "gradient slots do not match the parameters");
+        let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
+        let total: usize = sizes.iter().sum();
+        // Values, then one presence count per parameter.
+        let mut flat = Vec::with_capacity(total + params.len());
+        for (g, &n) in acc.grads.iter().zip(&sizes) {
+            match g {
+                Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                None => flat.resize(flat.len() + n, 0.0),
+            }
+        }
+        flat.extend(acc.grads.iter().map(|g| f32::from(u8::from(g.is_some()))));
+        self.all_reduce(&mut flat, &format!("{} gradient values", total))?;
+        let (values, present) = flat.split_at(total);
+        let mut offset = 0;
+        for (((_, var), slot), (&n, &seen)) in params.iter().zip(acc.grads.iter_mut()).zip(sizes.iter().zip(present)) {
+            *slot = if seen > 0.0 { Some(Tensor::from_slice(&values[offset..offset + n], var.shape(), var.device())?) } else { None };
+            offset += n;
+        }
+        Ok(())
+    }
+
+    /// Element-wise sum over ranks of f64 statistics (loss, token counts, clip counts …).
+    /// Precise to about 1e-7 relative (f32 sums of the hi and lo parts); exact for world size 1.
+    pub fn sum_f64(&mut self, values: &mut [f64], what: &str) -> Result<()> {
+        if !self.is_distributed() {
+            return Ok(());
+        }
+        let mut buf: Vec<f32> = values.iter().flat_map(|&v| split_f64(v)).collect();
+        self.all_reduce(&mut buf, what)?;
+        for (v, pair) in values.iter_mut().zip(buf.chunks_exact(2)) {
+            *v = pair[0] as f64 + pair[1] as f64;
+        }
+        Ok(())
+    }
+
+    /// Concatenates every rank's rows of `cols` values: this rank holds rows
+    /// `row_offset..row_offset + local.len() / cols` of `total_rows`. Each slot is written by one
+    /// rank only, so the values arrive with about 48 bits of precision (see [`split_f64`]).
+    pub fn gather_rows(&mut self, local: &[f64], cols: usize, row_offset: usize, total_rows: usize, what: &str) -> Result<Vec<f64>> {
+        ensure!(cols > 0 && local.len().is_multiple_of(cols), "{} values do not form rows of {cols}", local.len());
+        ensure!(row_offset * cols + local.len() <= total_rows * cols, "rows {row_offset}.. do not fit in {total_rows} rows");
+        if !self.is_distributed() {
+            ensure!(local.len() == total_rows * cols, "a single process must hold every row");
+            return Ok(local.to_vec());
+        }
+        let mut buf = vec![0f32; total_rows * cols * 2];
+        for (i, &v) in local.iter().enumerate() {
+            let [hi, lo] = split_f64(v);
+            buf[2 * (row_offset * cols + i)] = hi;
+            buf[2 * (row_offset * cols + i) + 1] = lo;
+        }
+        self.all_reduce(&mut buf, what)?;
+        Ok(buf.chunks_exact(2).map(|p| p[0] as f64 + p[1] as f64).collect())
+    }
+
+    /// One row of `local.len()` values per rank, in rank order (every rank must pass the same
+    /// length).
+    pub fn gather_per_rank(&mut self, local: &[f64], what: &str) -> Result<Vec<Vec<f64>>> {
+        let cols = local.len().max(1);
+        let mut padded = local.to_vec();
+        padded.resize(cols, 0.0);
+        let all = self.gather_rows(&padded, cols, self.rank(), self.world_size(), what)?;
+        Ok(all.chunks(cols).map(|r| r[..local.len()].to_vec()).collect())
+    }
+
+    /// Every rank's `u64`s, exactly, in rank order (RNG states, checksums).
+    pub fn gather_u64s(&mut self, local: &[u64], what: &str) -> Result<Vec<Vec<u64>>> {
+        let n = local.len();
+        if !self.is_distributed() {
+            return Ok(vec![local.to_vec()]);
+        }
+        let (rank, world) = (self.rank(), self.world_size());
+        // Four 16-bit pieces per value: integers below 2^24 are exact in f32.
+        let mut buf = vec![0f32; world * n * 4];
+        for (i, &v) in local.iter().enumerate() {
+            for k in 0..4 {
+                buf[(rank * n + i) * 4 + k] = ((v >> (16 * k)) & 0xFFFF) as f32;
+            }
+        }
+        self.all_reduce(&mut buf, what)?;
+        Ok(buf
+            .chunks_exact(n * 4)
+            .map(|r| r.chunks_exact(4).map(|p| p.iter().enumerate().fold(0u64, |acc, (k, &x)| acc | ((x as u64) << (16 * k)))).collect())
+            .collect())
+    }
+
+    /// Fails on every rank, naming the ranks that differ, unless all ranks pass the same value.
+    /// For things that must agree before training means anything (config, weights).
+    pub fn verify_same(&mut self, local: u64, what: &str) -> Result<()> {
+        if !self.is_distributed() {
+            return Ok(());
+        }
+        let all = self.gather_u64s(&[local], what)?;
+        let differ: Vec<usize> = all.iter().enumerate().filter(|(_, v)| v[0] != all[0][0]).map(|(r, _)| r).collect();
+        if !differ.is_empty() {
+            bail!("{}{what} of rank(s) {differ:?} differ(s) from rank 0's", self.label());
+        }
+        Ok(())
+    }
+
+    /// Bit-for-bit check that every rank holds the same trainable weights (a checksum of their
+    /// bytes; `when` says where in the run, for the message).
+    pub fn verify_same_weights(&mut self, params: &[(String, Var)], when: &str) -> Result<()> {
+        if !self.is_distributed() {
+            return Ok(());
+        }
+        let sum = weights_checksum(params)?;
+        self.verify_same(sum, &format!("the trainable weights {when}"))
+    }
+
+    /// Tells every rank whether an action that some ranks performed (rank 0 writing a checkpoint,
+    /// say) succeeded everywhere. A rank whose own `local` failed returns its error; the others
+    /// return an error naming the failed ranks. So one failed write stops the job at once on
+    /// every rank, instead of leaving the others blocked in the next collective.
+    pub fn agree<T>(&mut self, local: Result<T>, what: &str) -> Result<T> {
+        if !self.is_distributed() {
+            return local;
+        }
+        let mut flags = vec![0f32; self.world_size()];
+        flags[self.rank()] = f32::from(u8::from(local.is_err()));
+        self.all_reduce(&mut flags, &format!("the outcome of {what}"))?;
+        let failed: Vec<usize> = flags.iter().enumerate().filter(|(_, f)| **f > 0.0).map(|(r, _)| r).collect();
+        match local {
+            Err(e) => Err(e.context(format!("{}{what} failed", self.label()))),
+            Ok(_) if !failed.is_empty() => bail!("{}{what} failed on rank(s) {failed:?} (see their log); stopping", self.label()),
+            Ok(v) => Ok(v),
+        }
+    }
+
+    /// Every rank ends with rank 0's bytes (run directory names and the like).
+    pub fn broadcast_from_primary(&mut self, data: &mut Vec<u8>, what: &str) -> Result<()> {
+        let label = self.label();
+        self.comm.broadcast(data, 0).with_context(|| format!("{label}broadcast of {what} failed"))
+    }
+
+    /// Returns once every rank got here.
+    pub fn barrier(&mut self) -> Result<()> {
+        let label = self.label();
+        self.comm.barrier().with_context(|| format!("{label}barrier failed"))
+    }
+}
+
+/// `v` as two f32s whose sum is `v` to about 2^-48 relative: the hi part, then the rounding
+/// error of the hi part.
+pub fn split_f64(v: f64) -> [f32; 2] {
+    let hi = v as f32;
+    [hi, (v - hi as f64) as f32]
+}
+
+/// FNV-1a over the bytes of every parameter, in the optimizer's order.
+pub fn weights_checksum(params: &[(String, Var)]) -> Result<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    };
+    for (name, var) in params {
+        feed(name.as_bytes());
+        let t = var.as_tensor().flatten_all()?;
+        match t.dtype() {
+            DType::F32 => t.to_vec1::<f32>()?.iter().for_each(|x| feed(&x.to_le_bytes())),
+            // Half-precision weights: their f32 images are exact, so equal bits stay equal.
+            _ => t.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().for_each(|x| feed(&x.to_le_bytes())),
+        }
+    }
+    Ok(h)
+}
+
+/// A checksum of a string (the run config), for [`DataParallel::verify_same`].
+pub fn text_checksum(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in text.as_bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use sigmaforge_distributed::{Backend, LaunchEnv, init};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Runs `f` on `world` in-process ranks connected over TCP; returns their results by rank.
+    fn on_ranks<T: Send + 'static>(world: usize, f: impl Fn(&mut DataParallel) -> T + Send + Sync + 'static) -> Vec<T> {
+        let master = format!("127.0.0.1:{}", free_port());
+        let f = std::sync::Arc::new(f);
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let env = LaunchEnv { rank, world_size: world, local_rank: rank, master: master.clone() };
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut dp = DataParallel::new(init(&env, Backend::Tcp, false).unwrap());
+                    f(&mut dp)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn split_f64_keeps_about_48_bits() {
+        for v in [0.1, 1.1, -3.7e-5, 12345.678901234, 1.0 / 3.0] {
+            let [hi, lo] = split_f64(v);
+            assert!(((hi as f64 + lo as f64) - v).abs() <= v.abs() * 1e-14, "{v}");
+        }
+    }
+
+    #[test]
+    fn the_global_normaliser_is_the_normaliser_of_all_samples() {
+        let lengths = [vec![3usize, 5, 2], vec![7, 1]];
+        let got = on_ranks(2, move |dp| dp.loss_normalizer(LossAggregation::Constant, [[3usize, 5, 2].as_slice(), &[7, 1]][dp.rank()]).unwrap().unwrap());
+        let all: Vec<usize> = lengths.concat();
+        let want = LossNormalizer::for_batch(LossAggregation::Constant, &all, 7);
+        for n in got {
+            assert_eq!((n.total_tokens, n.total_sequences, n.max_completion_len), (want.total_tokens, want.total_sequences, want.max_completion_len));
+        }
+        // No samples anywhere: nobody updates.
+        assert!(on_ranks(2, |dp| dp.loss_normalizer(LossAggregation::Token, &[]).unwrap()).iter().all(Option::is_none));
+        // One rank without samples still gets the others' normaliser.
+        let got = on_ranks(2, |dp| dp.loss_normalizer(LossAggregation::Token, if dp.rank() == 0 { &[] } else { &[4, 4] }).unwrap());
+        assert!(got.iter().all(|n| n.unwrap().total_tokens == 8.0));
+    }
+
+    #[test]
+    fn gathers_are_exact_and_in_rank_order() {
+        let got = on_ranks(3, |dp| {
+            let r = dp.rank();
+            let rows = dp.gather_rows(&[r as f64 + 0.1, 1.0 / 3.0], 2, r, 3, "test rows").unwrap();
+            let u = dp.gather_u64s(&[u64::MAX - r as u64, 12345], "test u64").unwrap();
+            (rows, u)
+        });
+        for (rows, u) in got {
+            for r in 0..3 {
+                assert!((rows[2 * r] - (r as f64 + 0.1)).abs() < 1e-14);
+                assert!((rows[2 * r + 1] - 1.0 / 3.0).abs() < 1e-14);
+                assert_eq!(u[r], vec![u64::MAX - r as u64, 12345]);
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_sum_and_missing_ones_count_as_zero() {
+        let got = on_ranks(2, |dp| {
+            let dev = Device::Cpu;
+            let params = vec![("a".to_string(), Var::new(&[0f32, 0.0], &dev).unwrap()), ("b".to_string(), Var::new(&[0f32], &dev).unwrap())];
+            let mut acc = GradAccumulator::new(2);
+            if dp.rank() == 1 {
+                acc.grads[0] = Some(Tensor::new(&[1.5f32, -2.0], &dev).unwrap());
+            } else {
+                acc.grads[0] = Some(Tensor::new(&[0.25f32, 1.0], &dev).unwrap());
+            }
+            dp.all_reduce_gradients(&mut acc, &params).unwrap();
+            (acc.grads[0].as_ref().unwrap().to_vec1::<f32>().unwrap(), acc.grads[1].is_none())
+        });
+        for (a, b_missing) in got {
+            assert_eq!(a, vec![1.75, -1.0]);
+            assert!(b_missing, "no rank had a gradient for b");
+        }
+    }
+
+    #[test]
+    fn differing_weights_and_failed_actions_are_reported_on_every_rank() {
+        let got = on_ranks(3, |dp| {
+            let v = if dp.rank() == 2 { 1.0f32 } else { 0.5 };
+            let params = vec![("w".to_string(), Var::new(&[v], &Device::Cpu).unwrap())];
+            let weights = dp.verify_same_weights(&params, "after step 3").unwrap_err().to_string();
+            let local = if dp.rank() == 0 { Err(anyhow::anyhow!("disk full")) } else { Ok(()) };
+            let agreed = dp.agree(local, "writing checkpoint step-000003").unwrap_err();
+            (weights, format!("{agreed:#}"))
+        });
+        for (r, (weights, agreed)) in got.iter().enumerate() {
+            assert!(weights.contains("rank(s) [2]") && weights.contains("after step 3"), "{weights}");
+            if r == 0 {
+                assert!(agreed.contains("disk full"), "{agreed}");
+            } else {
+                assert!(agreed.contains("failed on rank(s) [0]"), "{agreed}");
+            }
+        }
+    }
+
+    #[test]
+    fn optimizer_shards_are_balanced_and_cover_every_parameter() {
+        let owners = shard_owners(&[100, 10, 60, 50, 5, 40], 2);
+        let load = |r: usize| owners.iter().zip([100, 10, 60, 50, 5, 40]).filter(|(o, _)| **o == r).map(|(_, n)| n).sum::<usize>();
+        // Largest first onto the lighter rank: 100→0, 60→1, 50→1, 40→0, 10→1, 5→1.
+        assert_eq!(owners, vec![0, 1, 1, 1, 1, 0]);
+        assert_eq!((load(0), load(1)), (140, 125));
+        assert_eq!(shard_owners(&[3, 3], 1), vec![0, 0]);
+    }
+
+    #[test]
+    fn ranks_share_the_prompts_and_seeds_differ() {
+        assert_eq!(generation_seed(42, 0), 42);
+        assert_ne!(generation_seed(42, 1), generation_seed(42, 2));
+        let dp = DataParallel::single();
+        assert_eq!(dp.local_prompts(8), 0..8);
+        assert_eq!(dp.label(), "");
+    }
+}
