@@ -33,6 +33,9 @@ pub struct RunConfig {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub export: ExportSection,
+    /// How tool plugins (if any are loaded) are offered during rollouts.
+    #[serde(default)]
+    pub tools: ToolsSection,
     /// Plugins to load, in the plugin runtime's format (see docs/runtime); the runtime
     /// validates this section. `--plugins` on the command line adds to it.
     #[serde(default)]
@@ -211,6 +214,46 @@ impl Default for ExportSection {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsSection {
+    /// Tool turns a rollout may take before its final answer (0: never offer tools, even when
+    /// tool plugins are loaded).
+    pub max_turns: usize,
+    /// `auto` (from the model family: Qwen3 → hermes, SmolLM2/Llama → smollm2), `hermes`,
+    /// `smollm2` or `fenced`.
+    pub format: String,
+    /// A tool result longer than this many characters is cut (with a note to the model), so one
+    /// verbose tool cannot blow up the context.
+    pub max_result_chars: usize,
+    /// What the reward scores: the `final_answer` (the text after the last tool turn) or the
+    /// whole `transcript` (every assistant turn and tool result, as the model saw them).
+    pub reward_on: RewardText,
+}
+
+impl Default for ToolsSection {
+    fn default() -> Self {
+        Self { max_turns: 1, format: "auto".into(), max_result_chars: 4000, reward_on: RewardText::FinalAnswer }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardText {
+    FinalAnswer,
+    Transcript,
+}
+
+impl ToolsSection {
+    /// The configured format; `None` for `auto`.
+    pub fn explicit_format(&self) -> Result<Option<sigmaforge_toolcall::ToolFormat>> {
+        if self.format.trim().eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        self.format.parse().map(Some).map_err(|e: String| anyhow::anyhow!("tools.format: {e} (or auto)"))
+    }
+}
+
 impl RunConfig {
     /// Parses and validates YAML; `origin` names the source in errors (a file path or
     /// "the built-in default config").
@@ -260,6 +303,8 @@ impl RunConfig {
         ensure!(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr must be a positive number");
         ensure!(o.max_grad_norm >= 0.0, "optimizer.max_grad_norm must be ≥ 0 (0 disables clipping)");
         ensure!((0.0..=1.0).contains(&o.min_lr_ratio), "optimizer.min_lr_ratio must be in [0, 1]");
+        self.tools.explicit_format()?;
+        ensure!(self.tools.max_result_chars > 0, "tools.max_result_chars must be at least 1");
         ensure!((0.0..1.0).contains(&o.adamw.beta1) && (0.0..1.0).contains(&o.adamw.beta2), "optimizer.adamw betas must be in [0, 1)");
         Ok(())
     }

@@ -15,8 +15,9 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FORMAT_VERSION};
 use crate::config::RunConfig;
 use crate::environment::{RewardScore, TaskEnvironment, TaskPrompt, score_checked};
+use crate::episode::{self, Episode, ModelPolicy, SegmentGenerator, ToolBox, ToolStats, ToolUse};
 use crate::export;
-use crate::generate::{FinishReason, Rollout, SamplingConfig, generate};
+use crate::generate::{FinishReason, SamplingConfig};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
 use crate::load::Tokenizer;
 use crate::metrics::{self, MeanStd, StepMetrics};
@@ -48,6 +49,10 @@ pub struct Trainer {
     run_dir: PathBuf,
     coverage_checked: bool,
     prompt_ids: HashMap<usize, Vec<u32>>,
+    /// Tools offered during rollouts (see `with_tools`).
+    tools: Option<ToolUse>,
+    /// Replaces the model's sampling (see `with_segment_generator`).
+    segment_generator: Option<Box<dyn SegmentGenerator + Send>>,
 }
 
 /// One completion as the update sees it.
@@ -55,6 +60,8 @@ struct Sample {
     prompt: Vec<u32>,
     completion: Vec<u32>,
     sample_logp: Vec<f32>,
+    /// Per completion token: sampled by the policy (true) or inserted, e.g. a tool result.
+    policy_mask: Vec<bool>,
     advantage: f64,
 }
 
@@ -99,7 +106,31 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             coverage_checked: false,
             prompt_ids: HashMap::new(),
+            tools: None,
+            segment_generator: None,
         })
+    }
+
+    /// Offer `toolbox`'s tools during rollouts, as the config's `tools:` section says (nothing
+    /// changes when `tools.max_turns` is 0 or the box is empty).
+    pub fn with_tools(mut self, toolbox: Arc<dyn ToolBox>) -> Result<Self> {
+        self.tools = ToolUse::new(toolbox, &self.cfg.tools, self.model.config().family, &self.tokenizer)?;
+        self.prompt_ids.clear();
+        Ok(self)
+    }
+
+    /// Rollouts come from `generator` instead of sampling the model (tests drive whole steps
+    /// with a scripted policy this way). The update still recomputes every log-prob with the
+    /// model, so training is unchanged; only `logprob_mismatch` then compares against the
+    /// generator's log-probs.
+    pub fn with_segment_generator(mut self, generator: Box<dyn SegmentGenerator + Send>) -> Self {
+        self.segment_generator = Some(generator);
+        self
+    }
+
+    /// The tools offered during rollouts, if any.
+    pub fn tools(&self) -> Option<&ToolUse> {
+        self.tools.as_ref()
     }
 
     /// Continue from a checkpoint: weights, optimizer moments, step, RNG and data position.
@@ -150,9 +181,13 @@ impl Trainer {
             return Ok(ids.clone());
         }
         let t = &self.tasks[task];
+        let messages = match &self.tools {
+            Some(tools) => tools.offer(&t.messages),
+            None => t.messages.clone(),
+        };
         let text = self
             .tokenizer
-            .apply_chat_template(&t.messages, true, None)
+            .apply_chat_template(&messages, true, None)
             .with_context(|| format!("task {}: cannot render the prompt with the chat template", t.id))?;
         let ids = self.tokenizer.encode(&text, false).with_context(|| format!("task {}: cannot tokenize the prompt", t.id))?;
         ensure!(
@@ -205,16 +240,32 @@ impl Trainer {
                 (out, busy)
             })
             .context("cannot start the reward thread")?;
-        let mut rollouts: Vec<Rollout> = Vec::with_capacity(b * g);
+        let mut rollouts: Vec<Episode> = Vec::with_capacity(b * g);
         let mut gen_time = Duration::ZERO;
+        let reward_on = self.cfg.tools.reward_on;
         let gen_result: Result<()> = (|| {
             for (chunk_no, chunk) in prompts.chunks(per_call).enumerate() {
                 let t = Instant::now();
-                let mut out = generate(&self.model, &self.tokenizer, chunk, &sampling, &mut self.rng, AdapterMode::Enabled)?;
+                let mut out = match &mut self.segment_generator {
+                    Some(generator) => episode::run_episodes(generator.as_mut(), &self.tokenizer, chunk, g, self.tools.as_ref())?,
+                    None => {
+                        let mut policy = ModelPolicy {
+                            model: &self.model,
+                            tokenizer: &self.tokenizer,
+                            sampling: &sampling,
+                            rng: &mut self.rng,
+                            adapters: AdapterMode::Enabled,
+                        };
+                        episode::run_episodes(&mut policy, &self.tokenizer, chunk, g, self.tools.as_ref())?
+                    }
+                };
                 gen_time += t.elapsed();
                 ensure!(out.len() == chunk.len() * g, "generation returned {} rollouts for {} prompts × {g}", out.len(), chunk.len());
                 let first = chunk_no * per_call;
-                let items = out.iter().map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.text.clone())).collect();
+                let items = out
+                    .iter()
+                    .map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.reward_text(reward_on).to_string()))
+                    .collect();
                 for r in &mut out {
                     r.prompt_index += first;
                 }
@@ -251,6 +302,7 @@ impl Trainer {
                 prompt: r.prompt_ids.clone(),
                 completion: r.completion_ids.clone(),
                 sample_logp: r.logprobs.clone(),
+                policy_mask: r.policy_mask.clone(),
                 advantage: a,
             })
             .collect();
@@ -283,7 +335,9 @@ impl Trainer {
                 components.entry(name.clone()).or_default().push(*v);
             }
         }
-        let lengths: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
+        // Generated tokens only: inserted tool turns are not the policy's output.
+        let lengths: Vec<f64> = rollouts.iter().map(|r| r.generated_tokens() as f64).collect();
+        let tool_stats = ToolStats::of(&rollouts, &totals);
         let generated: f64 = lengths.iter().sum();
         let tokens = update.stats.tokens.max(1.0);
         let metrics = StepMetrics {
@@ -310,16 +364,31 @@ impl Trainer {
             time_update_s: update_time.as_secs_f64(),
             time_step_s: step_start.elapsed().as_secs_f64(),
             generation_tokens_per_s: if gen_time.is_zero() { 0.0 } else { generated / gen_time.as_secs_f64() },
+            tool_call_fraction: tool_stats.call_fraction,
+            tool_calls: tool_stats.calls,
+            tool_errors: tool_stats.errors,
+            reward_with_tool: tool_stats.reward_with_tool,
+            reward_without_tool: tool_stats.reward_without_tool,
+            time_tool_s: tool_stats.seconds,
         };
         Ok(StepOutcome { metrics, reward_errors })
     }
 
-    fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Rollout], scores: &[RewardScore], adv: &[f64]) -> Result<()> {
+    fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Episode], scores: &[RewardScore], adv: &[f64]) -> Result<()> {
         #[derive(Serialize)]
         struct Line<'a> {
             step: u64,
             task: &'a str,
+            /// Everything after the prompt, special tokens skipped (tool turns included).
             completion: &'a str,
+            /// With tool calls only: the text after the last tool turn, the calls, and the
+            /// transcript with its special tokens, as the model saw it.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            final_answer: Option<&'a str>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            tool_calls: &'a [episode::ToolCallRecord],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            transcript: Option<&'a str>,
             reward: f64,
             components: &'a [(String, f64)],
             error: Option<&'a str>,
@@ -336,6 +405,9 @@ impl Trainer {
                 step: self.step,
                 task: &self.tasks[task_idx[r.prompt_index]].id,
                 completion: &r.text,
+                final_answer: r.called_tool().then_some(r.final_answer.as_str()),
+                tool_calls: &r.tool_calls,
+                transcript: r.called_tool().then_some(r.transcript.as_str()),
                 reward: s.total,
                 components: &s.components,
                 error: s.error.as_deref(),
@@ -358,8 +430,10 @@ impl Trainer {
             beta: self.cfg.grpo.beta,
             aggregation: self.cfg.grpo.loss_aggregation,
         };
-        let lengths: Vec<usize> = samples.iter().map(|s| s.completion.len()).collect();
-        let norm = LossNormalizer::for_batch(params.aggregation, &lengths, lengths.iter().copied().max().unwrap_or(1));
+        // Token counts for the normaliser are policy tokens: inserted tool turns do not count.
+        let lengths: Vec<usize> = samples.iter().map(|s| s.policy_mask.iter().filter(|m| **m).count()).collect();
+        let widest = samples.iter().map(|s| s.completion.len()).max().unwrap_or(1);
+        let norm = LossNormalizer::for_batch(params.aggregation, &lengths, widest);
         let temperature = self.sampling_config().logprob_temperature();
         let batches: Vec<MicroBatch> = samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
         let mut old_logp: Vec<Tensor> = Vec::with_capacity(batches.len());
@@ -544,6 +618,7 @@ impl MicroBatch {
         let mut lp = Vec::with_capacity(n * c);
         for s in samples {
             ensure!(s.sample_logp.len() == s.completion.len(), "rollout has {} log-probs for {} tokens", s.sample_logp.len(), s.completion.len());
+            ensure!(s.policy_mask.len() == s.completion.len(), "rollout has {} mask entries for {} tokens", s.policy_mask.len(), s.completion.len());
             let left = p - s.prompt.len();
             let seq: Vec<u32> = std::iter::repeat_n(pad, left).chain(s.prompt.iter().copied()).chain(s.completion.iter().copied()).collect();
             for j in 0..width {
@@ -552,9 +627,12 @@ impl MicroBatch {
             }
             for j in 0..c {
                 let real = j < s.completion.len();
+                // Only sampled tokens are actions: padding and inserted tool turns get mask 0,
+                // which keeps them out of the loss, the KL, the entropy and the log-prob check.
+                let action = real && s.policy_mask[j];
                 targets.push(if real { s.completion[j] } else { pad });
-                mask.push(if real { 1f32 } else { 0.0 });
-                lp.push(if real { s.sample_logp[j] } else { 0.0 });
+                mask.push(if action { 1f32 } else { 0.0 });
+                lp.push(if action { s.sample_logp[j] } else { 0.0 });
             }
         }
         Ok(Self {
