@@ -444,4 +444,29 @@ mod tests {
         let err = generate(&model, &tok, &[vec![2, 999]], &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap_err();
         assert!(err.to_string().contains("999"));
     }
+
+    /// A stop string that spans several tokens ends the completion right after the token that
+    /// completes it, in every row, and only there.
+    #[test]
+    fn stop_strings_spanning_tokens_end_completions() {
+        let tok = crate::testing::chatml_byte_tokenizer().unwrap();
+        let cfg = ModelConfig { vocab_size: crate::testing::CHATML_BYTE_VOCAB, ..ModelConfig::tiny_qwen3() };
+        let model = CausalLm::random(&cfg, None, 5, DType::F32, &Device::Cpu).unwrap();
+        let prompts = vec![tok.encode("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n", false).unwrap()];
+        let sampling = SamplingConfig { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 40, num_completions: 2, stop_token_ids: vec![] };
+        let free = generate(&model, &tok, &prompts, &sampling, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        let ids = &free[0].completion_ids;
+        assert!(ids.len() >= 20, "the greedy run should not stop early: {ids:?}");
+        // Three tokens from the middle of the greedy text, as a stop string (bytes: one token each).
+        let stop = tok.decode(&ids[12..15], false).unwrap();
+        let want = (1..=ids.len()).find(|&n| tok.decode(&ids[..n], false).unwrap().contains(&stop)).unwrap();
+        let out = generate_until(&model, &tok, &prompts, &sampling, &[stop.clone()], &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        for r in &out {
+            assert_eq!(r.finish_reason, FinishReason::Stop);
+            assert_eq!(r.completion_ids, ids[..want], "stop {stop:?}");
+            assert_eq!(r.logprobs, free[0].logprobs[..want]);
+        }
+        let err = generate_until(&model, &tok, &prompts, &sampling, &[String::new()], &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap_err();
+        assert!(err.to_string().contains("stop string 0 is empty"), "{err}");
+    }
 }

@@ -651,3 +651,89 @@ impl MicroBatch {
 fn to_f64(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ToolsSection;
+    use crate::episode::run_episodes;
+    use crate::model::{Family, ModelConfig};
+    use crate::testing::{CHATML_BYTE_VOCAB, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
+    use candle_core::{D, Var};
+
+    /// The tool-result turn is context for the answer, never an action: the micro-batch masks
+    /// it, the loss sends no gradient to the logits at its positions, and it does not count in
+    /// the token normaliser. With the mask ignored the same positions would get gradients, so
+    /// the assertions can tell the difference.
+    #[test]
+    fn tool_result_tokens_are_masked_out_of_the_loss() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        let mc = ModelConfig { vocab_size: CHATML_BYTE_VOCAB, max_position_embeddings: 1024, ..ModelConfig::tiny_qwen3() };
+        let model = CausalLm::random(&mc, None, 3, DType::F32, &Device::Cpu).unwrap();
+        let tools = ToolUse::new(Arc::new(FakeToolBox::default()), &ToolsSection::default(), Family::Qwen3, &tok).unwrap().unwrap();
+        let prompt = tok.encode("<|im_start|>user\nWrite a rule.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+        let mut policy = ScriptedPolicy::new(tok.clone(), |ctx: &str, _| {
+            if ctx.contains("<tool_response>") {
+                "EventID: 4688".to_string()
+            } else {
+                "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"4688\"}}\n</tool_call>".to_string()
+            }
+        });
+        let eps = run_episodes(&mut policy, &tok, &[prompt], 2, Some(&tools)).unwrap();
+        assert!(eps.iter().all(|e| e.called_tool() && e.policy_mask.iter().any(|m| !m)));
+        let samples: Vec<Sample> = eps
+            .iter()
+            .zip([1.0, -1.0])
+            .map(|(e, advantage)| Sample {
+                prompt: e.prompt_ids.clone(),
+                completion: e.completion_ids.clone(),
+                sample_logp: e.logprobs.clone(),
+                policy_mask: e.policy_mask.clone(),
+                advantage,
+            })
+            .collect();
+        let batch = MicroBatch::build(&samples, tok.pad_token_id(), &Device::Cpu).unwrap();
+        let mask = batch.mask.to_vec2::<f32>().unwrap();
+        for (row, e) in mask.iter().zip(&eps) {
+            let want: Vec<f32> = e.policy_mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+            assert_eq!(&row[..want.len()], want.as_slice());
+        }
+
+        let hidden = model.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Enabled).unwrap();
+        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width).unwrap();
+        let logits = Var::from_tensor(&model.logits(&h, AdapterMode::Enabled).unwrap().detach()).unwrap();
+        let params = LossParams { epsilon_low: 0.2, epsilon_high: 0.2, beta: 0.0, aggregation: crate::grpo::LossAggregation::Token };
+        let grad_per_position = |mask: &Tensor| -> (Vec<Vec<f32>>, f64) {
+            let (logp, _) = grpo::token_logprobs(logits.as_tensor(), &batch.targets, 1.0).unwrap();
+            let tokens: Vec<usize> = mask.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().filter(|v| **v > 0.0).count()).collect();
+            let norm = LossNormalizer::for_batch(params.aggregation, &tokens, batch.completion_width);
+            let old = logp.detach();
+            let inputs = LossInputs { logp: &logp, old_logp: &old, ref_logp: None, mask, advantages: &batch.advantages };
+            let (loss, stats) = grpo::policy_loss(&inputs, &params, &norm).unwrap();
+            let grads = loss.backward().unwrap();
+            let g = grads.get(&logits).unwrap().abs().unwrap().sum(D::Minus1).unwrap().to_vec2::<f32>().unwrap();
+            (g, stats.tokens)
+        };
+        let (g, tokens) = grad_per_position(&batch.mask);
+        let policy_tokens: usize = eps.iter().map(|e| e.generated_tokens()).sum();
+        assert_eq!(tokens, policy_tokens as f64);
+        for (i, e) in eps.iter().enumerate() {
+            for (j, &m) in e.policy_mask.iter().enumerate() {
+                if m {
+                    assert!(g[i][j] > 0.0, "policy token {j} of row {i} gets no gradient");
+                } else {
+                    assert_eq!(g[i][j], 0.0, "tool-result token {j} of row {i} gets a gradient");
+                }
+            }
+        }
+        // Counter-check: treating every real token as an action puts gradient on the tool turn.
+        let real: Vec<f32> = eps
+            .iter()
+            .flat_map(|e| (0..batch.completion_width).map(move |j| f32::from(u8::from(j < e.completion_ids.len()))))
+            .collect();
+        let all_real = Tensor::from_vec(real, (eps.len(), batch.completion_width), &Device::Cpu).unwrap();
+        let (g_all, _) = grad_per_position(&all_real);
+        let tool_pos = eps[0].policy_mask.iter().position(|m| !m).unwrap();
+        assert!(g_all[0][tool_pos] > 0.0);
+    }
+}

