@@ -344,6 +344,8 @@ mod tests {
         let reference = RunConfig::from_file(&root.join("qwen3-14b-8xa100.yaml")).unwrap();
         assert_eq!((reference.training.steps, reference.training.prompts_per_step, reference.training.rollouts_per_prompt), (150, 8, 8));
         assert_eq!(reference.finetune, FinetuneMode::Full);
+        assert_eq!(reference.tools.max_turns, 1, "the reference recipe allows one search before the rule");
+        assert_eq!(d.tools, ToolsSection::default());
     }
 
     #[test]
@@ -351,6 +353,18 @@ mod tests {
         let text = DEFAULT_CONFIG_YAML.replace("max_new_tokens:", "max_new_tokenz:");
         let err = format!("{:#}", RunConfig::from_yaml(&text, "test.yaml").unwrap_err());
         assert!(err.contains("max_new_tokenz") && err.contains("test.yaml"), "{err}");
+    }
+
+    #[test]
+    fn tools_section_is_checked() {
+        let with = |tools: &str| format!("{DEFAULT_CONFIG_YAML}\n").replace("tools:\n  max_turns: 1\n  format: auto\n", tools);
+        let err = format!("{:#}", RunConfig::from_yaml(&with("tools:\n  max_turns: 1\n  format: xml\n"), "t.yaml").unwrap_err());
+        assert!(err.contains("tools.format") && err.contains("xml"), "{err}");
+        let err = format!("{:#}", RunConfig::from_yaml(&with("tools:\n  max_turns: 1\n  fromat: auto\n"), "t.yaml").unwrap_err());
+        assert!(err.contains("fromat"), "{err}");
+        let cfg = RunConfig::from_yaml(&with("tools:\n  max_turns: 0\n  format: fenced\n"), "t.yaml").unwrap();
+        assert_eq!(cfg.tools.max_turns, 0);
+        assert_eq!(cfg.tools.explicit_format().unwrap(), Some(sigmaforge_toolcall::ToolFormat::Fenced));
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc
     }
     let set = new_runtime()?.load_all(&all)?;
     let tools: Vec<Arc<ToolPlugin>> = set.tools.values().cloned().collect();
-    let task = match &cfg.task.plugin {
+    let task: Result<Arc<TaskPlugin>> = match &cfg.task.plugin {
         Some(name) => Ok(set.task(name)?.clone()),
         None => match set.tasks.len() {
             1 => Ok(set.tasks.values().next().expect("one").clone()),
@@ -181,8 +181,8 @@ fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc
                 set.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         },
-    }?;
-    Ok((task, tools))
+    };
+    Ok((task?, tools))
 }
 
 /// The run's tool plugins as the trainer's tool box.
