@@ -264,7 +264,8 @@ impl Episode {
     }
 
     pub fn tool_seconds(&self) -> f64 {
-        self.tool_calls.iter().map(|c| c.seconds).sum()
+        // fold from +0.0: an empty float `sum()` is -0.0, which the metrics would print.
+        self.tool_calls.iter().fold(0.0, |acc, c| acc + c.seconds)
     }
 
     /// Tokens the policy generated (the loss counts these).
@@ -426,7 +427,7 @@ impl ToolStats {
             errors: episodes.iter().map(Episode::tool_errors).sum(),
             reward_with_tool: mean(with),
             reward_without_tool: mean(without),
-            seconds: episodes.iter().map(Episode::tool_seconds).sum(),
+            seconds: episodes.iter().fold(0.0, |acc, e| acc + e.tool_seconds()),
         }
     }
 }
@@ -549,6 +550,9 @@ mod tests {
         let stats = ToolStats::of(&eps, &[0.25, 1.0]);
         assert_eq!((stats.call_fraction, stats.calls, stats.errors), (0.5, 1, 0));
         assert_eq!((stats.reward_with_tool, stats.reward_without_tool), (Some(1.0), Some(0.25)));
+        let none = ToolStats::of(&eps[..1], &[0.25]);
+        assert_eq!((none.call_fraction, none.reward_with_tool), (0.0, None));
+        assert!(none.seconds.is_sign_positive(), "no tool time is +0, not -0");
     }
 
     #[test]
