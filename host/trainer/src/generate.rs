@@ -460,7 +460,7 @@ mod tests {
         // Three tokens from the middle of the greedy text, as a stop string (bytes: one token each).
         let stop = tok.decode(&ids[12..15], false).unwrap();
         let want = (1..=ids.len()).find(|&n| tok.decode(&ids[..n], false).unwrap().contains(&stop)).unwrap();
-        let out = generate_until(&model, &tok, &prompts, &sampling, &[stop.clone()], &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        let out = generate_until(&model, &tok, &prompts, &sampling, std::slice::from_ref(&stop), &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
         for r in &out {
             assert_eq!(r.finish_reason, FinishReason::Stop);
             assert_eq!(r.completion_ids, ids[..want], "stop {stop:?}");

@@ -110,10 +110,13 @@ fn gpt2_byte_chars() -> Vec<char> {
 /// ends with `<|im_end|>` (the eos). Every scripted token gets log-prob -1.
 pub struct ScriptedPolicy {
     tokenizer: Tokenizer,
-    script: Box<dyn FnMut(&str, usize) -> String + Send>,
+    script: Script,
     /// Every call: (contexts as text, copies, stop strings).
     pub log: std::sync::Arc<std::sync::Mutex<Vec<ScriptedCall>>>,
 }
+
+/// (context text, copy index) → the next segment's text.
+type Script = Box<dyn FnMut(&str, usize) -> String + Send>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScriptedCall {
