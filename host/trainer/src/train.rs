@@ -432,8 +432,7 @@ impl Trainer {
         };
         // Token counts for the normaliser are policy tokens: inserted tool turns do not count.
         let lengths: Vec<usize> = samples.iter().map(|s| s.policy_mask.iter().filter(|m| **m).count()).collect();
-        let widest = samples.iter().map(|s| s.completion.len()).max().unwrap_or(1);
-        let norm = LossNormalizer::for_batch(params.aggregation, &lengths, widest);
+        let norm = LossNormalizer::for_batch(params.aggregation, &lengths, lengths.iter().copied().max().unwrap_or(1));
         let temperature = self.sampling_config().logprob_temperature();
         let batches: Vec<MicroBatch> = samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
         let mut old_logp: Vec<Tensor> = Vec::with_capacity(batches.len());

@@ -114,7 +114,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     std::fs::write(run_dir.join("config.yaml"), cfg.to_yaml()?)?;
     let steps = cfg.training.steps;
-    let mut trainer = Trainer::new(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir)?.with_tools(toolbox.clone())?;
+    let mut trainer = Trainer::new(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir)?.with_tools(toolbox)?;
     match trainer.tools() {
         Some(t) => eprintln!(
             "offering tool(s) {} in the {} format, up to {} tool turn(s) per rollout",
