@@ -104,3 +104,48 @@ fn search_tool_turn_then_a_scored_rule() {
         assert_eq!(s.total, 0.0, "{s:?}");
     }
 }
+
+/// `sigmaforge run --plugins sigma.wasm --plugins search.wasm` offers the search tool during
+/// rollouts (no "not offered" warning) and logs the tool metrics. The model is a tiny random
+/// Qwen3 with a ChatML byte tokenizer, written as a Hugging Face directory by the test, so one
+/// step runs in seconds; it does not call the tool, which the metrics must say.
+#[test]
+fn run_offers_loaded_tool_plugins() {
+    use candle_core::{DType, Device};
+    use sigmaforge_trainer::model::{CausalLm, ModelConfig};
+    use sigmaforge_trainer::testing::CHATML_BYTE_VOCAB;
+
+    let dir = sigmaforge_e2e::target_dir().join("e2e-scratch").join(format!("run-tools-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mc = ModelConfig { vocab_size: CHATML_BYTE_VOCAB, max_position_embeddings: 16384, ..ModelConfig::tiny_qwen3() };
+    let model = CausalLm::random(&mc, None, 1, DType::F32, &Device::Cpu).unwrap();
+    sigmaforge_trainer::export::merged_hf_dir(&model, &chatml_byte_tokenizer().unwrap(), &dir.join("model")).unwrap();
+    let config = format!(
+        "model: {{ path: {model}, dtype: f32, device: cpu }}\nfinetune: full\n\
+         training: {{ steps: 1, prompts_per_step: 1, rollouts_per_prompt: 2, micro_batch_size: 2 }}\n\
+         generation: {{ max_new_tokens: 4, temperature: 1.0, max_prompt_tokens: 16000 }}\n\
+         optimizer: {{ lr: 0.001 }}\ncheckpoint: {{ every: 0, keep: 1 }}\nexport: {{ merged: false, lora_adapter: false }}\n\
+         tools: {{ max_turns: 1, format: auto }}\n",
+        model = dir.join("model").display()
+    );
+    std::fs::write(dir.join("run.yaml"), config).unwrap();
+    let sigma = sigmaforge_e2e::wasm_plugin("sigma-plugin").display().to_string();
+    let search = sigmaforge_e2e::wasm_plugin("search-plugin").display().to_string();
+    let data = sigmaforge_data::for_tests().display().to_string();
+    let out_dir = dir.join("run").display().to_string();
+    let config_path = dir.join("run.yaml").display().to_string();
+    let (code, _out, err) = sigmaforge_e2e::run_sigmaforge(
+        &["run", "--plugins", &sigma, "--plugins", &search, "--data", &data, "--config", &config_path, "--out", &out_dir],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("offering tool(s) search in the hermes format, up to 1 tool turn(s) per rollout"), "{err}");
+    assert!(!err.contains("does not offer tools"), "{err}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(dir.join("run").join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(metrics["tool_call_fraction"], 0.0);
+    assert_eq!(metrics["tool_calls"], 0);
+    assert!(metrics["reward_with_tool"].is_null(), "{metrics}");
+    assert_eq!(metrics["reward_without_tool"], metrics["reward"]["mean"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
