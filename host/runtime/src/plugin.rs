@@ -426,14 +426,18 @@ impl ToolPlugin {
     /// Runs the tool. Err is text to show the model: the tool's own error, or a sandbox
     /// failure (time limit, memory cap, trap) naming the plugin.
     pub fn invoke(&self, arguments: &str) -> Result<String, String> {
+        self.try_invoke(arguments).unwrap_or_else(Err)
+    }
+
+    /// Like [`Self::invoke`], but keeps the two failures apart: `Ok(Err(..))` is the tool's own
+    /// error (it ran and refused the call), `Err(..)` a sandbox failure (trap, time limit,
+    /// memory cap) after which the instance was replaced. Rollouts tell the model which one.
+    pub fn try_invoke(&self, arguments: &str) -> Result<Result<String, String>, String> {
         let out = self.core.with_instance("invoke", self.core.call_limit, |b, s| match b {
             Bindings::Tool(t) => t.sigmaforge_plugin_tool().call_invoke(s, arguments),
             Bindings::Task(_) => unreachable!("a ToolPlugin holds tool-world instances"),
         });
-        match out {
-            Ok(r) => r,
-            Err(f) => Err(f.message),
-        }
+        out.map_err(|f| f.message)
     }
 }
 

@@ -34,6 +34,9 @@ pub struct RunConfig {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub export: ExportSection,
+    /// How tool plugins (if any are loaded) are offered during rollouts.
+    #[serde(default)]
+    pub tools: ToolsSection,
     /// Plugins to load, in the plugin runtime's format (see docs/runtime); the runtime
     /// validates this section. `--plugins` on the command line adds to it.
     #[serde(default)]
@@ -221,6 +224,46 @@ impl Default for ExportSection {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsSection {
+    /// Tool turns a rollout may take before its final answer (0: never offer tools, even when
+    /// tool plugins are loaded).
+    pub max_turns: usize,
+    /// `auto` (from the model family: Qwen3 → hermes, SmolLM2/Llama → smollm2), `hermes`,
+    /// `smollm2` or `fenced`.
+    pub format: String,
+    /// A tool result longer than this many characters is cut (with a note to the model), so one
+    /// verbose tool cannot blow up the context.
+    pub max_result_chars: usize,
+    /// What the reward scores: the `final_answer` (the text after the last tool turn) or the
+    /// whole `transcript` (every assistant turn and tool result, as the model saw them).
+    pub reward_on: RewardText,
+}
+
+impl Default for ToolsSection {
+    fn default() -> Self {
+        Self { max_turns: 1, format: "auto".into(), max_result_chars: 4000, reward_on: RewardText::FinalAnswer }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardText {
+    FinalAnswer,
+    Transcript,
+}
+
+impl ToolsSection {
+    /// The configured format; `None` for `auto`.
+    pub fn explicit_format(&self) -> Result<Option<sigmaforge_toolcall::ToolFormat>> {
+        if self.format.trim().eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        self.format.parse().map(Some).map_err(|e: String| anyhow::anyhow!("tools.format: {e} (or auto)"))
+    }
+}
+
 impl RunConfig {
     /// Parses and validates YAML; `origin` names the source in errors (a file path or
     /// "the built-in default config").
@@ -274,6 +317,8 @@ impl RunConfig {
         ensure!(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr must be a positive number");
         ensure!(o.max_grad_norm >= 0.0, "optimizer.max_grad_norm must be ≥ 0 (0 disables clipping)");
         ensure!((0.0..=1.0).contains(&o.min_lr_ratio), "optimizer.min_lr_ratio must be in [0, 1]");
+        self.tools.explicit_format()?;
+        ensure!(self.tools.max_result_chars > 0, "tools.max_result_chars must be at least 1");
         ensure!((0.0..1.0).contains(&o.adamw.beta1) && (0.0..1.0).contains(&o.adamw.beta2), "optimizer.adamw betas must be in [0, 1)");
         Ok(())
     }
@@ -313,6 +358,8 @@ mod tests {
         let reference = RunConfig::from_file(&root.join("qwen3-14b-8xa100.yaml")).unwrap();
         assert_eq!((reference.training.steps, reference.training.prompts_per_step, reference.training.rollouts_per_prompt), (150, 8, 8));
         assert_eq!(reference.finetune, FinetuneMode::Full);
+        assert_eq!(reference.tools.max_turns, 1, "the reference recipe allows one search before the rule");
+        assert_eq!(d.tools, ToolsSection::default());
     }
 
     #[test]
@@ -320,6 +367,18 @@ mod tests {
         let text = DEFAULT_CONFIG_YAML.replace("max_new_tokens:", "max_new_tokenz:");
         let err = format!("{:#}", RunConfig::from_yaml(&text, "test.yaml").unwrap_err());
         assert!(err.contains("max_new_tokenz") && err.contains("test.yaml"), "{err}");
+    }
+
+    #[test]
+    fn tools_section_is_checked() {
+        let with = |tools: &str| format!("{DEFAULT_CONFIG_YAML}\n").replace("tools:\n  max_turns: 1\n  format: auto\n", tools);
+        let err = format!("{:#}", RunConfig::from_yaml(&with("tools:\n  max_turns: 1\n  format: xml\n"), "t.yaml").unwrap_err());
+        assert!(err.contains("tools.format") && err.contains("xml"), "{err}");
+        let err = format!("{:#}", RunConfig::from_yaml(&with("tools:\n  max_turns: 1\n  fromat: auto\n"), "t.yaml").unwrap_err());
+        assert!(err.contains("fromat"), "{err}");
+        let cfg = RunConfig::from_yaml(&with("tools:\n  max_turns: 0\n  format: fenced\n"), "t.yaml").unwrap();
+        assert_eq!(cfg.tools.max_turns, 0);
+        assert_eq!(cfg.tools.explicit_format().unwrap(), Some(sigmaforge_toolcall::ToolFormat::Fenced));
     }
 
     #[test]

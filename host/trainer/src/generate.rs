@@ -99,7 +99,27 @@ pub fn generate(
     rng: &mut SamplerRng,
     adapters: AdapterMode,
 ) -> Result<Vec<Rollout>> {
+    generate_until(model, tokenizer, prompts, cfg, &[], rng, adapters)
+}
+
+/// [`generate`] that also ends a completion as soon as its decoded text contains one of
+/// `stop_strings` (e.g. `</tool_call>`), with [`FinishReason::Stop`]. Stop strings usually span
+/// several tokens, so after each sampled token the row's last few tokens are decoded (special
+/// tokens kept) and searched; the token that completes the string is kept in the completion.
+pub fn generate_until(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    stop_strings: &[String],
+    rng: &mut SamplerRng,
+    adapters: AdapterMode,
+) -> Result<Vec<Rollout>> {
     cfg.validate()?;
+    if let Some(i) = stop_strings.iter().position(String::is_empty) {
+        bail!("stop string {i} is empty");
+    }
+    let stop_window = StopWindow::new(stop_strings);
     let vocab = model.config().vocab_size as u32;
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
@@ -146,7 +166,7 @@ pub fn generate(
             let (token, lp) = sample(&scores[pos], cfg, t_lp, rng);
             completions[row].push(token);
             logprobs[row].push(lp);
-            if stop.contains(&token) {
+            if stop.contains(&token) || stop_window.hit(tokenizer, &completions[row])? {
                 finish[row] = FinishReason::Stop;
             } else if completions[row].len() < cfg.max_new_tokens {
                 keep.push(pos);
@@ -169,6 +189,32 @@ pub fn generate(
         logits = model.forward_last(&input, &mask_tensor(&masks, device)?, Some(&mut cache), adapters)?;
     }
     finish_rollouts(tokenizer, prompts, rows, completions, logprobs, finish)
+}
+
+/// Finds stop strings at the end of a growing completion.
+struct StopWindow<'a> {
+    strings: &'a [String],
+    /// Tokens decoded per check: a string that the newest token completes ends within the last
+    /// `len` bytes, and every token decodes to at least one byte, so `len + 1` tokens cover it
+    /// (plus one for a token that only starts a multi-byte character).
+    tokens: usize,
+}
+
+impl<'a> StopWindow<'a> {
+    fn new(strings: &'a [String]) -> Self {
+        Self { strings, tokens: strings.iter().map(String::len).max().unwrap_or(0) + 2 }
+    }
+
+    /// Whether the completion now contains a stop string. Earlier tokens never did (the row
+    /// would have stopped), so any occurrence in the window is one the newest token completed.
+    fn hit(&self, tokenizer: &Tokenizer, completion: &[u32]) -> Result<bool> {
+        if self.strings.is_empty() {
+            return Ok(false);
+        }
+        let tail = &completion[completion.len().saturating_sub(self.tokens)..];
+        let text = tokenizer.decode(tail, false)?;
+        Ok(self.strings.iter().any(|s| text.contains(s.as_str())))
+    }
 }
 
 fn finish_rollouts(
@@ -397,5 +443,30 @@ mod tests {
         assert!(err.to_string().contains("prompt 0 is empty"));
         let err = generate(&model, &tok, &[vec![2, 999]], &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap_err();
         assert!(err.to_string().contains("999"));
+    }
+
+    /// A stop string that spans several tokens ends the completion right after the token that
+    /// completes it, in every row, and only there.
+    #[test]
+    fn stop_strings_spanning_tokens_end_completions() {
+        let tok = crate::testing::chatml_byte_tokenizer().unwrap();
+        let cfg = ModelConfig { vocab_size: crate::testing::CHATML_BYTE_VOCAB, ..ModelConfig::tiny_qwen3() };
+        let model = CausalLm::random(&cfg, None, 5, DType::F32, &Device::Cpu).unwrap();
+        let prompts = vec![tok.encode("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n", false).unwrap()];
+        let sampling = SamplingConfig { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 40, num_completions: 2, stop_token_ids: vec![] };
+        let free = generate(&model, &tok, &prompts, &sampling, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        let ids = &free[0].completion_ids;
+        assert!(ids.len() >= 20, "the greedy run should not stop early: {ids:?}");
+        // Three tokens from the middle of the greedy text, as a stop string (bytes: one token each).
+        let stop = tok.decode(&ids[12..15], false).unwrap();
+        let want = (1..=ids.len()).find(|&n| tok.decode(&ids[..n], false).unwrap().contains(&stop)).unwrap();
+        let out = generate_until(&model, &tok, &prompts, &sampling, std::slice::from_ref(&stop), &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        for r in &out {
+            assert_eq!(r.finish_reason, FinishReason::Stop);
+            assert_eq!(r.completion_ids, ids[..want], "stop {stop:?}");
+            assert_eq!(r.logprobs, free[0].logprobs[..want]);
+        }
+        let err = generate_until(&model, &tok, &prompts, &sampling, &[String::new()], &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap_err();
+        assert!(err.to_string().contains("stop string 0 is empty"), "{err}");
     }
 }

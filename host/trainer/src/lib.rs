@@ -30,6 +30,8 @@ pub mod testing;
 pub mod checkpoint;
 pub mod config;
 pub mod environment;
+// Tool-using episodes (issue 6).
+pub mod episode;
 pub mod export;
 pub mod grpo;
 pub mod metrics;

@@ -69,6 +69,22 @@ pub struct StepMetrics {
     pub time_step_s: f64,
     /// Generated tokens per second of generation time.
     pub generation_tokens_per_s: f64,
+    /// Tool use (all 0 / null when no tools are offered): share of rollouts with at least one
+    /// tool call, calls and failed calls (bad JSON, unknown tool, tool error, trap) in the step,
+    /// mean reward of rollouts with and without a call (null when there were none), and seconds
+    /// spent inside tools. `serde(default)`: metrics of runs from before tools still load.
+    #[serde(default)]
+    pub tool_call_fraction: f64,
+    #[serde(default)]
+    pub tool_calls: usize,
+    #[serde(default)]
+    pub tool_errors: usize,
+    #[serde(default)]
+    pub reward_with_tool: Option<f64>,
+    #[serde(default)]
+    pub reward_without_tool: Option<f64>,
+    #[serde(default)]
+    pub time_tool_s: f64,
 }
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -172,9 +188,22 @@ pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
         ],
     ));
 
-    let root = BitMapBackend::new(path, (1600, 800)).into_drawing_area();
+    let tools_used = metrics.iter().any(|m| m.tool_calls > 0);
+    if tools_used {
+        panels.push((
+            "tool use",
+            vec![
+                ("share of rollouts calling a tool".into(), metrics.iter().map(|m| m.tool_call_fraction).collect()),
+                ("reward with a call".into(), metrics.iter().map(|m| m.reward_with_tool.unwrap_or(f64::NAN)).collect()),
+                ("reward without".into(), metrics.iter().map(|m| m.reward_without_tool.unwrap_or(f64::NAN)).collect()),
+            ],
+        ));
+    }
+
+    let (rows, height) = if tools_used { (3, 1200) } else { (2, 800) };
+    let root = BitMapBackend::new(path, (1600, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-    let areas = root.split_evenly((2, 4));
+    let areas = root.split_evenly((rows, 4));
     let (x0, x1) = (steps.first().copied().unwrap_or(0.0), steps.last().copied().unwrap_or(1.0).max(steps.first().copied().unwrap_or(0.0) + 1.0));
     for (area, (title, series)) in areas.iter().zip(&panels) {
         let all: Vec<f64> = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).collect();

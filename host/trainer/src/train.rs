@@ -19,8 +19,9 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FORMAT_VERSION};
 use crate::config::RunConfig;
 use crate::environment::{RewardScore, TaskEnvironment, TaskPrompt, score_checked};
+use crate::episode::{self, Episode, ModelPolicy, SegmentGenerator, ToolBox, ToolStats, ToolUse};
 use crate::export;
-use crate::generate::{FinishReason, Rollout, SamplingConfig, generate};
+use crate::generate::{FinishReason, SamplingConfig};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
 use crate::load::Tokenizer;
 use crate::metrics::{self, MeanStd, StepMetrics};
@@ -55,6 +56,10 @@ pub struct Trainer {
     prompt_ids: HashMap<usize, Vec<u32>>,
     /// This rank's place in a data-parallel job (one process: `DataParallel::single`).
     dp: DataParallel,
+    /// Tools offered during rollouts (see `with_tools`).
+    tools: Option<ToolUse>,
+    /// Replaces the model's sampling (see `with_segment_generator`).
+    segment_generator: Option<Box<dyn SegmentGenerator + Send>>,
 }
 
 /// One completion as the update sees it.
@@ -63,6 +68,8 @@ pub struct Sample {
     pub completion: Vec<u32>,
     /// Log-probabilities of the completion tokens when they were sampled.
     pub sample_logp: Vec<f32>,
+    /// Per completion token: sampled by the policy (true) or inserted, e.g. a tool result.
+    pub policy_mask: Vec<bool>,
     pub advantage: f64,
 }
 
@@ -129,7 +136,31 @@ impl Trainer {
             coverage_checked: false,
             prompt_ids: HashMap::new(),
             dp,
+            tools: None,
+            segment_generator: None,
         })
+    }
+
+    /// Offer `toolbox`'s tools during rollouts, as the config's `tools:` section says (nothing
+    /// changes when `tools.max_turns` is 0 or the box is empty).
+    pub fn with_tools(mut self, toolbox: Arc<dyn ToolBox>) -> Result<Self> {
+        self.tools = ToolUse::new(toolbox, &self.cfg.tools, self.model.config().family, &self.tokenizer)?;
+        self.prompt_ids.clear();
+        Ok(self)
+    }
+
+    /// Rollouts come from `generator` instead of sampling the model (tests drive whole steps
+    /// with a scripted policy this way). The update still recomputes every log-prob with the
+    /// model, so training is unchanged; only `logprob_mismatch` then compares against the
+    /// generator's log-probs.
+    pub fn with_segment_generator(mut self, generator: Box<dyn SegmentGenerator + Send>) -> Self {
+        self.segment_generator = Some(generator);
+        self
+    }
+
+    /// The tools offered during rollouts, if any.
+    pub fn tools(&self) -> Option<&ToolUse> {
+        self.tools.as_ref()
     }
 
     /// Continue from a checkpoint: weights, optimizer moments, step, RNG and data position.
@@ -224,9 +255,13 @@ impl Trainer {
             return Ok(ids.clone());
         }
         let t = &self.tasks[task];
+        let messages = match &self.tools {
+            Some(tools) => tools.offer(&t.messages),
+            None => t.messages.clone(),
+        };
         let text = self
             .tokenizer
-            .apply_chat_template(&t.messages, true, None)
+            .apply_chat_template(&messages, true, None)
             .with_context(|| format!("task {}: cannot render the prompt with the chat template", t.id))?;
         let ids = self.tokenizer.encode(&text, false).with_context(|| format!("task {}: cannot tokenize the prompt", t.id))?;
         ensure!(
@@ -282,16 +317,32 @@ impl Trainer {
                 (out, busy)
             })
             .context("cannot start the reward thread")?;
-        let mut rollouts: Vec<Rollout> = Vec::with_capacity(task_idx.len() * g);
+        let mut rollouts: Vec<Episode> = Vec::with_capacity(task_idx.len() * g);
         let mut gen_time = Duration::ZERO;
+        let reward_on = self.cfg.tools.reward_on;
         let gen_result: Result<()> = (|| {
             for (chunk_no, chunk) in prompts.chunks(per_call).enumerate() {
                 let t = Instant::now();
-                let mut out = generate(&self.model, &self.tokenizer, chunk, &sampling, &mut self.rng, AdapterMode::Enabled)?;
+                let mut out = match &mut self.segment_generator {
+                    Some(generator) => episode::run_episodes(generator.as_mut(), &self.tokenizer, chunk, g, self.tools.as_ref())?,
+                    None => {
+                        let mut policy = ModelPolicy {
+                            model: &self.model,
+                            tokenizer: &self.tokenizer,
+                            sampling: &sampling,
+                            rng: &mut self.rng,
+                            adapters: AdapterMode::Enabled,
+                        };
+                        episode::run_episodes(&mut policy, &self.tokenizer, chunk, g, self.tools.as_ref())?
+                    }
+                };
                 gen_time += t.elapsed();
                 ensure!(out.len() == chunk.len() * g, "generation returned {} rollouts for {} prompts × {g}", out.len(), chunk.len());
                 let first = chunk_no * per_call;
-                let items = out.iter().map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.text.clone())).collect();
+                let items = out
+                    .iter()
+                    .map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.reward_text(reward_on).to_string()))
+                    .collect();
                 for r in &mut out {
                     r.prompt_index += first;
                 }
@@ -328,6 +379,7 @@ impl Trainer {
                 prompt: r.prompt_ids.clone(),
                 completion: r.completion_ids.clone(),
                 sample_logp: r.logprobs.clone(),
+                policy_mask: r.policy_mask.clone(),
                 advantage: a,
             })
             .collect();
@@ -358,7 +410,9 @@ impl Trainer {
             .enumerate()
             .map(|(k, name)| (name.clone(), MeanStd::of(&rows.iter().map(|r| r.components[k]).collect::<Vec<_>>())))
             .collect();
+        // Generated tokens only: inserted tool turns are not the policy's output.
         let lengths: Vec<f64> = rows.iter().map(|r| r.length).collect();
+        let tool_stats = RolloutRow::tool_stats(&rows);
         let generated: f64 = lengths.iter().sum();
         // The step waits for the slowest rank, so its times are the ones reported.
         let local_times = [gen_time.as_secs_f64(), reward_busy.as_secs_f64(), reward_wait.as_secs_f64(), update_time.as_secs_f64()];
@@ -390,16 +444,31 @@ impl Trainer {
             time_update_s: slowest(3),
             time_step_s: step_start.elapsed().as_secs_f64(),
             generation_tokens_per_s: if slowest(0) == 0.0 { 0.0 } else { generated / slowest(0) },
+            tool_call_fraction: tool_stats.call_fraction,
+            tool_calls: tool_stats.calls,
+            tool_errors: tool_stats.errors,
+            reward_with_tool: tool_stats.reward_with_tool,
+            reward_without_tool: tool_stats.reward_without_tool,
+            time_tool_s: tool_stats.seconds,
         };
         Ok(StepOutcome { metrics, reward_errors })
     }
 
-    fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Rollout], scores: &[RewardScore], adv: &[f64]) -> Result<()> {
+    fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Episode], scores: &[RewardScore], adv: &[f64]) -> Result<()> {
         #[derive(Serialize)]
         struct Line<'a> {
             step: u64,
             task: &'a str,
+            /// Everything after the prompt, special tokens skipped (tool turns included).
             completion: &'a str,
+            /// With tool calls only: the text after the last tool turn, the calls, and the
+            /// transcript with its special tokens, as the model saw it.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            final_answer: Option<&'a str>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            tool_calls: &'a [episode::ToolCallRecord],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            transcript: Option<&'a str>,
             reward: f64,
             components: &'a [(String, f64)],
             error: Option<&'a str>,
@@ -418,6 +487,9 @@ impl Trainer {
                 step: self.step,
                 task: &self.tasks[task_idx[r.prompt_index]].id,
                 completion: &r.text,
+                final_answer: r.called_tool().then_some(r.final_answer.as_str()),
+                tool_calls: &r.tool_calls,
+                transcript: r.called_tool().then_some(r.transcript.as_str()),
                 reward: s.total,
                 components: &s.components,
                 error: s.error.as_deref(),
@@ -452,7 +524,8 @@ impl Trainer {
             beta: self.cfg.grpo.beta,
             aggregation: self.cfg.grpo.loss_aggregation,
         };
-        let lengths: Vec<usize> = samples.iter().map(|s| s.completion.len()).collect();
+        // Token counts for the normaliser are policy tokens: inserted tool turns do not count.
+        let lengths: Vec<usize> = samples.iter().map(|s| s.policy_mask.iter().filter(|m| **m).count()).collect();
         // Global over the ranks, so each rank's loss is its part of the whole batch's loss.
         let Some(norm) = self.dp.loss_normalizer(params.aggregation, &lengths)? else {
             return Ok(UpdateStats::default());
@@ -761,24 +834,37 @@ struct RolloutRow {
     total: f64,
     /// In `TaskEnvironment::component_names` order; a failed score counts 0 in each.
     components: Vec<f64>,
+    /// Tokens the policy generated (inserted tool turns not counted).
     length: f64,
     truncated: bool,
     failed: bool,
+    called_tool: bool,
+    tool_calls: f64,
+    tool_errors: f64,
+    tool_seconds: f64,
 }
 
 impl RolloutRow {
+    const FIXED: usize = 8;
+
     fn cols(names: &[String]) -> usize {
-        4 + names.len()
+        Self::FIXED + names.len()
     }
 
-    /// Rows of [total, length, truncated, failed, components…], flattened.
-    fn table(rollouts: &[Rollout], scores: &[RewardScore], names: &[String]) -> Vec<f64> {
+    /// Rows of [total, length, truncated, failed, called_tool, tool_calls, tool_errors,
+    /// tool_seconds, components…], flattened.
+    fn table(rollouts: &[Episode], scores: &[RewardScore], names: &[String]) -> Vec<f64> {
+        let flag = |b: bool| f64::from(u8::from(b));
         let mut out = Vec::with_capacity(rollouts.len() * Self::cols(names));
         for (r, s) in rollouts.iter().zip(scores) {
             out.push(s.total);
-            out.push(r.completion_ids.len() as f64);
-            out.push(f64::from(u8::from(r.finish_reason == FinishReason::Length)));
-            out.push(f64::from(u8::from(s.error.is_some())));
+            out.push(r.generated_tokens() as f64);
+            out.push(flag(r.finish_reason == FinishReason::Length));
+            out.push(flag(s.error.is_some()));
+            out.push(flag(r.called_tool()));
+            out.push(r.tool_calls.len() as f64);
+            out.push(r.tool_errors() as f64);
+            out.push(r.tool_seconds());
             for name in names {
                 out.push(s.components.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v));
             }
@@ -787,7 +873,32 @@ impl RolloutRow {
     }
 
     fn from_slice(row: &[f64]) -> Self {
-        Self { total: row[0], length: row[1], truncated: row[2] > 0.5, failed: row[3] > 0.5, components: row[4..].to_vec() }
+        Self {
+            total: row[0],
+            length: row[1],
+            truncated: row[2] > 0.5,
+            failed: row[3] > 0.5,
+            called_tool: row[4] > 0.5,
+            tool_calls: row[5],
+            tool_errors: row[6],
+            tool_seconds: row[7],
+            components: row[Self::FIXED..].to_vec(),
+        }
+    }
+
+    /// Tool-use metrics over the job's rollouts.
+    fn tool_stats(rows: &[RolloutRow]) -> ToolStats {
+        let mean = |v: Vec<f64>| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) };
+        let with: Vec<f64> = rows.iter().filter(|r| r.called_tool).map(|r| r.total).collect();
+        let without: Vec<f64> = rows.iter().filter(|r| !r.called_tool).map(|r| r.total).collect();
+        ToolStats {
+            call_fraction: if rows.is_empty() { 0.0 } else { with.len() as f64 / rows.len() as f64 },
+            calls: rows.iter().map(|r| r.tool_calls as usize).sum(),
+            errors: rows.iter().map(|r| r.tool_errors as usize).sum(),
+            reward_with_tool: mean(with),
+            reward_without_tool: mean(without),
+            seconds: rows.iter().fold(0.0, |acc, r| acc + r.tool_seconds),
+        }
     }
 }
 
@@ -819,6 +930,7 @@ impl MicroBatch {
         let mut lp = Vec::with_capacity(n * c);
         for s in samples {
             ensure!(s.sample_logp.len() == s.completion.len(), "rollout has {} log-probs for {} tokens", s.sample_logp.len(), s.completion.len());
+            ensure!(s.policy_mask.len() == s.completion.len(), "rollout has {} mask entries for {} tokens", s.policy_mask.len(), s.completion.len());
             let left = p - s.prompt.len();
             let seq: Vec<u32> = std::iter::repeat_n(pad, left).chain(s.prompt.iter().copied()).chain(s.completion.iter().copied()).collect();
             for j in 0..width {
@@ -827,9 +939,12 @@ impl MicroBatch {
             }
             for j in 0..c {
                 let real = j < s.completion.len();
+                // Only sampled tokens are actions: padding and inserted tool turns get mask 0,
+                // which keeps them out of the loss, the KL, the entropy and the log-prob check.
+                let action = real && s.policy_mask[j];
                 targets.push(if real { s.completion[j] } else { pad });
-                mask.push(if real { 1f32 } else { 0.0 });
-                lp.push(if real { s.sample_logp[j] } else { 0.0 });
+                mask.push(if action { 1f32 } else { 0.0 });
+                lp.push(if action { s.sample_logp[j] } else { 0.0 });
             }
         }
         Ok(Self {
@@ -847,4 +962,90 @@ impl MicroBatch {
 
 fn to_f64(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ToolsSection;
+    use crate::episode::run_episodes;
+    use crate::model::{Family, ModelConfig};
+    use crate::testing::{CHATML_BYTE_VOCAB, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
+    use candle_core::{D, Var};
+
+    /// The tool-result turn is context for the answer, never an action: the micro-batch masks
+    /// it, the loss sends no gradient to the logits at its positions, and it does not count in
+    /// the token normaliser. With the mask ignored the same positions would get gradients, so
+    /// the assertions can tell the difference.
+    #[test]
+    fn tool_result_tokens_are_masked_out_of_the_loss() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        let mc = ModelConfig { vocab_size: CHATML_BYTE_VOCAB, max_position_embeddings: 1024, ..ModelConfig::tiny_qwen3() };
+        let model = CausalLm::random(&mc, None, 3, DType::F32, &Device::Cpu).unwrap();
+        let tools = ToolUse::new(Arc::new(FakeToolBox::default()), &ToolsSection::default(), Family::Qwen3, &tok).unwrap().unwrap();
+        let prompt = tok.encode("<|im_start|>user\nWrite a rule.<|im_end|>\n<|im_start|>assistant\n", false).unwrap();
+        let mut policy = ScriptedPolicy::new(tok.clone(), |ctx: &str, _| {
+            if ctx.contains("<tool_response>") {
+                "EventID: 4688".to_string()
+            } else {
+                "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"4688\"}}\n</tool_call>".to_string()
+            }
+        });
+        let eps = run_episodes(&mut policy, &tok, &[prompt], 2, Some(&tools)).unwrap();
+        assert!(eps.iter().all(|e| e.called_tool() && e.policy_mask.iter().any(|m| !m)));
+        let samples: Vec<Sample> = eps
+            .iter()
+            .zip([1.0, -1.0])
+            .map(|(e, advantage)| Sample {
+                prompt: e.prompt_ids.clone(),
+                completion: e.completion_ids.clone(),
+                sample_logp: e.logprobs.clone(),
+                policy_mask: e.policy_mask.clone(),
+                advantage,
+            })
+            .collect();
+        let batch = MicroBatch::build(&samples, tok.pad_token_id(), &Device::Cpu).unwrap();
+        let mask = batch.mask.to_vec2::<f32>().unwrap();
+        for (row, e) in mask.iter().zip(&eps) {
+            let want: Vec<f32> = e.policy_mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+            assert_eq!(&row[..want.len()], want.as_slice());
+        }
+
+        let hidden = model.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Enabled).unwrap();
+        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width).unwrap();
+        let logits = Var::from_tensor(&model.logits(&h, AdapterMode::Enabled).unwrap().detach()).unwrap();
+        let params = LossParams { epsilon_low: 0.2, epsilon_high: 0.2, beta: 0.0, aggregation: crate::grpo::LossAggregation::Token };
+        let grad_per_position = |mask: &Tensor| -> (Vec<Vec<f32>>, f64) {
+            let (logp, _) = grpo::token_logprobs(logits.as_tensor(), &batch.targets, 1.0).unwrap();
+            let tokens: Vec<usize> = mask.to_vec2::<f32>().unwrap().iter().map(|r| r.iter().filter(|v| **v > 0.0).count()).collect();
+            let norm = LossNormalizer::for_batch(params.aggregation, &tokens, batch.completion_width);
+            let old = logp.detach();
+            let inputs = LossInputs { logp: &logp, old_logp: &old, ref_logp: None, mask, advantages: &batch.advantages };
+            let (loss, stats) = grpo::policy_loss(&inputs, &params, &norm).unwrap();
+            let grads = loss.backward().unwrap();
+            let g = grads.get(&logits).unwrap().abs().unwrap().sum(D::Minus1).unwrap().to_vec2::<f32>().unwrap();
+            (g, stats.tokens)
+        };
+        let (g, tokens) = grad_per_position(&batch.mask);
+        let policy_tokens: usize = eps.iter().map(|e| e.generated_tokens()).sum();
+        assert_eq!(tokens, policy_tokens as f64);
+        for (i, e) in eps.iter().enumerate() {
+            for (j, &m) in e.policy_mask.iter().enumerate() {
+                if m {
+                    assert!(g[i][j] > 0.0, "policy token {j} of row {i} gets no gradient");
+                } else {
+                    assert_eq!(g[i][j], 0.0, "tool-result token {j} of row {i} gets a gradient");
+                }
+            }
+        }
+        // Counter-check: treating every real token as an action puts gradient on the tool turn.
+        let real: Vec<f32> = eps
+            .iter()
+            .flat_map(|e| (0..batch.completion_width).map(move |j| f32::from(u8::from(j < e.completion_ids.len()))))
+            .collect();
+        let all_real = Tensor::from_vec(real, (eps.len(), batch.completion_width), &Device::Cpu).unwrap();
+        let (g_all, _) = grad_per_position(&all_real);
+        let tool_pos = eps[0].policy_mask.iter().position(|m| !m).unwrap();
+        assert!(g_all[0][tool_pos] > 0.0);
+    }
 }

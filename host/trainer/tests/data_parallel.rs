@@ -44,6 +44,8 @@ fn samples() -> Vec<Sample> {
             out.push(Sample {
                 prompt: vec![2, 20 + gi as u32, 40 + i as u32, 2],
                 sample_logp: vec![-2.0; len],
+                // Some inserted (tool-result) tokens, which the loss and its normaliser skip.
+                policy_mask: (0..len).map(|j| j % 5 != 3).collect(),
                 completion,
                 advantage: [0.9, -0.4, 0.3, -0.8][i] * if gi == 0 { 1.0 } else { -0.7 },
             });
@@ -107,7 +109,7 @@ fn the_gradient_summed_over_two_ranks_is_the_single_process_gradient() {
         {
             let mut naive = vec![0f32; whole.len()];
             for half in [&all[..4], &all[4..]] {
-                let half: Vec<Sample> = half.iter().map(|s| Sample { prompt: s.prompt.clone(), completion: s.completion.clone(), sample_logp: s.sample_logp.clone(), advantage: s.advantage }).collect();
+                let half: Vec<Sample> = half.iter().map(|s| Sample { prompt: s.prompt.clone(), completion: s.completion.clone(), sample_logp: s.sample_logp.clone(), policy_mask: s.policy_mask.clone(), advantage: s.advantage }).collect();
                 let g = flat(&trainer_on(&cfg, &dir, DataParallel::single()).policy_gradient(&half).unwrap());
                 naive.iter_mut().zip(g).for_each(|(a, b)| *a += b);
             }

@@ -12,6 +12,9 @@
 //! Data-parallel training: start one process per device with the usual launcher variables
 //! (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), as torchrun sets them.
 //! CPU ranks talk over TCP; CUDA ranks over NCCL in a build with `--features cuda,nccl`.
+//!
+//! Tool plugins among the plugins are offered to the model during rollouts, as the run
+//! config's `tools:` section says (see docs/training.md, "Tool turns").
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,10 +23,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sigmaforge_distributed::{Backend, LaunchEnv};
-use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef};
+use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef, ToolPlugin};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
+use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError};
 use sigmaforge_trainer::load::{self, ChatMessage, LoadOptions};
 use sigmaforge_trainer::parallel::DataParallel;
 use sigmaforge_trainer::train::Trainer;
@@ -113,8 +117,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     // 2. Plugins: the run config's `plugins:` section plus every --plugins.
-    let task_plugin = load_task_plugin(&args, &cfg, &config_base)?;
+    let (task_plugin, tool_plugins) = load_plugins(&args, &cfg, &config_base)?;
     let env = Arc::new(PluginEnvironment::new(task_plugin, &cfg.task.split)?);
+    let toolbox = Arc::new(PluginToolBox::new(&tool_plugins)?);
 
     // 3. Model.
     let dtype = cfg.dtype();
@@ -138,7 +143,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let steps = cfg.training.steps;
     let world = dp.world_size();
-    let mut trainer = Trainer::data_parallel(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir, dp)?;
+    let mut trainer = Trainer::data_parallel(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir, dp)?.with_tools(toolbox)?;
+    match trainer.tools() {
+        Some(t) => eprintln!(
+            "offering tool(s) {} in the {} format, up to {} tool turn(s) per rollout",
+            t.specs().iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            t.format(),
+            t.max_turns()
+        ),
+        None if !tool_plugins.is_empty() => eprintln!("tools.max_turns is 0: tool plugin(s) loaded but not offered"),
+        None => {}
+    }
     if let Some(ckpt) = &resume_dir {
         trainer.restore(&checkpoint::load(ckpt, &device)?)?;
         if primary {
@@ -185,7 +200,8 @@ fn select_rank_device(request: &str, launch: &LaunchEnv) -> Result<(candle_core:
     }
 }
 
-fn load_task_plugin(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<Arc<TaskPlugin>> {
+/// The task plugin to train on and every tool plugin, from the config's `plugins:` and `--plugins`.
+fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc<TaskPlugin>, Vec<Arc<ToolPlugin>>)> {
     let mut all = PluginsConfig::default();
     if !cfg.plugins.is_empty() {
         let map: BTreeMap<String, PluginConfig> = serde_json::from_value(serde_json::to_value(&cfg.plugins)?)
@@ -208,13 +224,8 @@ fn load_task_plugin(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<
         }
     }
     let set = new_runtime()?.load_all(&all)?;
-    if !set.tools.is_empty() {
-        eprintln!(
-            "warning: tool plugin(s) {} loaded, but this version does not offer tools during rollouts yet; training without them",
-            set.tools.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    match &cfg.task.plugin {
+    let tools: Vec<Arc<ToolPlugin>> = set.tools.values().cloned().collect();
+    let task: Result<Arc<TaskPlugin>> = match &cfg.task.plugin {
         Some(name) => Ok(set.task(name)?.clone()),
         None => match set.tasks.len() {
             1 => Ok(set.tasks.values().next().expect("one").clone()),
@@ -224,6 +235,44 @@ fn load_task_plugin(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<
                 set.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         },
+    };
+    Ok((task?, tools))
+}
+
+/// The run's tool plugins as the trainer's tool box.
+struct PluginToolBox {
+    tools: Vec<(sigmaforge_toolcall::ToolSpec, Arc<ToolPlugin>)>,
+}
+
+impl PluginToolBox {
+    fn new(plugins: &[Arc<ToolPlugin>]) -> Result<Self> {
+        let tools = plugins
+            .iter()
+            .map(|p| {
+                let s = p.spec();
+                let spec = sigmaforge_toolcall::ToolSpec::from_wit(&s.name, &s.description, &s.parameters.to_string())
+                    .map_err(|e| anyhow::anyhow!("tool plugin `{}`: {e}", p.name()))?;
+                Ok((spec, p.clone()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { tools })
+    }
+}
+
+impl ToolBox for PluginToolBox {
+    fn specs(&self) -> Vec<sigmaforge_toolcall::ToolSpec> {
+        self.tools.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError> {
+        let Some((_, plugin)) = self.tools.iter().find(|(s, _)| s.name == name) else {
+            return Err(ToolInvokeError::Failed(format!("no tool named `{name}`")));
+        };
+        match plugin.try_invoke(arguments_json) {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(refusal)) => Err(ToolInvokeError::Failed(refusal)),
+            Err(sandbox) => Err(ToolInvokeError::Crashed(sandbox)),
+        }
     }
 }
 

@@ -1,0 +1,624 @@
+//! Rollouts as episodes: a model turn, optionally a tool turn, and the model's final answer.
+//!
+//! Without tools an episode is one generated segment, exactly as [`crate::generate`] samples it.
+//! With tools ([`ToolUse`]) the prompt offers them in the model family's format
+//! (`sigmaforge_toolcall`), generation stops at the format's stop string (`</tool_call>`), the
+//! host parses the call, runs it through a [`ToolBox`], appends the tool-result turn and lets the
+//! model continue — up to `max_turns` tool turns, after which no more tools are run.
+//!
+//! The completion the trainer learns from is `segment 1 + tool-result tokens + segment 2 …`
+//! with a per-token loss mask: only tokens the policy sampled count (mask 1); the tool result
+//! and the ChatML text around it (mask 0) are context for the next segment, never actions, so
+//! they are left out of the policy loss, the KL and the entropy, and their log-probs are 0.
+//!
+//! Bad calls never end an episode: invalid JSON, an unknown tool, the tool's own error, a trap
+//! or a time limit all come back to the model as the tool result (an `Error: …` text).
+//!
+//! Generation is behind [`SegmentGenerator`] so tests can drive episodes with a scripted policy;
+//! [`ModelPolicy`] is the model-backed one. Rows that take a tool turn continue as one batch;
+//! each continuation re-reads its whole context (prompt + earlier turns), because the KV cache
+//! of the first segment is not kept across the tool call.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, bail, ensure};
+use serde::Serialize;
+use serde_json::Value;
+use sigmaforge_toolcall::{
+    ASSISTANT_TURN_END, ToolCallError, ToolFormat, ToolResult, ToolSpec, parse_tool_calls, system_prompt_with_tools,
+    tool_turn_text,
+};
+
+use crate::config::{RewardText, ToolsSection};
+use crate::generate::{FinishReason, SamplerRng, SamplingConfig, generate_until};
+use crate::load::{ChatMessage, Tokenizer};
+use crate::model::{AdapterMode, CausalLm, Family};
+
+/// The tools a run may call. The trainer knows nothing of WebAssembly: the CLI implements this
+/// over the plugin runtime's tool plugins, tests implement it natively.
+pub trait ToolBox: Send + Sync {
+    /// Every tool, as offered to the model.
+    fn specs(&self) -> Vec<ToolSpec>;
+    /// Runs tool `name` (one of `specs`) with a JSON object of arguments.
+    fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError>;
+}
+
+/// Why a tool call produced no output. Both are shown to the model, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolInvokeError {
+    /// The tool ran and refused the call (bad arguments, nothing found…): its own message.
+    Failed(String),
+    /// The tool did not finish: a trap, the time limit or the memory cap.
+    Crashed(String),
+}
+
+/// Tools as a run offers them: the tool box, the format and the limits (from `tools:`).
+pub struct ToolUse {
+    toolbox: Arc<dyn ToolBox>,
+    specs: Vec<ToolSpec>,
+    format: ToolFormat,
+    max_turns: usize,
+    max_result_chars: usize,
+    reward_on: RewardText,
+}
+
+impl ToolUse {
+    /// `None` when tools are switched off (`max_turns: 0`) or the tool box is empty. The tool
+    /// turns are ChatML (`<|im_start|>…<|im_end|>`, as Qwen3 and SmolLM2 use), so a tokenizer
+    /// without those tokens is an error rather than a run that feeds the model garbage.
+    pub fn new(toolbox: Arc<dyn ToolBox>, cfg: &ToolsSection, family: Family, tokenizer: &Tokenizer) -> Result<Option<Self>> {
+        let specs = toolbox.specs();
+        if cfg.max_turns == 0 || specs.is_empty() {
+            return Ok(None);
+        }
+        for marker in ["<|im_start|>", "<|im_end|>"] {
+            ensure!(
+                tokenizer.token_to_id(marker).is_some(),
+                "tools: tool turns are written in ChatML, but this model's tokenizer has no {marker} token; \
+                 use a ChatML model (Qwen3, SmolLM2) or set tools.max_turns: 0"
+            );
+        }
+        let format = match cfg.explicit_format()? {
+            Some(f) => f,
+            None => match family {
+                Family::Qwen3 => ToolFormat::Hermes,
+                // The Llama-architecture ChatML model the project ships is SmolLM2.
+                Family::Llama => ToolFormat::SmolLm2,
+            },
+        };
+        let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            bail!("tools: two tools are named `{}`; tool names must be unique", w[0]);
+        }
+        Ok(Some(Self { toolbox, specs, format, max_turns: cfg.max_turns, max_result_chars: cfg.max_result_chars, reward_on: cfg.reward_on }))
+    }
+
+    pub fn format(&self) -> ToolFormat {
+        self.format
+    }
+
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
+    }
+
+    pub fn max_turns(&self) -> usize {
+        self.max_turns
+    }
+
+    pub fn reward_on(&self) -> RewardText {
+        self.reward_on
+    }
+
+    /// The task's messages with the tools offered in the system message (the task's own system
+    /// prompt first, if it has one). For Hermes this is the text Qwen3's chat template renders
+    /// for `tools`, so every model family gets its tools the same way.
+    pub fn offer(&self, messages: &[ChatMessage]) -> Vec<ChatMessage> {
+        let mut out = messages.to_vec();
+        match out.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = system_prompt_with_tools(self.format, Some(&first.content), &self.specs);
+            }
+            _ => out.insert(0, ChatMessage::new("system", system_prompt_with_tools(self.format, None, &self.specs))),
+        }
+        out
+    }
+
+    fn stop_strings(&self) -> Vec<String> {
+        self.format.stop_sequences().iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Runs every call attempt of one model turn; errors become results for the model.
+    fn run_calls(&self, text: &str, turn: usize) -> (Vec<ToolResult>, Vec<ToolCallRecord>) {
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        for attempt in parse_tool_calls(self.format, text, &self.specs) {
+            let start = Instant::now();
+            let (result, arguments) = match attempt.result {
+                Err(e) => (ToolResult::error(&e), None),
+                Ok(call) => {
+                    let outcome = catch_unwind(AssertUnwindSafe(|| self.toolbox.invoke(&call.name, &call.arguments_json())))
+                        .unwrap_or_else(|panic| Err(ToolInvokeError::Crashed(panic_text(&panic))));
+                    let result = match outcome {
+                        Ok(output) => ToolResult::ok(&call.name, cap_chars(output, self.max_result_chars)),
+                        Err(ToolInvokeError::Failed(message)) => {
+                            ToolResult::error(&ToolCallError::ToolFailed { name: call.name.clone(), message })
+                        }
+                        Err(ToolInvokeError::Crashed(message)) => {
+                            ToolResult::error(&ToolCallError::ToolCrashed { name: call.name.clone(), message })
+                        }
+                    };
+                    (result, Some(call.arguments))
+                }
+            };
+            records.push(ToolCallRecord {
+                turn,
+                name: result.name.clone(),
+                arguments,
+                result: result.content.clone(),
+                is_error: result.is_error,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+            results.push(result);
+        }
+        (results, records)
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let msg = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown panic");
+    format!("the tool panicked: {msg}")
+}
+
+/// Keeps the first `max` characters, with a note so the model knows the result was cut.
+fn cap_chars(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((cut, _)) => format!("{}\n[result cut at {max} characters]", &text[..cut]),
+    }
+}
+
+/// One generated segment: what the policy sampled until a stop (eos or a stop string) or the
+/// token limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub ids: Vec<u32>,
+    /// Log-prob of each id under the sampling policy.
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+/// Contexts in, next segments out.
+pub trait SegmentGenerator {
+    /// `copies` segments per context, context-major (the first call samples a GRPO group per
+    /// prompt; continuations ask for 1). A segment ends at eos, at any of `stop_strings`
+    /// (the token completing it included), or at the token limit.
+    fn next_segments(&mut self, contexts: &[Vec<u32>], copies: usize, stop_strings: &[String]) -> Result<Vec<Segment>>;
+}
+
+/// The policy model, sampling with a KV cache ([`generate_until`]).
+pub struct ModelPolicy<'a> {
+    pub model: &'a CausalLm,
+    pub tokenizer: &'a Tokenizer,
+    /// `num_completions` is ignored: each call says how many copies it wants.
+    pub sampling: &'a SamplingConfig,
+    pub rng: &'a mut SamplerRng,
+    pub adapters: AdapterMode,
+}
+
+impl SegmentGenerator for ModelPolicy<'_> {
+    fn next_segments(&mut self, contexts: &[Vec<u32>], copies: usize, stop_strings: &[String]) -> Result<Vec<Segment>> {
+        let cfg = SamplingConfig { num_completions: copies, ..self.sampling.clone() };
+        let out = generate_until(self.model, self.tokenizer, contexts, &cfg, stop_strings, self.rng, self.adapters)?;
+        Ok(out.into_iter().map(|r| Segment { ids: r.completion_ids, logprobs: r.logprobs, finish: r.finish_reason }).collect())
+    }
+}
+
+/// One tool call of an episode, for rollouts.jsonl and the metrics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallRecord {
+    /// 1-based tool turn.
+    pub turn: usize,
+    /// The tool, when the call named a known one.
+    pub name: Option<String>,
+    /// The arguments object, when the call parsed.
+    pub arguments: Option<Value>,
+    /// What the model was shown (the output, or `Error: …`).
+    pub result: String,
+    pub is_error: bool,
+    pub seconds: f64,
+}
+
+/// A finished rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episode {
+    /// Index into the prompts; episodes come prompt-major, a group of G per prompt.
+    pub prompt_index: usize,
+    pub prompt_ids: Vec<u32>,
+    /// Every segment and inserted tool turn, in order.
+    pub completion_ids: Vec<u32>,
+    /// Sampling log-prob per completion token (0 for inserted tokens, which are not used).
+    pub logprobs: Vec<f32>,
+    /// Per completion token: true where the policy sampled it (counts in the loss).
+    pub policy_mask: Vec<bool>,
+    /// The completion decoded with special tokens skipped (tool turns included).
+    pub text: String,
+    /// The completion with special tokens kept: the transcript as the model saw it.
+    pub transcript: String,
+    /// The last segment (after the last tool turn), special tokens skipped.
+    pub final_answer: String,
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// How the last segment ended.
+    pub finish_reason: FinishReason,
+}
+
+impl Episode {
+    pub fn called_tool(&self) -> bool {
+        !self.tool_calls.is_empty()
+    }
+
+    pub fn tool_errors(&self) -> usize {
+        self.tool_calls.iter().filter(|c| c.is_error).count()
+    }
+
+    pub fn tool_seconds(&self) -> f64 {
+        // fold from +0.0: an empty float `sum()` is -0.0, which the metrics would print.
+        self.tool_calls.iter().fold(0.0, |acc, c| acc + c.seconds)
+    }
+
+    /// Tokens the policy generated (the loss counts these).
+    pub fn generated_tokens(&self) -> usize {
+        self.policy_mask.iter().filter(|m| **m).count()
+    }
+
+    /// The text the reward scores.
+    pub fn reward_text(&self, on: RewardText) -> &str {
+        match on {
+            RewardText::FinalAnswer => &self.final_answer,
+            RewardText::Transcript => &self.text,
+        }
+    }
+}
+
+/// An episode being built.
+struct Draft {
+    prompt_index: usize,
+    completion: Vec<u32>,
+    logprobs: Vec<f32>,
+    mask: Vec<bool>,
+    last_start: usize,
+    last_finish: FinishReason,
+    calls: Vec<ToolCallRecord>,
+}
+
+impl Draft {
+    fn new(prompt_index: usize, seg: Segment) -> Result<Self> {
+        let mut d = Self {
+            prompt_index,
+            completion: Vec::new(),
+            logprobs: Vec::new(),
+            mask: Vec::new(),
+            last_start: 0,
+            last_finish: seg.finish,
+            calls: Vec::new(),
+        };
+        d.push_segment(seg)?;
+        Ok(d)
+    }
+
+    fn push_segment(&mut self, seg: Segment) -> Result<()> {
+        ensure!(seg.ids.len() == seg.logprobs.len(), "a segment has {} log-probs for {} tokens", seg.logprobs.len(), seg.ids.len());
+        self.last_start = self.completion.len();
+        self.last_finish = seg.finish;
+        self.mask.extend(std::iter::repeat_n(true, seg.ids.len()));
+        self.completion.extend(seg.ids);
+        self.logprobs.extend(seg.logprobs);
+        Ok(())
+    }
+
+    fn push_inserted(&mut self, ids: &[u32]) {
+        self.completion.extend_from_slice(ids);
+        self.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
+        self.mask.extend(std::iter::repeat_n(false, ids.len()));
+    }
+}
+
+/// Runs one episode per (prompt, copy): `group` episodes per prompt, prompt-major. `tools`:
+/// `None` = plain single-segment rollouts.
+pub fn run_episodes(
+    policy: &mut dyn SegmentGenerator,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    group: usize,
+    tools: Option<&ToolUse>,
+) -> Result<Vec<Episode>> {
+    let stops = tools.map(ToolUse::stop_strings).unwrap_or_default();
+    let first = policy.next_segments(prompts, group, &stops)?;
+    ensure!(first.len() == prompts.len() * group, "the policy returned {} segments for {} prompts × {group}", first.len(), prompts.len());
+    let mut drafts: Vec<Draft> = first.into_iter().enumerate().map(|(i, seg)| Draft::new(i / group, seg)).collect::<Result<_>>()?;
+
+    if let Some(tools) = tools {
+        let mut live: Vec<usize> = (0..drafts.len()).collect();
+        for turn in 1..=tools.max_turns {
+            let mut continuing = Vec::new();
+            for &row in &live {
+                let d = &mut drafts[row];
+                // A segment cut by the token limit is not a finished turn: no tool runs.
+                if d.last_finish != FinishReason::Stop {
+                    continue;
+                }
+                let last = &d.completion[d.last_start..];
+                let text = tokenizer.decode(last, false)?;
+                let (results, records) = tools.run_calls(&text, turn);
+                if results.is_empty() {
+                    continue;
+                }
+                // Close the assistant turn (the stop string leaves it open; an eos `<|im_end|>`
+                // closed it already and only the newline is missing), then the tool turn.
+                let closed = last.last().is_some_and(|&t| tokenizer.token_to_id("<|im_end|>") == Some(t));
+                let mut inserted = String::from(if closed { "\n" } else { ASSISTANT_TURN_END });
+                inserted.push_str(&tool_turn_text(tools.format, &results));
+                let ids = tokenizer.encode(&inserted, false)?;
+                d.push_inserted(&ids);
+                d.calls.extend(records);
+                continuing.push(row);
+            }
+            if continuing.is_empty() {
+                break;
+            }
+            let contexts: Vec<Vec<u32>> = continuing
+                .iter()
+                .map(|&row| prompts[drafts[row].prompt_index].iter().chain(&drafts[row].completion).copied().collect())
+                .collect();
+            // After the last allowed tool turn the model writes its answer; calls in it are not run.
+            let turn_stops = if turn < tools.max_turns { stops.clone() } else { Vec::new() };
+            let segments = policy.next_segments(&contexts, 1, &turn_stops)?;
+            ensure!(segments.len() == continuing.len(), "the policy returned {} segments for {} contexts", segments.len(), continuing.len());
+            for (&row, seg) in continuing.iter().zip(segments) {
+                drafts[row].push_segment(seg)?;
+            }
+            live = continuing;
+        }
+    }
+
+    drafts
+        .into_iter()
+        .map(|d| {
+            Ok(Episode {
+                prompt_ids: prompts[d.prompt_index].clone(),
+                prompt_index: d.prompt_index,
+                text: tokenizer.decode(&d.completion, true)?,
+                transcript: tokenizer.decode(&d.completion, false)?,
+                final_answer: tokenizer.decode(&d.completion[d.last_start..], true)?,
+                completion_ids: d.completion,
+                logprobs: d.logprobs,
+                policy_mask: d.mask,
+                tool_calls: d.calls,
+                finish_reason: d.last_finish,
+            })
+        })
+        .collect()
+}
+
+/// Per-step tool statistics over a step's episodes and their rewards.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolStats {
+    /// Share of rollouts with at least one tool call (well-formed or not).
+    pub call_fraction: f64,
+    pub calls: usize,
+    pub errors: usize,
+    /// Mean reward of rollouts that called a tool / did not (`None`: no such rollout).
+    pub reward_with_tool: Option<f64>,
+    pub reward_without_tool: Option<f64>,
+    /// Seconds spent inside tools.
+    pub seconds: f64,
+}
+
+impl ToolStats {
+    pub fn of(episodes: &[Episode], rewards: &[f64]) -> Self {
+        let mean = |v: Vec<f64>| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) };
+        let with: Vec<f64> = episodes.iter().zip(rewards).filter(|(e, _)| e.called_tool()).map(|(_, r)| *r).collect();
+        let without: Vec<f64> = episodes.iter().zip(rewards).filter(|(e, _)| !e.called_tool()).map(|(_, r)| *r).collect();
+        Self {
+            call_fraction: if episodes.is_empty() { 0.0 } else { with.len() as f64 / episodes.len() as f64 },
+            calls: episodes.iter().map(|e| e.tool_calls.len()).sum(),
+            errors: episodes.iter().map(Episode::tool_errors).sum(),
+            reward_with_tool: mean(with),
+            reward_without_tool: mean(without),
+            seconds: episodes.iter().fold(0.0, |acc, e| acc + e.tool_seconds()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FAKE_SEARCH_HIT, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
+
+    fn tools_cfg(max_turns: usize, format: &str) -> ToolsSection {
+        ToolsSection { max_turns, format: format.into(), ..ToolsSection::default() }
+    }
+
+    fn tool_use(toolbox: Arc<FakeToolBox>, max_turns: usize, format: &str) -> ToolUse {
+        ToolUse::new(toolbox, &tools_cfg(max_turns, format), Family::Qwen3, &chatml_byte_tokenizer().unwrap()).unwrap().expect("tools on")
+    }
+
+    fn prompt(tok: &Tokenizer, tools: &ToolUse, task: &str) -> Vec<u32> {
+        let messages = tools.offer(&[ChatMessage::new("user", task)]);
+        tok.encode(&tok.apply_chat_template(&messages, true, None).unwrap(), false).unwrap()
+    }
+
+    const CALL: &str = "Let me look that up.\n<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"process creation 4688\"}}\n</tool_call>";
+    const ANSWER: &str = "detection:\n  sel:\n    EventID: 4688\n  condition: sel";
+
+    /// First turn: the call; once a tool response is in the context: the answer.
+    fn call_then_answer(first: &'static str) -> impl FnMut(&str, usize) -> String + Send {
+        move |context: &str, _copy: usize| if context.contains("<tool_response>") { ANSWER.to_string() } else { first.to_string() }
+    }
+
+    #[test]
+    fn a_tool_call_runs_and_its_result_is_context_but_not_an_action() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        let toolbox = Arc::new(FakeToolBox::default());
+        let tools = tool_use(toolbox.clone(), 1, "auto");
+        assert_eq!(tools.format(), ToolFormat::Hermes);
+        let p = prompt(&tok, &tools, "Write a rule for process creation.");
+        assert!(tok.decode(&p, false).unwrap().contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"search\""));
+        let mut policy = ScriptedPolicy::new(tok.clone(), call_then_answer(CALL));
+        let log = policy.log.clone();
+        let eps = run_episodes(&mut policy, &tok, std::slice::from_ref(&p), 2, Some(&tools)).unwrap();
+        assert_eq!(eps.len(), 2);
+
+        let e = &eps[0];
+        assert_eq!(toolbox.invocations.lock().unwrap()[0], ("search".to_string(), "{\"query\":\"process creation 4688\"}".to_string()));
+        assert_eq!(e.tool_calls.len(), 1);
+        assert_eq!(e.tool_calls[0].name.as_deref(), Some("search"));
+        assert!(!e.tool_calls[0].is_error);
+        assert_eq!(e.tool_calls[0].arguments, Some(serde_json::json!({"query": "process creation 4688"})));
+        // The transcript holds call, result and answer; the reward sees the answer only.
+        let result_turn = format!(
+            "<|im_end|>\n<|im_start|>user\n<tool_response>\nquery: process creation 4688\n{FAKE_SEARCH_HIT}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(e.transcript, format!("{CALL}{result_turn}{ANSWER}<|im_end|>"));
+        assert_eq!(e.final_answer, ANSWER);
+        assert_eq!(e.reward_text(RewardText::FinalAnswer), ANSWER);
+        assert!(e.reward_text(RewardText::Transcript).contains(FAKE_SEARCH_HIT));
+        assert_eq!(e.finish_reason, FinishReason::Stop);
+
+        // Mask: the sampled tokens are exactly the two segments; the inserted ones the tool turn.
+        let pick = |want: bool| -> Vec<u32> { e.completion_ids.iter().zip(&e.policy_mask).filter(|(_, m)| **m == want).map(|(t, _)| *t).collect() };
+        assert_eq!(tok.decode(&pick(true), false).unwrap(), format!("{CALL}{ANSWER}<|im_end|>"));
+        assert_eq!(tok.decode(&pick(false), false).unwrap(), result_turn);
+        for (lp, m) in e.logprobs.iter().zip(&e.policy_mask) {
+            assert_eq!(*lp, if *m { -1.0 } else { 0.0 });
+        }
+        assert_eq!(e.generated_tokens(), pick(true).len());
+
+        // The continuation saw prompt + call + result and, after the last allowed turn, no stop strings.
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!((log[0].copies, log[0].stop_strings.clone()), (2, vec!["</tool_call>".to_string()]));
+        assert_eq!(log[1].copies, 1);
+        assert!(log[1].stop_strings.is_empty());
+        assert_eq!(log[1].contexts[0], format!("{}{CALL}{result_turn}", tok.decode(&p, false).unwrap()));
+    }
+
+    #[test]
+    fn malformed_calls_answer_the_model_with_an_error_and_the_episode_goes_on() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        let tools = tool_use(Arc::new(FakeToolBox::default()), 1, "hermes");
+        let cases: [(&'static str, &str); 5] = [
+            ("<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": }\n</tool_call>", "Error: the tool call is not valid JSON"),
+            ("<tool_call>\n{\"name\": \"google\", \"arguments\": {\"q\": \"x\"}}\n</tool_call>", "Error: unknown tool `google`; available tools: search, fail, crash, panic"),
+            ("<tool_call>\n{\"name\": \"fail\", \"arguments\": {}}\n</tool_call>", "Error: tool `fail` returned an error: the index is empty"),
+            ("<tool_call>\n{\"name\": \"crash\", \"arguments\": {}}\n</tool_call>", "Error: tool `crash` did not finish: wasm trap: unreachable"),
+            ("<tool_call>\n{\"name\": \"panic\", \"arguments\": {}}\n</tool_call>", "Error: tool `panic` did not finish: the tool panicked: fake tool box bug"),
+        ];
+        for (call, error) in cases {
+            let p = prompt(&tok, &tools, "task");
+            let mut policy = ScriptedPolicy::new(tok.clone(), call_then_answer(call));
+            let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
+            assert_eq!(e.tool_calls.len(), 1, "{call}");
+            assert!(e.tool_calls[0].is_error && e.tool_calls[0].result.starts_with(error), "{call}: {:?}", e.tool_calls[0]);
+            assert!(e.transcript.contains(&format!("<tool_response>\n{error}")), "{}", e.transcript);
+            assert_eq!(e.final_answer, ANSWER, "{call}: the episode must continue to an answer");
+            assert_eq!(e.tool_errors(), 1);
+        }
+    }
+
+    #[test]
+    fn no_call_means_one_segment_and_calls_after_the_last_turn_are_not_run() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        let toolbox = Arc::new(FakeToolBox::default());
+        let tools = tool_use(toolbox.clone(), 1, "auto");
+        let p = prompt(&tok, &tools, "task");
+        // Copy 0 answers directly; copy 1 calls a tool, then calls again instead of answering.
+        let mut policy = ScriptedPolicy::new(tok.clone(), |ctx: &str, copy: usize| {
+            if copy == 0 && !ctx.contains("<tool_response>") { ANSWER.into() } else { CALL.into() }
+        });
+        let eps = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap();
+        assert!(!eps[0].called_tool());
+        assert_eq!(eps[0].text, ANSWER);
+        assert!(eps[0].policy_mask.iter().all(|m| *m));
+        assert_eq!(eps[1].tool_calls.len(), 1, "max_turns 1: the second call is not run");
+        assert_eq!(toolbox.invocations.lock().unwrap().len(), 1);
+        // Without a stop string the second call runs to eos; it is the text that gets scored.
+        assert_eq!(eps[1].final_answer, CALL);
+
+        let stats = ToolStats::of(&eps, &[0.25, 1.0]);
+        assert_eq!((stats.call_fraction, stats.calls, stats.errors), (0.5, 1, 0));
+        assert_eq!((stats.reward_with_tool, stats.reward_without_tool), (Some(1.0), Some(0.25)));
+        let none = ToolStats::of(&eps[..1], &[0.25]);
+        assert_eq!((none.call_fraction, none.reward_with_tool), (0.0, None));
+        assert!(none.seconds.is_sign_positive(), "no tool time is +0, not -0");
+    }
+
+    #[test]
+    fn two_tool_turns_when_allowed() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        let tools = tool_use(Arc::new(FakeToolBox::default()), 2, "auto");
+        let p = prompt(&tok, &tools, "task");
+        let mut policy = ScriptedPolicy::new(tok.clone(), |ctx: &str, _| {
+            if ctx.matches("<tool_response>").count() >= 2 { ANSWER.into() } else { CALL.into() }
+        });
+        let log = policy.log.clone();
+        let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
+        assert_eq!(e.tool_calls.iter().map(|c| c.turn).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(e.final_answer, ANSWER);
+        let log = log.lock().unwrap();
+        assert_eq!(log[1].stop_strings, vec!["</tool_call>".to_string()], "a second tool turn is still allowed");
+        assert!(log[2].stop_strings.is_empty());
+    }
+
+    #[test]
+    fn smollm2_and_fenced_formats_run_calls_too() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        for (format, call, marker) in [
+            ("smollm2", "<tool_call>[{\"name\": \"search\", \"arguments\": {\"query\": \"lsass\"}}]</tool_call>", "<|im_start|>tool\nquery: lsass"),
+            ("fenced", "```tool_call\n{\"tool\": \"search\", \"arguments\": {\"query\": \"lsass\"}}\n```", "<|im_start|>user\nTool result (search):\nquery: lsass"),
+        ] {
+            let tools = tool_use(Arc::new(FakeToolBox::default()), 1, format);
+            let p = prompt(&tok, &tools, "task");
+            let mut policy = ScriptedPolicy::new(tok.clone(), move |ctx: &str, _| {
+                if ctx.contains(FAKE_SEARCH_HIT) { ANSWER.into() } else { call.into() }
+            });
+            let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
+            assert!(e.transcript.contains(marker), "{format}: {}", e.transcript);
+            assert_eq!(e.final_answer, ANSWER, "{format}");
+            // The fenced call ended with eos (<|im_end|>): only the newline is inserted before the result turn.
+            assert!(!e.transcript.contains("<|im_end|><|im_end|>"), "{format}: {}", e.transcript);
+        }
+    }
+
+    #[test]
+    fn tools_off_or_without_chatml_or_with_bad_config() {
+        let tok = chatml_byte_tokenizer().unwrap();
+        let tb = Arc::new(FakeToolBox::default());
+        assert!(ToolUse::new(tb.clone(), &tools_cfg(0, "auto"), Family::Qwen3, &tok).unwrap().is_none());
+        let llama = ToolUse::new(tb.clone(), &tools_cfg(1, "auto"), Family::Llama, &tok).unwrap().unwrap();
+        assert_eq!(llama.format(), ToolFormat::SmolLm2);
+        let word_level = crate::testing::tiny_tokenizer(64).unwrap();
+        let err = ToolUse::new(tb.clone(), &tools_cfg(1, "auto"), Family::Qwen3, &word_level).err().unwrap().to_string();
+        assert!(err.contains("<|im_start|>") && err.contains("tools.max_turns"), "{err}");
+        let err = ToolUse::new(tb, &tools_cfg(1, "xml"), Family::Qwen3, &tok).err().unwrap().to_string();
+        assert!(err.contains("tools.format") && err.contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn long_results_are_cut_with_a_note() {
+        assert_eq!(cap_chars("héllo".into(), 10), "héllo");
+        assert_eq!(cap_chars("héllo".into(), 2), "hé\n[result cut at 2 characters]");
+    }
+
+    #[test]
+    fn offering_tools_extends_an_existing_system_prompt() {
+        let tools = tool_use(Arc::new(FakeToolBox::default()), 1, "auto");
+        let m = tools.offer(&[ChatMessage::new("system", "You write Sigma rules."), ChatMessage::new("user", "x")]);
+        assert_eq!(m.len(), 2);
+        assert!(m[0].content.starts_with("You write Sigma rules.\n\n# Tools"), "{}", m[0].content);
+        let m = tools.offer(&[ChatMessage::new("user", "x")]);
+        assert_eq!((m.len(), m[0].role.as_str()), (2, "system"));
+    }
+}

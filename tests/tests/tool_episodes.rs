@@ -1,0 +1,151 @@
+//! Tool turns in rollouts against the real plugins: a scripted policy calls the search tool
+//! (dist/search.wasm) through the plugin runtime, the result comes back into the episode, and
+//! the final rule is scored by the sigma plugin (dist/sigma.wasm). Malformed calls and the
+//! tool's own errors reach the model as error text and the episode still ends in a scored answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sigma_task::fixtures::reference_answer;
+use sigmaforge_runtime::{PluginConfig, PluginsConfig, Runtime, RuntimeOptions, TaskRef, ToolPlugin};
+use sigmaforge_toolcall::ToolSpec;
+use sigmaforge_trainer::config::ToolsSection;
+use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError, ToolUse, run_episodes};
+use sigmaforge_trainer::load::ChatMessage;
+use sigmaforge_trainer::model::Family;
+use sigmaforge_trainer::testing::{ScriptedPolicy, chatml_byte_tokenizer};
+
+/// The runtime's tool plugins as a trainer tool box (what `sigmaforge run` does).
+struct RuntimeTools(Vec<(ToolSpec, Arc<ToolPlugin>)>);
+
+impl ToolBox for RuntimeTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        self.0.iter().map(|(s, _)| s.clone()).collect()
+    }
+    fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError> {
+        let (_, plugin) = self.0.iter().find(|(s, _)| s.name == name).expect("episodes only invoke offered tools");
+        match plugin.try_invoke(arguments_json) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(ToolInvokeError::Failed(e)),
+            Err(e) => Err(ToolInvokeError::Crashed(e)),
+        }
+    }
+}
+
+#[test]
+fn search_tool_turn_then_a_scored_rule() {
+    let data = sigmaforge_data::for_tests();
+    let sigma_wasm = sigmaforge_e2e::wasm_plugin("sigma-plugin");
+    let search_wasm = sigmaforge_e2e::wasm_plugin("search-plugin");
+    let mut plugins = BTreeMap::new();
+    for path in [&sigma_wasm, &search_wasm] {
+        let p = PluginConfig::from_path(path).with_data(&data);
+        plugins.insert(p.name.clone(), p);
+    }
+    let set = Runtime::new(RuntimeOptions::default()).unwrap().load_all(&PluginsConfig { plugins }).unwrap();
+    assert_eq!((set.tasks.len(), set.tools.len()), (1, 1));
+    let sigma = set.tasks.values().next().unwrap().clone();
+    let search = set.tools.values().next().unwrap().clone();
+    let spec = search.spec();
+    let spec = ToolSpec::from_wit(&spec.name, &spec.description, &spec.parameters.to_string()).unwrap();
+    let toolbox = Arc::new(RuntimeTools(vec![(spec, search)]));
+
+    // The first train task and the answer its reference rule gives (full marks: 1.1).
+    let task = sigma.list_tasks("train").unwrap().remove(0);
+    let meta = match &task.metadata {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+        v => v.clone(),
+    };
+    let rule = std::fs::read_to_string(data.join("sigma").join(meta["rule_path"].as_str().unwrap())).unwrap();
+    let good_answer = reference_answer(&rule);
+
+    let tok = chatml_byte_tokenizer().unwrap();
+    let tools = ToolUse::new(toolbox, &ToolsSection::default(), Family::Qwen3, &tok).unwrap().expect("search is offered");
+    let messages: Vec<ChatMessage> = task.prompt.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
+    let prompt = tok.encode(&tok.apply_chat_template(&tools.offer(&messages), true, None).unwrap(), false).unwrap();
+
+    // Copy 0 searches and, seeing the Security 4688 document, writes the reference rule; copy 1
+    // calls a tool that does not exist, copy 2 sends arguments the search tool refuses; both then
+    // write a rule that matches nothing. Copy 3 answers without a tool.
+    let answer = good_answer.clone();
+    let mut policy = ScriptedPolicy::new(tok.clone(), move |ctx: &str, copy: usize| {
+        if ctx.contains("<tool_response>") {
+            return if ctx.contains("win-security-4688") { answer.clone() } else { "no rule".to_string() };
+        }
+        match copy {
+            0 => "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"new process created command line 4688\", \"k\": 2}}\n</tool_call>".into(),
+            1 => "<tool_call>\n{\"name\": \"web_search\", \"arguments\": {\"q\": \"4688\"}}\n</tool_call>".into(),
+            2 => "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"k\": 3}}\n</tool_call>".into(),
+            _ => "no rule".into(),
+        }
+    });
+    let eps = run_episodes(&mut policy, &tok, &[prompt], 4, Some(&tools)).unwrap();
+
+    let ok = &eps[0];
+    assert_eq!(ok.tool_calls.len(), 1);
+    assert!(!ok.tool_calls[0].is_error, "{:?}", ok.tool_calls[0]);
+    let result: serde_json::Value = serde_json::from_str(&ok.tool_calls[0].result).unwrap();
+    assert_eq!(result["results"][0]["id"], "win-security-4688");
+    assert!(ok.transcript.contains("<tool_response>\n{\"query\""), "{}", ok.transcript);
+    assert_eq!(ok.final_answer, good_answer);
+    assert!(ok.policy_mask.iter().any(|m| !m) && ok.policy_mask.last() == Some(&true));
+
+    let unknown = &eps[1].tool_calls[0];
+    assert!(unknown.is_error && unknown.result.starts_with("Error: unknown tool `web_search`; available tools: search"), "{unknown:?}");
+    let refused = &eps[2].tool_calls[0];
+    assert!(refused.is_error && refused.result.starts_with("Error: tool `search` returned an error:"), "{refused:?}");
+    assert!(!eps[3].called_tool());
+
+    // The final answers are what the sigma plugin scores.
+    let batch: Vec<(TaskRef, String)> = eps.iter().map(|e| (TaskRef::Id(task.id.clone()), e.final_answer.clone())).collect();
+    let scores = sigma.score_batch(&batch);
+    assert!((scores[0].total - 1.1).abs() < 1e-9, "{:?}", scores[0]);
+    for s in &scores[1..] {
+        assert_eq!(s.total, 0.0, "{s:?}");
+    }
+}
+
+/// `sigmaforge run --plugins sigma.wasm --plugins search.wasm` offers the search tool during
+/// rollouts (no "not offered" warning) and logs the tool metrics. The model is a tiny random
+/// Qwen3 with a ChatML byte tokenizer, written as a Hugging Face directory by the test, so one
+/// step runs in seconds; it does not call the tool, which the metrics must say.
+#[test]
+fn run_offers_loaded_tool_plugins() {
+    use candle_core::{DType, Device};
+    use sigmaforge_trainer::model::{CausalLm, ModelConfig};
+    use sigmaforge_trainer::testing::CHATML_BYTE_VOCAB;
+
+    let dir = sigmaforge_e2e::target_dir().join("e2e-scratch").join(format!("run-tools-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mc = ModelConfig { vocab_size: CHATML_BYTE_VOCAB, max_position_embeddings: 16384, ..ModelConfig::tiny_qwen3() };
+    let model = CausalLm::random(&mc, None, 1, DType::F32, &Device::Cpu).unwrap();
+    sigmaforge_trainer::export::merged_hf_dir(&model, &chatml_byte_tokenizer().unwrap(), &dir.join("model")).unwrap();
+    let config = format!(
+        "model: {{ path: {model}, dtype: f32, device: cpu }}\nfinetune: full\n\
+         training: {{ steps: 1, prompts_per_step: 1, rollouts_per_prompt: 2, micro_batch_size: 2 }}\n\
+         generation: {{ max_new_tokens: 4, temperature: 1.0, max_prompt_tokens: 16000 }}\n\
+         optimizer: {{ lr: 0.001 }}\ncheckpoint: {{ every: 0, keep: 1 }}\nexport: {{ merged: false, lora_adapter: false }}\n\
+         tools: {{ max_turns: 1, format: auto }}\n",
+        model = dir.join("model").display()
+    );
+    std::fs::write(dir.join("run.yaml"), config).unwrap();
+    let sigma = sigmaforge_e2e::wasm_plugin("sigma-plugin").display().to_string();
+    let search = sigmaforge_e2e::wasm_plugin("search-plugin").display().to_string();
+    let data = sigmaforge_data::for_tests().display().to_string();
+    let out_dir = dir.join("run").display().to_string();
+    let config_path = dir.join("run.yaml").display().to_string();
+    let (code, _out, err) = sigmaforge_e2e::run_sigmaforge(
+        &["run", "--plugins", &sigma, "--plugins", &search, "--data", &data, "--config", &config_path, "--out", &out_dir],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("offering tool(s) search in the hermes format, up to 1 tool turn(s) per rollout"), "{err}");
+    assert!(!err.contains("does not offer tools"), "{err}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(dir.join("run").join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(metrics["tool_call_fraction"], 0.0);
+    assert_eq!(metrics["tool_calls"], 0);
+    assert!(metrics["reward_with_tool"].is_null(), "{metrics}");
+    assert_eq!(metrics["reward_without_tool"], metrics["reward"]["mean"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
