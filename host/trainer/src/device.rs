@@ -60,6 +60,16 @@ mod tests {
             let err = select_device("cuda").unwrap_err().to_string();
             assert!(err.contains("cuda"), "{err}");
         }
+        // A CUDA build: `auto` takes the GPU when one is usable, else falls back to the CPU and
+        // says why; `cuda` without a usable GPU is an error, not a panic inside cudarc.
+        #[cfg(feature = "cuda")]
+        match select_device("cuda") {
+            Ok(_) => assert!(matches!(d, Device::Cuda(_)), "auto ignored a usable GPU: {desc}"),
+            Err(e) => {
+                assert!(matches!(d, Device::Cpu) && desc.contains("no GPU used"), "{desc}");
+                assert!(e.to_string().contains("is not usable"), "{e}");
+            }
+        }
         let _ = (d, desc);
         assert!(select_device("tpu").unwrap_err().to_string().contains("tpu"));
         #[cfg(not(feature = "cuda"))]
