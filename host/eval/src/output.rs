@@ -36,39 +36,14 @@ pub fn write_all(dir: &Path, report: &Report, samples: &[SampleRecord]) -> Resul
     crate::plot::plot_report(report, &dir.join(REPORT_PNG))
 }
 
-fn civil(secs: u64) -> (i64, u32, u32, u64) {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem)
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ`.
+/// `YYYY-MM-DDTHH:MM:SSZ`, now.
 pub fn utc_timestamp() -> String {
-    format_timestamp(now_secs())
-}
-
-fn format_timestamp(secs: u64) -> String {
-    let (y, m, d, rem) = civil(secs);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// `YYYYMMDD-HHMMSS`, for directory names.
 fn utc_stamp() -> String {
-    let (y, m, d, rem) = civil(now_secs());
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string()
 }
 
 #[cfg(test)]
@@ -77,9 +52,8 @@ mod tests {
 
     #[test]
     fn timestamps_and_directory_names() {
-        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00Z");
-        // 2024-02-29T12:34:56Z (a leap day)
-        assert_eq!(format_timestamp(1_709_210_096), "2024-02-29T12:34:56Z");
+        let t = utc_timestamp();
+        assert!(t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
         let d = default_out_dir("Qwen/Qwen3 0.6B");
         let name = d.file_name().unwrap().to_str().unwrap();
         assert!(d.starts_with("evals") && name.starts_with("Qwen_Qwen3_0.6B-"), "{}", d.display());
