@@ -2,17 +2,24 @@
 //!
 //! Prompts are rendered with the model's chat template and generated in batches with the
 //! trainer's sampler (greedy at temperature 0). Every sample of a batch reports the batch's wall
-//! time as its latency: that is how long each of those requests waited. Tools are not offered to
-//! local models yet (the episode loop's tool turns belong to the trainer); the eval says so.
+//! time as its latency: that is how long each of those requests waited. Tools are offered the way
+//! training rollouts offer them: the trainer's episode loop (the model family's native tool-call
+//! format, generation stopped at the end of a call, the tool run, the result appended, up to
+//! `--max-tool-turns`), and the sample's answer is the text after the last tool turn.
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use candle_core::DType;
+use serde_json::json;
 use sigmaforge_runtime::Message;
-use sigmaforge_trainer::generate::{SamplerRng, SamplingConfig, generate};
+use sigmaforge_trainer::config::ToolsSection;
+use sigmaforge_trainer::episode::{ModelPolicy, ToolUse, run_episodes};
+use sigmaforge_trainer::generate::{SamplerRng, SamplingConfig};
 use sigmaforge_trainer::load::{ChatMessage, LoadOptions, Tokenizer, load_model};
 use sigmaforge_trainer::model::{AdapterMode, CausalLm};
 
@@ -57,14 +64,25 @@ impl LocalPolicy {
         Ok(LocalPolicy { name, path, model, tokenizer, sampling, batch_size: opts.batch_size, rng: Mutex::new(SamplerRng::new(opts.seed)) })
     }
 
-    fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+    fn prompt_ids(&self, messages: &[Message], tools: Option<&ToolUse>) -> Result<Vec<u32>> {
         let chat: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage::new(m.role.clone(), m.content.clone())).collect();
+        let chat = match tools {
+            Some(t) => t.offer(&chat),
+            None => chat,
+        };
         let text = self.tokenizer.apply_chat_template(&chat, true, None).context("cannot render the prompt with the model's chat template")?;
         self.tokenizer.encode(&text, false).context("cannot tokenize the prompt")
     }
 
+    /// The trainer's tool setup for this model, or `None` without tools.
+    fn tool_use(&self, tools: Option<&Toolbox>) -> Result<Option<ToolUse>> {
+        let Some(tb) = tools.filter(|t| !t.is_empty() && t.max_turns > 0) else { return Ok(None) };
+        let cfg = ToolsSection { max_turns: tb.max_turns, ..ToolsSection::default() };
+        ToolUse::new(Arc::new(tb.clone()), &cfg, self.model.config().family, &self.tokenizer)
+    }
+
     /// One batch; every sample fails with the same reason if the batch cannot run.
-    fn run_batch(&self, prompts: &[Vec<Message>]) -> Vec<Outcome> {
+    fn run_batch(&self, prompts: &[Vec<Message>], tools: Option<&Toolbox>) -> Vec<Outcome> {
         let start = Instant::now();
         let fail = |reason: String| Failure {
             reason,
@@ -75,14 +93,25 @@ impl LocalPolicy {
             tool_calls: 0,
             transcript: None,
         };
-        let ids: Result<Vec<Vec<u32>>> = prompts.iter().map(|m| self.prompt_ids(m)).collect();
+        let tool_use = match self.tool_use(tools) {
+            Ok(t) => t,
+            Err(e) => return prompts.iter().map(|_| Err(fail(format!("cannot offer the tools: {e:#}")))).collect(),
+        };
+        let ids: Result<Vec<Vec<u32>>> = prompts.iter().map(|m| self.prompt_ids(m, tool_use.as_ref())).collect();
         let ids = match ids {
             Ok(ids) => ids,
             Err(e) => return prompts.iter().map(|_| Err(fail(format!("{e:#}")))).collect(),
         };
         let rollouts = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            generate(&self.model, &self.tokenizer, &ids, &self.sampling, &mut rng, AdapterMode::Enabled)
+            let mut policy = ModelPolicy {
+                model: &self.model,
+                tokenizer: &self.tokenizer,
+                sampling: &self.sampling,
+                rng: &mut rng,
+                adapters: AdapterMode::Enabled,
+            };
+            run_episodes(&mut policy, &self.tokenizer, &ids, 1, tool_use.as_ref())
         };
         let latency_s = start.elapsed().as_secs_f64();
         match rollouts {
@@ -90,14 +119,21 @@ impl LocalPolicy {
             Ok(rollouts) => rollouts
                 .into_iter()
                 .map(|r| {
+                    let text = match &tool_use {
+                        Some(t) => r.reward_text(t.reward_on()).to_string(),
+                        None => r.text.clone(),
+                    };
                     Ok(Completion {
-                        text: r.text,
-                        usage: Usage { tokens_in: r.prompt_ids.len() as u64, tokens_out: r.completion_ids.len() as u64 },
+                        text,
+                        // Tokens the model read once (the prompt) and wrote; tool results it read
+                        // back are part of neither.
+                        usage: Usage { tokens_in: r.prompt_ids.len() as u64, tokens_out: r.generated_tokens() as u64 },
                         latency_s,
                         attempts: 1,
                         attempt_errors: vec![],
-                        tool_calls: 0,
-                        transcript: None,
+                        tool_calls: r.tool_calls.len() as u32,
+                        // As the model saw it, with its chat markers (there is no OpenAI message list).
+                        transcript: tool_use.as_ref().map(|_| vec![json!({"role": "transcript", "content": r.transcript})]),
                     })
                 })
                 .collect(),
@@ -115,17 +151,17 @@ impl Policy for LocalPolicy {
     }
 
     fn supports_tools(&self) -> bool {
-        false
+        true
     }
 
-    fn complete(&self, messages: &[Message], _tools: Option<&Toolbox>) -> Outcome {
-        self.run_batch(std::slice::from_ref(&messages.to_vec())).pop().expect("one outcome per prompt")
+    fn complete(&self, messages: &[Message], tools: Option<&Toolbox>) -> Outcome {
+        self.run_batch(std::slice::from_ref(&messages.to_vec()), tools).pop().expect("one outcome per prompt")
     }
 
-    fn complete_all(&self, prompts: &[Vec<Message>], _tools: Option<&Toolbox>, done: &(dyn Fn() + Sync)) -> Vec<Outcome> {
+    fn complete_all(&self, prompts: &[Vec<Message>], tools: Option<&Toolbox>, done: &(dyn Fn() + Sync)) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(self.batch_size) {
-            for o in self.run_batch(chunk) {
+            for o in self.run_batch(chunk, tools) {
                 out.push(o);
                 done();
             }
@@ -166,6 +202,46 @@ mod tests {
         // Greedy decoding is deterministic: the single-prompt path agrees with the batch.
         let single = policy.complete(&prompts[0], None).unwrap();
         assert_eq!(single.text, out[0].as_ref().unwrap().text);
-        assert!(!policy.supports_tools());
+    }
+
+    /// Local models take tool turns in the trainer's episode loop, which reaches the eval's tools
+    /// through `Toolbox`'s `ToolBox` impl. A random test model never writes a tool call, so a
+    /// scripted policy stands in for it here: the call reaches the eval's tool, its result goes
+    /// back to the model, and the answer after it is the final answer.
+    #[test]
+    fn eval_toolbox_serves_the_trainer_episode_loop() {
+        use sigmaforge_trainer::episode::SegmentGenerator;
+        use sigmaforge_trainer::testing::{ScriptedPolicy, chatml_byte_tokenizer};
+        use sigmaforge_trainer::model::Family;
+        use crate::tools::ToolRunner;
+        use sigmaforge_toolcall::ToolSpec;
+
+        struct Lookup;
+        impl ToolRunner for Lookup {
+            fn spec(&self) -> ToolSpec {
+                ToolSpec { name: "search".into(), description: "looks up".into(), parameters: serde_json::json!({"type": "object"}) }
+            }
+            fn invoke(&self, arguments: &str) -> Result<String, String> {
+                if arguments.contains("4688") { Ok("Event 4688: a new process has been created".into()) } else { Err("nothing found".into()) }
+            }
+        }
+        let tok = chatml_byte_tokenizer().unwrap();
+        let tb = Toolbox::new(vec![Arc::new(Lookup)], 1);
+        let tool_use = ToolUse::new(Arc::new(tb.clone()), &ToolsSection::default(), Family::Qwen3, &tok).unwrap().expect("tools on");
+        let messages = tool_use.offer(&[ChatMessage::new("user", "write a rule for new processes")]);
+        assert!(messages[0].content.contains("search"), "the tool is offered in the system message");
+        let ids = tok.encode(&tok.apply_chat_template(&messages, true, None).unwrap(), false).unwrap();
+        let mut policy = ScriptedPolicy::new(tok.clone(), |context: &str, _copy: usize| {
+            if context.contains("4688: a new process") {
+                "detection:\n  sel:\n    EventID: 4688\n  condition: sel".to_string()
+            } else {
+                "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"4688\"}}\n</tool_call>".to_string()
+            }
+        });
+        let eps = run_episodes(&mut policy as &mut dyn SegmentGenerator, &tok, &[ids], 1, Some(&tool_use)).unwrap();
+        assert_eq!(eps[0].tool_calls.len(), 1);
+        assert!(!eps[0].tool_calls[0].is_error, "{:?}", eps[0].tool_calls);
+        assert!(eps[0].transcript.contains("a new process has been created"));
+        assert!(eps[0].final_answer.contains("EventID: 4688"), "{}", eps[0].final_answer);
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use sigmaforge_runtime::ToolPlugin;
 use sigmaforge_toolcall::{ToolSpec, chat_template_tools};
+use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError};
 
 /// Runs one tool by name with its JSON arguments text; `Err` is text for the model.
 pub trait ToolRunner: Send + Sync {
@@ -23,6 +24,7 @@ impl ToolRunner for ToolPlugin {
 }
 
 /// The tools of an eval and how many tool turns a sample may take.
+#[derive(Clone)]
 pub struct Toolbox {
     tools: Vec<Arc<dyn ToolRunner>>,
     specs: Vec<ToolSpec>,
@@ -66,6 +68,20 @@ impl Toolbox {
             Ok(result) => result,
             Err(e) => format!("error: {e}"),
         }
+    }
+}
+
+/// Local models take their tool turns in the trainer's episode loop (the same code as training
+/// rollouts), which reaches tools through this trait. The argument checks above stay with the
+/// episode loop's own parsing; a tool's error is `Failed`, shown to the model.
+impl ToolBox for Toolbox {
+    fn specs(&self) -> Vec<ToolSpec> {
+        self.specs.clone()
+    }
+
+    fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError> {
+        let i = self.specs.iter().position(|s| s.name == name).ok_or_else(|| ToolInvokeError::Failed(format!("unknown tool `{name}`")))?;
+        self.tools[i].invoke(arguments_json).map_err(ToolInvokeError::Failed)
     }
 }
 

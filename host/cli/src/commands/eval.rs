@@ -151,7 +151,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(tb) = &toolbox
         && !policy.supports_tools()
     {
-        eprintln!("warning: tools ({}) are not offered to local models yet; evaluating without them", tb.names().join(", "));
+        eprintln!("warning: policy {} cannot call tools; evaluating without {}", policy.spec(), tb.names().join(", "));
     }
 
     let out_dir = args.out.clone().unwrap_or_else(|| output::default_out_dir(policy.model()));
