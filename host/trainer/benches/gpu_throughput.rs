@@ -13,6 +13,7 @@
 //!   master weights; PyTorch's fused AdamW updates the bf16 weights with fp32 math).
 //! - Decoding: B = 8 rows, 32-token prompts, 128 new tokens, greedy, KV cache, prefill
 //!   included.
+//!
 //! Each figure is the median of 5 timed runs after 2 warm-ups. Lines starting with `{` are
 //! JSON for the comparison.
 

@@ -43,7 +43,7 @@ pub struct LossParams {
 pub fn group_advantages(rewards: &[f64], group_size: usize, scale_by_std: bool) -> Result<Vec<f64>> {
     ensure!(group_size > 0, "group size must be at least 1");
     ensure!(
-        rewards.len() % group_size == 0,
+        rewards.len().is_multiple_of(group_size),
         "{} rewards do not split into groups of {group_size}",
         rewards.len()
     );

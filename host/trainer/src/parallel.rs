@@ -109,7 +109,7 @@ impl DataParallel {
     /// Nothing to do without sharding: every rank took the same step.
     pub fn share_updated_parameters(&mut self, params: &[(String, Var)]) -> Result<()> {
         let Some(owners) = self.owners.clone() else { return Ok(()) };
-        let values = self.from_owners(&owners, params.iter().map(|(_, v)| v.as_tensor().clone()).collect(), "the updated parameters")?;
+        let values = self.owners_values(&owners, params.iter().map(|(_, v)| v.as_tensor().clone()).collect(), "the updated parameters")?;
         for ((_, var), t) in params.iter().zip(values) {
             // Every rank, the owner included, takes the shared value, so all hold the same bits.
             var.set(&t.to_dtype(var.dtype())?)?;
@@ -131,7 +131,7 @@ impl DataParallel {
                     None => Ok(var.as_tensor().zeros_like()?.to_dtype(DType::F32)?),
                 })
                 .collect::<Result<_>>()?;
-            let full = self.from_owners(&owners, local, &format!("the optimizer moments {kind}"))?;
+            let full = self.owners_values(&owners, local, &format!("the optimizer moments {kind}"))?;
             for ((name, _), t) in params.iter().zip(full) {
                 state.insert(format!("{kind}.{name}"), t);
             }
@@ -146,7 +146,7 @@ impl DataParallel {
                     None => Ok(var.as_tensor().to_dtype(DType::F32)?),
                 })
                 .collect::<Result<_>>()?;
-            let full = self.from_owners(&owners, local, "the optimizer master weights")?;
+            let full = self.owners_values(&owners, local, "the optimizer master weights")?;
             for ((name, var), t) in params.iter().zip(full) {
                 if matches!(var.dtype(), DType::BF16 | DType::F16) {
                     state.insert(format!("w.{name}"), t);
@@ -157,7 +157,7 @@ impl DataParallel {
     }
 
     /// `tensors[i]` as its owner holds it, on every rank (f32).
-    fn from_owners(&mut self, owners: &[usize], tensors: Vec<Tensor>, what: &str) -> Result<Vec<Tensor>> {
+    fn owners_values(&mut self, owners: &[usize], tensors: Vec<Tensor>, what: &str) -> Result<Vec<Tensor>> {
         let rank = self.rank();
         let sizes: Vec<usize> = tensors.iter().map(Tensor::elem_count).collect();
         let mut flat = vec![0f32; sizes.iter().sum()];

@@ -191,7 +191,6 @@ impl CausalLm {
             // The head is not a LoRA target (PEFT's usual setting); it trains under full FT.
             Some(Linear::new("lm_head".into(), take("lm_head.weight")?, None, train_plain, &mut rng)?)
         };
-        drop(take);
         // Tied checkpoints sometimes also ship lm_head.weight; HF's rotary_emb buffers are derived.
         tensors.retain(|name, _| !(name == "lm_head.weight" || name.contains("rotary_emb")));
         if !tensors.is_empty() {
