@@ -7,30 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sigma_task::fixtures::reference_answer;
-use sigmaforge_runtime::{PluginConfig, PluginsConfig, Runtime, RuntimeOptions, TaskRef, ToolPlugin};
-use sigmaforge_toolcall::ToolSpec;
+use sigmaforge_eval::tools::Toolbox;
+use sigmaforge_runtime::{PluginConfig, PluginsConfig, Runtime, RuntimeOptions, TaskRef};
 use sigmaforge_trainer::config::ToolsSection;
-use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError, ToolUse, run_episodes};
+use sigmaforge_trainer::episode::{ToolUse, run_episodes};
 use sigmaforge_trainer::load::ChatMessage;
 use sigmaforge_trainer::model::Family;
 use sigmaforge_trainer::testing::{ScriptedPolicy, chatml_byte_tokenizer};
-
-/// The runtime's tool plugins as a trainer tool box (what `sigmaforge run` does).
-struct RuntimeTools(Vec<(ToolSpec, Arc<ToolPlugin>)>);
-
-impl ToolBox for RuntimeTools {
-    fn specs(&self) -> Vec<ToolSpec> {
-        self.0.iter().map(|(s, _)| s.clone()).collect()
-    }
-    fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError> {
-        let (_, plugin) = self.0.iter().find(|(s, _)| s.name == name).expect("episodes only invoke offered tools");
-        match plugin.try_invoke(arguments_json) {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(ToolInvokeError::Failed(e)),
-            Err(e) => Err(ToolInvokeError::Crashed(e)),
-        }
-    }
-}
 
 #[test]
 fn search_tool_turn_then_a_scored_rule() {
@@ -46,9 +29,8 @@ fn search_tool_turn_then_a_scored_rule() {
     assert_eq!((set.tasks.len(), set.tools.len()), (1, 1));
     let sigma = set.tasks.values().next().unwrap().clone();
     let search = set.tools.values().next().unwrap().clone();
-    let spec = search.spec();
-    let spec = ToolSpec::from_wit(&spec.name, &spec.description, &spec.parameters.to_string()).unwrap();
-    let toolbox = Arc::new(RuntimeTools(vec![(spec, search)]));
+    // The same adapter `sigmaforge run` and `sigmaforge eval` use.
+    let toolbox = Arc::new(Toolbox::from_plugins(&[search], 1).unwrap());
 
     // The first train task and the answer its reference rule gives (full marks: 1.1).
     let task = sigma.list_tasks("train").unwrap().remove(0);

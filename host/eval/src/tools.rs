@@ -1,4 +1,7 @@
-//! Tool plugins offered to a model during the eval, in the OpenAI function-calling format.
+//! Tool plugins as a model sees them: offered to hosted models in the OpenAI function-calling
+//! format, and (through the trainer's `ToolBox` trait) to the trainer's episode loop, which both
+//! `sigmaforge run` and local-model evals use. The one adapter between the runtime's tool plugins
+//! and the trainer lives here.
 
 use std::sync::Arc;
 
@@ -11,6 +14,12 @@ use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError};
 pub trait ToolRunner: Send + Sync {
     fn spec(&self) -> ToolSpec;
     fn invoke(&self, arguments: &str) -> Result<String, String>;
+    /// Like `invoke`, keeping the tool's own refusal (`Ok(Err)`) apart from a failure to run it
+    /// at all (`Err`: a trap, the time limit, the memory cap). Tools that cannot crash need not
+    /// override it.
+    fn try_invoke(&self, arguments: &str) -> Result<Result<String, String>, String> {
+        Ok(self.invoke(arguments))
+    }
 }
 
 impl ToolRunner for ToolPlugin {
@@ -20,6 +29,9 @@ impl ToolRunner for ToolPlugin {
     }
     fn invoke(&self, arguments: &str) -> Result<String, String> {
         ToolPlugin::invoke(self, arguments)
+    }
+    fn try_invoke(&self, arguments: &str) -> Result<Result<String, String>, String> {
+        ToolPlugin::try_invoke(self, arguments)
     }
 }
 
@@ -36,6 +48,16 @@ impl Toolbox {
     pub fn new(tools: Vec<Arc<dyn ToolRunner>>, max_turns: usize) -> Toolbox {
         let specs = tools.iter().map(|t| t.spec()).collect();
         Toolbox { tools, specs, max_turns }
+    }
+
+    /// The loaded tool plugins; a plugin whose parameters schema is not a JSON object is refused
+    /// by name (models are told to send an arguments object).
+    pub fn from_plugins(plugins: &[Arc<ToolPlugin>], max_turns: usize) -> anyhow::Result<Toolbox> {
+        for p in plugins {
+            let s = p.spec();
+            ToolSpec::from_wit(&s.name, &s.description, &s.parameters.to_string()).map_err(|e| anyhow::anyhow!("tool plugin `{}`: {e}", p.name()))?;
+        }
+        Ok(Toolbox::new(plugins.iter().map(|p| p.clone() as Arc<dyn ToolRunner>).collect(), max_turns))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,17 +93,21 @@ impl Toolbox {
     }
 }
 
-/// Local models take their tool turns in the trainer's episode loop (the same code as training
-/// rollouts), which reaches tools through this trait. The argument checks above stay with the
-/// episode loop's own parsing; a tool's error is `Failed`, shown to the model.
+/// Training rollouts and local-model evals take their tool turns in the trainer's episode loop,
+/// which reaches tools through this trait (the loop parses the calls itself). A tool's refusal
+/// is `Failed`, a sandbox failure `Crashed`; both are shown to the model.
 impl ToolBox for Toolbox {
     fn specs(&self) -> Vec<ToolSpec> {
         self.specs.clone()
     }
 
     fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError> {
-        let i = self.specs.iter().position(|s| s.name == name).ok_or_else(|| ToolInvokeError::Failed(format!("unknown tool `{name}`")))?;
-        self.tools[i].invoke(arguments_json).map_err(ToolInvokeError::Failed)
+        let i = self.specs.iter().position(|s| s.name == name).ok_or_else(|| ToolInvokeError::Failed(format!("no tool named `{name}`")))?;
+        match self.tools[i].try_invoke(arguments_json) {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(refusal)) => Err(ToolInvokeError::Failed(refusal)),
+            Err(sandbox) => Err(ToolInvokeError::Crashed(sandbox)),
+        }
     }
 }
 

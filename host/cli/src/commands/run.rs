@@ -27,7 +27,7 @@ use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef, ToolP
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
-use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError};
+use sigmaforge_eval::tools::Toolbox;
 use sigmaforge_trainer::load::{self, ChatMessage, LoadOptions};
 use sigmaforge_trainer::parallel::DataParallel;
 use sigmaforge_trainer::train::Trainer;
@@ -119,7 +119,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // 2. Plugins: the run config's `plugins:` section plus every --plugins.
     let (task_plugin, tool_plugins) = load_plugins(&args, &cfg, &config_base)?;
     let env = Arc::new(PluginEnvironment::new(task_plugin, &cfg.task.split)?);
-    let toolbox = Arc::new(PluginToolBox::new(&tool_plugins)?);
+    let toolbox = Arc::new(Toolbox::from_plugins(&tool_plugins, cfg.tools.max_turns)?);
 
     // 3. Model.
     let dtype = cfg.dtype();
@@ -237,43 +237,6 @@ fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc
         },
     };
     Ok((task?, tools))
-}
-
-/// The run's tool plugins as the trainer's tool box.
-struct PluginToolBox {
-    tools: Vec<(sigmaforge_toolcall::ToolSpec, Arc<ToolPlugin>)>,
-}
-
-impl PluginToolBox {
-    fn new(plugins: &[Arc<ToolPlugin>]) -> Result<Self> {
-        let tools = plugins
-            .iter()
-            .map(|p| {
-                let s = p.spec();
-                let spec = sigmaforge_toolcall::ToolSpec::from_wit(&s.name, &s.description, &s.parameters.to_string())
-                    .map_err(|e| anyhow::anyhow!("tool plugin `{}`: {e}", p.name()))?;
-                Ok((spec, p.clone()))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { tools })
-    }
-}
-
-impl ToolBox for PluginToolBox {
-    fn specs(&self) -> Vec<sigmaforge_toolcall::ToolSpec> {
-        self.tools.iter().map(|(s, _)| s.clone()).collect()
-    }
-
-    fn invoke(&self, name: &str, arguments_json: &str) -> Result<String, ToolInvokeError> {
-        let Some((_, plugin)) = self.tools.iter().find(|(s, _)| s.name == name) else {
-            return Err(ToolInvokeError::Failed(format!("no tool named `{name}`")));
-        };
-        match plugin.try_invoke(arguments_json) {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(refusal)) => Err(ToolInvokeError::Failed(refusal)),
-            Err(sandbox) => Err(ToolInvokeError::Crashed(sandbox)),
-        }
-    }
 }
 
 /// The plugin runtime as the trainer's task environment.
