@@ -416,18 +416,36 @@ pub struct ToolStats {
     pub seconds: f64,
 }
 
+/// One rollout's tool use and reward: what [`ToolStats`] is summed from (the trainer gathers
+/// these over data-parallel ranks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RolloutToolUse {
+    pub called: bool,
+    pub calls: usize,
+    pub errors: usize,
+    pub seconds: f64,
+    pub reward: f64,
+}
+
+impl Episode {
+    pub fn tool_use(&self, reward: f64) -> RolloutToolUse {
+        RolloutToolUse { called: self.called_tool(), calls: self.tool_calls.len(), errors: self.tool_errors(), seconds: self.tool_seconds(), reward }
+    }
+}
+
 impl ToolStats {
-    pub fn of(episodes: &[Episode], rewards: &[f64]) -> Self {
+    pub fn over(rollouts: impl IntoIterator<Item = RolloutToolUse>) -> Self {
+        let rollouts: Vec<RolloutToolUse> = rollouts.into_iter().collect();
         let mean = |v: Vec<f64>| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) };
-        let with: Vec<f64> = episodes.iter().zip(rewards).filter(|(e, _)| e.called_tool()).map(|(_, r)| *r).collect();
-        let without: Vec<f64> = episodes.iter().zip(rewards).filter(|(e, _)| !e.called_tool()).map(|(_, r)| *r).collect();
+        let with: Vec<f64> = rollouts.iter().filter(|r| r.called).map(|r| r.reward).collect();
+        let without: Vec<f64> = rollouts.iter().filter(|r| !r.called).map(|r| r.reward).collect();
         Self {
-            call_fraction: if episodes.is_empty() { 0.0 } else { with.len() as f64 / episodes.len() as f64 },
-            calls: episodes.iter().map(|e| e.tool_calls.len()).sum(),
-            errors: episodes.iter().map(Episode::tool_errors).sum(),
+            call_fraction: if rollouts.is_empty() { 0.0 } else { with.len() as f64 / rollouts.len() as f64 },
+            calls: rollouts.iter().map(|r| r.calls).sum(),
+            errors: rollouts.iter().map(|r| r.errors).sum(),
             reward_with_tool: mean(with),
             reward_without_tool: mean(without),
-            seconds: episodes.iter().fold(0.0, |acc, e| acc + e.tool_seconds()),
+            seconds: rollouts.iter().fold(0.0, |acc, r| acc + r.seconds),
         }
     }
 }
@@ -547,10 +565,10 @@ mod tests {
         // Without a stop string the second call runs to eos; it is the text that gets scored.
         assert_eq!(eps[1].final_answer, CALL);
 
-        let stats = ToolStats::of(&eps, &[0.25, 1.0]);
+        let stats = ToolStats::over(eps.iter().zip([0.25, 1.0]).map(|(e, r)| e.tool_use(r)));
         assert_eq!((stats.call_fraction, stats.calls, stats.errors), (0.5, 1, 0));
         assert_eq!((stats.reward_with_tool, stats.reward_without_tool), (Some(1.0), Some(0.25)));
-        let none = ToolStats::of(&eps[..1], &[0.25]);
+        let none = ToolStats::over([eps[0].tool_use(0.25)]);
         assert_eq!((none.call_fraction, none.reward_with_tool), (0.0, None));
         assert!(none.seconds.is_sign_positive(), "no tool time is +0, not -0");
     }

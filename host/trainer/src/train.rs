@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FORMAT_VERSION};
 use crate::config::RunConfig;
 use crate::environment::{RewardScore, TaskEnvironment, TaskPrompt, score_checked};
-use crate::episode::{self, Episode, ModelPolicy, SegmentGenerator, ToolBox, ToolStats, ToolUse};
+use crate::episode::{self, Episode, ModelPolicy, RolloutToolUse, SegmentGenerator, ToolBox, ToolStats, ToolUse};
 use crate::export;
 use crate::generate::{FinishReason, SamplingConfig};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
@@ -412,7 +412,7 @@ impl Trainer {
             .collect();
         // Generated tokens only: inserted tool turns are not the policy's output.
         let lengths: Vec<f64> = rows.iter().map(|r| r.length).collect();
-        let tool_stats = RolloutRow::tool_stats(&rows);
+        let tool_stats = ToolStats::over(rows.iter().map(|r| r.tool));
         let generated: f64 = lengths.iter().sum();
         // The step waits for the slowest rank, so its times are the ones reported.
         let local_times = [gen_time.as_secs_f64(), reward_busy.as_secs_f64(), reward_wait.as_secs_f64(), update_time.as_secs_f64()];
@@ -838,10 +838,7 @@ struct RolloutRow {
     length: f64,
     truncated: bool,
     failed: bool,
-    called_tool: bool,
-    tool_calls: f64,
-    tool_errors: f64,
-    tool_seconds: f64,
+    tool: RolloutToolUse,
 }
 
 impl RolloutRow {
@@ -857,14 +854,9 @@ impl RolloutRow {
         let flag = |b: bool| f64::from(u8::from(b));
         let mut out = Vec::with_capacity(rollouts.len() * Self::cols(names));
         for (r, s) in rollouts.iter().zip(scores) {
-            out.push(s.total);
-            out.push(r.generated_tokens() as f64);
-            out.push(flag(r.finish_reason == FinishReason::Length));
-            out.push(flag(s.error.is_some()));
-            out.push(flag(r.called_tool()));
-            out.push(r.tool_calls.len() as f64);
-            out.push(r.tool_errors() as f64);
-            out.push(r.tool_seconds());
+            let tool = r.tool_use(s.total);
+            out.extend([s.total, r.generated_tokens() as f64, flag(r.finish_reason == FinishReason::Length), flag(s.error.is_some())]);
+            out.extend([flag(tool.called), tool.calls as f64, tool.errors as f64, tool.seconds]);
             for name in names {
                 out.push(s.components.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v));
             }
@@ -878,26 +870,8 @@ impl RolloutRow {
             length: row[1],
             truncated: row[2] > 0.5,
             failed: row[3] > 0.5,
-            called_tool: row[4] > 0.5,
-            tool_calls: row[5],
-            tool_errors: row[6],
-            tool_seconds: row[7],
+            tool: RolloutToolUse { called: row[4] > 0.5, calls: row[5] as usize, errors: row[6] as usize, seconds: row[7], reward: row[0] },
             components: row[Self::FIXED..].to_vec(),
-        }
-    }
-
-    /// Tool-use metrics over the job's rollouts.
-    fn tool_stats(rows: &[RolloutRow]) -> ToolStats {
-        let mean = |v: Vec<f64>| if v.is_empty() { None } else { Some(v.iter().sum::<f64>() / v.len() as f64) };
-        let with: Vec<f64> = rows.iter().filter(|r| r.called_tool).map(|r| r.total).collect();
-        let without: Vec<f64> = rows.iter().filter(|r| !r.called_tool).map(|r| r.total).collect();
-        ToolStats {
-            call_fraction: if rows.is_empty() { 0.0 } else { with.len() as f64 / rows.len() as f64 },
-            calls: rows.iter().map(|r| r.tool_calls as usize).sum(),
-            errors: rows.iter().map(|r| r.tool_errors as usize).sum(),
-            reward_with_tool: mean(with),
-            reward_without_tool: mean(without),
-            seconds: rows.iter().fold(0.0, |acc, r| acc + r.tool_seconds),
         }
     }
 }

@@ -26,7 +26,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut files = Vec::new();
     for path in &args.paths {
         if path.is_dir() {
-            collect_rule_files(path, &mut files)?;
+            files.extend(sigma_engine::rule_files(path)?);
         } else if path.is_file() {
             files.push(path.clone());
         } else {
@@ -165,21 +165,4 @@ fn check_file(path: &Path, options: &CompileOptions) -> CheckedFile {
             ),
         },
     }
-}
-
-/// Every *.yml / *.yaml file under `dir`, sorted, so output is stable.
-fn collect_rule_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect_rule_files(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "yml" || e == "yaml") {
-            out.push(p);
-        }
-    }
-    Ok(())
 }

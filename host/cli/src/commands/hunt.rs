@@ -126,10 +126,7 @@ fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
         if meta.is_file() {
             files.push(root.clone());
         } else {
-            let mut found = Vec::new();
-            walk_rules(root, &mut found).with_context(|| format!("reading rules from {}", root.display()))?;
-            found.sort();
-            files.extend(found);
+            files.extend(sigma_engine::rule_files(root).with_context(|| format!("reading rules from {}", root.display()))?);
         }
     }
     let parsed: Vec<_> = files
@@ -155,18 +152,6 @@ fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
     }
     set.apply_filters();
     Ok(set)
-}
-
-fn walk_rules(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk_rules(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Loads the corpus from the cache when it is fresh, else parses the files (in parallel) and,

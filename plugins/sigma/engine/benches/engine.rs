@@ -6,7 +6,7 @@
 //! Everything here is single-threaded; the CLI's parallel full hunt is timed end to end with
 //! `/usr/bin/time -v sigmaforge hunt ...` (see BENCHMARKS.md).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sigma_engine::CompileOptions;
@@ -30,25 +30,6 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
         last = Some(out);
     }
     (median(samples), last.expect("runs > 0"))
-}
-
-fn rule_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                if !p.ends_with("meta") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "yml") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn main() {
@@ -101,7 +82,9 @@ fn main() {
         println!("{rel:<90} {:>9} {:>12.2?} {:>12.2?}", hits.len(), eval, both);
     }
 
-    let files = rule_files(&sigma);
+    // The SigmaHQ rule folders (meta/ holds converter configs, not rules), in path order.
+    let files: Vec<PathBuf> =
+        ["rules", "rules-emerging-threats", "rules-threat-hunting"].iter().flat_map(|d| sigma_engine::rule_files(&sigma.join(d)).unwrap()).collect();
     let (parse_rules, set) = time(1, || {
         let mut set = RuleSet::default();
         for f in &files {

@@ -54,7 +54,7 @@ pub use detection::compile::{CompileOptions, CompiledRule, PlaceholderPolicy, co
 pub use diagnostic::{Diagnostic, Pos, Severity};
 pub use rule::{
     CmpOp, Correlation, CorrelationCondition, CorrelationType, Document, FieldAlias, Filter, FilterRules, Level, Logsource,
-    ParsedFile, Related, Rule, Status, apply_filter, parse_documents,
+    ParsedFile, Related, Rule, Status, apply_filter, parse_documents, rule_files,
 };
 
 // Event side (helper B): loaders, store, logsource mapping, hunting.

@@ -3,32 +3,12 @@
 //! Regenerate with: `cargo test --release -p sigma-engine --test chainsaw_examples -- --ignored --nocapture`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use sigma_engine::corpus::{Corpus, collect_event_files};
 use sigma_engine::event::ValueKind;
 use sigma_engine::hunt::{Hunter, RuleSet};
 use sigma_engine::logsource::LogsourceMap;
 use sigma_engine::{CompileOptions, PlaceholderPolicy};
-
-fn rule_files(root: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                if !p.ends_with("meta") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "yml") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// A quoted or plain YAML scalar with a wildcard that is not only at its ends.
 fn has_inner_wildcard(text: &str) -> Option<String> {
@@ -54,7 +34,9 @@ fn find_examples() {
     let (corpus, _) = Corpus::load(&sources);
     let mut set = RuleSet::default();
     let mut texts = Vec::new();
-    for f in rule_files(&data.join("sigma")) {
+    // The SigmaHQ rule folders (meta/ holds converter configs, not rules), in path order.
+    let files = ["rules", "rules-emerging-threats", "rules-threat-hunting"].iter().flat_map(|d| sigma_engine::rule_files(&data.join("sigma").join(d)).unwrap());
+    for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let rel = f.strip_prefix(data.join("sigma")).unwrap().display().to_string();
         set.add_file(&text, &rel);

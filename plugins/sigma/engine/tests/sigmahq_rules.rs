@@ -3,22 +3,10 @@
 //! document and the code cannot drift apart.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sigma_engine::event::FieldTable;
 use sigma_engine::{CompileOptions, Document, compile, parse_documents};
-
-fn rule_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            rule_files(&p, out);
-        } else if p.extension().is_some_and(|e| e == "yml" || e == "yaml") {
-            out.push(p);
-        }
-    }
-}
 
 /// `| `path` | reason |` rows of the invalid-rules document.
 fn documented_invalid() -> BTreeMap<String, String> {
@@ -44,7 +32,7 @@ fn every_sigmahq_rule_loads_unless_documented_invalid() {
     let data = sigmaforge_data::for_tests().join("sigma");
     let mut files = Vec::new();
     for sub in ["rules", "rules-threat-hunting", "rules-emerging-threats"] {
-        rule_files(&data.join(sub), &mut files);
+        files.extend(sigma_engine::rule_files(&data.join(sub)).unwrap());
     }
     assert!(
         files.len() >= 2858,

@@ -2,7 +2,7 @@
 //! a test split that never shares a rule with the train split.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sigma_engine::{Document, Rule};
 
@@ -96,27 +96,14 @@ pub fn parse_rule(text: &str, origin: &str) -> Result<Rule, String> {
 /// Every `.yml` file below `dirs` (relative to `rules_dir`), as paths relative to `rules_dir`,
 /// sorted. Missing folders are skipped (a trimmed data directory may lack some).
 pub fn candidate_rules(rules_dir: &Path, dirs: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for d in dirs {
-        walk(rules_dir, &rules_dir.join(d), &mut out);
-    }
+    let mut out: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| sigma_engine::rule_files(&rules_dir.join(d)).unwrap_or_default())
+        .filter_map(|path| path.strip_prefix(rules_dir).ok().map(|rel| rel.to_string_lossy().replace('\\', "/")))
+        .collect();
     out.sort();
     out.dedup();
     out
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path: PathBuf = entry.path();
-        if path.is_dir() {
-            walk(root, &path, out);
-        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
-            if let Ok(rel) = path.strip_prefix(root) {
-                out.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
 }
 
 /// The derived test split: candidates in a fixed pseudo-random order (a hash of the path, so

@@ -3,7 +3,10 @@
 
 mod attributes;
 pub mod correlation;
+mod files;
 pub mod filter;
+
+pub use files::rule_files;
 
 use crate::detection::{self, Detection, Sink};
 use crate::diagnostic::Diagnostic;
