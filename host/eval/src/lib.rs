@@ -36,7 +36,7 @@ pub mod runner;
 pub mod stats;
 pub mod tools;
 
-pub use policy::{Completion, Failure, Outcome, Policy, PolicySpec, Usage};
+pub use policy::{Completion, Failure, Outcome, Policy, PolicySpec, Trace, Usage};
 pub use prices::Prices;
 pub use report::{Report, SampleRecord};
 pub use runner::{EvalOptions, run_eval};

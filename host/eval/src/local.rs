@@ -23,7 +23,7 @@ use sigmaforge_trainer::generate::{SamplerRng, SamplingConfig};
 use sigmaforge_trainer::load::{ChatMessage, LoadOptions, Tokenizer, load_model};
 use sigmaforge_trainer::model::{AdapterMode, CausalLm};
 
-use crate::policy::{Completion, Failure, Outcome, Policy, Usage};
+use crate::policy::{Completion, Failure, Outcome, Policy, Trace, Usage};
 use crate::tools::Toolbox;
 
 pub struct LocalOptions {
@@ -84,15 +84,7 @@ impl LocalPolicy {
     /// One batch; every sample fails with the same reason if the batch cannot run.
     fn run_batch(&self, prompts: &[Vec<Message>], tools: Option<&Toolbox>) -> Vec<Outcome> {
         let start = Instant::now();
-        let fail = |reason: String| Failure {
-            reason,
-            usage: Usage::default(),
-            latency_s: start.elapsed().as_secs_f64(),
-            attempts: 1,
-            attempt_errors: vec![],
-            tool_calls: 0,
-            transcript: None,
-        };
+        let fail = |reason: String| Failure { reason, trace: Trace { latency_s: start.elapsed().as_secs_f64(), attempts: 1, ..Trace::default() } };
         let tool_use = match self.tool_use(tools) {
             Ok(t) => t,
             Err(e) => return prompts.iter().map(|_| Err(fail(format!("cannot offer the tools: {e:#}")))).collect(),
@@ -125,15 +117,17 @@ impl LocalPolicy {
                     };
                     Ok(Completion {
                         text,
-                        // Tokens the model read once (the prompt) and wrote; tool results it read
-                        // back are part of neither.
-                        usage: Usage { tokens_in: r.prompt_ids.len() as u64, tokens_out: r.generated_tokens() as u64 },
-                        latency_s,
-                        attempts: 1,
-                        attempt_errors: vec![],
-                        tool_calls: r.tool_calls.len() as u32,
-                        // As the model saw it, with its chat markers (there is no OpenAI message list).
-                        transcript: tool_use.as_ref().map(|_| vec![json!({"role": "transcript", "content": r.transcript})]),
+                        trace: Trace {
+                            // Tokens the model read once (the prompt) and wrote; tool results it
+                            // read back are part of neither.
+                            usage: Usage { tokens_in: r.prompt_ids.len() as u64, tokens_out: r.generated_tokens() as u64 },
+                            latency_s,
+                            attempts: 1,
+                            attempt_errors: vec![],
+                            tool_calls: r.tool_calls.len() as u32,
+                            // As the model saw it, with its chat markers (there is no OpenAI message list).
+                            transcript: tool_use.as_ref().map(|_| vec![json!({"role": "transcript", "content": r.transcript})]),
+                        },
                     })
                 })
                 .collect(),
@@ -196,8 +190,8 @@ mod tests {
         for o in &out {
             let c = o.as_ref().unwrap();
             // `<bos> w5 w9 <bos>`: 4 prompt tokens; at most max_tokens generated.
-            assert_eq!(c.usage.tokens_in, 4);
-            assert!(c.usage.tokens_out >= 1 && c.usage.tokens_out <= 5, "{c:?}");
+            assert_eq!(c.trace.usage.tokens_in, 4);
+            assert!(c.trace.usage.tokens_out >= 1 && c.trace.usage.tokens_out <= 5, "{c:?}");
         }
         // Greedy decoding is deterministic: the single-prompt path agrees with the batch.
         let single = policy.complete(&prompts[0], None).unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sigmaforge_runtime::Message;
 
-use crate::policy::{Completion, Failure, Outcome, Policy, Usage};
+use crate::policy::{Completion, Failure, Outcome, Policy, Trace, Usage};
 use crate::tools::Toolbox;
 
 /// Client settings (the `eval` flags).
@@ -181,6 +181,20 @@ struct SampleLog {
     tool_calls: u32,
 }
 
+impl SampleLog {
+    /// The sample's record once it ends (answered or given up) `start` after its first request.
+    fn into_trace(self, start: Instant, transcript: Option<Vec<Value>>) -> Trace {
+        Trace {
+            usage: self.usage,
+            latency_s: start.elapsed().as_secs_f64(),
+            attempts: self.attempts,
+            attempt_errors: self.errors,
+            tool_calls: self.tool_calls,
+            transcript,
+        }
+    }
+}
+
 impl Policy for OpenAiPolicy {
     fn model(&self) -> &str {
         &self.opts.model
@@ -212,17 +226,7 @@ impl Policy for OpenAiPolicy {
             };
             let reply = match self.request(&self.request_body(&conversation, offer), &mut log) {
                 Ok(r) => r,
-                Err(reason) => {
-                    return Err(Failure {
-                        reason,
-                        usage: log.usage,
-                        latency_s: start.elapsed().as_secs_f64(),
-                        attempts: log.attempts,
-                        attempt_errors: log.errors,
-                        tool_calls: log.tool_calls,
-                        transcript: tools.map(|_| conversation),
-                    });
-                }
+                Err(reason) => return Err(Failure { reason, trace: log.into_trace(start, tools.map(|_| conversation)) }),
             };
             let calls = reply.message.get("tool_calls").and_then(Value::as_array).filter(|c| !c.is_empty()).cloned();
             match (calls, tools) {
@@ -248,15 +252,7 @@ impl Policy for OpenAiPolicy {
                     if tools.is_some() {
                         conversation.push(reply.message);
                     }
-                    return Ok(Completion {
-                        text,
-                        usage: log.usage,
-                        latency_s: start.elapsed().as_secs_f64(),
-                        attempts: log.attempts,
-                        attempt_errors: log.errors,
-                        tool_calls: log.tool_calls,
-                        transcript: tools.map(|_| conversation),
-                    });
+                    return Ok(Completion { text, trace: log.into_trace(start, tools.map(|_| conversation)) });
                 }
             }
         }
@@ -346,8 +342,8 @@ mod tests {
         p.url = format!("http://127.0.0.1:{port}/v1/chat/completions");
         let out = p.complete(&[Message { role: "user".into(), content: "x".into() }], None);
         let f = out.unwrap_err();
-        assert_eq!(f.attempts, 4);
-        assert_eq!(f.attempt_errors.len(), 4);
+        assert_eq!(f.trace.attempts, 4);
+        assert_eq!(f.trace.attempt_errors.len(), 4);
         assert!(f.reason.contains("after 4 attempts"), "{}", f.reason);
     }
 }

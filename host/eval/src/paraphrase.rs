@@ -62,7 +62,7 @@ pub fn paraphrase_prompts(paraphraser: &dyn Policy, prompts: &mut [Vec<Message>]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Completion, Failure, Outcome, Usage};
+    use crate::policy::{Completion, Failure, Outcome, Trace};
     use crate::tools::Toolbox;
 
     /// Upper-cases requests; fails those that mention "fail"; answers "" to "empty".
@@ -80,9 +80,10 @@ mod tests {
         fn complete(&self, messages: &[Message], _: Option<&Toolbox>) -> Outcome {
             assert_eq!(messages[0].content, PARAPHRASE_INSTRUCTIONS);
             let request = &messages[1].content;
-            let done = |text: String| Completion { text, usage: Usage::default(), latency_s: 0.0, attempts: 1, attempt_errors: vec![], tool_calls: 0, transcript: None };
+            let trace = Trace { attempts: 1, ..Trace::default() };
+            let done = |text: String| Completion { text, trace: trace.clone() };
             if request.contains("fail") {
-                return Err(Failure { reason: "HTTP 500 (after 1 attempts)".into(), usage: Usage::default(), latency_s: 0.0, attempts: 1, attempt_errors: vec![], tool_calls: 0, transcript: None });
+                return Err(Failure { reason: "HTTP 500 (after 1 attempts)".into(), trace });
             }
             Ok(done(if request.contains("empty") { "  ".into() } else { request.to_uppercase() }))
         }

@@ -26,9 +26,25 @@ impl Usage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     pub text: String,
+    #[serde(flatten)]
+    pub trace: Trace,
+}
+
+/// A sample that got no answer after every retry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The last attempt's error, with the attempt count.
+    pub reason: String,
+    #[serde(flatten)]
+    pub trace: Trace,
+}
+
+/// How a sample went, answered or not: what its report row records besides the answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
     pub usage: Usage,
-    /// Wall time from the first request of the sample to its final answer, retries and tool
-    /// turns included: what a user of the model waits.
+    /// Wall time from the first request of the sample to its final answer (or to giving up),
+    /// retries and tool turns included: what a user of the model waits.
     pub latency_s: f64,
     /// HTTP requests made (1 when the first try answered and no tool was used).
     pub attempts: u32,
@@ -37,19 +53,6 @@ pub struct Completion {
     /// Tool calls the model made.
     pub tool_calls: u32,
     /// The whole conversation (OpenAI message objects) when tools were offered.
-    pub transcript: Option<Vec<serde_json::Value>>,
-}
-
-/// A sample that got no answer after every retry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The last attempt's error, with the attempt count.
-    pub reason: String,
-    pub usage: Usage,
-    pub latency_s: f64,
-    pub attempts: u32,
-    pub attempt_errors: Vec<String>,
-    pub tool_calls: u32,
     pub transcript: Option<Vec<serde_json::Value>>,
 }
 

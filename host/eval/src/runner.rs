@@ -90,49 +90,35 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
                 Paraphrased::Failed { reason } => (None, Some(reason)),
                 Paraphrased::Skipped => (None, None),
             };
-            let mut record = match outcome {
+            let (trace, completion, score, error) = match outcome {
                 Ok(c) => {
                     let score: ScoreResult = scores.next().expect("one score per answered sample");
-                    let diagnostics: BTreeMap<String, String> = score.components.iter().map(|c| (c.name.clone(), c.detail.clone())).collect();
-                    SampleRecord {
-                        task_id: task.id,
-                        persona,
-                        prompt,
-                        original_request: None,
-                        paraphrase_error: None,
-                        completion: Some(c.text),
-                        score: score.total,
-                        components: score.components,
-                        diagnostics,
-                        latency_s: c.latency_s,
-                        usage: c.usage,
-                        attempts: c.attempts,
-                        attempt_errors: c.attempt_errors,
-                        error: score.error,
-                        failed: false,
-                        tool_calls: c.tool_calls,
-                        transcript: c.transcript,
-                    }
+                    let error = score.error.clone();
+                    (c.trace, Some(c.text), Some(score), error)
                 }
-                Err(f) => SampleRecord {
-                    task_id: task.id,
-                    persona,
-                    prompt,
-                    original_request: None,
-                    paraphrase_error: None,
-                    completion: None,
-                    score: 0.0,
-                    components: Vec::new(),
-                    diagnostics: BTreeMap::new(),
-                    latency_s: f.latency_s,
-                    usage: f.usage,
-                    attempts: f.attempts,
-                    attempt_errors: f.attempt_errors,
-                    error: Some(f.reason),
-                    failed: true,
-                    tool_calls: f.tool_calls,
-                    transcript: f.transcript,
-                },
+                Err(f) => (f.trace, None, None, Some(f.reason)),
+            };
+            let failed = completion.is_none();
+            let (total, components) = score.map_or((0.0, Vec::new()), |s| (s.total, s.components));
+            let diagnostics: BTreeMap<String, String> = components.iter().map(|c| (c.name.clone(), c.detail.clone())).collect();
+            let mut record = SampleRecord {
+                task_id: task.id,
+                persona,
+                prompt,
+                original_request: None,
+                paraphrase_error: None,
+                completion,
+                score: total,
+                components,
+                diagnostics,
+                latency_s: trace.latency_s,
+                usage: trace.usage,
+                attempts: trace.attempts,
+                attempt_errors: trace.attempt_errors,
+                error,
+                failed,
+                tool_calls: trace.tool_calls,
+                transcript: trace.transcript,
             };
             record.original_request = original_request;
             record.paraphrase_error = paraphrase_error;
