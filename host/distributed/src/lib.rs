@@ -102,6 +102,13 @@ pub trait Collective {
     fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<()>;
     /// Every rank ends with `root`'s bytes.
     fn broadcast(&mut self, data: &mut Vec<u8>, root: usize) -> Result<()>;
+    /// Element-wise sum over all ranks, delivered to `root` only (the other ranks' buffers are
+    /// left as they were). Half the traffic of an all-reduce: ZeRO-2 sends each gradient to the
+    /// one rank that updates that parameter.
+    fn reduce_sum(&mut self, data: &mut [f32], root: usize) -> Result<()>;
+    /// Every rank ends with `root`'s values (bit for bit): an owner sharing its updated
+    /// parameters.
+    fn broadcast_f32(&mut self, data: &mut [f32], root: usize) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<()> {
         let mut one = [0f32];
@@ -133,6 +140,12 @@ impl Collective for SingleProcess {
         Ok(())
     }
     fn broadcast(&mut self, _data: &mut Vec<u8>, _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn reduce_sum(&mut self, _data: &mut [f32], _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast_f32(&mut self, _data: &mut [f32], _root: usize) -> Result<()> {
         Ok(())
     }
 }
@@ -333,8 +346,61 @@ impl Collective for TcpCollective {
         Ok(())
     }
 
+    fn reduce_sum(&mut self, data: &mut [f32], root: usize) -> Result<()> {
+        ensure!(root < self.world, "reduce to rank {root} in a job of {} ranks", self.world);
+        // Rank 0 sums in rank order (as in the all-reduce, so results match it bit for bit)
+        // and forwards the sum to `root` when that is another rank.
+        if self.rank == 0 {
+            // Sum in place when rank 0 is the root; otherwise in a copy, leaving its buffer be.
+            let mut copy = Vec::new();
+            let sum: &mut [f32] = if root == 0 {
+                data
+            } else {
+                copy.extend_from_slice(data);
+                &mut copy
+            };
+            let mut incoming = vec![0f32; sum.len()];
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                read_f32s_into(peer, &mut incoming, &format!("rank {}", i + 1))?;
+                for (acc, x) in sum.iter_mut().zip(&incoming) {
+                    *acc += *x;
+                }
+            }
+            if root != 0 {
+                write_f32s(&mut self.peers[root - 1], sum, &format!("rank {root}"))?;
+            }
+        } else {
+            let hub = &mut self.peers[0];
+            write_f32s(hub, data, "rank 0")?;
+            if self.rank == root {
+                read_f32s_into(hub, data, "rank 0")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn broadcast_f32(&mut self, data: &mut [f32], root: usize) -> Result<()> {
+        ensure!(root < self.world, "broadcast from rank {root} in a job of {} ranks", self.world);
+        // Through rank 0 (the star's hub): the root sends to it, it sends to everyone else.
+        if self.rank == 0 {
+            if root != 0 {
+                read_f32s_into(&mut self.peers[root - 1], data, &format!("rank {root}"))?;
+            }
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                if i + 1 != root {
+                    write_f32s(peer, data, &format!("rank {}", i + 1))?;
+                }
+            }
+        } else if self.rank == root {
+            write_f32s(&mut self.peers[0], data, "rank 0")?;
+        } else {
+            read_f32s_into(&mut self.peers[0], data, "rank 0")?;
+        }
+        Ok(())
+    }
+
     fn broadcast(&mut self, data: &mut Vec<u8>, root: usize) -> Result<()> {
-        ensure!(root == 0, "the TCP backend broadcasts from rank 0 only");
+        ensure!(root == 0, "the TCP backend broadcasts bytes from rank 0 only");
         if self.rank == 0 {
             for (i, peer) in self.peers.iter_mut().enumerate() {
                 let who = format!("rank {}", i + 1);
@@ -425,6 +491,44 @@ mod tests {
             assert!((data[0] - 3.0).abs() < 1e-5, "0 + 1 + 2 = 3: {data:?}");
             assert_eq!(mean, &vec![1.0, 1.0]);
             assert_eq!(bytes, b"config");
+        }
+    }
+
+    #[test]
+    fn tcp_reduce_reaches_the_root_and_broadcast_leaves_every_rank_with_the_roots_values() {
+        let world = 3;
+        let master = format!("127.0.0.1:{}", free_port());
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let env = LaunchEnv { rank, world_size: world, local_rank: rank, master: master.clone() };
+                std::thread::spawn(move || {
+                    let mut c = init(&env, Backend::Tcp, false).unwrap();
+                    let mut reduced = Vec::new();
+                    for root in 0..world {
+                        let mut data = vec![rank as f32 + 1.0, 0.5 * rank as f32];
+                        c.reduce_sum(&mut data, root).unwrap();
+                        reduced.push(data);
+                    }
+                    let mut shared = Vec::new();
+                    for root in 0..world {
+                        let mut data = if rank == root { vec![root as f32 * 10.0 + 0.25, -1.5] } else { vec![f32::NAN; 2] };
+                        c.broadcast_f32(&mut data, root).unwrap();
+                        shared.push(data);
+                    }
+                    (reduced, shared)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for (rank, (reduced, shared)) in results.iter().enumerate() {
+            for root in 0..world {
+                if rank == root {
+                    assert_eq!(reduced[root], vec![6.0, 1.5], "root {root} gets 1 + 2 + 3 and 0 + 0.5 + 1");
+                } else {
+                    assert_eq!(reduced[root], vec![rank as f32 + 1.0, 0.5 * rank as f32], "rank {rank}'s buffer must be untouched");
+                }
+                assert_eq!(shared[root], vec![root as f32 * 10.0 + 0.25, -1.5], "rank {rank} after the broadcast from {root}");
+            }
         }
     }
 

@@ -82,6 +82,24 @@ impl Collective for NcclCollective {
         Ok(())
     }
 
+    fn reduce_sum(&mut self, data: &mut [f32], root: usize) -> Result<()> {
+        let mut dev = self.stream.clone_htod(data).map_err(|e| anyhow!("copying {} floats to the GPU: {e:?}", data.len()))?;
+        self.comm.reduce_in_place(&mut dev, &ReduceOp::Sum, root as i32).map_err(|e| anyhow!("NCCL reduce to rank {root}: {e:?}"))?;
+        if self.comm.rank() == root {
+            self.stream.memcpy_dtoh(&dev, data).map_err(|e| anyhow!("copying the reduced values back: {e:?}"))?;
+        }
+        self.stream.synchronize().map_err(|e| anyhow!("synchronizing the stream: {e:?}"))?;
+        Ok(())
+    }
+
+    fn broadcast_f32(&mut self, data: &mut [f32], root: usize) -> Result<()> {
+        let mut dev = self.stream.clone_htod(data).map_err(|e| anyhow!("copying {} floats to the GPU: {e:?}", data.len()))?;
+        self.comm.broadcast_in_place(&mut dev, root as i32).map_err(|e| anyhow!("NCCL broadcast from rank {root}: {e:?}"))?;
+        self.stream.memcpy_dtoh(&dev, data).map_err(|e| anyhow!("copying the broadcast values back: {e:?}"))?;
+        self.stream.synchronize().map_err(|e| anyhow!("synchronizing the stream: {e:?}"))?;
+        Ok(())
+    }
+
     fn broadcast(&mut self, data: &mut Vec<u8>, root: usize) -> Result<()> {
         self.control.broadcast(data, root)
     }

@@ -111,6 +111,12 @@ pub struct TrainingSection {
     /// memory (moments are 2× the trainable weights in f32); no effect with one process.
     #[serde(default)]
     pub shard_optimizer_state: bool,
+    /// Data-parallel jobs, on top of `shard_optimizer_state`: each backward segment's gradients
+    /// are reduced straight to the rank that owns each parameter, which accumulates only its
+    /// share (ZeRO stage 2). With `memory.activation_checkpointing` a segment is one layer, so
+    /// no rank ever holds a whole model's gradient; the 14B recipe needs this to fit 80 GB.
+    #[serde(default)]
+    pub shard_gradients: bool,
 }
 
 fn default_micro_batch() -> usize {
@@ -301,6 +307,10 @@ impl RunConfig {
         ensure!(t.micro_batch_size > 0, "training.micro_batch_size must be at least 1");
         ensure!(t.passes_per_batch > 0, "training.passes_per_batch must be at least 1");
         ensure!(
+            !t.shard_gradients || t.shard_optimizer_state,
+            "training.shard_gradients needs training.shard_optimizer_state: true (ZeRO-2 sends each gradient to the rank that holds that parameter's optimizer state)"
+        );
+        ensure!(
             t.memory.logits_chunk == 0 || self.grpo.loss_aggregation != LossAggregation::Sequence,
             "training.memory.logits_chunk needs grpo.loss_aggregation token or constant: sequence aggregation divides by whole-completion lengths, which a chunk does not see"
         );
@@ -359,7 +369,20 @@ mod tests {
         assert_eq!((reference.training.steps, reference.training.prompts_per_step, reference.training.rollouts_per_prompt), (150, 8, 8));
         assert_eq!(reference.finetune, FinetuneMode::Full);
         assert_eq!(reference.tools.max_turns, 1, "the reference recipe allows one search before the rule");
+        // What docs/memory-plan.md says the 14B full fine-tune needs to fit 80 GB cards.
+        let t = &reference.training;
+        assert!(t.shard_optimizer_state && t.shard_gradients && t.memory.activation_checkpointing && t.memory.logits_chunk > 0, "{t:?}");
         assert_eq!(d.tools, ToolsSection::default());
+    }
+
+    #[test]
+    fn sharded_gradients_need_sharded_optimizer_state() {
+        let text = DEFAULT_CONFIG_YAML.replace("training:\n", "training:\n  shard_gradients: true\n");
+        assert_ne!(text, DEFAULT_CONFIG_YAML);
+        let err = format!("{:#}", RunConfig::from_yaml(&text, "zero.yaml").unwrap_err());
+        assert!(err.contains("training.shard_gradients needs training.shard_optimizer_state"), "{err}");
+        let ok = text.replace("training:\n", "training:\n  shard_optimizer_state: true\n");
+        assert!(RunConfig::from_yaml(&ok, "zero.yaml").unwrap().training.shard_gradients);
     }
 
     #[test]

@@ -77,6 +77,13 @@ impl GradAccumulator {
     /// `max_norm` is 0 or infinite). Returns the norm before clipping.
     pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
         let norm = self.global_norm()?;
+        self.clip_to(norm, max_norm)?;
+        Ok(norm)
+    }
+
+    /// Scales these gradients as clipping a gradient of global norm `norm` to `max_norm` does
+    /// (for gradients sharded across ranks, `norm` is the norm of all shards together).
+    pub fn clip_to(&mut self, norm: f64, max_norm: f64) -> Result<()> {
         ensure!(norm.is_finite(), "gradient norm is {norm}; the loss produced non-finite gradients");
         if max_norm > 0.0 && max_norm.is_finite() && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
@@ -84,7 +91,7 @@ impl GradAccumulator {
                 *g = (&*g * scale)?;
             }
         }
-        Ok(norm)
+        Ok(())
     }
 }
 

@@ -16,11 +16,21 @@
 //!   bit for bit with a checksum at the start, after a resume and at every checkpoint;
 //! - metrics are computed from every rank's rollouts ([`DataParallel::gather_rows`]);
 //! - optionally (ZeRO stage 1, `training.shard_optimizer_state`), each rank keeps the AdamW
-//!   moments of its share of the parameters only ([`shard_owners`]), updates those, and the
-//!   owners' new values are shared ([`DataParallel::share_updated_parameters`]); checkpoints
-//!   gather the moments back ([`DataParallel::full_optimizer_state`]). Gradients are still
-//!   all-reduced whole (not reduce-scattered), so this saves the moments' memory, not the
-//!   gradients'.
+//!   moments and master weights of its share of the parameters only ([`shard_owners`]),
+//!   updates those, and each owner broadcasts its new values
+//!   ([`DataParallel::share_updated_parameters`]); checkpoints gather the state on rank 0
+//!   ([`DataParallel::full_optimizer_state`]);
+//! - optionally (ZeRO stage 2, `training.shard_gradients`), gradients are not all-reduced at
+//!   the end of the step but reduced to their owners after every backward *segment* (one
+//!   layer with activation checkpointing, see [`crate::model::CausalLm::backward_bounded`]):
+//!   a rank accumulates only the gradients of the parameters it owns
+//!   ([`StepGradients`], [`DataParallel::end_segment`]). Every rank must reduce the same
+//!   segments in the same order, so ranks with fewer micro-batches than others take part in
+//!   the missing ones with empty segments ([`DataParallel::micro_batches_everywhere`]); the
+//!   global gradient norm for clipping is summed from the owners' shares.
+//!
+//! Collectives move one parameter (or one [`BUCKET`] of it) at a time, so the extra memory they
+//! need is bounded by the largest parameter, not the model.
 //!
 //! With world size 1 ([`DataParallel::single`]) every collective returns its input unchanged,
 //! so a one-process run executes this same code with the same numbers as before.
@@ -33,6 +43,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use anyhow::{Context, Result, bail, ensure};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use sigmaforge_distributed::{Collective, SingleProcess, shard};
 
@@ -62,11 +73,56 @@ pub fn shard_owners(sizes: &[usize], world: usize) -> Vec<usize> {
     owners
 }
 
+/// The most values one collective call moves (128 MB of f32): bounds the staging buffers a
+/// backend allocates (NCCL copies through the GPU) however large a parameter is.
+pub const BUCKET: usize = 1 << 25;
+
 /// This process's place in a data-parallel job and its collectives.
 pub struct DataParallel {
     comm: Box<dyn Collective>,
     /// With sharded optimizer state: the owning rank of each trainable parameter.
     owners: Option<Vec<usize>>,
+    /// ZeRO-2: gradients are reduced to their owners segment by segment.
+    shard_gradients: bool,
+}
+
+/// The gradients of one optimizer step as this rank holds them.
+///
+/// Replicated (one process, DDP, ZeRO-1): `acc` sums every gradient this rank computes; at
+/// [`DataParallel::finish_gradients`] it is all-reduced, and every rank holds the whole global
+/// gradient. Sharded (ZeRO-2): each backward segment's gradients wait in `pending` until
+/// [`DataParallel::end_segment`] reduces them to their owners; `acc` then holds the global
+/// gradient of the parameters this rank owns, and nothing for the others.
+pub struct StepGradients {
+    acc: GradAccumulator,
+    pending: Option<GradAccumulator>,
+    /// ZeRO-2: parameters for which some rank produced a gradient.
+    seen: Vec<bool>,
+}
+
+impl StepGradients {
+    /// Adds the gradients of one `backward()` (or one segment's part of it).
+    pub fn add(&mut self, store: &GradStore, params: &[(String, Var)]) -> Result<()> {
+        self.pending.as_mut().unwrap_or(&mut self.acc).add(store, params)
+    }
+
+    /// Names of parameters no rank produced a gradient for (a graph cut in the model).
+    pub fn missing(&self, params: &[(String, Var)]) -> Vec<String> {
+        if self.pending.is_none() {
+            return self.acc.missing(params);
+        }
+        params.iter().zip(&self.seen).filter(|(_, seen)| !**seen).map(|((n, _), _)| n.clone()).collect()
+    }
+
+    /// The gradients as the optimizer takes them (ZeRO-2: the owned ones only).
+    pub fn accumulated(&self) -> &GradAccumulator {
+        &self.acc
+    }
+
+    /// How many gradient values this rank holds: its memory for accumulated gradients.
+    pub fn held_values(&self) -> usize {
+        self.acc.grads.iter().flatten().map(Tensor::elem_count).sum()
+    }
 }
 
 impl Default for DataParallel {
@@ -78,25 +134,133 @@ impl Default for DataParallel {
 impl DataParallel {
     /// One process: every collective is the identity.
     pub fn single() -> Self {
-        Self { comm: Box::new(SingleProcess), owners: None }
+        Self { comm: Box::new(SingleProcess), owners: None, shard_gradients: false }
     }
 
     pub fn new(comm: Box<dyn Collective>) -> Self {
-        Self { comm, owners: None }
+        Self { comm, owners: None, shard_gradients: false }
     }
 
     /// The optimizer for `params`: with `shard_state` in a multi-rank job, one that keeps state
-    /// for this rank's share only (ZeRO-1); otherwise a plain AdamW.
-    pub fn optimizer(&mut self, params: Vec<(String, Var)>, hp: crate::optim::AdamWParams, shard_state: bool) -> Result<AdamW> {
+    /// for this rank's share only (ZeRO-1), and with `shard_grads` too, gradients reduced to
+    /// their owners (ZeRO-2); otherwise a plain AdamW.
+    pub fn optimizer(&mut self, params: Vec<(String, Var)>, hp: crate::optim::AdamWParams, shard_state: bool, shard_grads: bool) -> Result<AdamW> {
+        ensure!(!shard_grads || shard_state, "sharded gradients need sharded optimizer state");
         if !(shard_state && self.is_distributed()) {
             self.owners = None;
+            self.shard_gradients = false;
             return AdamW::new(params, hp);
         }
         let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
         let owners = shard_owners(&sizes, self.world_size());
         let owned: Vec<bool> = owners.iter().map(|&r| r == self.rank()).collect();
         self.owners = Some(owners);
+        self.shard_gradients = shard_grads;
         AdamW::sharded(params, hp, &owned)
+    }
+
+    /// Whether gradients are reduced to their owners segment by segment (ZeRO-2).
+    pub fn shards_gradients(&self) -> bool {
+        self.shard_gradients
+    }
+
+    /// An empty gradient store for one optimizer step over `n_params` parameters.
+    pub fn step_gradients(&self, n_params: usize) -> StepGradients {
+        StepGradients {
+            acc: GradAccumulator::new(n_params),
+            pending: self.shard_gradients.then(|| GradAccumulator::new(n_params)),
+            seen: vec![false; n_params],
+        }
+    }
+
+    /// How many micro-batches every rank must run in a pass when this rank has `local`: the
+    /// largest count of any rank under ZeRO-2 (whose per-segment reductions need every rank in
+    /// step), `local` otherwise.
+    pub fn micro_batches_everywhere(&mut self, local: usize) -> Result<usize> {
+        if !self.shard_gradients {
+            return Ok(local);
+        }
+        let all = self.gather_per_rank(&[local as f64], "the micro-batch counts")?;
+        Ok(all.iter().map(|r| r[0] as usize).max().unwrap_or(local))
+    }
+
+    /// The end of one backward segment. ZeRO-2: reduce the segment's gradients to their
+    /// owners (every rank calls this the same number of times, with or without gradients of
+    /// its own); the owner adds the sums to its share. Otherwise nothing happens here.
+    pub fn end_segment(&mut self, grads: &mut StepGradients, params: &[(String, Var)]) -> Result<()> {
+        let Some(pending) = grads.pending.as_mut() else { return Ok(()) };
+        let owners = self.owners.clone().expect("gradients are sharded only with sharded optimizer state");
+        ensure!(pending.grads.len() == params.len(), "gradient slots do not match the parameters");
+        // Which parameters got a gradient on some rank in this segment: the same list on every
+        // rank afterwards, so all of them reduce the same parameters in the same order.
+        let mut present: Vec<f32> = pending.grads.iter().map(|g| f32::from(u8::from(g.is_some()))).collect();
+        self.all_reduce(&mut present, "which parameters the segment has gradients for")?;
+        let rank = self.rank();
+        for (i, (_, var)) in params.iter().enumerate() {
+            if present[i] == 0.0 {
+                continue;
+            }
+            grads.seen[i] = true;
+            let mut values = match pending.grads[i].take() {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                None => vec![0f32; var.elem_count()],
+            };
+            for bucket in values.chunks_mut(BUCKET) {
+                let label = self.label();
+                self.comm.reduce_sum(bucket, owners[i]).with_context(|| format!("{label}reduce of the gradient of {} failed", params[i].0))?;
+            }
+            if owners[i] == rank {
+                let sum = Tensor::from_vec(values, var.shape(), var.device())?;
+                let slot = &mut grads.acc.grads[i];
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + sum)?,
+                    None => sum,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a pass's backward work: afterwards `grads` holds the global gradient (ZeRO-2:
+    /// of the owned parameters). Replicated gradients are all-reduced here.
+    pub fn finish_gradients(&mut self, grads: &mut StepGradients, params: &[(String, Var)]) -> Result<()> {
+        match &grads.pending {
+            Some(p) => {
+                ensure!(p.grads.iter().all(Option::is_none), "gradients were added after the last segment ended");
+                Ok(())
+            }
+            None => self.all_reduce_gradients(&mut grads.acc, params),
+        }
+    }
+
+    /// Clips the global gradient to `max_norm` (0 or ∞: no clipping) and returns its norm
+    /// before clipping. Under ZeRO-2 the norm is summed from every owner's share.
+    pub fn clip_gradients(&mut self, grads: &mut StepGradients, max_norm: f64) -> Result<f64> {
+        if grads.pending.is_none() {
+            return grads.acc.clip_global_norm(max_norm);
+        }
+        let mut sq = [grads.acc.global_norm()?.powi(2)];
+        self.sum_f64(&mut sq, "the squared gradient norm")?;
+        let norm = sq[0].sqrt();
+        grads.acc.clip_to(norm, max_norm)?;
+        Ok(norm)
+    }
+
+    /// The whole global gradient on every rank (ZeRO-2: gathered from the owners), for checks.
+    pub fn gather_gradients(&mut self, grads: StepGradients, params: &[(String, Var)]) -> Result<GradAccumulator> {
+        if grads.pending.is_none() {
+            return Ok(grads.acc);
+        }
+        let owners = self.owners.clone().expect("sharded gradients have owners");
+        let mut full = GradAccumulator::new(params.len());
+        for (i, (_, var)) in params.iter().enumerate() {
+            if !grads.seen[i] {
+                continue;
+            }
+            let local = grads.acc.grads[i].clone().unwrap_or(var.as_tensor().zeros_like()?.to_dtype(DType::F32)?);
+            full.grads[i] = Some(self.owners_value(owners[i], &local, &format!("the gradient of {}", params[i].0))?);
+        }
+        Ok(full)
     }
 
     /// Whether the optimizer state is sharded across the ranks.
@@ -105,77 +269,56 @@ impl DataParallel {
     }
 
     /// After a sharded optimizer step: every rank takes each parameter's value from its owner
-    /// (one all-reduce in which only the owner fills a parameter's slots, so the sum is exact).
-    /// Nothing to do without sharding: every rank took the same step.
+    /// (a broadcast per parameter). Nothing to do without sharding: every rank took the same
+    /// step.
     pub fn share_updated_parameters(&mut self, params: &[(String, Var)]) -> Result<()> {
         let Some(owners) = self.owners.clone() else { return Ok(()) };
-        let values = self.owners_values(&owners, params.iter().map(|(_, v)| v.as_tensor().clone()).collect(), "the updated parameters")?;
-        for ((_, var), t) in params.iter().zip(values) {
+        for ((name, var), &owner) in params.iter().zip(&owners) {
+            let value = self.owners_value(owner, var.as_tensor(), &format!("the updated {name}"))?;
             // Every rank, the owner included, takes the shared value, so all hold the same bits.
-            var.set(&t.to_dtype(var.dtype())?)?;
+            var.set(&value.to_dtype(var.dtype())?)?;
         }
         Ok(())
     }
 
-    /// The whole optimizer state (every parameter's moments) for a checkpoint, gathered from
-    /// the owners when sharded. Every rank must call it; every rank gets the full state.
+    /// The whole optimizer state (every parameter's moments and master weights) for a
+    /// checkpoint: on rank 0, gathered from the owners when sharded; the other ranks, which do
+    /// not write checkpoints, keep their own share. Every rank must call it.
     pub fn full_optimizer_state(&mut self, optimizer: &AdamW) -> Result<(HashMap<String, Tensor>, u64)> {
         let (mut state, steps) = optimizer.state();
         let Some(owners) = self.owners.clone() else { return Ok((state, steps)) };
-        let params = optimizer.params();
-        for kind in ["m", "v"] {
-            let local: Vec<Tensor> = params
-                .iter()
-                .map(|(name, var)| match state.get(&format!("{kind}.{name}")) {
-                    Some(t) => Ok(t.clone()),
-                    None => Ok(var.as_tensor().zeros_like()?.to_dtype(DType::F32)?),
-                })
-                .collect::<Result<_>>()?;
-            let full = self.owners_values(&owners, local, &format!("the optimizer moments {kind}"))?;
-            for ((name, _), t) in params.iter().zip(full) {
-                state.insert(format!("{kind}.{name}"), t);
-            }
-        }
-        // f32 master weights of half-precision parameters live with their owners too. Every
-        // rank knows which parameters are half precision, so all take part in the same call.
-        if params.iter().any(|(_, v)| matches!(v.dtype(), DType::BF16 | DType::F16)) {
-            let local: Vec<Tensor> = params
-                .iter()
-                .map(|(name, var)| match state.get(&format!("w.{name}")) {
-                    Some(t) => Ok(t.clone()),
-                    None => Ok(var.as_tensor().to_dtype(DType::F32)?),
-                })
-                .collect::<Result<_>>()?;
-            let full = self.owners_values(&owners, local, "the optimizer master weights")?;
-            for ((name, var), t) in params.iter().zip(full) {
-                if matches!(var.dtype(), DType::BF16 | DType::F16) {
-                    state.insert(format!("w.{name}"), t);
+        let primary = self.is_primary();
+        for (i, (name, var)) in optimizer.params().iter().enumerate() {
+            // f32 master weights exist for half-precision parameters only; every rank knows
+            // which those are, so all take part in the same broadcasts.
+            let half = matches!(var.dtype(), DType::BF16 | DType::F16);
+            for kind in ["m", "v", "w"] {
+                if kind == "w" && !half {
+                    continue;
+                }
+                let key = format!("{kind}.{name}");
+                let local = match state.get(&key) {
+                    Some(t) => t.clone(),
+                    None => var.as_tensor().to_dtype(DType::F32)?,
+                };
+                let value = self.owners_value(owners[i], &local, &format!("the optimizer state {key}"))?;
+                if primary {
+                    state.insert(key, value);
                 }
             }
         }
         Ok((state, steps))
     }
 
-    /// `tensors[i]` as its owner holds it, on every rank (f32).
-    fn owners_values(&mut self, owners: &[usize], tensors: Vec<Tensor>, what: &str) -> Result<Vec<Tensor>> {
-        let rank = self.rank();
-        let sizes: Vec<usize> = tensors.iter().map(Tensor::elem_count).collect();
-        let mut flat = vec![0f32; sizes.iter().sum()];
-        let mut offset = 0;
-        for ((t, &n), &owner) in tensors.iter().zip(&sizes).zip(owners) {
-            if owner == rank {
-                flat[offset..offset + n].copy_from_slice(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-            }
-            offset += n;
+    /// `local` as rank `owner` holds it (f32, same shape), on every rank, one [`BUCKET`] at a
+    /// time. Only the owner's values matter; the others pass any tensor of the right shape.
+    fn owners_value(&mut self, owner: usize, local: &Tensor, what: &str) -> Result<Tensor> {
+        let mut values = local.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let label = self.label();
+        for bucket in values.chunks_mut(BUCKET) {
+            self.comm.broadcast_f32(bucket, owner).with_context(|| format!("{label}broadcast of {what} from rank {owner} failed"))?;
         }
-        self.all_reduce(&mut flat, what)?;
-        let mut out = Vec::with_capacity(tensors.len());
-        let mut offset = 0;
-        for (t, &n) in tensors.iter().zip(&sizes) {
-            out.push(Tensor::from_slice(&flat[offset..offset + n], t.shape(), t.device())?);
-            offset += n;
-        }
-        Ok(out)
+        Ok(Tensor::from_vec(values, local.shape(), local.device())?)
     }
 
     pub fn rank(&self) -> usize {
@@ -519,6 +662,93 @@ mod tests {
             assert_eq!(a, vec![1.75, -1.0]);
             assert!(b_missing, "no rank had a gradient for b");
         }
+    }
+
+    #[test]
+    fn zero2_segments_reach_their_owners_only() {
+        let got = on_ranks(2, |dp| {
+            let dev = Device::Cpu;
+            // Sizes 1..4: owners by size are p3 → 0, p2 → 1, p1 → 1, p0 → 0.
+            let params: Vec<(String, Var)> = (0..4).map(|i| (format!("p{i}"), Var::new(vec![0f32; i + 1].as_slice(), &dev).unwrap())).collect();
+            let _optimizer = dp.optimizer(params.clone(), Default::default(), true, true).unwrap();
+            assert!(dp.shards_gradients());
+            let r = dp.rank() as f64;
+            let grads_of = |terms: &[(usize, f64)]| {
+                let mut loss = Tensor::new(0f32, &dev).unwrap();
+                for &(i, c) in terms {
+                    loss = (loss + (params[i].1.as_tensor() * c).unwrap().sum_all().unwrap()).unwrap();
+                }
+                loss.backward().unwrap()
+            };
+            let mut g = dp.step_gradients(4);
+            // Segment 1: both ranks have gradients r + 1 for p0 and p3.
+            g.add(&grads_of(&[(0, r + 1.0), (3, r + 1.0)]), &params).unwrap();
+            dp.end_segment(&mut g, &params).unwrap();
+            // Segment 2: only rank 1 has one (p1 = 5); rank 0 takes part with nothing.
+            if dp.rank() == 1 {
+                g.add(&grads_of(&[(1, 5.0)]), &params).unwrap();
+            }
+            dp.end_segment(&mut g, &params).unwrap();
+            // Segment 3: only rank 0 (p0 = 2).
+            if dp.rank() == 0 {
+                g.add(&grads_of(&[(0, 2.0)]), &params).unwrap();
+            }
+            dp.end_segment(&mut g, &params).unwrap();
+            dp.finish_gradients(&mut g, &params).unwrap();
+            let held: Vec<Option<Vec<f32>>> = g.accumulated().grads.iter().map(|t| t.as_ref().map(|t| t.to_vec1::<f32>().unwrap())).collect();
+            let (values, missing) = (g.held_values(), g.missing(&params));
+            let norm = dp.clip_gradients(&mut g, 0.0).unwrap();
+            let full = dp.gather_gradients(g, &params).unwrap();
+            let full: Vec<Option<Vec<f32>>> = full.grads.iter().map(|t| t.as_ref().map(|t| t.to_vec1::<f32>().unwrap())).collect();
+            (held, values, missing, norm, full)
+        });
+        let (held0, values0, ..) = &got[0];
+        assert_eq!(held0, &vec![Some(vec![5.0]), None, None, Some(vec![3.0; 4])], "rank 0 holds the sums of p0 (1 + 2 + 2) and p3 (1 + 2)");
+        assert_eq!(*values0, 5);
+        let (held1, values1, ..) = &got[1];
+        assert_eq!(held1, &vec![None, Some(vec![5.0; 2]), None, None], "rank 1 holds p1 only");
+        assert_eq!(*values1, 2);
+        for (_, _, missing, norm, full) in &got {
+            assert_eq!(missing, &vec!["p2".to_string()], "no rank produced a gradient for p2");
+            assert!((norm - 111f64.sqrt()).abs() < 1e-9, "norm of 5, 5, 5 and 3 × 4: {norm}");
+            assert_eq!(full, &vec![Some(vec![5.0]), Some(vec![5.0; 2]), None, Some(vec![3.0; 4])]);
+        }
+        // Every rank runs as many micro-batches as the busiest one.
+        let counts = on_ranks(3, |dp| {
+            let params = vec![("w".to_string(), Var::new(&[0f32], &Device::Cpu).unwrap())];
+            dp.optimizer(params, Default::default(), true, true).unwrap();
+            dp.micro_batches_everywhere([2, 5, 0][dp.rank()]).unwrap()
+        });
+        assert_eq!(counts, vec![5, 5, 5]);
+    }
+
+    #[test]
+    fn sharded_parameters_and_optimizer_state_come_from_their_owners() {
+        let got = on_ranks(2, |dp| {
+            let dev = Device::Cpu;
+            let params: Vec<(String, Var)> = vec![("big".into(), Var::new(&[1f32, 2.0, 3.0], &dev).unwrap()), ("small".into(), Var::new(&[4f32], &dev).unwrap())];
+            let mut opt = dp.optimizer(params.clone(), Default::default(), true, false).unwrap();
+            let mut g = dp.step_gradients(2);
+            let loss = (params[0].1.as_tensor().sum_all().unwrap() + params[1].1.as_tensor().sum_all().unwrap()).unwrap();
+            g.add(&loss.backward().unwrap(), &params).unwrap();
+            dp.finish_gradients(&mut g, &params).unwrap();
+            opt.step(g.accumulated(), 0.1).unwrap();
+            // Before sharing, each rank moved only what it owns.
+            let before: Vec<Vec<f32>> = params.iter().map(|(_, v)| v.as_tensor().to_vec1().unwrap()).collect();
+            dp.share_updated_parameters(&params).unwrap();
+            let after: Vec<Vec<f32>> = params.iter().map(|(_, v)| v.as_tensor().to_vec1().unwrap()).collect();
+            let (state, _) = dp.full_optimizer_state(&opt).unwrap();
+            (before, after, state.len())
+        });
+        // big → rank 0, small → rank 1; Adam's first step moves each weight by lr against the
+        // gradient's sign.
+        assert_eq!(got[0].0, vec![vec![0.9, 1.9, 2.9], vec![4.0]]);
+        assert_eq!(got[1].0, vec![vec![1.0, 2.0, 3.0], vec![3.9]]);
+        for (_, after, _) in &got {
+            assert_eq!(after, &vec![vec![0.9, 1.9, 2.9], vec![3.9]]);
+        }
+        assert_eq!(got[0].2, 4, "rank 0 gathers m and v of both parameters for the checkpoint");
+        assert_eq!(got[1].2, 2, "rank 1 keeps its own share");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::load::Tokenizer;
 use crate::metrics::{self, MeanStd, StepMetrics};
 use crate::model::{AdapterMode, CausalLm};
 use crate::optim::{AdamW, GradAccumulator, LrSchedule};
-use crate::parallel::{DataParallel, generation_seed, text_checksum};
+use crate::parallel::{DataParallel, StepGradients, generation_seed, text_checksum};
 use crate::rng::SamplerRng;
 use crate::sampler::TaskSampler;
 
@@ -107,7 +107,7 @@ impl Trainer {
         ensure!(!tasks.is_empty(), "the task environment has no tasks to train on");
         let params = model.trainable_vars();
         ensure!(!params.is_empty(), "the model has no trainable parameters");
-        let optimizer = dp.optimizer(params, cfg.optimizer.adamw, cfg.training.shard_optimizer_state)?;
+        let optimizer = dp.optimizer(params, cfg.optimizer.adamw, cfg.training.shard_optimizer_state, cfg.training.shard_gradients)?;
         let o = &cfg.optimizer;
         let schedule = LrSchedule {
             kind: o.schedule,
@@ -532,14 +532,23 @@ impl Trainer {
         };
         let temperature = self.sampling_config().logprob_temperature();
         let batches: Vec<MicroBatch> = samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
+        // ZeRO-2 reduces gradients at every backward segment, so every rank runs as many
+        // micro-batches as the busiest one; the extra ones have no samples (empty segments).
+        let micro_batches = self.dp.micro_batches_everywhere(batches.len())?;
+        let segments = self.model.backward_segments(self.cfg.training.memory);
         let mut old_logp: Vec<Tensor> = Vec::with_capacity(batches.len());
         let mut ref_logp: Vec<Option<Tensor>> = Vec::with_capacity(batches.len());
         let mut out = UpdateStats::default();
         let passes = if mode == UpdateMode::GradientOnly { 1 } else { self.cfg.training.passes_per_batch };
         let (mut entropy_sum, mut mismatch_sum, mut tokens0) = (0.0, 0.0, 0.0);
         for pass in 0..passes {
-            let mut acc = GradAccumulator::new(self.optimizer.params().len());
+            let mut acc = self.dp.step_gradients(self.optimizer.params().len());
             let mut pass_loss = 0.0;
+            for _ in batches.len()..micro_batches {
+                for _ in 0..segments {
+                    self.dp.end_segment(&mut acc, self.optimizer.params())?;
+                }
+            }
             for (i, batch) in batches.iter().enumerate() {
                 if self.cfg.training.memory.enabled() {
                     let bounded = self.bounded_micro_batch(i, batch, pass, &params, &norm, temperature, &mut old_logp, &mut ref_logp, &mut acc)?;
@@ -585,9 +594,12 @@ impl Trainer {
                 out.stats.add(&stats);
                 let grads = loss.backward()?;
                 acc.add(&grads, self.optimizer.params())?;
+                drop(grads);
+                self.dp.end_segment(&mut acc, self.optimizer.params())?;
             }
-            // One all-reduce per optimizer step; afterwards every rank holds the same gradient.
-            self.dp.all_reduce_gradients(&mut acc, self.optimizer.params())?;
+            // One all-reduce per optimizer step (ZeRO-2: done segment by segment); afterwards
+            // every rank holds the global gradient (ZeRO-2: of the parameters it owns).
+            self.dp.finish_gradients(&mut acc, self.optimizer.params())?;
             if !self.coverage_checked {
                 let missing = acc.missing(self.optimizer.params());
                 if !missing.is_empty() {
@@ -600,11 +612,11 @@ impl Trainer {
                 self.coverage_checked = true;
             }
             if mode == UpdateMode::GradientOnly {
-                out.gradient = Some(acc);
+                out.gradient = Some(self.dp.gather_gradients(acc, self.optimizer.params())?);
                 return Ok(out);
             }
-            out.grad_norm += acc.clip_global_norm(self.cfg.optimizer.max_grad_norm)? / passes as f64;
-            self.optimizer.step(&acc, lr)?;
+            out.grad_norm += self.dp.clip_gradients(&mut acc, self.cfg.optimizer.max_grad_norm)? / passes as f64;
+            self.optimizer.step(acc.accumulated(), lr)?;
             self.dp.share_updated_parameters(self.optimizer.params())?;
             out.loss += pass_loss / passes as f64;
         }
@@ -641,7 +653,7 @@ impl Trainer {
     /// log-probs for the later passes.
     #[allow(clippy::too_many_arguments)]
     fn bounded_micro_batch(
-        &self,
+        &mut self,
         i: usize,
         batch: &MicroBatch,
         pass: usize,
@@ -650,7 +662,7 @@ impl Trainer {
         temperature: f64,
         old_logp: &mut Vec<Tensor>,
         ref_logp: &mut Vec<Option<Tensor>>,
-        acc: &mut GradAccumulator,
+        acc: &mut StepGradients,
     ) -> Result<BoundedStats> {
         let first_pass = pass == 0;
         if first_pass && params.beta > 0.0 {
@@ -704,7 +716,10 @@ impl Trainer {
                 out.stats.add(&stats);
                 Ok(loss)
             },
-            |grads| acc.add(grads, params_list),
+            |grads, segment_end| {
+                acc.add(grads, params_list)?;
+                if segment_end { self.dp.end_segment(acc, params_list) } else { Ok(()) }
+            },
         )?;
         if first_pass {
             old_logp.push(Tensor::cat(&new_old, 1)?);

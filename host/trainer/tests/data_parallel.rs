@@ -120,6 +120,35 @@ fn the_gradient_summed_over_two_ranks_is_the_single_process_gradient() {
 }
 
 #[test]
+fn zero2_gradients_equal_the_single_process_gradient() {
+    let zero2 = "shard_optimizer_state: true, shard_gradients: true";
+    let cases = [
+        ("one segment", format!("training: {{ {zero2} }}")),
+        ("layer segments", format!("training: {{ {zero2}, memory: {{ activation_checkpointing: true, logits_chunk: 2 }} }}")),
+        (
+            "lora",
+            format!("training: {{ {zero2}, memory: {{ activation_checkpointing: true, logits_chunk: 0 }} }}\nfinetune: lora\nlora: {{ rank: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj] }}"),
+        ),
+    ];
+    for (name, overrides) in cases {
+        let cfg = tiny_config(&overrides);
+        let dir = temp_run_dir(&format!("grad-zero2-{}", name.replace(' ', "-")));
+        // Uneven shares: 1 sample (one micro-batch of 3) against 7 (three), and an empty rank.
+        for (split, samples_used) in [([0..1, 1..8], 0..8), ([0..0, 4..8], 4..8)] {
+            let used: Vec<Sample> = samples().into_iter().skip(samples_used.start).take(samples_used.len()).collect();
+            let whole = flat(&trainer_on(&cfg, &dir, DataParallel::single()).policy_gradient(&used).unwrap());
+            let per_rank = two_rank_gradients(&cfg, &dir, split.clone());
+            assert_eq!(per_rank[0], per_rank[1], "{name} {split:?}: ranks must hold bit-identical gradients");
+            let scale = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 1e-3, "{name}: the gradient is ~0, the test would prove nothing");
+            let err = max_diff(&per_rank[0], &whole);
+            assert!(err <= 1e-6 * scale.max(1.0), "{name} {split:?}: ZeRO-2 gradient differs from the single-process one by {err} (scale {scale})");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
 fn a_rank_without_samples_still_gets_the_others_gradient() {
     // E.g. every group of rank 0 had equal rewards and was dropped.
     let cfg = tiny_config("grpo: { loss_aggregation: token, drop_zero_variance_groups: true }");
@@ -137,12 +166,17 @@ fn a_rank_without_samples_still_gets_the_others_gradient() {
 
 const CHILD: &str = "SIGMAFORGE_TEST_DP_CHILD";
 
-/// Config of the multi-process runs: 4 steps, checkpoints every 2, no exports; `sharded`:
-/// ZeRO-1 optimizer state.
-fn dp_config(prompts: usize, sharded: bool) -> RunConfig {
-    tiny_config(&format!(
-        "training: {{ steps: 4, prompts_per_step: {prompts}, passes_per_batch: 2, shard_optimizer_state: {sharded} }}\ncheckpoint: {{ every: 2, keep: 0 }}"
-    ))
+/// Config of the multi-process runs: 4 steps, checkpoints every 2, no exports. `sharding`:
+/// "" replicated, "zero1" optimizer state sharded, "zero2" gradients too, with activation
+/// checkpointing and chunked logits (so gradients are reduced layer by layer).
+fn dp_config(prompts: usize, sharding: &str) -> RunConfig {
+    let extra = match sharding {
+        "" => "",
+        "zero1" => ", shard_optimizer_state: true",
+        "zero2" => ", shard_optimizer_state: true, shard_gradients: true, memory: { activation_checkpointing: true, logits_chunk: 2 }",
+        other => panic!("unknown sharding {other:?}"),
+    };
+    tiny_config(&format!("training: {{ steps: 4, prompts_per_step: {prompts}, passes_per_batch: 2{extra} }}\ncheckpoint: {{ every: 2, keep: 0 }}"))
 }
 
 /// Not a test by itself: the body of one rank, spawned by the tests below. Reads the launcher's
@@ -151,11 +185,11 @@ fn dp_config(prompts: usize, sharded: bool) -> RunConfig {
 #[ignore = "child process of the data-parallel tests"]
 fn dp_rank_child() {
     let spec = std::env::var(CHILD).expect("spawned by a data-parallel test");
-    let [run_dir, prompts, stop_after, resume, exit_after, sharded]: [&str; 6] = spec.split('|').collect::<Vec<_>>().try_into().unwrap();
+    let [run_dir, prompts, stop_after, resume, exit_after, sharding]: [&str; 6] = spec.split('|').collect::<Vec<_>>().try_into().unwrap();
     let launch = LaunchEnv::from_env().unwrap();
     let dp = DataParallel::new(init(&launch, Backend::Auto, false).unwrap());
     let run_dir = PathBuf::from(run_dir);
-    let mut t = trainer_on(&dp_config(prompts.parse().unwrap(), sharded == "sharded"), &run_dir, dp);
+    let mut t = trainer_on(&dp_config(prompts.parse().unwrap(), sharding), &run_dir, dp);
     if !resume.is_empty() {
         t.restore(&checkpoint::load(Path::new(resume), &Device::Cpu).unwrap()).unwrap();
     }
@@ -184,7 +218,7 @@ struct Job {
 /// Starts `world` ranks; rank r runs in `<base>-rank-r` (separate directories, so that what each
 /// rank wrote can be told apart). `exit_after`: (rank, steps) to kill one rank early.
 fn launch(base: &str, world: usize, prompts: usize, stop_after: Option<u64>, resume: Option<&Path>, exit_after: Option<(usize, u64)>) -> Job {
-    launch_with(base, world, prompts, stop_after, resume, exit_after, false)
+    launch_with(base, world, prompts, stop_after, resume, exit_after, "")
 }
 
 fn launch_with(
@@ -194,7 +228,7 @@ fn launch_with(
     stop_after: Option<u64>,
     resume: Option<&Path>,
     exit_after: Option<(usize, u64)>,
-    sharded: bool,
+    sharding: &str,
 ) -> Job {
     let port = free_port();
     let mut children = Vec::new();
@@ -204,11 +238,10 @@ fn launch_with(
         std::fs::create_dir_all(&dir).unwrap();
         let exit = exit_after.filter(|(r, _)| *r == rank).map(|(_, s)| s.to_string()).unwrap_or_default();
         let spec = format!(
-            "{}|{prompts}|{}|{}|{exit}|{}",
+            "{}|{prompts}|{}|{}|{exit}|{sharding}",
             dir.display(),
             stop_after.map(|s| s.to_string()).unwrap_or_default(),
             resume.map(|p| p.display().to_string()).unwrap_or_default(),
-            if sharded { "sharded" } else { "" }
         );
         let child = Command::new(std::env::current_exe().unwrap())
             .args(["dp_rank_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
@@ -390,7 +423,7 @@ fn sharded_optimizer_state_gives_the_same_weights_and_full_checkpoints() {
         }
     };
     let mut plain = launch(&base("plain"), 2, 2, None, None, None);
-    let mut sharded = launch_with(&base("sharded"), 2, 2, None, None, None, true);
+    let mut sharded = launch_with(&base("sharded"), 2, 2, None, None, None, "zero1");
     ok(&mut plain, "replicated");
     ok(&mut sharded, "sharded");
     check_job(&sharded, 2, 2, "sharded");
@@ -413,14 +446,63 @@ fn sharded_optimizer_state_gives_the_same_weights_and_full_checkpoints() {
     }
 
     // Stopped after step 2 and resumed (each rank reloads its shard): same end.
-    let mut first = launch_with(&base("split"), 2, 2, Some(2), None, None, true);
+    let mut first = launch_with(&base("split"), 2, 2, Some(2), None, None, "zero1");
     ok(&mut first, "sharded first half");
     let ckpt = checkpoint::resolve(&first.dirs[0]).unwrap();
-    let mut second = launch_with(&base("split"), 2, 2, None, Some(&ckpt), None, true);
+    let mut second = launch_with(&base("split"), 2, 2, None, Some(&ckpt), None, "zero1");
     ok(&mut second, "sharded resumed");
     assert!(rank_weights(&second.dirs[0], 0) == rank_weights(&plain.dirs[0], 0), "the resumed sharded job ends elsewhere");
     assert!(rank_weights(&second.dirs[1], 1) == rank_weights(&plain.dirs[0], 0));
     for job in [&plain, &sharded, &first] {
+        cleanup(job);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn sharded_gradients_train_like_the_replicated_job_and_resume_exactly() {
+    let tmp = std::env::temp_dir().join(format!("sf-dp-zero2-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let base = |name: &str| tmp.join(name).display().to_string();
+    let ok = |job: &mut Job, what: &str| {
+        for (rank, (ok, err)) in wait(job, Duration::from_secs(180)).into_iter().enumerate() {
+            assert!(ok, "{what}: rank {rank} failed:\n{err}");
+        }
+    };
+    // Three ranks with 2 + 1 + 1 prompt groups: 3, 2 and 2 micro-batches, so the shorter ranks
+    // take part in the busiest one's layer-by-layer reductions with empty segments.
+    let mut plain = launch(&base("plain"), 3, 4, None, None, None);
+    let mut zero2 = launch_with(&base("zero2"), 3, 4, None, None, None, "zero2");
+    ok(&mut plain, "replicated");
+    ok(&mut zero2, "ZeRO-2");
+    check_job(&zero2, 3, 4, "ZeRO-2");
+    // Same training up to the order of floating-point sums (per segment, then over ranks).
+    let as_f32 = |b: Vec<u8>| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
+    let (a, b) = (as_f32(rank_weights(&zero2.dirs[0], 0)), as_f32(rank_weights(&plain.dirs[0], 0)));
+    let start: Vec<f32> = {
+        let dir = tmp.join("initial");
+        let t = trainer_on(&dp_config(4, "zero2"), &dir, DataParallel::single());
+        weights(&t).into_iter().flat_map(|(_, w)| w).collect()
+    };
+    let (err, moved) = (max_diff(&a, &b), max_diff(&b, &start));
+    assert!(moved > 1e-2, "training moved the weights by only {moved}: the comparison would prove nothing");
+    // Adam turns sum-order noise in near-zero gradient elements into visible steps, so the
+    // bound is loose, but far below how far training moved the weights.
+    assert!(err < 1e-3 && err < moved / 50.0, "ZeRO-2 weights differ from the replicated job's by {err} (training moved them by {moved})");
+    // The checkpoint holds every parameter's moments, gathered on rank 0.
+    let (za, pa) = (checkpoint::load(&zero2.dirs[0], &Device::Cpu).unwrap(), checkpoint::load(&plain.dirs[0], &Device::Cpu).unwrap());
+    assert_eq!(za.optimizer.len(), pa.optimizer.len());
+
+    // Stopped after step 2 and resumed: the same bits as the uninterrupted ZeRO-2 job.
+    let mut first = launch_with(&base("split"), 3, 4, Some(2), None, None, "zero2");
+    ok(&mut first, "ZeRO-2 first half");
+    let ckpt = checkpoint::resolve(&first.dirs[0]).unwrap();
+    let mut second = launch_with(&base("split"), 3, 4, None, Some(&ckpt), None, "zero2");
+    ok(&mut second, "ZeRO-2 resumed");
+    for r in 0..3 {
+        assert!(rank_weights(&second.dirs[r], r) == rank_weights(&zero2.dirs[0], 0), "rank {r} of the resumed ZeRO-2 job ends elsewhere");
+    }
+    for job in [&plain, &zero2, &first] {
         cleanup(job);
     }
     let _ = std::fs::remove_dir_all(&tmp);

@@ -48,8 +48,25 @@ impl MemoryOptions {
 }
 
 impl CausalLm {
+    /// How many backward segments one micro-batch's backward has with `options`: the points
+    /// at which [`CausalLm::backward_bounded`] passes `segment_end = true` (the head, then the
+    /// trunk at once or each layer and the embeddings), or 1 for a plain `loss.backward()`.
+    /// ZeRO-2 reduces gradients at each of them, so every rank must agree on the count.
+    pub fn backward_segments(&self, options: MemoryOptions) -> usize {
+        if !options.enabled() {
+            1
+        } else if !options.activation_checkpointing {
+            2
+        } else {
+            1 + self.layers.len() + usize::from(self.embed_tokens.var().is_some())
+        }
+    }
+
     /// Back-propagates `Σ_chunks chunk_loss(logits_chunk, range)` with bounded memory and hands
     /// every partial gradient store to `on_grads` (their sum is the gradient; accumulate them).
+    /// Its flag says that the store ends a segment: the last logits chunk of the head, the
+    /// trunk, a layer, the embeddings; always [`CausalLm::backward_segments`] of them, whatever
+    /// the sequence length, so that data-parallel ranks can reduce gradients in step.
     ///
     /// `window = (start, len)`: the hidden positions whose logits the loss reads (for GRPO, the
     /// positions that predict completion tokens). `chunk_loss` gets the logits
@@ -64,7 +81,7 @@ impl CausalLm {
         window: (usize, usize),
         options: MemoryOptions,
         mut chunk_loss: impl FnMut(&Tensor, Range<usize>) -> Result<Tensor>,
-        mut on_grads: impl FnMut(&GradStore) -> Result<()>,
+        mut on_grads: impl FnMut(&GradStore, bool) -> Result<()>,
     ) -> Result<()> {
         let (_, t) = input_ids.dims2()?;
         let (start, len) = window;
@@ -101,30 +118,31 @@ impl CausalLm {
             if let Some(g) = grads.get(leaf.as_tensor()) {
                 grad = (grad + g)?;
             }
-            on_grads(&grads)?;
+            on_grads(&grads, from + c == len)?;
             from += c;
         }
 
         // 3. Trunk: one surrogate backward through the kept graph, or layer by layer.
         if !checkpoint {
             let surrogate = (trunk_out * grad.detach())?.sum_all()?;
-            return on_grads(&surrogate.backward()?);
+            return on_grads(&surrogate.backward()?, true);
         }
         for i in (0..self.layers.len()).rev() {
             let x_i = Var::from_tensor(&inputs[i])?;
             let y = self.block(i, x_i.as_tensor(), &ctx, None, adapters)?;
             let grads = (y * grad.detach())?.sum_all()?.backward()?;
-            on_grads(&grads)?;
+            on_grads(&grads, true)?;
             grad = match grads.get(x_i.as_tensor()) {
                 Some(g) => g.clone(),
-                // Only possible if the layer ignored its input; nothing flows further down.
-                None => return Ok(()),
+                // Only possible if the layer ignored its input: nothing flows further down, but
+                // the remaining segments still end (as zero gradients) so the count holds.
+                None => grad.zeros_like()?,
             };
             inputs.truncate(i);
         }
         if self.embed_tokens.var().is_some() {
             let grads = (self.embed(input_ids)? * grad.detach())?.sum_all()?.backward()?;
-            on_grads(&grads)?;
+            on_grads(&grads, true)?;
         }
         Ok(())
     }
@@ -168,9 +186,17 @@ mod tests {
                 let loss = loss_of(&logits, &ids, start, 0..len).unwrap();
                 acc.add(&loss.backward().unwrap(), &params).unwrap();
             }
-            Some(o) => model
-                .backward_bounded(&ids, &mask, AdapterMode::Enabled, (start, len), o, |l, r| loss_of(l, &ids, start, r), |g| acc.add(g, &params))
-                .unwrap(),
+            Some(o) => {
+                let mut segments = 0;
+                model
+                    .backward_bounded(&ids, &mask, AdapterMode::Enabled, (start, len), o, |l, r| loss_of(l, &ids, start, r), |g, end| {
+                        segments += usize::from(end);
+                        acc.add(g, &params)
+                    })
+                    .unwrap();
+                // The count data-parallel ranks rely on to reduce in step (ZeRO-2).
+                assert_eq!(segments, model.backward_segments(o), "{o:?}");
+            }
         }
         acc.grads
             .iter()
@@ -217,7 +243,7 @@ mod tests {
         let model = CausalLm::random(&ModelConfig::tiny_qwen3(), None, 1, DType::F32, &Device::Cpu).unwrap();
         let (ids, mask) = batch();
         let err = model
-            .backward_bounded(&ids, &mask, AdapterMode::Enabled, (6, 4), MemoryOptions { activation_checkpointing: true, logits_chunk: 2 }, |l, _| Ok(l.sum_all()?), |_| Ok(()))
+            .backward_bounded(&ids, &mask, AdapterMode::Enabled, (6, 4), MemoryOptions { activation_checkpointing: true, logits_chunk: 2 }, |l, _| Ok(l.sum_all()?), |_, _| Ok(()))
             .unwrap_err();
         assert!(err.to_string().contains("outside the 8 positions"), "{err}");
     }
