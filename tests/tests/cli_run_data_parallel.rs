@@ -1,6 +1,8 @@
 //! `sigmaforge run` as a data-parallel job: two processes started like torchrun starts them
 //! (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) train a tiny model on the example regex task
-//! plugin, with one run directory whose shared files only rank 0 writes.
+//! plugin, with one run directory whose shared files only rank 0 writes. The job uses the
+//! reference recipe's memory settings (ZeRO-2 with activation checkpointing and chunked
+//! logits); the trainer's own tests compare every sharding mode with the replicated one.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,7 +38,8 @@ fn two_ranks_train_one_run_and_rank_0_writes_its_files() {
         &config,
         format!(
             "model: {{ path: {}, dtype: f32, device: cpu }}\nfinetune: full\n\
-             training: {{ steps: 2, prompts_per_step: 3, rollouts_per_prompt: 2, micro_batch_size: 4, passes_per_batch: 1, seed: 3 }}\n\
+             training: {{ steps: 2, prompts_per_step: 3, rollouts_per_prompt: 2, micro_batch_size: 4, passes_per_batch: 1, seed: 3,\n\
+               shard_optimizer_state: true, shard_gradients: true, memory: {{ activation_checkpointing: true, logits_chunk: 2 }} }}\n\
              generation: {{ max_new_tokens: 4, max_prompt_tokens: 1500, temperature: 1.0, prompts_per_call: 1 }}\n\
              grpo: {{ beta: 0.0 }}\noptimizer: {{ lr: 0.01 }}\ncheckpoint: {{ every: 1, keep: 0 }}\n\
              export: {{ merged: true, lora_adapter: false }}\n",
@@ -82,7 +85,7 @@ fn two_ranks_train_one_run_and_rank_0_writes_its_files() {
         assert!(status.success(), "rank {rank} failed:\n{err}");
         logs.push(err);
     }
-    assert!(logs[0].contains("data-parallel job of 2 ranks"), "{}", logs[0]);
+    assert!(logs[0].contains("data-parallel job of 2 ranks, ZeRO-2"), "{}", logs[0]);
     assert!(!logs[1].contains("checkpoint:"), "rank 1 reports nothing but its own problems:\n{}", logs[1]);
 
     // One record per step, counting all 3 prompts × 2 rollouts of both ranks.

@@ -10,8 +10,8 @@
 //! - the loss normaliser (token count, sequence count, longest completion) is made global
 //!   ([`DataParallel::loss_normalizer`]) so that each rank's loss is its part of the *global*
 //!   loss and the summed gradient is the single-process gradient of all samples;
-//! - gradients go through one flat f32 all-reduce (sum) per optimizer step
-//!   ([`DataParallel::all_reduce_gradients`]); clipping and AdamW then run identically on every
+//! - gradients are summed by an f32 all-reduce per optimizer step, in buckets of consecutive
+//!   parameters ([`DataParallel::all_reduce_gradients`]); clipping and AdamW then run identically on every
 //!   rank, so the weights stay equal, which [`DataParallel::verify_same_weights`] checks
 //!   bit for bit with a checksum at the start, after a resume and at every checkpoint;
 //! - metrics are computed from every rank's rollouts ([`DataParallel::gather_rows`]);
@@ -84,6 +84,8 @@ pub struct DataParallel {
     owners: Option<Vec<usize>>,
     /// ZeRO-2: gradients are reduced to their owners segment by segment.
     shard_gradients: bool,
+    /// Values per collective call ([`BUCKET`]; smaller in tests).
+    bucket: usize,
 }
 
 /// The gradients of one optimizer step as this rank holds them.
@@ -134,11 +136,18 @@ impl Default for DataParallel {
 impl DataParallel {
     /// One process: every collective is the identity.
     pub fn single() -> Self {
-        Self { comm: Box::new(SingleProcess), owners: None, shard_gradients: false }
+        Self { comm: Box::new(SingleProcess), owners: None, shard_gradients: false, bucket: BUCKET }
     }
 
     pub fn new(comm: Box<dyn Collective>) -> Self {
-        Self { comm, owners: None, shard_gradients: false }
+        Self { comm, owners: None, shard_gradients: false, bucket: BUCKET }
+    }
+
+    /// The same with at most `values` per collective call (tests exercise the bucketing with
+    /// small ones).
+    pub fn with_bucket_size(mut self, values: usize) -> Self {
+        self.bucket = values.max(1);
+        self
     }
 
     /// The optimizer for `params`: with `shard_state` in a multi-rank job, one that keeps state
@@ -205,7 +214,7 @@ impl DataParallel {
                 Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
                 None => vec![0f32; var.elem_count()],
             };
-            for bucket in values.chunks_mut(BUCKET) {
+            for bucket in values.chunks_mut(self.bucket) {
                 let label = self.label();
                 self.comm.reduce_sum(bucket, owners[i]).with_context(|| format!("{label}reduce of the gradient of {} failed", params[i].0))?;
             }
@@ -315,7 +324,7 @@ impl DataParallel {
     fn owners_value(&mut self, owner: usize, local: &Tensor, what: &str) -> Result<Tensor> {
         let mut values = local.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let label = self.label();
-        for bucket in values.chunks_mut(BUCKET) {
+        for bucket in values.chunks_mut(self.bucket) {
             self.comm.broadcast_f32(bucket, owner).with_context(|| format!("{label}broadcast of {what} from rank {owner} failed"))?;
         }
         Ok(Tensor::from_vec(values, local.shape(), local.device())?)
@@ -387,32 +396,47 @@ impl DataParallel {
         }))
     }
 
-    /// Sums every rank's accumulated gradients in one flat f32 all-reduce, so each rank holds
-    /// the gradient of the global loss. A parameter that got no gradient on some rank (a rank
-    /// whose groups were all dropped) counts as zero there; one that got none on any rank stays
-    /// `None`, so the optimizer and the gradient-coverage check treat it as before.
+    /// Sums every rank's accumulated gradients, so each rank holds the gradient of the global
+    /// loss. Parameters go in buckets of up to [`BUCKET`] values (consecutive parameters
+    /// share one, as in PyTorch DDP), so the staging memory is one bucket, not the model. A
+    /// parameter that got no gradient on some rank (a rank whose groups were all dropped)
+    /// counts as zero there; one that got none on any rank stays `None`, so the optimizer and
+    /// the gradient-coverage check treat it as before.
     pub fn all_reduce_gradients(&mut self, acc: &mut GradAccumulator, params: &[(String, Var)]) -> Result<()> {
         if !self.is_distributed() {
             return Ok(());
         }
         ensure!(acc.grads.len() == params.len(), "gradient slots do not match the parameters");
-        let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
-        let total: usize = sizes.iter().sum();
-        // Values, then one presence count per parameter.
-        let mut flat = Vec::with_capacity(total + params.len());
-        for (g, &n) in acc.grads.iter().zip(&sizes) {
-            match g {
-                Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                None => flat.resize(flat.len() + n, 0.0),
+        let mut present: Vec<f32> = acc.grads.iter().map(|g| f32::from(u8::from(g.is_some()))).collect();
+        self.all_reduce(&mut present, "which parameters have gradients")?;
+        let mut first = 0;
+        while first < params.len() {
+            // The bucket: params[first..end], at least one parameter, at most BUCKET values
+            // unless a single parameter is larger (then it goes alone, in BUCKET-sized pieces).
+            let mut end = first + 1;
+            let mut size = params[first].1.elem_count();
+            while end < params.len() && size + params[end].1.elem_count() <= self.bucket {
+                size += params[end].1.elem_count();
+                end += 1;
             }
-        }
-        flat.extend(acc.grads.iter().map(|g| f32::from(u8::from(g.is_some()))));
-        self.all_reduce(&mut flat, &format!("{} gradient values", total))?;
-        let (values, present) = flat.split_at(total);
-        let mut offset = 0;
-        for (((_, var), slot), (&n, &seen)) in params.iter().zip(acc.grads.iter_mut()).zip(sizes.iter().zip(present)) {
-            *slot = if seen > 0.0 { Some(Tensor::from_slice(&values[offset..offset + n], var.shape(), var.device())?) } else { None };
-            offset += n;
+            let mut flat = Vec::with_capacity(size);
+            for (g, (_, var)) in acc.grads[first..end].iter().zip(&params[first..end]) {
+                match g {
+                    Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                    None => flat.resize(flat.len() + var.elem_count(), 0.0),
+                }
+            }
+            for piece in flat.chunks_mut(self.bucket) {
+                self.all_reduce(piece, &format!("the gradients of {}..", params[first].0))?;
+            }
+            let mut offset = 0;
+            for i in first..end {
+                let var = &params[i].1;
+                let n = var.elem_count();
+                acc.grads[i] = if present[i] > 0.0 { Some(Tensor::from_slice(&flat[offset..offset + n], var.shape(), var.device())?) } else { None };
+                offset += n;
+            }
+            first = end;
         }
         Ok(())
     }
@@ -588,6 +612,10 @@ mod tests {
 
     /// Runs `f` on `world` in-process ranks connected over TCP; returns their results by rank.
     fn on_ranks<T: Send + 'static>(world: usize, f: impl Fn(&mut DataParallel) -> T + Send + Sync + 'static) -> Vec<T> {
+        on_ranks_with_bucket(world, BUCKET, f)
+    }
+
+    fn on_ranks_with_bucket<T: Send + 'static>(world: usize, bucket: usize, f: impl Fn(&mut DataParallel) -> T + Send + Sync + 'static) -> Vec<T> {
         let master = format!("127.0.0.1:{}", free_port());
         let f = std::sync::Arc::new(f);
         let handles: Vec<_> = (0..world)
@@ -595,7 +623,7 @@ mod tests {
                 let env = LaunchEnv { rank, world_size: world, local_rank: rank, master: master.clone() };
                 let f = f.clone();
                 std::thread::spawn(move || {
-                    let mut dp = DataParallel::new(init(&env, Backend::Tcp, false).unwrap());
+                    let mut dp = DataParallel::new(init(&env, Backend::Tcp, false).unwrap()).with_bucket_size(bucket);
                     f(&mut dp)
                 })
             })
@@ -665,8 +693,43 @@ mod tests {
     }
 
     #[test]
+    fn bucketed_all_reduce_gives_the_same_sums_as_one_buffer() {
+        // Parameters of 5, 1, 2, 7 and 3 values: with buckets of 3 values the first and fourth
+        // go alone in pieces, the second and third share one, the fifth fills one.
+        let sizes = [5usize, 1, 2, 7, 3];
+        let run = move |bucket: usize| {
+            on_ranks_with_bucket(3, bucket, move |dp| {
+                let dev = Device::Cpu;
+                let params: Vec<(String, Var)> = sizes.iter().enumerate().map(|(i, &n)| (format!("p{i}"), Var::new(vec![0f32; n].as_slice(), &dev).unwrap())).collect();
+                let mut acc = GradAccumulator::new(sizes.len());
+                for (i, &n) in sizes.iter().enumerate() {
+                    // Rank 2 has no gradient for p1; nobody has one for p4.
+                    if i == 4 || (i == 1 && dp.rank() == 2) {
+                        continue;
+                    }
+                    let v: Vec<f32> = (0..n).map(|j| (dp.rank() * 100 + i * 10 + j) as f32 * 0.5).collect();
+                    acc.grads[i] = Some(Tensor::from_vec(v, n, &dev).unwrap());
+                }
+                dp.all_reduce_gradients(&mut acc, &params).unwrap();
+                acc.grads.iter().map(|g| g.as_ref().map(|g| g.to_vec1::<f32>().unwrap())).collect::<Vec<_>>()
+            })
+        };
+        let whole = run(BUCKET);
+        let bucketed = run(3);
+        assert_eq!(whole, bucketed);
+        for got in &whole {
+            assert_eq!(got[4], None);
+            // p3, element 6: 0.5 × ((0 + 36) + (100 + 36) + (200 + 36)).
+            assert_eq!(got[3].as_ref().unwrap()[6], 0.5 * (36.0 + 136.0 + 236.0));
+            // p1 from ranks 0 and 1 only.
+            assert_eq!(got[1].as_ref().unwrap(), &vec![0.5 * (10.0 + 110.0)]);
+        }
+    }
+
+    #[test]
     fn zero2_segments_reach_their_owners_only() {
-        let got = on_ranks(2, |dp| {
+        // Buckets of 3 values: p3 (4 values) travels in two pieces.
+        let got = on_ranks_with_bucket(2, 3, |dp| {
             let dev = Device::Cpu;
             // Sizes 1..4: owners by size are p3 → 0, p2 → 1, p1 → 1, p0 → 0.
             let params: Vec<(String, Var)> = (0..4).map(|i| (format!("p{i}"), Var::new(vec![0f32; i + 1].as_slice(), &dev).unwrap())).collect();
@@ -724,7 +787,7 @@ mod tests {
 
     #[test]
     fn sharded_parameters_and_optimizer_state_come_from_their_owners() {
-        let got = on_ranks(2, |dp| {
+        let got = on_ranks_with_bucket(2, 2, |dp| {
             let dev = Device::Cpu;
             let params: Vec<(String, Var)> = vec![("big".into(), Var::new(&[1f32, 2.0, 3.0], &dev).unwrap()), ("small".into(), Var::new(&[4f32], &dev).unwrap())];
             let mut opt = dp.optimizer(params.clone(), Default::default(), true, false).unwrap();

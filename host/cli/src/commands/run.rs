@@ -166,7 +166,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if world > 1 {
-        eprintln!("data-parallel job of {world} ranks (rank 0 writes metrics, checkpoints and exports)");
+        let t = &trainer.config().training;
+        let sharding = match (t.shard_optimizer_state, t.shard_gradients) {
+            (_, true) => "ZeRO-2: optimizer state and gradients sharded",
+            (true, false) => "ZeRO-1: optimizer state sharded",
+            _ => "replicated optimizer state",
+        };
+        eprintln!("data-parallel job of {world} ranks, {sharding} (rank 0 writes metrics, checkpoints and exports)");
     }
     eprintln!(
         "training {} ({:.1}M parameters, {:.2}M trainable) on {} tasks of plugin `{}`; run directory {}",
