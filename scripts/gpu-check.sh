@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# GPU check (issue 7): builds SigmaForge with CUDA, runs the GPU equivalence tests, and
-# benchmarks a GRPO step and decoding for a Qwen3-0.6B-shaped model (random weights, bf16)
-# against PyTorch + transformers on the same card, printing the ratio. Under 10 minutes on an
-# H100 once the Rust dependencies are compiled.
+# GPU check (issue 7): runs the GPU equivalence tests and benchmarks a GRPO step and decoding
+# for a Qwen3-0.6B-shaped model (random weights, bf16) against PyTorch + transformers on the
+# same card, printing the ratio. Under 10 minutes on an H100 once the programs are built.
 #
 #   scripts/gpu-check.sh [OUT_DIR]        # default OUT_DIR: gpu-check-results/
 #
-# Needs: an NVIDIA GPU + driver, nvcc (CUDA >= 11.8), cargo, python3 with torch and
-# transformers. Results: OUT_DIR/{nvidia-smi.txt,tests.log,sigmaforge.txt,pytorch.txt,ratio.md};
-# copy the card and figures into BENCHMARKS.md ("GPU check").
+# Two ways to get the programs:
+# - with cargo and nvcc (CUDA >= 11.8) on the GPU machine, it builds them (`--features cuda`);
+# - without cargo (the project's lent H100/H200 machines), it runs the prebuilt ones in
+#   gpu-bundle/, made beforehand on any Linux machine by `scripts/gpu-bundle.sh`, with the
+#   CUDA 13 libraries of the machine's PyTorch.
+# Both need an NVIDIA GPU + driver and python3 with torch and transformers. Results:
+# OUT_DIR/{nvidia-smi.txt,tests.log,sigmaforge.txt,pytorch.txt,ratio.md}; copy the card and
+# figures into BENCHMARKS.md ("GPU check").
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,22 +21,49 @@ out="${1:-$root/gpu-check-results}"
 mkdir -p "$out"
 
 command -v nvidia-smi >/dev/null || { echo "gpu-check: nvidia-smi not found: this machine has no NVIDIA driver" >&2; exit 2; }
-command -v nvcc >/dev/null || { echo "gpu-check: nvcc not found (scripts/install-cuda-toolkit.sh installs it on Debian)" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$out/nvidia-smi.txt"
-# candle compiles its kernels for this compute capability (e.g. 90 for H100/H200).
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d '.')}"
+cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d '.')"
 
-echo "== build (cuda, compute capability $CUDA_COMPUTE_CAP)"
-cargo build --release -p sigmaforge --features cuda
+if command -v cargo >/dev/null; then
+    command -v nvcc >/dev/null || { echo "gpu-check: nvcc not found (scripts/install-cuda-toolkit.sh installs it on Debian)" >&2; exit 2; }
+    # candle compiles its kernels for this compute capability (e.g. 90 for H100/H200).
+    export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-$cap}"
+    echo "== build (cuda, compute capability $CUDA_COMPUTE_CAP)"
+    cargo build --release -p sigmaforge --features cuda
+    run_tests() { cargo test --release -p sigmaforge-trainer --features cuda --test cuda; }
+    run_bench() { cargo bench -p sigmaforge-trainer --features cuda --bench gpu_throughput; }
+else
+    bundle="$root/gpu-bundle"
+    [ -x "$bundle/cuda-tests" ] && [ -x "$bundle/gpu-throughput" ] || {
+        echo "gpu-check: no cargo here and no gpu-bundle/; run scripts/gpu-bundle.sh $cap on a build machine and bring gpu-bundle/ along" >&2
+        exit 2
+    }
+    cat "$bundle/MANIFEST"
+    grep -q "compute capability $cap\$" "$bundle/MANIFEST" || echo "gpu-check: warning: the bundle was built for another compute capability than this GPU's ($cap)" >&2
+    # cuBLAS, cuRAND, NVRTC and NCCL for CUDA 13 from the wheels PyTorch installed.
+    site="$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))')"
+    libs="$(find "$site/nvidia" -maxdepth 3 -type d -name lib | tr '\n' ':')"
+    export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+    missing="$(ldd "$bundle/cuda-tests" | grep 'not found' || true)"
+    [ -z "$missing" ] || { echo "gpu-check: libraries not found for the bundle:" >&2; echo "$missing" >&2; exit 2; }
+    run_tests() { "$bundle/cuda-tests"; }
+    run_bench() { "$bundle/gpu-throughput" --bench; }
+fi
 
 echo "== GPU equivalence and training tests"
-cargo test --release -p sigmaforge-trainer --features cuda --test cuda 2>&1 | tee "$out/tests.log"
+# A failing test does not stop the benchmarks (a GPU session is short); the exit status says it.
+tests_rc=0
+run_tests 2>&1 | tee "$out/tests.log" || tests_rc=$?
 
 echo "== benchmark: SigmaForge (candle, CUDA)"
-cargo bench -p sigmaforge-trainer --features cuda --bench gpu_throughput 2>&1 | tee "$out/sigmaforge.txt"
+run_bench 2>&1 | tee "$out/sigmaforge.txt"
 
 echo "== benchmark: PyTorch + transformers"
 PYTHONUNBUFFERED=1 python3 scripts/gpu-check/torch_bench.py 2>&1 | tee "$out/pytorch.txt"
 
 echo "== ratio (SigmaForge / PyTorch, tokens per second)"
 python3 scripts/gpu-check/compare.py "$out/sigmaforge.txt" "$out/pytorch.txt" | tee "$out/ratio.md"
+if [ "$tests_rc" -ne 0 ]; then
+    echo "gpu-check: the GPU tests FAILED (exit $tests_rc); see $out/tests.log" >&2
+fi
+exit "$tests_rc"

@@ -465,27 +465,30 @@ mod tests {
         TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
-    #[test]
-    fn tcp_all_reduce_gives_every_rank_the_same_sum() {
-        let world = 3;
+    /// Runs `f(rank, collective)` on `world` TCP-connected ranks (threads); results by rank.
+    fn on_tcp_ranks<T: Send + 'static>(world: usize, f: fn(usize, &mut dyn Collective) -> T) -> Vec<T> {
         let master = format!("127.0.0.1:{}", free_port());
         let handles: Vec<_> = (0..world)
             .map(|rank| {
                 let env = LaunchEnv { rank, world_size: world, local_rank: rank, master: master.clone() };
-                std::thread::spawn(move || {
-                    let mut c = init(&env, Backend::Tcp, false).unwrap();
-                    let mut data: Vec<f32> = (0..5).map(|i| (rank * 10 + i) as f32 * 0.1).collect();
-                    c.all_reduce_sum(&mut data).unwrap();
-                    let mut mean = vec![rank as f32; 2];
-                    c.all_reduce_mean(&mut mean).unwrap();
-                    let mut bytes = if rank == 0 { b"config".to_vec() } else { Vec::new() };
-                    c.broadcast(&mut bytes, 0).unwrap();
-                    c.barrier().unwrap();
-                    (data, mean, bytes)
-                })
+                std::thread::spawn(move || f(rank, init(&env, Backend::Tcp, false).unwrap().as_mut()))
             })
             .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn tcp_all_reduce_gives_every_rank_the_same_sum() {
+        let results = on_tcp_ranks(3, |rank, c| {
+            let mut data: Vec<f32> = (0..5).map(|i| (rank * 10 + i) as f32 * 0.1).collect();
+            c.all_reduce_sum(&mut data).unwrap();
+            let mut mean = vec![rank as f32; 2];
+            c.all_reduce_mean(&mut mean).unwrap();
+            let mut bytes = if rank == 0 { b"config".to_vec() } else { Vec::new() };
+            c.broadcast(&mut bytes, 0).unwrap();
+            c.barrier().unwrap();
+            (data, mean, bytes)
+        });
         for (data, mean, bytes) in &results {
             assert_eq!(data, &results[0].0, "ranks must agree bit for bit");
             assert!((data[0] - 3.0).abs() < 1e-5, "0 + 1 + 2 = 3: {data:?}");
@@ -497,29 +500,22 @@ mod tests {
     #[test]
     fn tcp_reduce_reaches_the_root_and_broadcast_leaves_every_rank_with_the_roots_values() {
         let world = 3;
-        let master = format!("127.0.0.1:{}", free_port());
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                let env = LaunchEnv { rank, world_size: world, local_rank: rank, master: master.clone() };
-                std::thread::spawn(move || {
-                    let mut c = init(&env, Backend::Tcp, false).unwrap();
-                    let mut reduced = Vec::new();
-                    for root in 0..world {
-                        let mut data = vec![rank as f32 + 1.0, 0.5 * rank as f32];
-                        c.reduce_sum(&mut data, root).unwrap();
-                        reduced.push(data);
-                    }
-                    let mut shared = Vec::new();
-                    for root in 0..world {
-                        let mut data = if rank == root { vec![root as f32 * 10.0 + 0.25, -1.5] } else { vec![f32::NAN; 2] };
-                        c.broadcast_f32(&mut data, root).unwrap();
-                        shared.push(data);
-                    }
-                    (reduced, shared)
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = on_tcp_ranks(world, |rank, c| {
+            let world = c.world_size();
+            let mut reduced = Vec::new();
+            for root in 0..world {
+                let mut data = vec![rank as f32 + 1.0, 0.5 * rank as f32];
+                c.reduce_sum(&mut data, root).unwrap();
+                reduced.push(data);
+            }
+            let mut shared = Vec::new();
+            for root in 0..world {
+                let mut data = if rank == root { vec![root as f32 * 10.0 + 0.25, -1.5] } else { vec![f32::NAN; 2] };
+                c.broadcast_f32(&mut data, root).unwrap();
+                shared.push(data);
+            }
+            (reduced, shared)
+        });
         for (rank, (reduced, shared)) in results.iter().enumerate() {
             for root in 0..world {
                 if rank == root {

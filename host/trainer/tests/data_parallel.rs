@@ -287,6 +287,13 @@ fn wait(job: &mut Job, limit: Duration) -> Vec<(bool, String)> {
     out
 }
 
+/// Waits for every rank of `job` and fails the test, with the rank's log, unless all succeeded.
+fn ok(job: &mut Job, what: &str) {
+    for (rank, (ok, err)) in wait(job, Duration::from_secs(180)).into_iter().enumerate() {
+        assert!(ok, "{what}: rank {rank} failed:\n{err}");
+    }
+}
+
 fn rank_weights(dir: &Path, rank: usize) -> Vec<u8> {
     std::fs::read(dir.join(format!("weights-{rank}.bin"))).unwrap_or_else(|e| panic!("rank {rank} wrote no weights: {e}"))
 }
@@ -417,11 +424,6 @@ fn sharded_optimizer_state_gives_the_same_weights_and_full_checkpoints() {
     let tmp = std::env::temp_dir().join(format!("sf-dp-zero1-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let base = |name: &str| tmp.join(name).display().to_string();
-    let ok = |job: &mut Job, what: &str| {
-        for (rank, (ok, err)) in wait(job, Duration::from_secs(120)).into_iter().enumerate() {
-            assert!(ok, "{what}: rank {rank} failed:\n{err}");
-        }
-    };
     let mut plain = launch(&base("plain"), 2, 2, None, None, None);
     let mut sharded = launch_with(&base("sharded"), 2, 2, None, None, None, "zero1");
     ok(&mut plain, "replicated");
@@ -464,11 +466,6 @@ fn sharded_gradients_train_like_the_replicated_job_and_resume_exactly() {
     let tmp = std::env::temp_dir().join(format!("sf-dp-zero2-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let base = |name: &str| tmp.join(name).display().to_string();
-    let ok = |job: &mut Job, what: &str| {
-        for (rank, (ok, err)) in wait(job, Duration::from_secs(180)).into_iter().enumerate() {
-            assert!(ok, "{what}: rank {rank} failed:\n{err}");
-        }
-    };
     // Three ranks with 2 + 1 + 1 prompt groups: 3, 2 and 2 micro-batches, so the shorter ranks
     // take part in the busiest one's layer-by-layer reductions with empty segments.
     let mut plain = launch(&base("plain"), 3, 4, None, None, None);
