@@ -789,29 +789,38 @@ mod tests {
     fn sharded_parameters_and_optimizer_state_come_from_their_owners() {
         let got = on_ranks_with_bucket(2, 2, |dp| {
             let dev = Device::Cpu;
-            let params: Vec<(String, Var)> = vec![("big".into(), Var::new(&[1f32, 2.0, 3.0], &dev).unwrap()), ("small".into(), Var::new(&[4f32], &dev).unwrap())];
+            // "small" is bf16: its owner keeps an f32 master copy, which checkpoints gather too.
+            let small = Tensor::new(&[4f32], &dev).unwrap().to_dtype(DType::BF16).unwrap();
+            let params: Vec<(String, Var)> = vec![("big".into(), Var::new(&[1f32, 2.0, 3.0], &dev).unwrap()), ("small".into(), Var::from_tensor(&small).unwrap())];
             let mut opt = dp.optimizer(params.clone(), Default::default(), true, false).unwrap();
             let mut g = dp.step_gradients(2);
-            let loss = (params[0].1.as_tensor().sum_all().unwrap() + params[1].1.as_tensor().sum_all().unwrap()).unwrap();
+            let loss = (params[0].1.as_tensor().sum_all().unwrap() + params[1].1.as_tensor().to_dtype(DType::F32).unwrap().sum_all().unwrap()).unwrap();
             g.add(&loss.backward().unwrap(), &params).unwrap();
             dp.finish_gradients(&mut g, &params).unwrap();
             opt.step(g.accumulated(), 0.1).unwrap();
+            let values = |params: &[(String, Var)]| -> Vec<Vec<f32>> { params.iter().map(|(_, v)| v.as_tensor().to_dtype(DType::F32).unwrap().to_vec1().unwrap()).collect() };
             // Before sharing, each rank moved only what it owns.
-            let before: Vec<Vec<f32>> = params.iter().map(|(_, v)| v.as_tensor().to_vec1().unwrap()).collect();
+            let before = values(&params);
             dp.share_updated_parameters(&params).unwrap();
-            let after: Vec<Vec<f32>> = params.iter().map(|(_, v)| v.as_tensor().to_vec1().unwrap()).collect();
+            let after = values(&params);
             let (state, _) = dp.full_optimizer_state(&opt).unwrap();
-            (before, after, state.len())
+            let master = state.get("w.small").map(|t| t.to_vec1::<f32>().unwrap());
+            let mut keys: Vec<String> = state.into_keys().collect();
+            keys.sort();
+            (before, after, keys, master)
         });
         // big → rank 0, small → rank 1; Adam's first step moves each weight by lr against the
-        // gradient's sign.
+        // gradient's sign (3.9 is 3.90625 in bf16; the master copy keeps 3.9).
         assert_eq!(got[0].0, vec![vec![0.9, 1.9, 2.9], vec![4.0]]);
-        assert_eq!(got[1].0, vec![vec![1.0, 2.0, 3.0], vec![3.9]]);
-        for (_, after, _) in &got {
-            assert_eq!(after, &vec![vec![0.9, 1.9, 2.9], vec![3.9]]);
+        assert_eq!(got[1].0, vec![vec![1.0, 2.0, 3.0], vec![3.90625]]);
+        for (_, after, _, _) in &got {
+            assert_eq!(after, &vec![vec![0.9, 1.9, 2.9], vec![3.90625]]);
         }
-        assert_eq!(got[0].2, 4, "rank 0 gathers m and v of both parameters for the checkpoint");
-        assert_eq!(got[1].2, 2, "rank 1 keeps its own share");
+        assert_eq!(got[0].2, ["m.big", "m.small", "v.big", "v.small", "w.small"], "rank 0 gathers the whole state for the checkpoint");
+        assert_eq!(got[1].2, ["m.small", "v.small", "w.small"], "rank 1 keeps its own share");
+        for (_, _, _, master) in &got {
+            assert!((master.as_ref().unwrap()[0] - 3.9).abs() < 1e-6, "{master:?}");
+        }
     }
 
     #[test]
