@@ -266,7 +266,8 @@ impl DataParallel {
             if !grads.seen[i] {
                 continue;
             }
-            let local = grads.acc.grads[i].clone().unwrap_or(var.as_tensor().zeros_like()?.to_dtype(DType::F32)?);
+            // Only the owner's gradient travels; the others lend the parameter's shape.
+            let local = grads.acc.grads[i].clone().unwrap_or_else(|| var.as_tensor().clone());
             full.grads[i] = Some(self.owners_value(owners[i], &local, &format!("the gradient of {}", params[i].0))?);
         }
         Ok(full)
@@ -306,10 +307,8 @@ impl DataParallel {
                     continue;
                 }
                 let key = format!("{kind}.{name}");
-                let local = match state.get(&key) {
-                    Some(t) => t.clone(),
-                    None => var.as_tensor().to_dtype(DType::F32)?,
-                };
+                // The owner holds this state; the others only lend the parameter's shape.
+                let local = state.get(&key).cloned().unwrap_or_else(|| var.as_tensor().clone());
                 let value = self.owners_value(owners[i], &local, &format!("the optimizer state {key}"))?;
                 if primary {
                     state.insert(key, value);
@@ -322,7 +321,8 @@ impl DataParallel {
     /// `local` as rank `owner` holds it (f32, same shape), on every rank, one [`BUCKET`] at a
     /// time. Only the owner's values matter; the others pass any tensor of the right shape.
     fn owners_value(&mut self, owner: usize, local: &Tensor, what: &str) -> Result<Tensor> {
-        let mut values = local.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        // Only the owner's values travel; the others just need a buffer (no device copy).
+        let mut values = if self.rank() == owner { local.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? } else { vec![0f32; local.elem_count()] };
         let label = self.label();
         for bucket in values.chunks_mut(self.bucket) {
             self.comm.broadcast_f32(bucket, owner).with_context(|| format!("{label}broadcast of {what} from rank {owner} failed"))?;
