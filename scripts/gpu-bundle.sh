@@ -12,8 +12,8 @@
 # the PTX that candle's kernels are compiled to. libcuda.so itself (the driver) is needed at
 # link time only: Debian's `libcuda1` or the CUDA toolkit's stub.
 #
-# Output (git-ignored): gpu-bundle/{cuda-tests,gpu-throughput,MANIFEST}; carry it to the GPU
-# machine with the working tree.
+# Output (git-ignored): gpu-bundle/{cuda-tests.xz,gpu-throughput.xz,MANIFEST}; carry it to the
+# GPU machine with the working tree (the device tool's `carry: ["gpu-bundle"]`).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,14 +33,18 @@ if [ ! -x "$cuda/nvidia/cu13/bin/nvcc" ]; then
     for w in "$cuda"/wheels/*.whl; do python3 -m zipfile -e "$w" "$cuda/"; done
     chmod +x "$cuda"/nvidia/cu13/bin/* "$cuda"/nvidia/cu13/nvvm/bin/*
 fi
-# The linker wants unversioned names; the wheels ship sonames only.
-mkdir -p "$cuda/link"
+# The linker wants unversioned names; the wheels ship sonames only. The links go into the
+# multiarch subfolder (link/x86_64-linux-gnu/) because gcc searches LIBRARY_PATH's multiarch
+# folders before the system's, and the plain folders after: a system CUDA (Debian's 11.8
+# libcudart.so, say) would otherwise win, and the kernels built by nvcc 13 would not link.
+link="$cuda/link/$(gcc -print-multiarch)"
+mkdir -p "$link"
 for lib in cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13 cudart.so.13; do
-    ln -sf "$cuda/nvidia/cu13/lib/lib$lib" "$cuda/link/lib${lib%%.so*}.so"
+    ln -sf "$cuda/nvidia/cu13/lib/lib$lib" "$link/lib${lib%%.so*}.so"
 done
-ln -sf "$cuda/nvidia/nccl/lib/libnccl.so.2" "$cuda/link/libnccl.so"
-if ! ldconfig -p | grep -q 'libcuda.so ' && [ ! -e "$cuda/link/libcuda.so" ]; then
-    echo "gpu-bundle: no libcuda.so to link against; install Debian's libcuda1 (non-free) or copy the CUDA toolkit's stubs/libcuda.so to $cuda/link/" >&2
+ln -sf "$cuda/nvidia/nccl/lib/libnccl.so.2" "$link/libnccl.so"
+if ! ldconfig -p | grep -q 'libcuda.so ' && [ ! -e "$link/libcuda.so" ]; then
+    echo "gpu-bundle: no libcuda.so to link against; install Debian's libcuda1 (non-free) or copy the CUDA toolkit's stubs/libcuda.so to $link/" >&2
     exit 2
 fi
 
@@ -59,8 +63,12 @@ bench=$(cargo bench -p sigmaforge-trainer --features cuda --bench gpu_throughput
 
 out="$root/gpu-bundle"
 rm -rf "$out" && mkdir -p "$out"
-cp "$tests" "$out/cuda-tests" && cp "$bench" "$out/gpu-throughput"
-strip "$out/cuda-tests" "$out/gpu-throughput"
+# Stripped and xz-compressed (the PTX and cubins in them shrink ~8x): ~14 MB together, well
+# inside what travels to a lent GPU machine (64 MiB); gpu-check.sh unpacks them with python3.
+for pair in "$tests:cuda-tests" "$bench:gpu-throughput"; do
+    strip -o "$out/${pair#*:}" "${pair%%:*}"
+    xz -9 -T0 "$out/${pair#*:}"
+done
 {
     echo "commit $(git rev-parse HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
     echo "built $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(nvcc --version | tail -n 1)"

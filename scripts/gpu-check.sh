@@ -34,36 +34,44 @@ if command -v cargo >/dev/null; then
     run_bench() { cargo bench -p sigmaforge-trainer --features cuda --bench gpu_throughput; }
 else
     bundle="$root/gpu-bundle"
-    [ -x "$bundle/cuda-tests" ] && [ -x "$bundle/gpu-throughput" ] || {
+    [ -f "$bundle/cuda-tests.xz" ] && [ -f "$bundle/gpu-throughput.xz" ] || {
         echo "gpu-check: no cargo here and no gpu-bundle/; run scripts/gpu-bundle.sh $cap on a build machine and bring gpu-bundle/ along" >&2
         exit 2
     }
     cat "$bundle/MANIFEST"
+    # Unpacked with python3's lzma (xz itself may be missing there).
+    bin="$out/bin"
+    mkdir -p "$bin"
+    for prog in cuda-tests gpu-throughput; do
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bundle/$prog.xz" "$bin/$prog"
+        chmod +x "$bin/$prog"
+    done
     grep -q "compute capability $cap\$" "$bundle/MANIFEST" || echo "gpu-check: warning: the bundle was built for another compute capability than this GPU's ($cap)" >&2
     # cuBLAS, cuRAND, NVRTC and NCCL for CUDA 13 from the wheels PyTorch installed.
     site="$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))')"
     libs="$(find "$site/nvidia" -maxdepth 3 -type d -name lib | tr '\n' ':')"
     export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
-    missing="$(ldd "$bundle/cuda-tests" | grep 'not found' || true)"
+    missing="$(ldd "$bin/cuda-tests" | grep 'not found' || true)"
     [ -z "$missing" ] || { echo "gpu-check: libraries not found for the bundle:" >&2; echo "$missing" >&2; exit 2; }
-    run_tests() { "$bundle/cuda-tests"; }
-    run_bench() { "$bundle/gpu-throughput" --bench; }
+    run_tests() { "$bin/cuda-tests"; }
+    run_bench() { "$bin/gpu-throughput" --bench; }
 fi
 
 echo "== GPU equivalence and training tests"
-# A failing test does not stop the benchmarks (a GPU session is short); the exit status says it.
-tests_rc=0
-run_tests 2>&1 | tee "$out/tests.log" || tests_rc=$?
+# A failing step does not stop the others (a GPU session is short); the exit status says it.
+failed=()
+run_tests 2>&1 | tee "$out/tests.log" || failed+=("the GPU tests ($out/tests.log)")
 
 echo "== benchmark: SigmaForge (candle, CUDA)"
-run_bench 2>&1 | tee "$out/sigmaforge.txt"
+run_bench 2>&1 | tee "$out/sigmaforge.txt" || failed+=("the SigmaForge benchmark ($out/sigmaforge.txt)")
 
 echo "== benchmark: PyTorch + transformers"
-PYTHONUNBUFFERED=1 python3 scripts/gpu-check/torch_bench.py 2>&1 | tee "$out/pytorch.txt"
+PYTHONUNBUFFERED=1 python3 scripts/gpu-check/torch_bench.py 2>&1 | tee "$out/pytorch.txt" || failed+=("the PyTorch benchmark ($out/pytorch.txt)")
 
-echo "== ratio (SigmaForge / PyTorch, tokens per second)"
-python3 scripts/gpu-check/compare.py "$out/sigmaforge.txt" "$out/pytorch.txt" | tee "$out/ratio.md"
-if [ "$tests_rc" -ne 0 ]; then
-    echo "gpu-check: the GPU tests FAILED (exit $tests_rc); see $out/tests.log" >&2
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "== ratio (SigmaForge / PyTorch, tokens per second)"
+    python3 scripts/gpu-check/compare.py "$out/sigmaforge.txt" "$out/pytorch.txt" | tee "$out/ratio.md"
+else
+    printf 'gpu-check: FAILED: %s\n' "${failed[@]}" >&2
+    exit 1
 fi
-exit "$tests_rc"
