@@ -4,7 +4,7 @@
 //! build lock before running test binaries), so after `scripts/build.sh` they are no-ops.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 

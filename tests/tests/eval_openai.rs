@@ -534,3 +534,76 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/plugin.wasm"), "{err}");
 }
+
+#[test]
+fn an_interrupted_eval_resumes_without_asking_again() {
+    let _serial = serial();
+    let tasks = test_tasks(6);
+    let by_prompt: HashMap<String, (usize, String)> = tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect();
+    let data = data();
+    let plugin = plugin();
+    let out = sigmaforge_e2e::scratch_dir("eval-openai-resume");
+
+    // First run: the endpoint goes down for the last three tasks.
+    let lookup = by_prompt.clone();
+    let first = serve(Arc::new(move |seen: &Seen| {
+        let (i, text) = lookup.get(&seen.prompt).expect("a known task prompt").clone();
+        if i >= 3 { Reply::Raw(503, "upstream down".into()) } else { Reply::Ok(answer(&text, 40, 4)) }
+    }));
+    let mut args = base_args(&first.url, &out, &data, &plugin, "6");
+    args.extend(["--retries", "0", "--concurrency", "2"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = eval(&argv, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("3 of 6 samples failed"), "{stdout}");
+    // Every answer was journaled: the header, then one line per sample.
+    let journal = out.join("answers.jsonl");
+    assert_eq!(std::fs::read_to_string(&journal).unwrap().lines().count(), 7);
+    // The process "dies" while writing one more line.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    f.write_all(br#"{"task_id":"cut-short","prompt":[{"ro"#).unwrap();
+    drop(f);
+
+    // Starting afresh in the same directory would throw the answers away: refused.
+    let (code, _, stderr) = eval(&argv, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--resume"), "{stderr}");
+
+    // Resumed against an endpoint that is back (at another address): only the three failed
+    // tasks are asked again.
+    let lookup = by_prompt.clone();
+    let second = serve(Arc::new(move |seen: &Seen| Reply::Ok(answer(&lookup[&seen.prompt].1, 40, 4))));
+    let resume_args = |url: &str, model: &str| -> Vec<String> {
+        let mut a = base_args(url, &out, &data, &plugin, "6");
+        let at = a.iter().position(|x| x == "--out").unwrap();
+        a[at] = "--resume".into();
+        let policy = a.iter().position(|x| x == "--policy").unwrap() + 1;
+        a[policy] = format!("openai:{url}#{model}");
+        a.extend(["--retries", "0"].map(String::from));
+        a
+    };
+    let args = resume_args(&second.url, "test-model");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = eval(&argv, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("3 answered sample(s) kept") && stderr.contains("could not be read"), "{stderr}");
+    let asked: Vec<String> = second.requests.lock().unwrap().iter().map(|b| b["messages"].as_array().unwrap().iter().find(|m| m["role"] == "user").unwrap()["content"].as_str().unwrap().to_string()).collect();
+    let mut asked_tasks: Vec<usize> = asked.iter().map(|p| by_prompt[p].0).collect();
+    asked_tasks.sort();
+    assert_eq!(asked_tasks, [3, 4, 5], "only the failed tasks are asked again");
+    assert!(!stdout.contains("samples failed"), "{stdout}");
+    let (r, lines) = read_report(&out);
+    assert_eq!((r["samples"].as_u64(), r["failed"].as_u64()), (Some(6), Some(0)), "{r:#}");
+    assert!(close(r["mean_reward"].as_f64().unwrap(), 1.1), "every sample is a reference rule: {r:#}");
+    assert_eq!(r["tokens"]["input_total"].as_u64(), Some(6 * 40), "kept samples keep their usage: {r:#}");
+    for (l, t) in lines.iter().zip(&tasks) {
+        assert_eq!(l["task_id"].as_str(), Some(t.id.as_str()), "task order is kept");
+    }
+
+    // A journal is never continued with another model.
+    let args = resume_args(&second.url, "other-model");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = eval(&argv, &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("model `test-model`") && stderr.contains("other-model"), "{stderr}");
+}

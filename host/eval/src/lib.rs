@@ -9,7 +9,8 @@
 //! accuracy, IoU, share of perfect rules, latency percentiles, tokens and cost per query, failed
 //! samples and tool use. [`output`] writes `report.json`, `report.md`, `report.png` and
 //! `completions.jsonl`; [`compare`] combines several reports into one table. An optional
-//! [`paraphrase`] pass has another chat model reword each request first.
+//! [`paraphrase`] pass has another chat model reword each request first. Answers are
+//! journaled as they arrive ([`journal`]), so an interrupted eval resumes without asking again.
 //!
 //! Dependencies, and why:
 //! - `ureq` (3.x, rustls with webpki roots): a small, well-kept blocking HTTP client. The eval is
@@ -25,6 +26,7 @@
 
 pub mod compare;
 pub mod openai;
+pub mod journal;
 pub mod local;
 pub mod output;
 pub mod paraphrase;
@@ -39,5 +41,6 @@ pub mod tools;
 pub use policy::{Completion, Failure, Outcome, Policy, PolicySpec, Trace, Usage};
 pub use prices::Prices;
 pub use report::{Report, SampleRecord};
+pub use journal::{EvalKey, Journal};
 pub use runner::{EvalOptions, run_eval};
 pub use tools::Toolbox;

@@ -152,12 +152,12 @@ impl Policy for LocalPolicy {
         self.run_batch(std::slice::from_ref(&messages.to_vec()), tools).pop().expect("one outcome per prompt")
     }
 
-    fn complete_all(&self, prompts: &[Vec<Message>], tools: Option<&Toolbox>, done: &(dyn Fn() + Sync)) -> Vec<Outcome> {
+    fn complete_all(&self, prompts: &[Vec<Message>], tools: Option<&Toolbox>, done: &(dyn Fn(usize, &Outcome) + Sync)) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(self.batch_size) {
             for o in self.run_batch(chunk, tools) {
+                done(out.len(), &o);
                 out.push(o);
-                done();
             }
         }
         out
@@ -182,7 +182,7 @@ mod tests {
             .map(|i| vec![Message { role: "user".into(), content: format!("w{} w{}", 5 + i, 9 + i) }])
             .collect();
         let count = std::sync::atomic::AtomicUsize::new(0);
-        let out = policy.complete_all(&prompts, None, &|| {
+        let out = policy.complete_all(&prompts, None, &|_, _| {
             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         });
         assert_eq!(out.len(), 3);

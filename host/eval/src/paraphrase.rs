@@ -41,7 +41,7 @@ pub fn paraphrase_prompts(paraphraser: &dyn Policy, prompts: &mut [Vec<Message>]
             ]
         })
         .collect();
-    let mut answers = paraphraser.complete_all(&requests, None, done).into_iter();
+    let mut answers = paraphraser.complete_all(&requests, None, &|_, _| done()).into_iter();
     prompts
         .iter_mut()
         .zip(user_index)

@@ -77,9 +77,10 @@ pub trait Policy: Sync {
         1
     }
 
-    /// Answers every prompt, in input order; calls `done` after each answer (progress).
+    /// Answers every prompt, in input order; calls `done(i, outcome)` as soon as prompt `i` is
+    /// answered or given up on (progress, and the eval's journal).
     /// The default runs `complete` on [`Policy::concurrency`] worker threads.
-    fn complete_all(&self, prompts: &[Vec<Message>], tools: Option<&Toolbox>, done: &(dyn Fn() + Sync)) -> Vec<Outcome> {
+    fn complete_all(&self, prompts: &[Vec<Message>], tools: Option<&Toolbox>, done: &(dyn Fn(usize, &Outcome) + Sync)) -> Vec<Outcome> {
         let workers = self.concurrency().clamp(1, prompts.len().max(1));
         let next = AtomicUsize::new(0);
         let mut slots: Vec<Option<Outcome>> = vec![None; prompts.len()];
@@ -91,8 +92,9 @@ pub trait Policy: Sync {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(messages) = prompts.get(i) else { break };
-                            out.push((i, self.complete(messages, tools)));
-                            done();
+                            let outcome = self.complete(messages, tools);
+                            done(i, &outcome);
+                            out.push((i, outcome));
                         }
                         out
                     })

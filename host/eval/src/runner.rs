@@ -1,16 +1,18 @@
 //! One eval: a task plugin's tasks → the policy's answers → the plugin's scores → the report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sigmaforge_runtime::{ScoreResult, TaskPlugin, TaskRef};
 
+use crate::journal::{Entry, Journal};
 use crate::output::utc_timestamp;
 use crate::paraphrase::{Paraphrased, paraphrase_prompts};
-use crate::policy::Policy;
+use crate::policy::{Outcome, Policy};
 use crate::prices::Prices;
 use crate::report::{ParaphraseSummary, Report, ReportContext, SampleRecord};
 use crate::tools::Toolbox;
@@ -24,6 +26,12 @@ pub struct EvalOptions {
     pub quiet: bool,
     /// Rewords each request with this model before the evaluated one answers.
     pub paraphraser: Option<Box<dyn Policy>>,
+    /// Where each answer is journaled the moment it arrives (`answers.jsonl`), so that an
+    /// interrupted eval can be resumed.
+    pub journal: Option<Journal>,
+    /// Samples an earlier, interrupted run of this eval already answered, by task id: kept as
+    /// they were (prompt, paraphrase, answer, usage), and only scored again.
+    pub resumed: HashMap<String, Entry>,
 }
 
 fn progress_bar(quiet: bool, len: usize, message: String) -> ProgressBar {
@@ -57,40 +65,64 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
     }
     let tools = tools.filter(|t| !t.is_empty() && policy.supports_tools());
 
-    let mut prompts: Vec<_> = tasks.iter().map(|t| t.prompt.clone()).collect();
+    // Tasks an earlier run of this eval answered keep that answer; the rest are asked now.
+    let pending: Vec<usize> = (0..tasks.len()).filter(|&i| !opts.resumed.contains_key(&tasks[i].id)).collect();
+    let mut prompts: Vec<_> = pending.iter().map(|&i| tasks[i].prompt.clone()).collect();
     let paraphrased: Vec<Paraphrased> = match &opts.paraphraser {
-        Some(p) => {
+        Some(p) if !prompts.is_empty() => {
             let bar = progress_bar(opts.quiet, prompts.len(), format!("paraphrase with {}", p.model()));
             let out = paraphrase_prompts(p.as_ref(), &mut prompts, &|| bar.inc(1));
             bar.finish_and_clear();
             out
         }
-        None => vec![Paraphrased::Skipped; prompts.len()],
+        _ => vec![Paraphrased::Skipped; prompts.len()],
+    };
+    let paraphrase_info = |p: &Paraphrased| match p {
+        Paraphrased::Done { original } => (Some(original.clone()), None),
+        Paraphrased::Failed { reason } => (None, Some(reason.clone())),
+        Paraphrased::Skipped => (None, None),
     };
     let progress = progress_bar(opts.quiet, prompts.len(), format!("eval {}", policy.model()));
-    let outcomes = policy.complete_all(&prompts, tools, &|| progress.inc(1));
+    let journal_failed = AtomicBool::new(false);
+    let outcomes = policy.complete_all(&prompts, tools, &|k, outcome: &Outcome| {
+        progress.inc(1);
+        let Some(journal) = &opts.journal else { return };
+        let (original_request, paraphrase_error) = paraphrase_info(&paraphrased[k]);
+        let entry = Entry { task_id: tasks[pending[k]].id.clone(), prompt: prompts[k].clone(), original_request, paraphrase_error, outcome: outcome.clone() };
+        // Losing the journal costs the ability to resume, not the eval: say so once, go on.
+        if let Err(e) = journal.append(&entry)
+            && !journal_failed.swap(true, Ordering::Relaxed)
+        {
+            progress.suspend(|| eprintln!("warning: {e:#}; this eval can no longer be resumed"));
+        }
+    });
     progress.finish_and_clear();
 
-    // Score every answered sample in one batch.
-    let answered: Vec<(TaskRef, String)> = tasks
+    // Every task's sample, in task order: resumed ones as journaled, the others as just asked.
+    let mut fresh = prompts.into_iter().zip(outcomes.into_iter().zip(paraphrased));
+    let entries: Vec<Entry> = tasks
         .iter()
-        .zip(&outcomes)
-        .filter_map(|(t, o)| o.as_ref().ok().map(|c| (TaskRef::Id(t.id.clone()), c.text.clone())))
+        .map(|task| match opts.resumed.get(&task.id) {
+            Some(e) => e.clone(),
+            None => {
+                let (prompt, (outcome, paraphrased)) = fresh.next().expect("one fresh sample per pending task");
+                let (original_request, paraphrase_error) = paraphrase_info(&paraphrased);
+                Entry { task_id: task.id.clone(), prompt, original_request, paraphrase_error, outcome }
+            }
+        })
         .collect();
+
+    // Score every answered sample in one batch.
+    let answered: Vec<(TaskRef, String)> =
+        entries.iter().filter_map(|e| e.outcome.as_ref().ok().map(|c| (TaskRef::Id(e.task_id.clone()), c.text.clone()))).collect();
     let mut scores = plugin.score_batch(&answered).into_iter();
 
     let samples: Vec<SampleRecord> = tasks
         .into_iter()
-        .zip(prompts)
-        .zip(outcomes.into_iter().zip(paraphrased))
-        .map(|((task, prompt), (outcome, paraphrased))| {
+        .zip(entries)
+        .map(|(task, entry)| {
             let persona = task.metadata.get("persona").and_then(|p| p.as_str()).map(str::to_string);
-            let (original_request, paraphrase_error) = match paraphrased {
-                Paraphrased::Done { original } => (Some(original), None),
-                Paraphrased::Failed { reason } => (None, Some(reason)),
-                Paraphrased::Skipped => (None, None),
-            };
-            let (trace, completion, score, error) = match outcome {
+            let (trace, completion, score, error) = match entry.outcome {
                 Ok(c) => {
                     let score: ScoreResult = scores.next().expect("one score per answered sample");
                     let error = score.error.clone();
@@ -101,12 +133,12 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
             let failed = completion.is_none();
             let (total, components) = score.map_or((0.0, Vec::new()), |s| (s.total, s.components));
             let diagnostics: BTreeMap<String, String> = components.iter().map(|c| (c.name.clone(), c.detail.clone())).collect();
-            let mut record = SampleRecord {
+            SampleRecord {
                 task_id: task.id,
                 persona,
-                prompt,
-                original_request: None,
-                paraphrase_error: None,
+                prompt: entry.prompt,
+                original_request: entry.original_request,
+                paraphrase_error: entry.paraphrase_error,
                 completion,
                 score: total,
                 components,
@@ -119,10 +151,7 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
                 failed,
                 tool_calls: trace.tool_calls,
                 transcript: trace.transcript,
-            };
-            record.original_request = original_request;
-            record.paraphrase_error = paraphrase_error;
-            record
+            }
         })
         .collect();
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! sigmaforge eval --plugins sigma.wasm [--plugins search.wasm] [--data DIR] --policy <spec>
-//!                 [--split test] [--limit N] [--out DIR] [--concurrency 8] [--timeout SECS]
+//!                 [--split test] [--limit N] [--out DIR | --resume DIR] [--concurrency 8] [--timeout SECS]
 //!                 [--retries N] [--temperature T] [--max-tokens N] [--price-in USD --price-out USD]
 //! sigmaforge eval-compare <report.json|dir>... [--out table.md]
 //! ```
@@ -21,7 +21,7 @@ use sigmaforge_eval::compare::{load_report, markdown_table};
 use sigmaforge_eval::local::{LocalOptions, LocalPolicy};
 use sigmaforge_eval::openai::{OpenAiOptions, OpenAiPolicy};
 use sigmaforge_eval::tools::ToolRunner;
-use sigmaforge_eval::{EvalOptions, Policy, PolicySpec, Prices, Toolbox, output, run_eval};
+use sigmaforge_eval::{EvalKey, EvalOptions, Journal, Policy, PolicySpec, Prices, Toolbox, output, run_eval};
 use sigmaforge_runtime::{PluginConfig, PluginsConfig};
 
 use super::plugin::{data_dir, new_runtime};
@@ -48,6 +48,10 @@ pub struct Args {
     /// Output directory (default: evals/<model>-<UTC stamp>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Continue an interrupted eval in DIR: keep the samples its answers.jsonl holds, ask only
+    /// for the others (failed ones again), and rewrite its report.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
     /// Seeds the sampling of a local model and the retry jitter.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -154,8 +158,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
         eprintln!("warning: policy {} cannot call tools; evaluating without {}", policy.spec(), tb.names().join(", "));
     }
 
-    let out_dir = args.out.clone().unwrap_or_else(|| output::default_out_dir(policy.model()));
-    let run = run_eval(&task_plugin, policy.as_ref(), toolbox.as_ref(), &EvalOptions { split: args.split.clone(), limit: args.limit, prices, quiet: args.quiet, paraphraser })?;
+    // Answers are journaled as they arrive, so an interrupted eval resumes where it stopped.
+    let key = EvalKey { model: policy.model().to_string(), plugin: task_plugin.name().to_string(), split: args.split.clone() };
+    let (out_dir, journal, resumed) = match &args.resume {
+        Some(dir) => {
+            let r = Journal::resume(dir, &key)?;
+            if !r.unreadable.is_empty() {
+                eprintln!(
+                    "warning: {}: line(s) {:?} could not be read (cut short when the eval stopped?); those samples are asked again",
+                    r.journal.path().display(),
+                    r.unreadable
+                );
+            }
+            eprintln!("resuming {}: {} answered sample(s) kept, the others are asked now", dir.display(), r.answered.len());
+            (dir.clone(), r.journal, r.answered)
+        }
+        None => {
+            let dir = args.out.clone().unwrap_or_else(|| output::default_out_dir(policy.model()));
+            let journal = Journal::create(&dir, &key)?;
+            (dir, journal, Default::default())
+        }
+    };
+    let options = EvalOptions { split: args.split.clone(), limit: args.limit, prices, quiet: args.quiet, paraphraser, journal: Some(journal), resumed };
+    let run = run_eval(&task_plugin, policy.as_ref(), toolbox.as_ref(), &options)?;
     output::write_all(&out_dir, &run.report, &run.samples)?;
 
     let r = &run.report;
