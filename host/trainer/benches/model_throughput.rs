@@ -64,7 +64,7 @@ fn fwd_bwd_bounded(model: &CausalLm, b: usize, l: usize, chunk: usize, runs: usi
     let mask = Tensor::ones((b, l), DType::U32, &Device::Cpu)?;
     let adv: Vec<f32> = (0..b).map(|_| rng.normal() as f32).collect();
     let adv = Tensor::from_vec(adv, (b, 1), &Device::Cpu)?;
-    let options = MemoryOptions { activation_checkpointing: true, logits_chunk: chunk };
+    let options = MemoryOptions { activation_checkpointing: true, logits_chunk: chunk, ..Default::default() };
     let mut total = Vec::new();
     for _ in 0..runs {
         let start = Instant::now();

@@ -307,6 +307,10 @@ impl RunConfig {
         ensure!(t.micro_batch_size > 0, "training.micro_batch_size must be at least 1");
         ensure!(t.passes_per_batch > 0, "training.passes_per_batch must be at least 1");
         ensure!(
+            !t.memory.reference_on_host || (self.lora().is_none() && self.grpo.beta > 0.0),
+            "training.memory.reference_on_host applies to full fine-tuning with grpo.beta > 0 (the only case with a separate reference model; under LoRA the reference is the base model without adapters)"
+        );
+        ensure!(
             !t.shard_gradients || t.shard_optimizer_state,
             "training.shard_gradients needs training.shard_optimizer_state: true (ZeRO-2 sends each gradient to the rank that holds that parameter's optimizer state)"
         );

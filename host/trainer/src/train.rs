@@ -25,7 +25,7 @@ use crate::generate::{FinishReason, SamplingConfig};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
 use crate::load::Tokenizer;
 use crate::metrics::{self, MeanStd, StepMetrics};
-use crate::model::{AdapterMode, CausalLm};
+use crate::model::{AdapterMode, CausalLm, streamed_logits};
 use crate::optim::{AdamW, GradAccumulator, LrSchedule};
 use crate::parallel::{DataParallel, StepGradients, generation_seed, text_checksum};
 use crate::rng::SamplerRng;
@@ -116,7 +116,14 @@ impl Trainer {
             total_steps: cfg.training.steps,
             min_lr_ratio: o.min_lr_ratio,
         };
-        let reference = if cfg.grpo.beta > 0.0 && cfg.lora().is_none() { Some(model.frozen_copy()?) } else { None };
+        // The KL reference of a full fine-tune: a frozen copy of the starting weights, on the
+        // device or (training.memory.reference_on_host) in host memory, streamed when used.
+        let reference = if cfg.grpo.beta > 0.0 && cfg.lora().is_none() {
+            let home = if cfg.training.memory.reference_on_host { Device::Cpu } else { model.device().clone() };
+            Some(model.frozen_copy_on(&home)?)
+        } else {
+            None
+        };
         std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
         let seed = cfg.training.seed;
         dp.verify_same_weights(optimizer.params(), "at the start")?;
@@ -567,13 +574,7 @@ impl Trainer {
                 drop(logits);
                 if pass == 0 {
                     old_logp.push(logp.detach());
-                    let r = if params.beta > 0.0 {
-                        let reference = self.reference.as_ref().unwrap_or(&self.model);
-                        let ref_logits = self.completion_logits(reference, batch, AdapterMode::Disabled)?;
-                        Some(grpo::token_logprobs(&ref_logits, &batch.targets, temperature)?.0.detach())
-                    } else {
-                        None
-                    };
+                    let r = if params.beta > 0.0 { Some(self.reference_logprobs(batch, temperature)?) } else { None };
                     ref_logp.push(r);
                     let mask = &batch.mask;
                     entropy_sum += to_f64(&(entropy * mask)?.sum_all()?)?;
@@ -666,20 +667,7 @@ impl Trainer {
     ) -> Result<BoundedStats> {
         let first_pass = pass == 0;
         if first_pass && params.beta > 0.0 {
-            // The reference has no trainable weights on its path: no graph is recorded.
-            let reference = self.reference.as_ref().unwrap_or(&self.model);
-            let hidden = reference.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Disabled)?;
-            let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
-            let chunk = self.cfg.training.memory.logits_chunk.max(1).min(batch.completion_width);
-            let mut parts = Vec::new();
-            let mut from = 0;
-            while from < batch.completion_width {
-                let c = chunk.min(batch.completion_width - from);
-                let logits = reference.logits(&h.narrow(1, from, c)?, AdapterMode::Disabled)?.to_dtype(DType::F32)?;
-                parts.push(grpo::token_logprobs(&logits, &batch.targets.narrow(1, from, c)?, temperature)?.0.detach());
-                from += c;
-            }
-            ref_logp.push(Some(Tensor::cat(&parts, 1)?));
+            ref_logp.push(Some(self.reference_logprobs(batch, temperature)?));
         } else if first_pass {
             ref_logp.push(None);
         }
@@ -725,6 +713,42 @@ impl Trainer {
             old_logp.push(Tensor::cat(&new_old, 1)?);
         }
         Ok(out)
+    }
+
+    /// Log-probs (f32, no graph) of a micro-batch's completion tokens under the KL reference:
+    /// the frozen copy of the starting weights (full fine-tuning) or the model without its
+    /// adapters (LoRA). A reference in host memory (`training.memory.reference_on_host`) is
+    /// streamed to the model's device a layer at a time. The vocabulary projection goes
+    /// `training.memory.logits_chunk` positions at a time (all at once when 0).
+    fn reference_logprobs(&self, batch: &MicroBatch, temperature: f64) -> Result<Tensor> {
+        let reference = self.reference.as_ref().unwrap_or(&self.model);
+        let device = self.model.device();
+        let streamed = self.reference.is_some() && self.cfg.training.memory.reference_on_host;
+        let hidden = if streamed {
+            reference.hidden_streamed(&batch.input_ids, &batch.attention_mask, device)?
+        } else {
+            reference.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Disabled)?
+        };
+        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
+        let head = if streamed { Some(reference.head_on(device)?) } else { None };
+        let width = batch.completion_width;
+        let chunk = match self.cfg.training.memory.logits_chunk {
+            0 => width,
+            c => c.min(width),
+        };
+        let mut parts = Vec::new();
+        let mut from = 0;
+        while from < width {
+            let c = chunk.min(width - from);
+            let hc = h.narrow(1, from, c)?;
+            let logits = match &head {
+                Some(w) => streamed_logits(&hc, w)?,
+                None => reference.logits(&hc, AdapterMode::Disabled)?,
+            };
+            parts.push(grpo::token_logprobs(&logits.to_dtype(DType::F32)?, &batch.targets.narrow(1, from, c)?, temperature)?.0.detach());
+            from += c;
+        }
+        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 1)? })
     }
 
     /// Logits (f32) at the positions that predict the completion tokens: `[n, C, vocab]`.

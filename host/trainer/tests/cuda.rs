@@ -164,7 +164,7 @@ fn memory_savers_give_the_plain_gradients_on_the_gpu() {
     let logits = model.logits(&hidden.narrow(1, start, len).unwrap(), AdapterMode::Enabled).unwrap();
     plain.add(&loss_of(&logits, 0..len).unwrap().backward().unwrap(), &params).unwrap();
     let want = flat(&plain);
-    let options = MemoryOptions { activation_checkpointing: true, logits_chunk: 2 };
+    let options = MemoryOptions { activation_checkpointing: true, logits_chunk: 2, ..Default::default() };
     let mut bounded = GradAccumulator::new(params.len());
     let mut segments = 0;
     model
@@ -178,5 +178,26 @@ fn memory_savers_give_the_plain_gradients_on_the_gpu() {
         let scale = a.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
         let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(d / scale < 1e-4, "{name}: the bounded backward's gradient differs by {d} (scale {scale})");
+    }
+}
+
+/// `training.memory.reference_on_host`: a KL reference kept in host memory and streamed to the
+/// GPU a layer at a time gives the logits of the same reference held on the GPU.
+#[test]
+fn a_reference_streamed_from_host_memory_matches_one_on_the_gpu() {
+    let gpu = gpu();
+    for dtype in [DType::F32, DType::BF16] {
+        let policy = CausalLm::random(&ModelConfig::tiny_qwen3(), None, 8, dtype, &gpu).unwrap();
+        let resident = policy.frozen_copy().unwrap();
+        let on_host = policy.frozen_copy_on(&Device::Cpu).unwrap();
+        assert!(on_host.device().is_cpu());
+        let (input, mask) = batch(&gpu);
+        let want = resident.forward(&input, &mask, None, AdapterMode::Disabled).unwrap();
+        let hidden = on_host.hidden_streamed(&input, &mask, &gpu).unwrap();
+        assert!(hidden.device().is_cuda(), "the streamed forward runs on the GPU");
+        let got = sigmaforge_trainer::model::streamed_logits(&hidden, &on_host.head_on(&gpu).unwrap()).unwrap();
+        let d = masked_max_diff(&want, &got, &mask);
+        let tol = if dtype == DType::F32 { 1e-4 } else { 0.05 };
+        assert!(d < tol, "{dtype:?}: the streamed reference differs from the resident one by {d}");
     }
 }

@@ -1,6 +1,6 @@
-//! `training.memory` (activation checkpointing, chunked vocabulary projection) changes how much
-//! memory the update needs, not what it computes: the same run with and without it ends at the
-//! same weights and logs the same loss statistics.
+//! `training.memory` (activation checkpointing, chunked vocabulary projection, a KL reference
+//! kept in host memory) changes how much memory the update needs, not what it computes: the
+//! same run with and without it ends at the same weights and logs the same loss statistics.
 
 mod common;
 
@@ -17,10 +17,15 @@ fn run(overrides: &str, name: &str) -> (Vec<(String, Vec<f32>)>, Vec<sigmaforge_
     (w, m)
 }
 
-/// `training`: the inside of the `training:` map; `rest`: other sections.
-fn assert_same(training: &str, rest: &str, name: &str) {
+const BOUNDED: [&str; 3] = ["{ activation_checkpointing: true }", "{ logits_chunk: 2 }", "{ activation_checkpointing: true, logits_chunk: 4 }"];
+
+/// `training`: the inside of the `training:` map; `rest`: other sections; `memories`: the
+/// `training.memory` maps to compare with none.
+fn assert_same(training: &str, rest: &str, name: &str, memories: &[&str]) {
     let (w0, m0) = run(&format!("training: {{ {training} }}\n{rest}"), &format!("{name}-plain"));
-    for memory in ["{ activation_checkpointing: true }", "{ logits_chunk: 2 }", "{ activation_checkpointing: true, logits_chunk: 4 }"] {
+    // The KL term must matter, or equal KL statistics would prove nothing about the reference.
+    assert!(m0.last().unwrap().kl > 1e-4, "{name}: KL {} is too small to compare", m0.last().unwrap().kl);
+    for memory in memories {
         let (w1, m1) = run(&format!("training: {{ {training}, memory: {memory} }}\n{rest}"), &format!("{name}-bounded"));
         let mut worst = 0f32;
         for ((n0, a), (n1, b)) in w0.iter().zip(&w1) {
@@ -38,7 +43,10 @@ fn assert_same(training: &str, rest: &str, name: &str) {
 #[test]
 fn full_finetuning_with_kl_is_unchanged_by_memory_options() {
     // Two passes per batch: the later pass reads the recorded old log-probs.
-    assert_same("steps: 3, passes_per_batch: 2", "grpo: { beta: 0.05 }", "mem-full");
+    let mut memories = BOUNDED.to_vec();
+    // The reference in host memory, streamed layer by layer, alone and with the other savers.
+    memories.extend(["{ reference_on_host: true }", "{ activation_checkpointing: true, logits_chunk: 4, reference_on_host: true }"]);
+    assert_same("steps: 3, passes_per_batch: 2", "grpo: { beta: 0.05 }", "mem-full", &memories);
 }
 
 #[test]
@@ -47,7 +55,20 @@ fn lora_with_kl_is_unchanged_by_memory_options() {
         "steps: 3",
         "finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [all-linear] }\ngrpo: { beta: 0.05, loss_aggregation: constant }",
         "mem-lora",
+        &BOUNDED,
     );
+}
+
+#[test]
+fn a_host_reference_needs_a_separate_reference_model() {
+    for (setup, why) in [
+        ("finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj] }\ngrpo: { beta: 0.05 }", "LoRA"),
+        ("finetune: full\ngrpo: { beta: 0.0 }", "no KL"),
+    ] {
+        let yaml = format!("model: {{ path: test }}\n{setup}\ntraining: {{ steps: 1, prompts_per_step: 1, rollouts_per_prompt: 2, memory: {{ reference_on_host: true }} }}\ngeneration: {{ max_new_tokens: 4 }}\noptimizer: {{ lr: 0.001 }}");
+        let err = sigmaforge_trainer::config::RunConfig::from_yaml(&yaml, "t.yaml").and_then(|c| c.validate().map(|_| c)).unwrap_err();
+        assert!(format!("{err:#}").contains("reference_on_host applies to full fine-tuning with grpo.beta > 0"), "{why}: {err:#}");
+    }
 }
 
 #[test]

@@ -38,6 +38,10 @@ pub struct MemoryOptions {
     /// positions at a time (0 = all at once). Bounds the `[N, T, vocab]` logits to
     /// `[N, logits_chunk, vocab]`.
     pub logits_chunk: usize,
+    /// Full fine-tuning with `grpo.beta > 0`: keep the KL reference (a frozen copy of the
+    /// starting weights) in host memory and stream it to the device a layer at a time for the
+    /// reference log-probs, instead of holding a second copy of the model on the device.
+    pub reference_on_host: bool,
 }
 
 impl MemoryOptions {
@@ -224,9 +228,9 @@ mod tests {
             }
             let want = gradients(&model, None);
             for options in [
-                MemoryOptions { activation_checkpointing: true, logits_chunk: 0 },
-                MemoryOptions { activation_checkpointing: false, logits_chunk: 1 },
-                MemoryOptions { activation_checkpointing: true, logits_chunk: 3 },
+                MemoryOptions { activation_checkpointing: true, logits_chunk: 0, ..Default::default() },
+                MemoryOptions { activation_checkpointing: false, logits_chunk: 1, ..Default::default() },
+                MemoryOptions { activation_checkpointing: true, logits_chunk: 3, ..Default::default() },
             ] {
                 let got = gradients(&model, Some(options));
                 for (k, (a, b)) in want.iter().zip(&got).enumerate() {
@@ -243,7 +247,7 @@ mod tests {
         let model = CausalLm::random(&ModelConfig::tiny_qwen3(), None, 1, DType::F32, &Device::Cpu).unwrap();
         let (ids, mask) = batch();
         let err = model
-            .backward_bounded(&ids, &mask, AdapterMode::Enabled, (6, 4), MemoryOptions { activation_checkpointing: true, logits_chunk: 2 }, |l, _| Ok(l.sum_all()?), |_, _| Ok(()))
+            .backward_bounded(&ids, &mask, AdapterMode::Enabled, (6, 4), MemoryOptions { activation_checkpointing: true, logits_chunk: 2, ..Default::default() }, |l, _| Ok(l.sum_all()?), |_, _| Ok(()))
             .unwrap_err();
         assert!(err.to_string().contains("outside the 8 positions"), "{err}");
     }

@@ -10,6 +10,7 @@
 mod config;
 mod kv_cache;
 mod memory;
+mod offload;
 mod ops;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 pub use config::{Family, ModelConfig};
 pub use kv_cache::KvCache;
 pub use memory::MemoryOptions;
+pub use offload::streamed_logits;
 pub use ops::{token_entropy, token_logprobs};
 
 use crate::lora::{Linear, LoraConfig, Param};
@@ -115,8 +117,14 @@ impl CausalLm {
     /// A copy with no trainable parameters and no adapters, holding the current merged
     /// weights: the KL reference model for full fine-tuning.
     pub fn frozen_copy(&self) -> Result<Self> {
+        self.frozen_copy_on(&self.device)
+    }
+
+    /// [`Self::frozen_copy`] on `device` (host memory for a reference streamed to the GPU layer
+    /// by layer, see [`Self::hidden_streamed`]); tensors are copied one at a time.
+    pub fn frozen_copy_on(&self, device: &Device) -> Result<Self> {
         let tensors = self.merged_weights()?.into_iter().collect();
-        Self::build(&self.cfg, tensors, None, 0, false, self.dtype, &self.device)
+        Self::build(&self.cfg, tensors, None, 0, false, self.dtype, device)
     }
 
     fn build(
@@ -318,7 +326,11 @@ impl CausalLm {
 
     /// Decoder layer `i`: pre-norm attention and SwiGLU MLP, each with a residual.
     fn block(&self, i: usize, x: &Tensor, ctx: &BlockInputs, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
-        let layer = &self.layers[i];
+        self.block_with(i, &self.layers[i], x, ctx, cache, adapters)
+    }
+
+    /// Decoder layer `i` with the weights of `layer` (the model's own, or a device copy of them).
+    fn block_with(&self, i: usize, layer: &Layer, x: &Tensor, ctx: &BlockInputs, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
         let attn_in = ops::rms_norm(x, layer.input_layernorm.tensor(), self.cfg.rms_norm_eps)?;
         let attn = self.attention(i, layer, &attn_in, &ctx.mask, &ctx.cos, &ctx.sin, cache, adapters)?;
         let x = (x + attn)?;

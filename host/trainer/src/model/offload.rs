@@ -1,0 +1,99 @@
+//! A frozen model kept in host memory and run on a device one layer at a time: the KL reference
+//! of a full fine-tune with `training.memory.reference_on_host`. Kept on the GPU, the reference
+//! is a second copy of the weights (29.5 GB for Qwen3-14B in bf16), which does not fit next to
+//! the ZeRO-2 training state on 80 GB cards (docs/memory-plan.md). Streamed, the GPU holds one
+//! layer of it at a time, for one host-to-device copy of the weights per forward.
+
+use anyhow::{Result, ensure};
+use candle_core::{Device, Tensor};
+
+use super::{AdapterMode, BlockInputs, CausalLm, Layer, ops};
+use crate::lora::{Linear, Param};
+
+fn frozen_on(p: &Param, device: &Device) -> Result<Param> {
+    ensure!(p.var().is_none(), "only frozen weights are streamed");
+    Ok(Param::Frozen(p.tensor().to_device(device)?))
+}
+
+fn linear_on(l: &Linear, device: &Device) -> Result<Linear> {
+    ensure!(l.adapter.is_none(), "{}: a layer with LoRA adapters is not streamed", l.name);
+    Ok(Linear { name: l.name.clone(), weight: frozen_on(&l.weight, device)?, adapter: None })
+}
+
+impl Layer {
+    fn on(&self, device: &Device) -> Result<Layer> {
+        Ok(Layer {
+            input_layernorm: frozen_on(&self.input_layernorm, device)?,
+            q_proj: linear_on(&self.q_proj, device)?,
+            k_proj: linear_on(&self.k_proj, device)?,
+            v_proj: linear_on(&self.v_proj, device)?,
+            o_proj: linear_on(&self.o_proj, device)?,
+            q_norm: self.q_norm.as_ref().map(|p| frozen_on(p, device)).transpose()?,
+            k_norm: self.k_norm.as_ref().map(|p| frozen_on(p, device)).transpose()?,
+            post_attention_layernorm: frozen_on(&self.post_attention_layernorm, device)?,
+            gate_proj: linear_on(&self.gate_proj, device)?,
+            up_proj: linear_on(&self.up_proj, device)?,
+            down_proj: linear_on(&self.down_proj, device)?,
+        })
+    }
+}
+
+impl CausalLm {
+    /// Final hidden states [B, T, hidden] of this frozen model, computed on `device` while the
+    /// weights stay where they are (host memory): the embedding lookup runs here, then each
+    /// layer is copied to `device`, applied, and dropped. The same numbers as
+    /// [`CausalLm::forward_hidden`] on a copy that lives on `device`.
+    pub fn hidden_streamed(&self, input_ids: &Tensor, attention_mask: &Tensor, device: &Device) -> Result<Tensor> {
+        ensure!(self.trainable_vars().is_empty(), "only a frozen model (a KL reference) is streamed");
+        let ids = input_ids.to_device(&self.device)?;
+        let ctx = self.prepare(&ids, &attention_mask.to_device(&self.device)?, None)?;
+        let ctx = BlockInputs { mask: ctx.mask.to_device(device)?, cos: ctx.cos.to_device(device)?, sin: ctx.sin.to_device(device)? };
+        let mut x = self.embed(&ids)?.to_device(device)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.block_with(i, &layer.on(device)?, &x, &ctx, None, AdapterMode::Disabled)?;
+        }
+        ops::rms_norm(&x, &self.norm.tensor().to_device(device)?, self.cfg.rms_norm_eps)
+    }
+
+    /// The vocabulary projection [vocab, hidden] on `device`, for the logits of streamed hidden
+    /// states: `hidden · headᵀ` ([`streamed_logits`]).
+    pub fn head_on(&self, device: &Device) -> Result<Tensor> {
+        let head = match &self.lm_head {
+            Some(h) => &h.weight,
+            None => &self.embed_tokens,
+        };
+        Ok(head.tensor().to_device(device)?)
+    }
+}
+
+/// Logits [B, T, vocab] of hidden states [B, T, hidden] through a head from [`CausalLm::head_on`].
+pub fn streamed_logits(hidden: &Tensor, head: &Tensor) -> Result<Tensor> {
+    let (b, t, h) = hidden.dims3()?;
+    Ok(hidden.reshape((b * t, h))?.matmul(&head.t()?)?.reshape((b, t, head.dim(0)?))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+
+    use super::*;
+    use crate::model::ModelConfig;
+
+    #[test]
+    fn streaming_gives_the_resident_models_numbers() {
+        let ids = Tensor::new(&[[0u32, 0, 5, 9, 13, 2], [3, 4, 5, 6, 7, 8]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[0u32, 0, 1, 1, 1, 1], [1; 6]], &Device::Cpu).unwrap();
+        for cfg in [ModelConfig::tiny_qwen3(), ModelConfig::tiny_llama()] {
+            let trained = CausalLm::random(&cfg, None, 5, DType::F32, &Device::Cpu).unwrap();
+            let reference = trained.frozen_copy_on(&Device::Cpu).unwrap();
+            let want = reference.forward(&ids, &mask, None, AdapterMode::Disabled).unwrap();
+            let hidden = reference.hidden_streamed(&ids, &mask, &Device::Cpu).unwrap();
+            let got = streamed_logits(&hidden, &reference.head_on(&Device::Cpu).unwrap()).unwrap();
+            let d = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(d, 0.0, "{:?}", cfg.family);
+            // A model with trainable weights is not a reference: refused, not silently detached.
+            let err = trained.hidden_streamed(&ids, &mask, &Device::Cpu).unwrap_err().to_string();
+            assert!(err.contains("only a frozen model"), "{err}");
+        }
+    }
+}
