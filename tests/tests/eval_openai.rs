@@ -167,7 +167,7 @@ fn test_tasks(n: usize) -> Vec<TestTask> {
     all.iter()
         .take(n)
         .map(|t| {
-            let meta = metadata(&t);
+            let meta = metadata(t);
             let rule = std::fs::read_to_string(data.join("sigma").join(meta["rule_path"].as_str().unwrap())).unwrap();
             let prompt = t["prompt"].as_array().unwrap().iter().find(|m| m["role"] == "user").unwrap()["content"].as_str().unwrap().to_string();
             TestTask { id: t["id"].as_str().unwrap().to_string(), prompt, rule }

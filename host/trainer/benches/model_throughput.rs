@@ -7,6 +7,7 @@
 //! - forward + backward: B = 8, L = 256, loss = Σ advantage_row · log p(token) over all
 //!   next-token positions (the policy-gradient part of the GRPO loss, which dominates its cost);
 //! - decoding: B = 8 rows, 32-token prompts, 95 new tokens, greedy, KV cache (`generate`).
+//!
 //! With `SIGMAFORGE_BENCH_SMOLLM2=1` and the default model in the model cache, the same two
 //! measurements run on SmolLM2-135M (LoRA r=16 on all linear layers, B = 4, L = 128).
 //!

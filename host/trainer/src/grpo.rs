@@ -268,7 +268,7 @@ mod tests {
         let mut total = 0.0;
         let mut tokens = 0.0;
         let mut seq_means = 0.0;
-        for i in 0..n {
+        for (i, &a) in adv.iter().enumerate() {
             let (mut s, mut c) = (0.0, 0.0);
             for j in 0..t {
                 let k = i * t + j;
@@ -276,7 +276,7 @@ mod tests {
                 let rc = r.clamp(1.0 - p.epsilon_low, 1.0 + p.epsilon_high);
                 let d = refp[k] - logp[k];
                 let kl = d.exp() - d - 1.0;
-                let l = -(r * adv[i]).min(rc * adv[i]) + p.beta * kl;
+                let l = -(r * a).min(rc * a) + p.beta * kl;
                 s += l * mask[k];
                 c += mask[k];
             }

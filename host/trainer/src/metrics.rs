@@ -165,7 +165,9 @@ pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
     use plotters::prelude::*;
     let with_text = register_font();
     let steps: Vec<f64> = metrics.iter().map(|m| m.step as f64).collect();
-    let mut panels: Vec<(&str, Vec<(String, Vec<f64>)>)> = Vec::new();
+    // (panel title, [(series name, values per step)])
+    type Series = (String, Vec<f64>);
+    let mut panels: Vec<(&str, Vec<Series>)> = Vec::new();
     let mut rewards = vec![("total".to_string(), metrics.iter().map(|m| m.reward.mean).collect::<Vec<_>>())];
     let names: std::collections::BTreeSet<&String> = metrics.iter().flat_map(|m| m.reward_components.keys()).collect();
     for n in names {

@@ -56,9 +56,12 @@ struct BatchLine {
     completion: String,
 }
 
+/// One input to score: its label and (task or reference, completion), or why it is unreadable.
+type BatchItem = (String, Result<(TaskRef, String), String>);
+
 pub fn run(args: Args) -> Result<ExitCode> {
     // Read the inputs before loading the plugin, so a typo fails fast.
-    let items: Vec<(String, Result<(TaskRef, String), String>)> = match &args.batch {
+    let items: Vec<BatchItem> = match &args.batch {
         Some(path) => read_batch(path)?,
         None => {
             let completion_path = args.completion.as_ref().context("--completion <file|-> is required (or use --batch)")?;
@@ -107,7 +110,7 @@ fn print_score(label: &str, r: &ScoreResult, json: bool) -> Result<()> {
 }
 
 /// Reads the batch; each line becomes (label, Ok(input)) or (label, Err(why)).
-fn read_batch(path: &Path) -> Result<Vec<(String, Result<(TaskRef, String), String>)>> {
+fn read_batch(path: &Path) -> Result<Vec<BatchItem>> {
     let text = read_input(path)?;
     let base = if path == Path::new("-") { PathBuf::from(".") } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
     let mut items = Vec::new();

@@ -36,6 +36,13 @@ pub struct Hunter<'a> {
     candidates: Vec<Vec<Vec<u32>>>,
 }
 
+
+/// A base rule of a correlation: the rule, its prepared form and its matching events.
+pub type BaseRule<'r> = (&'r Rule, &'r PreparedRule, &'r [u32]);
+
+/// One base-rule match in a correlation: (timestamp, rule position, event, group key, value of
+/// `condition.field`).
+type CorrelationRow = (i64, usize, u32, Vec<String>, Option<String>);
 impl<'a> Hunter<'a> {
     pub fn new(corpus: &'a Corpus, map: &'a LogsourceMap, options: CompileOptions) -> Self {
         let candidates =
@@ -110,17 +117,12 @@ impl<'a> Hunter<'a> {
     /// Evaluates a correlation over the matches of its base rules. `base` looks a referenced rule
     /// up by id or name and gives its prepared form and matches. Returns the events that take
     /// part in a triggering group/window (ascending), or why the correlation cannot run.
-    pub fn correlate<'r>(
-        &self,
-        correlation: &Correlation,
-        base: &dyn Fn(&str) -> Option<(&'r Rule, &'r PreparedRule, &'r [u32])>,
-    ) -> Result<Vec<u32>, String> {
+    pub fn correlate<'r>(&self, correlation: &Correlation, base: &dyn Fn(&str) -> Option<BaseRule<'r>>) -> Result<Vec<u32>, String> {
         if correlation.kind == CorrelationType::ValuePercentile {
             return Err("value_percentile correlations are not supported".into());
         }
         let span_us = i64::try_from(correlation.timespan_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
-        // (timestamp, rule position, event, group key, value of condition.field)
-        let mut rows: Vec<(i64, usize, u32, Vec<String>, Option<String>)> = Vec::new();
+        let mut rows: Vec<CorrelationRow> = Vec::new();
         for (pos, reference) in correlation.rules.iter().enumerate() {
             let (rule, prepared, matches) = base(reference)
                 .ok_or_else(|| format!("references rule {reference}, which is not among the loaded rules (or is itself a correlation)"))?;

@@ -230,12 +230,13 @@ impl SigmaTask {
         // A list derived earlier (by `sigmaforge data cache`) is only a shortcut: any rule in it
         // that is now in train, missing or silent makes the plugin derive the split again.
         let derived = self.data_dir.join(&self.config.derived_test_rules);
-        if let Ok(paths) = tasks::read_rule_list(&derived) {
-            if let Ok((test, skipped)) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher) {
-                if skipped.is_empty() && tasks::check_disjoint(&self.train, &test).is_ok() && test.len() == self.config.test_size.min(paths.len()) {
-                    return Ok(test);
-                }
-            }
+        if let Ok(paths) = tasks::read_rule_list(&derived)
+            && let Ok((test, skipped)) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher)
+            && skipped.is_empty()
+            && tasks::check_disjoint(&self.train, &test).is_ok()
+            && test.len() == self.config.test_size.min(paths.len())
+        {
+            return Ok(test);
         }
         Ok(self.derive_test_split())
     }

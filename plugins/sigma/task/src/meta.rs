@@ -26,10 +26,10 @@ pub fn rule_meta(rule: &Rule) -> RuleMeta {
                 "EventID" => push_unique(&mut indicators.event_ids, v.text.clone()),
                 "Channel" => push_unique(&mut indicators.channels, v.text.clone()),
                 f if ARTIFACT_FIELDS.contains(&f) => {
-                    if let Some(shown) = file_name(&v.text) {
-                        if !indicators.artifacts.iter().any(|(s, _)| s.eq_ignore_ascii_case(&shown)) {
-                            indicators.artifacts.push((shown, v.text.clone()));
-                        }
+                    if let Some(shown) = file_name(&v.text)
+                        && !indicators.artifacts.iter().any(|(s, _)| s.eq_ignore_ascii_case(&shown))
+                    {
+                        indicators.artifacts.push((shown, v.text.clone()));
                     }
                 }
                 _ => {}

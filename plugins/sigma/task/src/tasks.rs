@@ -128,10 +128,11 @@ pub fn derive_test_split(
         }
         tried += 1;
         let Ok(text) = std::fs::read_to_string(rules_dir.join(path)) else { continue };
-        if let Ok(r) = reference_from_text(&text, path, matcher) {
-            if !train_keys.contains(r.key.as_str()) && !kept.iter().any(|k| k.key == r.key) {
-                kept.push(r);
-            }
+        if let Ok(r) = reference_from_text(&text, path, matcher)
+            && !train_keys.contains(r.key.as_str())
+            && !kept.iter().any(|k| k.key == r.key)
+        {
+            kept.push(r);
         }
     }
     (kept, tried)

@@ -74,10 +74,10 @@ impl Reward for Hostile {
     }
 
     fn score(task: TaskRef, completion: String) -> Result<Vec<ComponentScore>, String> {
-        if let TaskRef::Id(id) = &task {
-            if id != "t1" {
-                return Err(format!("unknown task {id}"));
-            }
+        if let TaskRef::Id(id) = &task
+            && id != "t1"
+        {
+            return Err(format!("unknown task {id}"));
         }
         let ok = |value: f64, detail: String| Ok(vec![component("ok", value, 1.0, detail), component("aux", 0.0, 0.5, String::new())]);
         let c = completion.as_str();
