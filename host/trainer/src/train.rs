@@ -544,7 +544,10 @@ impl Trainer {
         let micro_batches = self.dp.micro_batches_everywhere(batches.len())?;
         let segments = self.model.backward_segments(self.cfg.training.memory);
         let mut old_logp: Vec<Tensor> = Vec::with_capacity(batches.len());
-        let mut ref_logp: Vec<Option<Tensor>> = Vec::with_capacity(batches.len());
+        // The KL reference's log-probs, before any weight moves (every micro-batch at once, so a
+        // reference streamed from host memory crosses to the device once per step).
+        let ref_logp: Vec<Option<Tensor>> =
+            if params.beta > 0.0 { self.reference_logprobs(&batches, temperature)?.into_iter().map(Some).collect() } else { vec![None; batches.len()] };
         let mut out = UpdateStats::default();
         let passes = if mode == UpdateMode::GradientOnly { 1 } else { self.cfg.training.passes_per_batch };
         let (mut entropy_sum, mut mismatch_sum, mut tokens0) = (0.0, 0.0, 0.0);
@@ -558,7 +561,7 @@ impl Trainer {
             }
             for (i, batch) in batches.iter().enumerate() {
                 if self.cfg.training.memory.enabled() {
-                    let bounded = self.bounded_micro_batch(i, batch, pass, &params, &norm, temperature, &mut old_logp, &mut ref_logp, &mut acc)?;
+                    let bounded = self.bounded_micro_batch(i, batch, pass, &params, &norm, temperature, &mut old_logp, ref_logp[i].as_ref(), &mut acc)?;
                     ensure!(bounded.loss.is_finite(), "step {}: the loss is {}", self.step + 1, bounded.loss);
                     pass_loss += bounded.loss;
                     out.stats.add(&bounded.stats);
@@ -574,8 +577,6 @@ impl Trainer {
                 drop(logits);
                 if pass == 0 {
                     old_logp.push(logp.detach());
-                    let r = if params.beta > 0.0 { Some(self.reference_logprobs(batch, temperature)?) } else { None };
-                    ref_logp.push(r);
                     let mask = &batch.mask;
                     entropy_sum += to_f64(&(entropy * mask)?.sum_all()?)?;
                     mismatch_sum += to_f64(&((logp.detach() - &batch.sample_logp)?.abs()? * mask)?.sum_all()?)?;
@@ -650,8 +651,8 @@ impl Trainer {
     /// One micro-batch of the update with bounded memory (`training.memory`): the model
     /// back-propagates chunk by chunk (and layer by layer with activation checkpointing), and
     /// the loss of each chunk of completion positions is built here. Same gradients and
-    /// statistics as the plain path; on the first pass it records the old (and reference)
-    /// log-probs for the later passes.
+    /// statistics as the plain path; on the first pass it records the old log-probs for the
+    /// later passes.
     #[allow(clippy::too_many_arguments)]
     fn bounded_micro_batch(
         &mut self,
@@ -662,16 +663,10 @@ impl Trainer {
         norm: &LossNormalizer,
         temperature: f64,
         old_logp: &mut Vec<Tensor>,
-        ref_logp: &mut Vec<Option<Tensor>>,
+        reference: Option<&Tensor>,
         acc: &mut StepGradients,
     ) -> Result<BoundedStats> {
         let first_pass = pass == 0;
-        if first_pass && params.beta > 0.0 {
-            ref_logp.push(Some(self.reference_logprobs(batch, temperature)?));
-        } else if first_pass {
-            ref_logp.push(None);
-        }
-        let reference = if first_pass { ref_logp.last().cloned().flatten() } else { ref_logp[i].clone() };
         let recorded_old = if first_pass { None } else { Some(old_logp[i].clone()) };
         let mut new_old: Vec<Tensor> = Vec::new();
         let mut out = BoundedStats::default();
@@ -715,40 +710,48 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Log-probs (f32, no graph) of a micro-batch's completion tokens under the KL reference:
-    /// the frozen copy of the starting weights (full fine-tuning) or the model without its
-    /// adapters (LoRA). A reference in host memory (`training.memory.reference_on_host`) is
-    /// streamed to the model's device a layer at a time. The vocabulary projection goes
+    /// Log-probs (f32, no graph) of each micro-batch's completion tokens under the KL
+    /// reference: the frozen copy of the starting weights (full fine-tuning) or the model
+    /// without its adapters (LoRA). A reference in host memory
+    /// (`training.memory.reference_on_host`) is streamed to the model's device a layer at a
+    /// time, each layer once for all micro-batches. The vocabulary projection goes
     /// `training.memory.logits_chunk` positions at a time (all at once when 0).
-    fn reference_logprobs(&self, batch: &MicroBatch, temperature: f64) -> Result<Tensor> {
+    fn reference_logprobs(&self, batches: &[MicroBatch], temperature: f64) -> Result<Vec<Tensor>> {
         let reference = self.reference.as_ref().unwrap_or(&self.model);
         let device = self.model.device();
         let streamed = self.reference.is_some() && self.cfg.training.memory.reference_on_host;
-        let hidden = if streamed {
-            reference.hidden_streamed(&batch.input_ids, &batch.attention_mask, device)?
+        let hidden: Vec<Tensor> = if streamed {
+            let inputs: Vec<(&Tensor, &Tensor)> = batches.iter().map(|b| (&b.input_ids, &b.attention_mask)).collect();
+            reference.hidden_streamed_batches(&inputs, device)?
         } else {
-            reference.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Disabled)?
+            batches.iter().map(|b| reference.forward_hidden(&b.input_ids, &b.attention_mask, None, AdapterMode::Disabled)).collect::<Result<_>>()?
         };
-        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
         let head = if streamed { Some(reference.head_on(device)?) } else { None };
-        let width = batch.completion_width;
-        let chunk = match self.cfg.training.memory.logits_chunk {
-            0 => width,
-            c => c.min(width),
-        };
-        let mut parts = Vec::new();
-        let mut from = 0;
-        while from < width {
-            let c = chunk.min(width - from);
-            let hc = h.narrow(1, from, c)?;
-            let logits = match &head {
-                Some(w) => streamed_logits(&hc, w)?,
-                None => reference.logits(&hc, AdapterMode::Disabled)?,
-            };
-            parts.push(grpo::token_logprobs(&logits.to_dtype(DType::F32)?, &batch.targets.narrow(1, from, c)?, temperature)?.0.detach());
-            from += c;
-        }
-        Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 1)? })
+        batches
+            .iter()
+            .zip(hidden)
+            .map(|(batch, hidden)| {
+                let width = batch.completion_width;
+                let h = hidden.narrow(1, batch.prompt_width - 1, width)?;
+                let chunk = match self.cfg.training.memory.logits_chunk {
+                    0 => width,
+                    c => c.min(width),
+                };
+                let mut parts = Vec::new();
+                let mut from = 0;
+                while from < width {
+                    let c = chunk.min(width - from);
+                    let hc = h.narrow(1, from, c)?;
+                    let logits = match &head {
+                        Some(w) => streamed_logits(&hc, w)?,
+                        None => reference.logits(&hc, AdapterMode::Disabled)?,
+                    };
+                    parts.push(grpo::token_logprobs(&logits.to_dtype(DType::F32)?, &batch.targets.narrow(1, from, c)?, temperature)?.0.detach());
+                    from += c;
+                }
+                Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 1)? })
+            })
+            .collect()
     }
 
     /// Logits (f32) at the positions that predict the completion tokens: `[n, C, vocab]`.

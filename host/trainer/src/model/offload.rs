@@ -44,15 +44,29 @@ impl CausalLm {
     /// layer is copied to `device`, applied, and dropped. The same numbers as
     /// [`CausalLm::forward_hidden`] on a copy that lives on `device`.
     pub fn hidden_streamed(&self, input_ids: &Tensor, attention_mask: &Tensor, device: &Device) -> Result<Tensor> {
+        Ok(self.hidden_streamed_batches(&[(input_ids, attention_mask)], device)?.remove(0))
+    }
+
+    /// [`Self::hidden_streamed`] of several (input_ids, attention_mask) batches at once: each
+    /// layer crosses to `device` once and is applied to every batch (the micro-batches of a
+    /// training step), so the weights travel once per step, not once per micro-batch.
+    pub fn hidden_streamed_batches(&self, batches: &[(&Tensor, &Tensor)], device: &Device) -> Result<Vec<Tensor>> {
         ensure!(self.trainable_vars().is_empty(), "only a frozen model (a KL reference) is streamed");
-        let ids = input_ids.to_device(&self.device)?;
-        let ctx = self.prepare(&ids, &attention_mask.to_device(&self.device)?, None)?;
-        let ctx = BlockInputs { mask: ctx.mask.to_device(device)?, cos: ctx.cos.to_device(device)?, sin: ctx.sin.to_device(device)? };
-        let mut x = self.embed(&ids)?.to_device(device)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.block_with(i, &layer.on(device)?, &x, &ctx, None, AdapterMode::Disabled)?;
+        let mut states = Vec::with_capacity(batches.len());
+        for (input_ids, attention_mask) in batches {
+            let ids = input_ids.to_device(&self.device)?;
+            let ctx = self.prepare(&ids, &attention_mask.to_device(&self.device)?, None)?;
+            let ctx = BlockInputs { mask: ctx.mask.to_device(device)?, cos: ctx.cos.to_device(device)?, sin: ctx.sin.to_device(device)? };
+            states.push((self.embed(&ids)?.to_device(device)?, ctx));
         }
-        ops::rms_norm(&x, &self.norm.tensor().to_device(device)?, self.cfg.rms_norm_eps)
+        for (i, layer) in self.layers.iter().enumerate() {
+            let on_device = layer.on(device)?;
+            for (x, ctx) in states.iter_mut() {
+                *x = self.block_with(i, &on_device, x, ctx, None, AdapterMode::Disabled)?;
+            }
+        }
+        let norm = self.norm.tensor().to_device(device)?;
+        states.into_iter().map(|(x, _)| ops::rms_norm(&x, &norm, self.cfg.rms_norm_eps)).collect()
     }
 
     /// The vocabulary projection [vocab, hidden] on `device`, for the logits of streamed hidden
@@ -89,8 +103,17 @@ mod tests {
             let want = reference.forward(&ids, &mask, None, AdapterMode::Disabled).unwrap();
             let hidden = reference.hidden_streamed(&ids, &mask, &Device::Cpu).unwrap();
             let got = streamed_logits(&hidden, &reference.head_on(&Device::Cpu).unwrap()).unwrap();
-            let d = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (&want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert_eq!(d, 0.0, "{:?}", cfg.family);
+            // Several batches at once (each layer streamed once for all): each batch's numbers.
+            let (ids1, mask1) = (ids.narrow(0, 1, 1).unwrap(), mask.narrow(0, 1, 1).unwrap());
+            let both = reference.hidden_streamed_batches(&[(&ids, &mask), (&ids1, &mask1)], &Device::Cpu).unwrap();
+            assert_eq!(both.len(), 2);
+            let alone = reference.forward_hidden(&ids1, &mask1, None, AdapterMode::Disabled).unwrap();
+            for (got, want) in [(&both[0], &hidden), (&both[1], &alone)] {
+                let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert_eq!(d, 0.0, "{:?}", cfg.family);
+            }
             // A model with trainable weights is not a reference: refused, not silently detached.
             let err = trained.hidden_streamed(&ids, &mask, &Device::Cpu).unwrap_err().to_string();
             assert!(err.contains("only a frozen model"), "{err}");
