@@ -50,6 +50,10 @@ else
     # cuBLAS, cuRAND, NVRTC and NCCL for CUDA 13 from the wheels PyTorch installed.
     site="$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))')"
     libs="$(find "$site/nvidia" -maxdepth 3 -type d -name lib | tr '\n' ':')"
+    # The driver's libcuda.so.1, where container images mount it when ldconfig does not know it.
+    for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+        [ -d "$d" ] && libs="$libs$d:"
+    done
     export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
     missing="$(ldd "$bin/cuda-tests" | grep 'not found' || true)"
     [ -z "$missing" ] || { echo "gpu-check: libraries not found for the bundle:" >&2; echo "$missing" >&2; exit 2; }
