@@ -1,7 +1,8 @@
 //! `sigmaforge serve` under load, on loopback, with the real Sigma plugin: several concurrent
 //! clients send batches that mix correct rules with hostile completions; every item comes back
 //! exactly once, in order, scored; the server answers health and metrics; SIGTERM stops it
-//! gracefully. Bounded in count and time.
+//! gracefully. Bounded in count and time. And the TRL and verl snippets of docs/serve.md, run
+//! with python3 against the server, give the scores `sigmaforge score` gives.
 
 #[path = "sigma_common/mod.rs"]
 mod sigma_common;
@@ -164,4 +165,90 @@ fn malformed_requests_are_refused_with_a_reason() {
     let body: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(body[0]["total"], 0.0);
     assert!(body[0]["error"].as_str().unwrap_or_default().contains("no-such-task"), "{body}");
+}
+
+/// The Python code blocks of the section `heading` (e.g. "### TRL") of docs/serve.md.
+fn docs_python(heading: &str) -> String {
+    let docs = std::fs::read_to_string(sigmaforge_e2e::workspace_root().join("docs/serve.md")).unwrap();
+    let section = docs.split(&format!("\n{heading}")).nth(1).unwrap_or_else(|| panic!("docs/serve.md has no section {heading}"));
+    let section = section.split("\n### ").next().unwrap();
+    let code: Vec<&str> = section.split("```python\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert!(!code.is_empty(), "section {heading} of docs/serve.md has no python block");
+    code.concat()
+}
+
+/// The TRL and verl snippets of docs/serve.md, run as written (only the server address changed)
+/// against the real server: they send the request the API expects and read back the scores
+/// that `sigmaforge score` gives the same completions. Python's `requests` is stood in for by a
+/// small urllib shim, so the test needs python3 only.
+#[test]
+fn the_trl_and_verl_snippets_in_the_docs_work_against_the_server() {
+    let (task, rule) = sigma_common::first_train_task();
+    let completions = [detection_only(&rule), "not a rule: [".to_string(), rule.replace("product: windows", "product: linux")];
+    let server = start_server();
+    let dir = sigmaforge_e2e::scratch_dir("serve-snippets");
+    std::fs::write(
+        dir.join("requests.py"),
+        r#"# Stand-in for the `requests` package: the two calls the snippets make.
+import json, urllib.request
+class Response:
+    def __init__(self, body): self.body = body
+    def json(self): return json.loads(self.body)
+def post(url, json=None, timeout=None):
+    data = __import__("json").dumps(json).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return Response(r.read())
+class Session:
+    def post(self, url, json=None, timeout=None): return post(url, json=json, timeout=timeout)
+"#,
+    )
+    .unwrap();
+    let address = |code: String| code.replace("http://127.0.0.1:8765", &server.base);
+    let driver = format!(
+        "import json, sys\n\
+         # What the TRL snippet's last line needs, as stand-ins.\n\
+         GRPOTrainer = lambda **kw: kw; model = grpo_args = dataset = None\n\
+         {trl}\n{verl}\n\
+         tasks, completions = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n\
+         trl = sigma_reward(prompts=[None] * len(tasks), completions=completions, task_id=tasks)\n\
+         # Conversational datasets give message lists; the snippet takes the last message.\n\
+         trl_chat = sigma_reward(prompts=None, completions=[[{{'role': 'assistant', 'content': c}}] for c in completions], task_id=tasks)\n\
+         verl = [compute_score('sigmahq', c, t) for t, c in zip(tasks, completions)]\n\
+         print(json.dumps({{'trl': trl, 'trl_chat': trl_chat, 'verl': verl}}))\n",
+        trl = address(docs_python("### TRL")),
+        verl = address(docs_python("### verl")),
+    );
+    std::fs::write(dir.join("driver.py"), driver).unwrap();
+    let tasks = vec![task.clone(); completions.len()];
+    let out = Command::new("python3")
+        .arg(dir.join("driver.py"))
+        .arg(serde_json::to_string(&tasks).unwrap())
+        .arg(serde_json::to_string(&completions).unwrap())
+        .env("PYTHONPATH", &dir)
+        .output()
+        .expect("python3 is needed to run the documentation's Python snippets");
+    assert!(out.status.success(), "the snippets failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The same completions through `sigmaforge score --batch`.
+    let batch: String = completions.iter().map(|c| format!("{}\n", json!({"task": task, "completion": c}))).collect();
+    let data = sigma_common::data();
+    let (code, stdout, err) = sigma_common::sigmaforge(&["score", "--plugins", &sigma_common::plugin(), "--data", data.to_str().unwrap(), "--batch", "-", "--json"], Some(&batch));
+    assert_eq!(code, 0, "{err}");
+    let want: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(want.len(), 3);
+    assert!((want[0]["total"].as_f64().unwrap() - 1.1).abs() < 1e-9, "the reference's detection scores 1.1: {}", want[0]);
+    for (i, w) in want.iter().enumerate() {
+        let total = w["total"].as_f64().unwrap();
+        for key in ["trl", "trl_chat"] {
+            assert!((got[key][i].as_f64().unwrap() - total).abs() < 1e-9, "{key} sample {i}: {} vs {w}", got[key][i]);
+        }
+        let verl = &got["verl"][i];
+        assert!((verl["score"].as_f64().unwrap() - total).abs() < 1e-9, "verl sample {i}: {verl} vs {w}");
+        for c in w["components"].as_array().unwrap() {
+            let name = c["name"].as_str().unwrap();
+            assert!((verl[name].as_f64().unwrap() - c["value"].as_f64().unwrap()).abs() < 1e-9, "verl sample {i} {name}: {verl} vs {w}");
+        }
+    }
 }
