@@ -175,6 +175,11 @@ fn test_tasks(n: usize) -> Vec<TestTask> {
         .collect()
 }
 
+/// Each task's prompt → (its index, the reference rule as a model would answer it).
+fn reference_answers(tasks: &[TestTask]) -> HashMap<String, (usize, String)> {
+    tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect()
+}
+
 /// The plugin's scores of (task id, completion) pairs, through `sigmaforge score --batch`.
 fn scores(items: &[(String, String)]) -> Vec<Value> {
     let batch: String = items.iter().map(|(t, c)| format!("{}\n", json!({"task": t, "completion": c}))).collect();
@@ -334,7 +339,7 @@ fn eval_over_http_reports_the_prepared_answers_scores() {
 fn flaky_server_is_retried_and_hopeless_samples_are_recorded_as_failed() {
     let _serial = serial();
     let tasks = test_tasks(8);
-    let by_prompt: HashMap<String, (usize, String)> = tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect();
+    let by_prompt = reference_answers(&tasks);
     let slow = Duration::from_millis(2500);
     let server = serve(Arc::new(move |seen: &Seen| {
         let (i, text) = by_prompt.get(&seen.prompt).expect("a known task prompt").clone();
@@ -393,7 +398,7 @@ fn flaky_server_is_retried_and_hopeless_samples_are_recorded_as_failed() {
 fn tool_calls_go_through_the_search_plugin_and_are_reported() {
     let _serial = serial();
     let tasks = test_tasks(3);
-    let by_prompt: HashMap<String, (usize, String)> = tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect();
+    let by_prompt = reference_answers(&tasks);
     let checks: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen_checks = checks.clone();
     let server = serve(Arc::new(move |seen: &Seen| {
@@ -539,7 +544,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
 fn an_interrupted_eval_resumes_without_asking_again() {
     let _serial = serial();
     let tasks = test_tasks(6);
-    let by_prompt: HashMap<String, (usize, String)> = tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect();
+    let by_prompt = reference_answers(&tasks);
     let data = data();
     let plugin = plugin();
     let out = sigmaforge_e2e::scratch_dir("eval-openai-resume");

@@ -33,13 +33,18 @@ fn random_ids(rng: &mut SamplerRng, n: usize, lo: u32, hi: u32) -> Vec<u32> {
     (0..n).map(|_| lo + rng.below((hi - lo) as usize) as u32).collect()
 }
 
-fn fwd_bwd(model: &CausalLm, b: usize, l: usize, runs: usize) -> anyhow::Result<(Duration, Duration)> {
+/// The forward + backward benchmarks' batch: random ids [b, l], a full mask, one advantage per row.
+fn loss_inputs(model: &CausalLm, b: usize, l: usize) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
     let mut rng = SamplerRng::new(1);
     let vocab = model.config().vocab_size as u32;
     let input = Tensor::from_vec(random_ids(&mut rng, b * l, 3, vocab), (b, l), &Device::Cpu)?;
     let mask = Tensor::ones((b, l), DType::U32, &Device::Cpu)?;
     let adv: Vec<f32> = (0..b).map(|_| rng.normal() as f32).collect();
-    let adv = Tensor::from_vec(adv, (b, 1), &Device::Cpu)?;
+    Ok((input, mask, Tensor::from_vec(adv, (b, 1), &Device::Cpu)?))
+}
+
+fn fwd_bwd(model: &CausalLm, b: usize, l: usize, runs: usize) -> anyhow::Result<(Duration, Duration)> {
+    let (input, mask, adv) = loss_inputs(model, b, l)?;
     let mut fwd = Vec::new();
     let mut total = Vec::new();
     for _ in 0..runs {
@@ -59,12 +64,7 @@ fn fwd_bwd(model: &CausalLm, b: usize, l: usize, runs: usize) -> anyhow::Result<
 /// The same loss through `backward_bounded` (training.memory): activation checkpointing and
 /// the vocabulary projection in chunks of `chunk` positions. Returns the median time.
 fn fwd_bwd_bounded(model: &CausalLm, b: usize, l: usize, chunk: usize, runs: usize) -> anyhow::Result<Duration> {
-    let mut rng = SamplerRng::new(1);
-    let vocab = model.config().vocab_size as u32;
-    let input = Tensor::from_vec(random_ids(&mut rng, b * l, 3, vocab), (b, l), &Device::Cpu)?;
-    let mask = Tensor::ones((b, l), DType::U32, &Device::Cpu)?;
-    let adv: Vec<f32> = (0..b).map(|_| rng.normal() as f32).collect();
-    let adv = Tensor::from_vec(adv, (b, 1), &Device::Cpu)?;
+    let (input, mask, adv) = loss_inputs(model, b, l)?;
     let options = MemoryOptions { activation_checkpointing: true, logits_chunk: chunk, ..Default::default() };
     let mut total = Vec::new();
     for _ in 0..runs {

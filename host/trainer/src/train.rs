@@ -720,38 +720,37 @@ impl Trainer {
         let reference = self.reference.as_ref().unwrap_or(&self.model);
         let device = self.model.device();
         let streamed = self.reference.is_some() && self.cfg.training.memory.reference_on_host;
-        let hidden: Vec<Tensor> = if streamed {
-            let inputs: Vec<(&Tensor, &Tensor)> = batches.iter().map(|b| (&b.input_ids, &b.attention_mask)).collect();
-            reference.hidden_streamed_batches(&inputs, device)?
-        } else {
-            batches.iter().map(|b| reference.forward_hidden(&b.input_ids, &b.attention_mask, None, AdapterMode::Disabled)).collect::<Result<_>>()?
-        };
         let head = if streamed { Some(reference.head_on(device)?) } else { None };
-        batches
-            .iter()
-            .zip(hidden)
-            .map(|(batch, hidden)| {
-                let width = batch.completion_width;
-                let h = hidden.narrow(1, batch.prompt_width - 1, width)?;
-                let chunk = match self.cfg.training.memory.logits_chunk {
-                    0 => width,
-                    c => c.min(width),
+        let logprobs = |batch: &MicroBatch, hidden: Tensor| -> Result<Tensor> {
+            let width = batch.completion_width;
+            let h = hidden.narrow(1, batch.prompt_width - 1, width)?;
+            let chunk = match self.cfg.training.memory.logits_chunk {
+                0 => width,
+                c => c.min(width),
+            };
+            let mut parts = Vec::new();
+            let mut from = 0;
+            while from < width {
+                let c = chunk.min(width - from);
+                let hc = h.narrow(1, from, c)?;
+                let logits = match &head {
+                    Some(w) => streamed_logits(&hc, w)?,
+                    None => reference.logits(&hc, AdapterMode::Disabled)?,
                 };
-                let mut parts = Vec::new();
-                let mut from = 0;
-                while from < width {
-                    let c = chunk.min(width - from);
-                    let hc = h.narrow(1, from, c)?;
-                    let logits = match &head {
-                        Some(w) => streamed_logits(&hc, w)?,
-                        None => reference.logits(&hc, AdapterMode::Disabled)?,
-                    };
-                    parts.push(grpo::token_logprobs(&logits.to_dtype(DType::F32)?, &batch.targets.narrow(1, from, c)?, temperature)?.0.detach());
-                    from += c;
-                }
-                Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 1)? })
-            })
-            .collect()
+                parts.push(grpo::token_logprobs(&logits.to_dtype(DType::F32)?, &batch.targets.narrow(1, from, c)?, temperature)?.0.detach());
+                from += c;
+            }
+            Ok(if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::cat(&parts, 1)? })
+        };
+        if streamed {
+            // Each layer crosses to the device once and meets every micro-batch.
+            let inputs: Vec<(&Tensor, &Tensor)> = batches.iter().map(|b| (&b.input_ids, &b.attention_mask)).collect();
+            let hidden = reference.hidden_streamed_batches(&inputs, device)?;
+            batches.iter().zip(hidden).map(|(b, h)| logprobs(b, h)).collect()
+        } else {
+            // A resident reference goes batch by batch: one micro-batch's hidden states at a time.
+            batches.iter().map(|b| logprobs(b, reference.forward_hidden(&b.input_ids, &b.attention_mask, None, AdapterMode::Disabled)?)).collect()
+        }
     }
 
     /// Logits (f32) at the positions that predict the completion tokens: `[n, C, vocab]`.
