@@ -57,8 +57,7 @@ fn main() {
         let lines = Arc::clone(&log_lines);
         LogSink::new(move |_plugin, _level, message| lines.lock().unwrap().push(message.to_owned()))
     };
-    let rt = Runtime::new(RuntimeOptions { cache_dir: Some(cache.clone()), log: sink, ..RuntimeOptions::default() })
-        .expect("runtime starts");
+    let rt = Runtime::new(RuntimeOptions { cache_dir: Some(cache.clone()), log: sink, ..RuntimeOptions::default() }).expect("runtime starts");
     let mut config = PluginConfig::from_path(&wasm).with_data(&data);
     config.limits.instances = 1;
 

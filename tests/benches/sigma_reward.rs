@@ -74,11 +74,25 @@ fn main() {
 
     let valid = native_scores.iter().filter(|s| **s > 0.0).count();
     println!("sigma reward benchmark ({} events in the corpus)", native.corpus().len());
-    println!("  batch: {} completions ({PROMPTS} prompts x 8 rollouts), {valid} scored > 0, totals sum {:.3}", batch.len(), native_scores.iter().sum::<f64>());
+    println!(
+        "  batch: {} completions ({PROMPTS} prompts x 8 rollouts), {valid} scored > 0, totals sum {:.3}",
+        batch.len(),
+        native_scores.iter().sum::<f64>()
+    );
     println!("  native task init (corpus + train split): {:.0} ms", ms(native_init));
     println!("  wasm plugin load (compile cache, 2 instances, init): {:.0} ms", ms(wasm_load));
-    println!("  warm 64-batch, wasm plugin, 2 instances: median {:.1} ms (min {:.1}, max {:.1})", ms(wm), ms(wasm_times[0]), ms(*wasm_times.last().unwrap()));
-    println!("  warm 64-batch, native sigma-task, 2 threads: median {:.1} ms (min {:.1}, max {:.1})", ms(nm), ms(native_times[0]), ms(*native_times.last().unwrap()));
+    println!(
+        "  warm 64-batch, wasm plugin, 2 instances: median {:.1} ms (min {:.1}, max {:.1})",
+        ms(wm),
+        ms(wasm_times[0]),
+        ms(*wasm_times.last().unwrap())
+    );
+    println!(
+        "  warm 64-batch, native sigma-task, 2 threads: median {:.1} ms (min {:.1}, max {:.1})",
+        ms(nm),
+        ms(native_times[0]),
+        ms(*native_times.last().unwrap())
+    );
     println!("  wasm / native: {:.2}x", wm.as_secs_f64() / nm.as_secs_f64());
     println!("  cold `sigmaforge score` (process start to exit): median {:.0} ms of {} runs", ms(cold_median), cold.len());
 }

@@ -115,8 +115,7 @@ fn missing_path_exits_two() {
 #[test]
 fn the_sigmahq_corpus_checks_clean() {
     let rules = sigmaforge_data::for_tests().join("sigma");
-    let dirs: Vec<String> =
-        ["rules", "rules-threat-hunting", "rules-emerging-threats"].iter().map(|d| rules.join(d).display().to_string()).collect();
+    let dirs: Vec<String> = ["rules", "rules-threat-hunting", "rules-emerging-threats"].iter().map(|d| rules.join(d).display().to_string()).collect();
     let args: Vec<&str> = dirs.iter().map(String::as_str).collect();
     let (code, out, err) = check(&args);
     assert_eq!(code, 0, "{err}\n{}", out.lines().filter(|l| l.contains(": error:")).take(20).collect::<Vec<_>>().join("\n"));

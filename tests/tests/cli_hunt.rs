@@ -17,7 +17,8 @@ const RULE_ID: &str = "8a2f4b1c-3d5e-4f7a-9b2c-1e4f6d8a9c2b";
 fn fixture() -> (PathBuf, PathBuf) {
     let data = sigmaforge_data::for_tests();
     let rule = data.join("sigma/rules-threat-hunting/windows/image_load/image_load_win_werfaultsecure_dbgcore_dbghelp_load.yml");
-    let dir = data.join("sigma-regression/regression_data/rules-threat-hunting/windows/image_load/image_load_win_werfaultsecure_dbgcore_dbghelp_load");
+    let dir =
+        data.join("sigma-regression/regression_data/rules-threat-hunting/windows/image_load/image_load_win_werfaultsecure_dbgcore_dbghelp_load");
     (rule, dir)
 }
 

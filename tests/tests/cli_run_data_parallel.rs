@@ -109,13 +109,7 @@ fn two_ranks_train_one_run_and_rank_0_writes_its_files() {
     assert!(run_dir.join("config.yaml").is_file());
 
     // Resuming with a different number of ranks is refused with the number to use.
-    let out = Command::new(sigmaforge_e2e::sigmaforge_bin())
-        .args(["run", "--plugins"])
-        .arg(&plugin)
-        .arg("--resume")
-        .arg(&run_dir)
-        .output()
-        .unwrap();
+    let out = Command::new(sigmaforge_e2e::sigmaforge_bin()).args(["run", "--plugins"]).arg(&plugin).arg("--resume").arg(&run_dir).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("WORLD_SIZE=2"), "{err}");

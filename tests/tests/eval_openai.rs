@@ -65,7 +65,13 @@ fn serve(handler: Arc<Handler>) -> Server {
     Server { url, requests, auth }
 }
 
-fn handle(stream: TcpStream, handler: &Handler, attempts: &Mutex<HashMap<String, u32>>, req_log: &Mutex<Vec<Value>>, auth_log: &Mutex<Vec<Option<String>>>) {
+fn handle(
+    stream: TcpStream,
+    handler: &Handler,
+    attempts: &Mutex<HashMap<String, u32>>,
+    req_log: &Mutex<Vec<Value>>,
+    auth_log: &Mutex<Vec<Option<String>>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).is_err() {
@@ -253,11 +259,8 @@ fn eval_over_http_reports_the_prepared_answers_scores() {
     let totals: Vec<f64> = expected.iter().map(|s| s["total"].as_f64().unwrap()).collect();
     assert!(close(totals[0], 1.1) && close(totals[2], 0.0) && close(totals[4], 0.4), "fixture scores changed: {totals:?}");
 
-    let by_prompt: HashMap<String, (String, u64, u64)> = tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.prompt.clone(), (prepared[i].1.clone(), 100 + i as u64, 10 * (i as u64 + 1))))
-        .collect();
+    let by_prompt: HashMap<String, (String, u64, u64)> =
+        tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (prepared[i].1.clone(), 100 + i as u64, 10 * (i as u64 + 1)))).collect();
     let server = serve(Arc::new(move |seen: &Seen| {
         let (text, tin, tout) = by_prompt.get(&seen.prompt).expect("a known task prompt");
         Reply::Ok(answer(text, *tin, *tout))
@@ -267,7 +270,10 @@ fn eval_over_http_reports_the_prepared_answers_scores() {
     let data = data();
     let plugin = plugin();
     let mut args = base_args(&server.url, &out, &data, &plugin, "6");
-    args.extend(["--concurrency", "3", "--price-in", "2", "--price-out", "8", "--temperature", "0", "--max-tokens", "300", "--api-key-env", "SF_TEST_KEY"].map(String::from));
+    args.extend(
+        ["--concurrency", "3", "--price-in", "2", "--price-out", "8", "--temperature", "0", "--max-tokens", "300", "--api-key-env", "SF_TEST_KEY"]
+            .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, stdout, stderr) = eval(&args, &[("SF_TEST_KEY", "sk-test-123")]);
     assert_eq!(code, 0, "eval failed: {stderr}\n{stdout}");
@@ -379,8 +385,12 @@ fn flaky_server_is_retried_and_hopeless_samples_are_recorded_as_failed() {
         let errs = l["attempt_errors"].as_array().unwrap();
         assert!(errs.len() == 1 && errs[0].as_str().unwrap().contains(first_error), "task {i}: {l:#}");
     }
-    let reasons: HashMap<String, String> =
-        r["failures"].as_array().unwrap().iter().map(|f| (f["task_id"].as_str().unwrap().to_string(), f["reason"].as_str().unwrap().to_string())).collect();
+    let reasons: HashMap<String, String> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["task_id"].as_str().unwrap().to_string(), f["reason"].as_str().unwrap().to_string()))
+        .collect();
     for (i, why) in [(4, "HTTP 503"), (5, "timed out"), (6, "not JSON"), (7, "no choices[0].message")] {
         let reason = &reasons[&tasks[i].id];
         assert!(reason.contains(why) && reason.contains("after 3 attempts"), "task {i}: {reason}");
@@ -473,7 +483,8 @@ fn tool_calls_go_through_the_search_plugin_and_are_reported() {
 fn paraphrase_pass_rewords_requests_before_the_model_sees_them() {
     let _serial = serial();
     let tasks = test_tasks(3);
-    let by_request: HashMap<String, (usize, String)> = tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect();
+    let by_request: HashMap<String, (usize, String)> =
+        tasks.iter().enumerate().map(|(i, t)| (t.prompt.clone(), (i, reference_answer(&t.rule)))).collect();
     let server = serve(Arc::new(move |seen: &Seen| {
         match seen.body["model"].as_str().unwrap() {
             // The paraphraser: a fixed rewording; the second task's request always fails.
@@ -495,7 +506,14 @@ fn paraphrase_pass_rewords_requests_before_the_model_sees_them() {
     let data = data();
     let plugin = plugin();
     let mut args = base_args(&server.url, &out, &data, &plugin, "3");
-    args.extend(["--paraphrase".to_string(), format!("openai:{}#para-model", server.url), "--retries".into(), "1".into(), "--retry-backoff".into(), "0.01".into()]);
+    args.extend([
+        "--paraphrase".to_string(),
+        format!("openai:{}#para-model", server.url),
+        "--retries".into(),
+        "1".into(),
+        "--retry-backoff".into(),
+        "0.01".into(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, stdout, stderr) = eval(&args, &[]);
     assert_eq!(code, 0, "{stderr}\n{stdout}");
@@ -528,9 +546,15 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     let out = sigmaforge_e2e::scratch_dir("eval-openai-bad");
     let (code, _, err) = eval(&["--plugins", &plugin, "--policy", "gpt-4o", "--out", out.to_str().unwrap()], &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("unknown policy `gpt-4o`") && err.contains("openai:<base_url>#<model>") && err.contains("local:<model dir or .gguf>"), "{err}");
+    assert!(
+        err.contains("unknown policy `gpt-4o`") && err.contains("openai:<base_url>#<model>") && err.contains("local:<model dir or .gguf>"),
+        "{err}"
+    );
 
-    let (code, _, err) = eval(&["--plugins", &plugin, "--data", data.to_str().unwrap(), "--policy", "openai:http://127.0.0.1:9/v1#m", "--split", "nope", "--quiet"], &[]);
+    let (code, _, err) = eval(
+        &["--plugins", &plugin, "--data", data.to_str().unwrap(), "--policy", "openai:http://127.0.0.1:9/v1#m", "--split", "nope", "--quiet"],
+        &[],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("unknown split `nope`") && err.contains("train"), "{err}");
 
@@ -592,7 +616,13 @@ fn an_interrupted_eval_resumes_without_asking_again() {
     let (code, stdout, stderr) = eval(&argv, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("3 answered sample(s) kept") && stderr.contains("could not be read"), "{stderr}");
-    let asked: Vec<String> = second.requests.lock().unwrap().iter().map(|b| b["messages"].as_array().unwrap().iter().find(|m| m["role"] == "user").unwrap()["content"].as_str().unwrap().to_string()).collect();
+    let asked: Vec<String> = second
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b["messages"].as_array().unwrap().iter().find(|m| m["role"] == "user").unwrap()["content"].as_str().unwrap().to_string())
+        .collect();
     let mut asked_tasks: Vec<usize> = asked.iter().map(|p| by_prompt[p].0).collect();
     asked_tasks.sort();
     assert_eq!(asked_tasks, [3, 4, 5], "only the failed tasks are asked again");

@@ -1,7 +1,6 @@
 //! The example plugin (examples/regex-task) through the unchanged host binary: `tasks`,
 //! `score` (by task, by ad-hoc reference, in a batch) and `plugin inspect`.
 
-
 use serde_json::{Value, json};
 
 fn sigmaforge(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
@@ -69,8 +68,20 @@ fn partial_wrong_and_garbage_answers_score_lower_with_reasons() {
 #[test]
 fn weights_come_from_the_plugin_config() {
     let (code, out, err) = sigmaforge(
-        &["score", "--plugins", &plugin(), "--plugin-config", "weight.compiles=0.5", "--plugin-config", "weight.accuracy=1",
-          "--task", "cve-id", "--completion", "-", "--json"],
+        &[
+            "score",
+            "--plugins",
+            &plugin(),
+            "--plugin-config",
+            "weight.compiles=0.5",
+            "--plugin-config",
+            "weight.accuracy=1",
+            "--task",
+            "cve-id",
+            "--completion",
+            "-",
+            "--json",
+        ],
         Some("CVE-[0-9]{4}-[0-9]{4,}"),
     );
     assert_eq!(code, 0, "{err}");
@@ -84,17 +95,16 @@ fn a_reference_file_makes_an_ad_hoc_task() {
     let dir = sigmaforge_e2e::scratch_dir("regex-reference");
     let reference = dir.join("digits.json");
     std::fs::write(&reference, json!({"positive": ["1", "42"], "negative": ["x", "4x"]}).to_string()).unwrap();
-    let (code, out, err) = sigmaforge(
-        &["score", "--plugins", &plugin(), "--reference", reference.to_str().unwrap(), "--completion", "-", "--json"],
-        Some("[0-9]+"),
-    );
+    let (code, out, err) =
+        sigmaforge(&["score", "--plugins", &plugin(), "--reference", reference.to_str().unwrap(), "--completion", "-", "--json"], Some("[0-9]+"));
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["total"], 1.0, "{v}");
     assert_eq!(v["task"], reference.to_str().unwrap());
     // A bad reference is an error for the task, naming the problem.
     std::fs::write(&reference, "positive: [1]").unwrap();
-    let (code, out, _) = sigmaforge(&["score", "--plugins", &plugin(), "--reference", reference.to_str().unwrap(), "--completion", "-", "--json"], Some("x"));
+    let (code, out, _) =
+        sigmaforge(&["score", "--plugins", &plugin(), "--reference", reference.to_str().unwrap(), "--completion", "-", "--json"], Some("x"));
     assert_eq!(code, 1);
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["error"].as_str().unwrap().contains("reference must be JSON"), "{v}");

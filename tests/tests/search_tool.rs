@@ -16,17 +16,9 @@ fn tool(args: &[&str]) -> (i32, String, String) {
     let plugin = plugin();
     let mut all = vec!["tool", "--plugins", plugin.as_str()];
     all.extend_from_slice(args);
-    let out = Command::new(sigmaforge_e2e::sigmaforge_bin())
-        .args(&all)
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sigmaforge");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out =
+        Command::new(sigmaforge_e2e::sigmaforge_bin()).args(&all).env("RUST_BACKTRACE", "0").stdin(Stdio::null()).output().expect("run sigmaforge");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn shipped_data() -> String {
@@ -41,8 +33,7 @@ fn result_ids(stdout: &str) -> Vec<String> {
 #[test]
 fn query_over_the_shipped_corpus() {
     let data = shipped_data();
-    let (code, out, err) =
-        tool(&["--data", &data, "--call", r#"{"query": "new process created command line 4688"}"#]);
+    let (code, out, err) = tool(&["--data", &data, "--call", r#"{"query": "new process created command line 4688"}"#]);
     assert_eq!(code, 0, "{err}");
     let ids = result_ids(&out);
     assert_eq!(ids.len(), 5, "default k is 5: {ids:?}");
@@ -105,14 +96,8 @@ fn own_corpus_with_a_bad_line_loads_the_rest() {
     )
     .unwrap();
     let data = dir.display().to_string();
-    let (code, out, err) = tool(&[
-        "--data",
-        &data,
-        "--plugin-config",
-        "corpus_dir=/data/runbooks",
-        "--call",
-        r#"{"query": "service ImagePath temp"}"#,
-    ]);
+    let (code, out, err) =
+        tool(&["--data", &data, "--plugin-config", "corpus_dir=/data/runbooks", "--call", r#"{"query": "service ImagePath temp"}"#]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(result_ids(&out), ["rb-1"]);
     assert!(err.contains("notes.jsonl:2"), "the bad line is named in a warning: {err}");
@@ -121,8 +106,7 @@ fn own_corpus_with_a_bad_line_loads_the_rest() {
 #[test]
 fn missing_corpus_fails_to_load_naming_the_directory() {
     let data = shipped_data();
-    let (code, out, err) =
-        tool(&["--data", &data, "--plugin-config", "corpus_dir=/data/no-such-dir", "--call", r#"{"query": "x"}"#]);
+    let (code, out, err) = tool(&["--data", &data, "--plugin-config", "corpus_dir=/data/no-such-dir", "--call", r#"{"query": "x"}"#]);
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("/data/no-such-dir"), "{err}");
 }
@@ -138,8 +122,7 @@ fn loopback_server(body: &'static str) -> (u16, std::thread::JoinHandle<String>)
         let mut buf = [0u8; 4096];
         let n = conn.read(&mut buf).unwrap();
         let request = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
-        write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-            .unwrap();
+        write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         request
     });
     (port, handle)
@@ -167,11 +150,7 @@ fn tool_with_config(config: &str, call: &str) -> (i32, String, String) {
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("run sigmaforge");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]

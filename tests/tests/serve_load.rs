@@ -69,7 +69,9 @@ fn detection_only(rule: &str) -> String {
 fn hostile() -> Vec<String> {
     let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n".to_string();
     let deep = format!("detection:\n  sel: {}x{}\n  condition: sel\n", "[".repeat(10_000), "]".repeat(10_000));
-    let regex = "logsource:\n  category: process_creation\n  product: windows\ndetection:\n  sel:\n    CommandLine|re: '(a{1000}){1000}'\n  condition: sel\n".to_string();
+    let regex =
+        "logsource:\n  category: process_creation\n  product: windows\ndetection:\n  sel:\n    CommandLine|re: '(a{1000}){1000}'\n  condition: sel\n"
+            .to_string();
     vec![bomb, deep, regex, "not yaml at all: [".into(), "x".repeat(1 << 20)]
 }
 
@@ -87,8 +89,7 @@ fn concurrent_clients_get_every_score_once_with_hostile_completions_mixed_in() {
         .map(|c| {
             let (url, task, good) = (url.clone(), task.clone(), good.clone());
             std::thread::spawn(move || {
-                let agent: ureq::Agent =
-                    ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).build().into();
+                let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).build().into();
                 let mut seen = Vec::new();
                 for b in 0..batches_per_client {
                     let mut items = Vec::new();
@@ -157,10 +158,7 @@ fn malformed_requests_are_refused_with_a_reason() {
     let body: Value = resp.body_mut().read_json().unwrap();
     assert!(body["error"].as_str().unwrap().contains("completion"), "{body}");
     // An unknown task id is scored 0 with an error naming it, not a crash.
-    let mut resp = agent
-        .post(&format!("{}/v1/score", server.base))
-        .send_json(json!([{"task": "no-such-task", "completion": "x"}]))
-        .unwrap();
+    let mut resp = agent.post(&format!("{}/v1/score", server.base)).send_json(json!([{"task": "no-such-task", "completion": "x"}])).unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let body: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(body[0]["total"], 0.0);
@@ -234,7 +232,10 @@ class Session:
     // The same completions through `sigmaforge score --batch`.
     let batch: String = completions.iter().map(|c| format!("{}\n", json!({"task": task, "completion": c}))).collect();
     let data = sigma_common::data();
-    let (code, stdout, err) = sigma_common::sigmaforge(&["score", "--plugins", &sigma_common::plugin(), "--data", data.to_str().unwrap(), "--batch", "-", "--json"], Some(&batch));
+    let (code, stdout, err) = sigma_common::sigmaforge(
+        &["score", "--plugins", &sigma_common::plugin(), "--data", data.to_str().unwrap(), "--batch", "-", "--json"],
+        Some(&batch),
+    );
     assert_eq!(code, 0, "{err}");
     let want: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(want.len(), 3);

@@ -41,7 +41,9 @@ fn reference_answer_scores_full_marks_and_wrappings_do_not_matter() {
     assert_eq!(names, ["yaml_valid", "logsource_correct", "iou"]);
     assert!(component(&s, "iou")["detail"].as_str().unwrap().contains("missed 0, 0 false positives"), "{s:#}");
 
-    let wrapped = format!("<think>\nThey want a rule for this.\n```yaml\ndetection: draft\n```\n</think>\nSure, here it is:\n```yaml\n{answer}```\nLet me know if it is too noisy.");
+    let wrapped = format!(
+        "<think>\nThey want a rule for this.\n```yaml\ndetection: draft\n```\n</think>\nSure, here it is:\n```yaml\n{answer}```\nLet me know if it is too noisy."
+    );
     assert_total(&score_task(&task, &wrapped), 1.1);
 }
 
@@ -90,7 +92,18 @@ fn an_ad_hoc_reference_rule_file_works_like_a_task() {
     std::fs::write(&reference, &rule).unwrap();
     let data = data();
     let (code, out, err) = sigmaforge(
-        &["score", "--plugins", &plugin(), "--data", &data.display().to_string(), "--reference", &reference.display().to_string(), "--completion", "-", "--json"],
+        &[
+            "score",
+            "--plugins",
+            &plugin(),
+            "--data",
+            &data.display().to_string(),
+            "--reference",
+            &reference.display().to_string(),
+            "--completion",
+            "-",
+            "--json",
+        ],
         Some(&reference_answer(&rule)),
     );
     assert_eq!(code, 0, "{err}");
@@ -125,10 +138,8 @@ fn adversarial_completions_are_scored_with_a_diagnostic() {
     let huge = format!("```yaml\n{}\n```", "x".repeat(5 * 1024 * 1024));
     let deep = format!("logsource:\n  product: windows\ndetection:\n  sel: {}1{}\n  condition: sel\n", "[".repeat(10_000), "]".repeat(10_000));
     let regex = "logsource:\n  product: windows\n  category: process_creation\ndetection:\n  sel:\n    CommandLine|re: '((a{1000}){1000}){1000}'\n  condition: sel\n".to_string();
-    let batch: String = [&alias_bomb, &huge, &deep, &regex]
-        .iter()
-        .map(|c| serde_json::json!({"task": task, "completion": c}).to_string() + "\n")
-        .collect();
+    let batch: String =
+        [&alias_bomb, &huge, &deep, &regex].iter().map(|c| serde_json::json!({"task": task, "completion": c}).to_string() + "\n").collect();
     let dir = std::env::temp_dir().join(format!("sf-sigma-adv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let batch_file = dir.join("batch.jsonl");
@@ -136,7 +147,10 @@ fn adversarial_completions_are_scored_with_a_diagnostic() {
 
     let data = data();
     let started = Instant::now();
-    let (code, out, err) = sigmaforge(&["score", "--plugins", &plugin(), "--data", &data.display().to_string(), "--batch", &batch_file.display().to_string(), "--json"], None);
+    let (code, out, err) = sigmaforge(
+        &["score", "--plugins", &plugin(), "--data", &data.display().to_string(), "--batch", &batch_file.display().to_string(), "--json"],
+        None,
+    );
     let elapsed = started.elapsed();
     assert_eq!(code, 0, "every hostile completion must be scored, not fail: {err}\n{out}");
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

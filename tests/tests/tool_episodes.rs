@@ -55,7 +55,8 @@ fn search_tool_turn_then_a_scored_rule() {
             return if ctx.contains("win-security-4688") { answer.clone() } else { "no rule".to_string() };
         }
         match copy {
-            0 => "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"new process created command line 4688\", \"k\": 2}}\n</tool_call>".into(),
+            0 => "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"new process created command line 4688\", \"k\": 2}}\n</tool_call>"
+                .into(),
             1 => "<tool_call>\n{\"name\": \"web_search\", \"arguments\": {\"q\": \"4688\"}}\n</tool_call>".into(),
             2 => "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"k\": 3}}\n</tool_call>".into(),
             _ => "no rule".into(),

@@ -50,10 +50,8 @@ fn run_learns_from_a_wasm_plugin_reward() {
     std::fs::write(&cfg, config(&model_dir)).unwrap();
     let run_dir = dir.join("run");
 
-    let (code, _stdout, stderr) = run_sigmaforge(
-        &["run", "--plugins", plugin.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", run_dir.to_str().unwrap()],
-        None,
-    );
+    let (code, _stdout, stderr) =
+        run_sigmaforge(&["run", "--plugins", plugin.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", run_dir.to_str().unwrap()], None);
     assert_eq!(code, 0, "sigmaforge run failed:\n{stderr}");
     assert!(stderr.contains("on 16 tasks of plugin `toy_task_plugin`"), "the run did not report the plugin it trains on:\n{stderr}");
 

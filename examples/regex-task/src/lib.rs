@@ -116,9 +116,8 @@ mod component {
                     (p, n)
                 }
                 TaskRef::Reference(text) => {
-                    let r: AdHoc = serde_json::from_str(&text).map_err(|e| {
-                        format!("reference must be JSON {{\"positive\": [...], \"negative\": [...]}}: {e}")
-                    })?;
+                    let r: AdHoc = serde_json::from_str(&text)
+                        .map_err(|e| format!("reference must be JSON {{\"positive\": [...], \"negative\": [...]}}: {e}"))?;
                     if r.positive.is_empty() && r.negative.is_empty() {
                         return Err("reference has no strings".into());
                     }

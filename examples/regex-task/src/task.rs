@@ -125,11 +125,7 @@ pub fn extract(completion: &str) -> Result<String, String> {
     }
     let text = strip_think(completion);
     let candidate = last_fence(&text)
-        .or_else(|| {
-            text.lines()
-                .rev()
-                .find_map(|l| l.trim().strip_prefix("regex:").map(|r| r.trim().to_string()))
-        })
+        .or_else(|| text.lines().rev().find_map(|l| l.trim().strip_prefix("regex:").map(|r| r.trim().to_string())))
         .or_else(|| text.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(str::to_string))
         .ok_or_else(|| "the completion is empty".to_string())?;
     let mut p = candidate.trim();

@@ -113,11 +113,7 @@ pub fn folder(data: &Path, name: &str) -> Result<PathBuf> {
 pub fn fetch(into: &Path, mut progress: impl FnMut(&str)) -> Result<()> {
     std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     for src in SOURCES {
-        let dest = if src.subfolder.is_empty() {
-            into.join(src.folder)
-        } else {
-            into.join(src.folder).join(src.subfolder)
-        };
+        let dest = if src.subfolder.is_empty() { into.join(src.folder) } else { into.join(src.folder).join(src.subfolder) };
         progress(&format!("fetching {} @ {} into {}", src.repository, &src.commit[..12], dest.display()));
         let checkout = into.join(".checkouts").join(src.repository.rsplit('/').next().unwrap_or("repo"));
         if !checkout.join(".git").is_dir() {

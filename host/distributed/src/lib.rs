@@ -56,11 +56,9 @@ impl LaunchEnv {
         let num = |key: &str| -> Result<Option<usize>> {
             match get(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<usize>()
-                    .map(Some)
-                    .with_context(|| format!("environment variable {key}={v:?} is not a non-negative integer")),
+                Some(v) => {
+                    v.trim().parse::<usize>().map(Some).with_context(|| format!("environment variable {key}={v:?} is not a non-negative integer"))
+                }
             }
         };
         let Some(world_size) = num("WORLD_SIZE")? else {
@@ -203,8 +201,8 @@ impl TcpCollective {
     pub fn connect(env: &LaunchEnv, timeout: Duration) -> Result<Self> {
         let mut peers = Vec::new();
         if env.rank == 0 {
-            let listener = TcpListener::bind(&env.master)
-                .with_context(|| format!("rank 0 cannot listen on MASTER_ADDR:MASTER_PORT = {}", env.master))?;
+            let listener =
+                TcpListener::bind(&env.master).with_context(|| format!("rank 0 cannot listen on MASTER_ADDR:MASTER_PORT = {}", env.master))?;
             listener.set_nonblocking(true)?;
             let deadline = Instant::now() + timeout;
             let mut slots: Vec<Option<TcpStream>> = (1..env.world_size).map(|_| None).collect();
@@ -431,11 +429,15 @@ mod tests {
 
     #[test]
     fn launch_env_reads_torchrun_variables_and_rejects_bad_ones() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
-        let env = LaunchEnv::from_vars(vars(&[("WORLD_SIZE", "4"), ("RANK", "2"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "1234")]))
-            .unwrap();
+        let vars = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let env = LaunchEnv::from_vars(vars(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "1234"),
+        ]))
+        .unwrap();
         assert_eq!(env, LaunchEnv { rank: 2, world_size: 4, local_rank: 0, master: "10.0.0.1:1234".into() });
         let err = LaunchEnv::from_vars(vars(&[("WORLD_SIZE", "2"), ("RANK", "2")])).unwrap_err().to_string();
         assert!(err.contains("RANK=2"), "{err}");

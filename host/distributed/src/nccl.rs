@@ -26,11 +26,7 @@ pub struct NcclCollective {
 
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
         anyhow!("{what} failed: {msg} (is the NVIDIA driver and libnccl installed on this machine?)")
     })
 }
@@ -40,8 +36,8 @@ impl NcclCollective {
     /// GPU `env.local_rank`.
     pub fn connect(env: &LaunchEnv, timeout: Duration) -> Result<Self> {
         let mut control = TcpCollective::connect(env, timeout)?;
-        let ctx = guarded("opening the CUDA driver", || CudaContext::new(env.local_rank))?
-            .map_err(|e| anyhow!("opening GPU {}: {e:?}", env.local_rank))?;
+        let ctx =
+            guarded("opening the CUDA driver", || CudaContext::new(env.local_rank))?.map_err(|e| anyhow!("opening GPU {}: {e:?}", env.local_rank))?;
         let stream = ctx.default_stream();
         let mut id_bytes = if env.rank == 0 {
             let id = guarded("loading libnccl", Id::new)?.map_err(|e| anyhow!("creating the NCCL id: {e:?}"))?;

@@ -25,7 +25,9 @@ fn cost(v: Option<f64>) -> String {
 /// The comparison table. A "Tool calls" column appears when any report offered tools.
 pub fn markdown_table(reports: &[Report]) -> String {
     let with_tools = reports.iter().any(|r| r.tools.is_some());
-    let mut md = String::from("| Model | Reward | YAML valid | Logsource acc. | IoU | Perfect | p50 latency (s) | p95 latency (s) | Cost/query | Samples | Failed |");
+    let mut md = String::from(
+        "| Model | Reward | YAML valid | Logsource acc. | IoU | Perfect | p50 latency (s) | p95 latency (s) | Cost/query | Samples | Failed |",
+    );
     md.push_str(if with_tools { " Tool calls |\n" } else { "\n" });
     md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     md.push_str(if with_tools { "---:|\n" } else { "\n" });
@@ -75,7 +77,10 @@ mod tests {
         };
         let a = Report::from_samples(
             &ctx("gpt-x", Some(Prices { input: 1.0, output: 1.0 })),
-            &[tests_support::sample("t1", 1.0, 1.0, 1.0, 1.5, (500, 500), false, 0), tests_support::sample("t2", 1.0, 0.0, 0.0, 2.5, (500, 500), false, 0)],
+            &[
+                tests_support::sample("t1", 1.0, 1.0, 1.0, 1.5, (500, 500), false, 0),
+                tests_support::sample("t2", 1.0, 0.0, 0.0, 2.5, (500, 500), false, 0),
+            ],
         );
         let b = Report::from_samples(&ctx("small|model", None), &[tests_support::sample("t1", 0.0, 0.0, 0.0, 0.2, (1, 1), true, 0)]);
         let md = markdown_table(&[a.clone(), b]);

@@ -25,9 +25,9 @@
 //!   `sigmaforge-trainer` + `candle-core` (the local model).
 
 pub mod compare;
-pub mod openai;
 pub mod journal;
 pub mod local;
+pub mod openai;
 pub mod output;
 pub mod paraphrase;
 pub mod plot;
@@ -38,9 +38,9 @@ pub mod runner;
 pub mod stats;
 pub mod tools;
 
+pub use journal::{EvalKey, Journal};
 pub use policy::{Completion, Failure, Outcome, Policy, PolicySpec, Trace, Usage};
 pub use prices::Prices;
 pub use report::{Report, SampleRecord};
-pub use journal::{EvalKey, Journal};
 pub use runner::{EvalOptions, run_eval};
 pub use tools::Toolbox;

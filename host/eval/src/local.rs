@@ -178,9 +178,7 @@ mod tests {
         let model = CausalLm::random(&cfg, None, 3, DType::F32, &Device::Cpu).unwrap();
         let opts = LocalOptions { temperature: 0.0, max_tokens: 5, batch_size: 2, seed: 1, device: "cpu".into() };
         let policy = LocalPolicy::new("tiny".into(), "tiny".into(), model, tok, &opts).unwrap();
-        let prompts: Vec<Vec<Message>> = (0..3)
-            .map(|i| vec![Message { role: "user".into(), content: format!("w{} w{}", 5 + i, 9 + i) }])
-            .collect();
+        let prompts: Vec<Vec<Message>> = (0..3).map(|i| vec![Message { role: "user".into(), content: format!("w{} w{}", 5 + i, 9 + i) }]).collect();
         let count = std::sync::atomic::AtomicUsize::new(0);
         let out = policy.complete_all(&prompts, None, &|_, _| {
             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -204,11 +202,11 @@ mod tests {
     /// back to the model, and the answer after it is the final answer.
     #[test]
     fn eval_toolbox_serves_the_trainer_episode_loop() {
-        use sigmaforge_trainer::episode::SegmentGenerator;
-        use sigmaforge_trainer::testing::{ScriptedPolicy, chatml_byte_tokenizer};
-        use sigmaforge_trainer::model::Family;
         use crate::tools::ToolRunner;
         use sigmaforge_toolcall::ToolSpec;
+        use sigmaforge_trainer::episode::SegmentGenerator;
+        use sigmaforge_trainer::model::Family;
+        use sigmaforge_trainer::testing::{ScriptedPolicy, chatml_byte_tokenizer};
 
         struct Lookup;
         impl ToolRunner for Lookup {

@@ -126,8 +126,8 @@ impl OpenAiPolicy {
         if text.trim().is_empty() {
             return Err(AttemptError::retry(format!("HTTP {status} with an empty body")));
         }
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| AttemptError::retry(format!("HTTP {status}: the body is not JSON ({e}): {}", snippet(&text))))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| AttemptError::retry(format!("HTTP {status}: the body is not JSON ({e}): {}", snippet(&text))))?;
         let Some(message) = json.pointer("/choices/0/message").filter(|m| m.is_object()) else {
             return Err(AttemptError::retry(format!("HTTP {status}: the reply has no choices[0].message: {}", snippet(&text))));
         };

@@ -35,10 +35,7 @@ pub fn paraphrase_prompts(paraphraser: &dyn Policy, prompts: &mut [Vec<Message>]
         .zip(&user_index)
         .filter_map(|(p, i)| i.map(|i| p[i].content.clone()))
         .map(|request| {
-            vec![
-                Message { role: "system".into(), content: PARAPHRASE_INSTRUCTIONS.into() },
-                Message { role: "user".into(), content: request },
-            ]
+            vec![Message { role: "system".into(), content: PARAPHRASE_INSTRUCTIONS.into() }, Message { role: "user".into(), content: request }]
         })
         .collect();
     let mut answers = paraphraser.complete_all(&requests, None, &|_, _| done()).into_iter();
@@ -95,7 +92,8 @@ mod tests {
 
     #[test]
     fn rewrites_the_user_message_and_keeps_the_original_or_the_reason() {
-        let mut prompts = vec![prompt("find at.exe"), prompt("please fail"), prompt("empty"), vec![Message { role: "system".into(), content: "only".into() }]];
+        let mut prompts =
+            vec![prompt("find at.exe"), prompt("please fail"), prompt("empty"), vec![Message { role: "system".into(), content: "only".into() }]];
         let out = paraphrase_prompts(&Shouty, &mut prompts, &|| {});
         assert_eq!(out[0], Paraphrased::Done { original: "find at.exe".into() });
         assert_eq!(prompts[0][1].content, "FIND AT.EXE");

@@ -33,10 +33,8 @@ fn bars(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str, 
         let color = Palette99::pick(i).to_rgba();
         chart.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, value.max(0.0))], color.filled()))).map_err(err)?;
         if with_text {
-            let style = TextStyle::from(("sans-serif", 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Bottom,
-            ));
+            let style = TextStyle::from(("sans-serif", 13).into_font())
+                .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Bottom));
             chart
                 .draw_series(std::iter::once(Text::new(format!("{label} {value:.3}"), (x + 0.5, value.max(0.0) + y_max * 0.01), style)))
                 .map_err(err)?;
@@ -57,10 +55,7 @@ pub fn plot_report(report: &Report, path: &Path) -> Result<()> {
     let title = format!("{} — {} samples, {} failed", report.model, report.samples, report.failed);
     bars(&left, &title, &reward_bars, y_max, with_text)?;
 
-    let latency = vec![
-        ("p50 s".to_string(), report.latency_p50_s.unwrap_or(0.0)),
-        ("p95 s".to_string(), report.latency_p95_s.unwrap_or(0.0)),
-    ];
+    let latency = vec![("p50 s".to_string(), report.latency_p50_s.unwrap_or(0.0)), ("p95 s".to_string(), report.latency_p95_s.unwrap_or(0.0))];
     let l_max = latency.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1e-3) * 1.2;
     bars(&right, "latency (answered samples)", &latency, l_max, with_text)?;
     root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;

@@ -118,7 +118,8 @@ pub enum PolicySpec {
     Local { path: String },
 }
 
-const EXPECTED_FORMS: &str = "expected `openai:<base_url>#<model>` (e.g. openai:http://127.0.0.1:8000/v1#Qwen/Qwen3-0.6B) or `local:<model dir or .gguf>`";
+const EXPECTED_FORMS: &str =
+    "expected `openai:<base_url>#<model>` (e.g. openai:http://127.0.0.1:8000/v1#Qwen/Qwen3-0.6B) or `local:<model dir or .gguf>`";
 
 impl PolicySpec {
     pub fn parse(spec: &str) -> Result<PolicySpec> {

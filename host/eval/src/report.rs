@@ -165,11 +165,7 @@ impl Report {
         let column = |name: &str| -> Option<Vec<f64>> {
             ctx.components.iter().any(|(c, _)| c == name).then(|| samples.iter().map(|s| s.component(name)).collect())
         };
-        let components = ctx
-            .components
-            .iter()
-            .map(|(name, _)| (name.clone(), mean(&column(name).expect("listed")).unwrap_or(0.0)))
-            .collect();
+        let components = ctx.components.iter().map(|(name, _)| (name.clone(), mean(&column(name).expect("listed")).unwrap_or(0.0))).collect();
         let answered_latency: Vec<f64> = samples.iter().filter(|s| !s.failed).map(|s| s.latency_s).collect();
         let mut usage = Usage::default();
         for s in samples {
@@ -262,7 +258,10 @@ impl Report {
             self.tokens.output_per_query
         ));
         if let (Some(p), Some(total), Some(per)) = (self.prices, self.cost_total_usd, self.cost_per_query_usd) {
-            md.push_str(&format!("- cost ${total:.6} in total, ${per:.6} per query (prices: ${} / ${} per million tokens in / out)\n", p.input, p.output));
+            md.push_str(&format!(
+                "- cost ${total:.6} in total, ${per:.6} per query (prices: ${} / ${} per million tokens in / out)\n",
+                p.input, p.output
+            ));
         }
         if let Some(t) = &self.tools {
             md.push_str(&format!(
@@ -334,7 +333,6 @@ pub(crate) mod tests_support {
     pub(crate) fn sigma_components() -> Vec<(String, f64)> {
         vec![("yaml_valid".into(), 0.1), ("logsource_correct".into(), 0.3), ("iou".into(), 0.7)]
     }
-
 }
 
 #[cfg(test)]
@@ -358,10 +356,10 @@ mod tests {
             paraphrase: None,
         };
         let samples = vec![
-            sample("a", 1.0, 1.0, 1.0, 1.0, (100, 10), false, 1),  // 1.1
-            sample("b", 1.0, 1.0, 0.5, 2.0, (100, 20), false, 0),  // 0.75
-            sample("c", 0.0, 0.0, 0.0, 3.0, (100, 30), false, 0),  // 0
-            sample("d", 0.0, 0.0, 0.0, 9.0, (0, 0), true, 0),      // failed
+            sample("a", 1.0, 1.0, 1.0, 1.0, (100, 10), false, 1), // 1.1
+            sample("b", 1.0, 1.0, 0.5, 2.0, (100, 20), false, 0), // 0.75
+            sample("c", 0.0, 0.0, 0.0, 3.0, (100, 30), false, 0), // 0
+            sample("d", 0.0, 0.0, 0.0, 9.0, (0, 0), true, 0),     // failed
         ];
         let r = Report::from_samples(&ctx, &samples);
         assert_eq!((r.samples, r.failed, r.score_errors), (4, 1, 0));

@@ -88,7 +88,8 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
         progress.inc(1);
         let Some(journal) = &opts.journal else { return };
         let (original_request, paraphrase_error) = paraphrase_info(&paraphrased[k]);
-        let entry = Entry { task_id: tasks[pending[k]].id.clone(), prompt: prompts[k].clone(), original_request, paraphrase_error, outcome: outcome.clone() };
+        let entry =
+            Entry { task_id: tasks[pending[k]].id.clone(), prompt: prompts[k].clone(), original_request, paraphrase_error, outcome: outcome.clone() };
         // Losing the journal costs the ability to resume, not the eval: say so once, go on.
         if let Err(e) = journal.append(&entry)
             && !journal_failed.swap(true, Ordering::Relaxed)

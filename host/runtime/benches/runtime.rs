@@ -46,7 +46,9 @@ fn parse() -> Result<Opts> {
         }
     }
     if !have_plugin {
-        bail!("usage: cargo bench -p sigmaforge-runtime --bench runtime -- --plugin <file.wasm> [--data DIR] [--task ID] [--completion TEXT] [--batch FILE.jsonl] [--instances N] [--iters N]");
+        bail!(
+            "usage: cargo bench -p sigmaforge-runtime --bench runtime -- --plugin <file.wasm> [--data DIR] [--task ID] [--completion TEXT] [--batch FILE.jsonl] [--instances N] [--iters N]"
+        );
     }
     Ok(o)
 }

@@ -31,11 +31,7 @@ impl Default for Limits {
 impl Limits {
     /// The instance count with 0 resolved to the number of available cores.
     pub fn instance_count(&self) -> usize {
-        if self.instances > 0 {
-            self.instances
-        } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        }
+        if self.instances > 0 { self.instances } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
     }
 
     fn check(&self, plugin: &str) -> Result<()> {
@@ -141,9 +137,7 @@ impl PluginConfig {
 
 /// Splits a `host:port` grant, refusing anything else (no ranges, no wildcards).
 pub fn parse_network_grant(addr: &str) -> Result<(String, u16)> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .with_context(|| format!("`{addr}` is not host:port"))?;
+    let (host, port) = addr.rsplit_once(':').with_context(|| format!("`{addr}` is not host:port"))?;
     let port: u16 = port.parse().with_context(|| format!("`{addr}`: bad port `{port}`"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {

@@ -24,11 +24,7 @@ impl Version {
     pub fn parse(text: &str) -> Option<Version> {
         // Pre-release/build suffixes are not used by this package; refuse them as unknown.
         let mut parts = text.split('.');
-        let v = Version {
-            major: parts.next()?.parse().ok()?,
-            minor: parts.next()?.parse().ok()?,
-            patch: parts.next()?.parse().ok()?,
-        };
+        let v = Version { major: parts.next()?.parse().ok()?, minor: parts.next()?.parse().ok()?, patch: parts.next()?.parse().ok()? };
         parts.next().is_none().then_some(v)
     }
 
@@ -101,9 +97,8 @@ pub fn identify(file: &Path, imports: &[String], exports: &[String]) -> Result<C
         );
     }
     let (first_name, first_ver) = &versions[0];
-    let version = Version::parse(first_ver).ok_or_else(|| {
-        anyhow::anyhow!("{}: `{first_name}` has a version `{first_ver}` that is not x.y.z", file.display())
-    })?;
+    let version = Version::parse(first_ver)
+        .ok_or_else(|| anyhow::anyhow!("{}: `{first_name}` has a version `{first_ver}` that is not x.y.z", file.display()))?;
     if let Some((other, _)) = versions.iter().find(|(_, v)| v != first_ver) {
         bail!("{}: mixes {PACKAGE} versions (`{first_name}` and `{other}`)", file.display());
     }
@@ -174,9 +169,7 @@ mod tests {
 
     #[test]
     fn foreign_component_is_named() {
-        let err = identify(Path::new("hello.wasm"), &names(&["wasi:cli/stdout@0.2.6"]), &names(&["wasi:cli/run@0.2.6"]))
-            .unwrap_err()
-            .to_string();
+        let err = identify(Path::new("hello.wasm"), &names(&["wasi:cli/stdout@0.2.6"]), &names(&["wasi:cli/run@0.2.6"])).unwrap_err().to_string();
         assert!(err.contains("hello.wasm is not a SigmaForge plugin") && err.contains("wasi:cli/run"), "{err}");
     }
 }

@@ -37,10 +37,7 @@ pub fn new_engine(max_instances: u32) -> Result<Engine> {
         .max_memory_size((MAX_MEMORY_MIB as usize) << 20)
         .table_elements(100_000);
     let mut config = Config::new();
-    config
-        .epoch_interruption(true)
-        .parallel_compilation(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config.epoch_interruption(true).parallel_compilation(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).map_err(|e| anyhow!("creating the wasmtime engine: {e}"))?;
     let weak = engine.weak();
     std::thread::Builder::new()

@@ -73,10 +73,7 @@ impl Instance {
             Bindings::Tool(t) => t.sigmaforge_plugin_plugin().call_init(s),
         })?;
         if let Err(msg) = init {
-            return Err(Failure {
-                message: format!("plugin `{}`: init failed: {msg}{}", inst.plugin, inst.memory_note()),
-                poisoned: true,
-            });
+            return Err(Failure { message: format!("plugin `{}`: init failed: {msg}{}", inst.plugin, inst.memory_note()), poisoned: true });
         }
         Ok(inst)
     }

@@ -56,8 +56,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
         // The host and types interfaces are the same for both worlds; linking them once
         // through the task world's bindings serves tool plugins too.
-        task::TaskPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| anyhow!("linking the host interface: {e}"))?;
+        task::TaskPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(|e| anyhow!("linking the host interface: {e}"))?;
         Ok(Runtime { engine, linker: Arc::new(linker), cache: CompileCache::new(options.cache_dir), log: options.log })
     }
 
@@ -87,13 +86,7 @@ impl Runtime {
         let (pre, contract, _) = self.prepare(&config.path).with_context(|| format!("loading plugin `{}`", config.name))?;
         let grants = Grants::from_config(config, self.log.clone())?;
         let limits = &config.limits;
-        let pool = Pool::new(
-            self.engine.clone(),
-            pre,
-            grants,
-            Duration::from_millis(limits.init_timeout_ms),
-            limits.instance_count(),
-        );
+        let pool = Pool::new(self.engine.clone(), pre, grants, Duration::from_millis(limits.init_timeout_ms), limits.instance_count());
         let core = Core {
             name: config.name.clone(),
             path: config.path.clone(),
@@ -136,9 +129,8 @@ impl Runtime {
                         Bindings::Task(_) => unreachable!("world checked above"),
                     })
                     .map_err(|f| anyhow!(f.message))?;
-                let parameters = serde_json::from_str(&spec.parameters).map_err(|e| {
-                    anyhow!("plugin `{name}`: tool `{}` has a parameters schema that is not JSON: {e}", spec.name)
-                })?;
+                let parameters = serde_json::from_str(&spec.parameters)
+                    .map_err(|e| anyhow!("plugin `{name}`: tool `{}` has a parameters schema that is not JSON: {e}", spec.name))?;
                 drop(lease);
                 let spec = ToolSpec { name: spec.name, description: spec.description, parameters };
                 LoadedPlugin::Tool(ToolPlugin { core, info, spec })
@@ -450,15 +442,15 @@ pub struct PluginSet {
 
 impl PluginSet {
     pub fn task(&self, name: &str) -> Result<&Arc<TaskPlugin>> {
-        self.tasks.get(name).ok_or_else(|| {
-            anyhow!("no task plugin named `{name}` (loaded: {})", self.tasks.keys().cloned().collect::<Vec<_>>().join(", "))
-        })
+        self.tasks
+            .get(name)
+            .ok_or_else(|| anyhow!("no task plugin named `{name}` (loaded: {})", self.tasks.keys().cloned().collect::<Vec<_>>().join(", ")))
     }
 
     pub fn tool(&self, name: &str) -> Result<&Arc<ToolPlugin>> {
-        self.tools.get(name).ok_or_else(|| {
-            anyhow!("no tool plugin named `{name}` (loaded: {})", self.tools.keys().cloned().collect::<Vec<_>>().join(", "))
-        })
+        self.tools
+            .get(name)
+            .ok_or_else(|| anyhow!("no tool plugin named `{name}` (loaded: {})", self.tools.keys().cloned().collect::<Vec<_>>().join(", ")))
     }
 }
 

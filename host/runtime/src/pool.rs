@@ -28,15 +28,7 @@ struct Slots {
 
 impl Pool {
     pub fn new(engine: Engine, pre: Pre, grants: Grants, init_limit: Duration, max: usize) -> Self {
-        Pool {
-            engine,
-            pre,
-            grants,
-            init_limit,
-            max: max.max(1),
-            state: Mutex::new(Slots { idle: Vec::new(), live: 0 }),
-            freed: Condvar::new(),
-        }
+        Pool { engine, pre, grants, init_limit, max: max.max(1), state: Mutex::new(Slots { idle: Vec::new(), live: 0 }), freed: Condvar::new() }
     }
 
     pub fn max(&self) -> usize {

@@ -62,9 +62,8 @@ impl Grants {
         let mut b = WasiCtxBuilder::new();
         b.stdout(output.clone()).stderr(output.clone());
         for (host_dir, guest) in &self.mounts {
-            b.preopened_dir(host_dir, guest, FsPerms::ReadOnly).map_err(|e| {
-                anyhow!("plugin `{}`: cannot grant {} at {guest}: {e}", self.plugin, host_dir.display())
-            })?;
+            b.preopened_dir(host_dir, guest, FsPerms::ReadOnly)
+                .map_err(|e| anyhow!("plugin `{}`: cannot grant {} at {guest}: {e}", self.plugin, host_dir.display()))?;
         }
         if let Some(allowed) = &self.network {
             let allowed = Arc::new(allowed.clone());

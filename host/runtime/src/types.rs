@@ -46,12 +46,7 @@ impl From<wit::Task> for Task {
         } else {
             serde_json::from_str(&t.metadata).unwrap_or(serde_json::Value::String(t.metadata))
         };
-        Task {
-            id: t.id,
-            split: t.split,
-            prompt: t.prompt.into_iter().map(|m| Message { role: m.role, content: m.content }).collect(),
-            metadata,
-        }
+        Task { id: t.id, split: t.split, prompt: t.prompt.into_iter().map(|m| Message { role: m.role, content: m.content }).collect(), metadata }
     }
 }
 

@@ -27,10 +27,7 @@ pub fn components(plugin: &str, declared: &[(String, f64)], returned: Vec<wit::C
             return bad(format!("component `{}` has weight {} (must be finite)", c.name, c.weight));
         }
     }
-    Ok(returned
-        .into_iter()
-        .map(|c| ComponentScore { name: c.name, value: c.value, weight: c.weight, detail: c.detail })
-        .collect())
+    Ok(returned.into_iter().map(|c| ComponentScore { name: c.name, value: c.value, weight: c.weight, detail: c.detail }).collect())
 }
 
 /// Validates the declared components themselves (at load time).

@@ -85,13 +85,7 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions {
-            max_concurrent: 4,
-            max_queue: 64,
-            request_timeout: Duration::from_secs(60),
-            max_body_bytes: 64 << 20,
-            max_batch: 4096,
-        }
+        ServerOptions { max_concurrent: 4, max_queue: 64, request_timeout: Duration::from_secs(60), max_body_bytes: 64 << 20, max_batch: 4096 }
     }
 }
 
@@ -196,10 +190,7 @@ fn parse_items(body: &[u8], max_batch: usize) -> Result<Vec<Item>, ApiError> {
         _ => return Err(bad("expected a JSON array of items, or an object with an \"items\" array".into())),
     };
     if list.len() > max_batch {
-        return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("batch of {} items is over the limit of {max_batch}", list.len()),
-        ));
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("batch of {} items is over the limit of {max_batch}", list.len())));
     }
     list.into_iter()
         .enumerate()
@@ -244,12 +235,7 @@ async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Re
                 }
                 // Counted as waiting until this future ends, also when the timeout drops it.
                 let _waiting = WaitingGuard(state.clone());
-                state
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into()))?
+                state.slots.clone().acquire_owned().await.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into()))?
             }
         };
         state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -273,10 +259,7 @@ async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Re
         }
     }?;
     if result.len() != n {
-        return Err(ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("plugin returned {} results for {n} items", result.len()),
-        ));
+        return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("plugin returned {} results for {n} items", result.len())));
     }
     state.metrics.record_batch(&result, started.elapsed());
     Ok(result)
@@ -300,17 +283,10 @@ async fn score(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             return e.into_response();
         }
     };
-    let (meta, work): (Vec<_>, Vec<_>) = items
-        .into_iter()
-        .map(|it| ((it.id, it.task_label), (it.task, it.completion)))
-        .unzip();
+    let (meta, work): (Vec<_>, Vec<_>) = items.into_iter().map(|it| ((it.id, it.task_label), (it.task, it.completion))).unzip();
     match score_items(&state, work).await {
         Ok(results) => {
-            let out: Vec<ScoredItem> = meta
-                .iter()
-                .zip(&results)
-                .map(|((id, task), result)| ScoredItem { id: id.as_ref(), task, result })
-                .collect();
+            let out: Vec<ScoredItem> = meta.iter().zip(&results).map(|((id, task), result)| ScoredItem { id: id.as_ref(), task, result }).collect();
             axum::Json(out).into_response()
         }
         Err(e) => e.into_response(),
@@ -377,12 +353,7 @@ async fn openrlhf(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let components: Vec<Value> = state
-        .scorer
-        .components()
-        .into_iter()
-        .map(|(name, weight)| json!({ "name": name, "weight": weight }))
-        .collect();
+    let components: Vec<Value> = state.scorer.components().into_iter().map(|(name, weight)| json!({ "name": name, "weight": weight })).collect();
     axum::Json(json!({
         "status": "ok",
         "plugin": state.scorer.name(),

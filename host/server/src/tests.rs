@@ -28,11 +28,7 @@ impl Scorer for FakeScorer {
                     TaskRef::Reference(r) => format!("ref:{r}"),
                 };
                 let value = (completion.len() as f64 / 100.0).min(1.0);
-                ScoreResult {
-                    total: value,
-                    components: vec![ComponentScore { name: "len".into(), value, weight: 1.0, detail: label }],
-                    error: None,
-                }
+                ScoreResult { total: value, components: vec![ComponentScore { name: "len".into(), value, weight: 1.0, detail: label }], error: None }
             })
             .collect()
     }
@@ -115,10 +111,8 @@ fn malformed_requests_get_400_naming_the_problem() {
 #[test]
 fn oversized_batches_are_refused() {
     let base = start(Duration::ZERO, ServerOptions { max_batch: 2, ..Default::default() });
-    let (status, resp) = post(
-        &format!("{base}/v1/score"),
-        &json!([{"task":"a","completion":"1"},{"task":"a","completion":"2"},{"task":"a","completion":"3"}]),
-    );
+    let (status, resp) =
+        post(&format!("{base}/v1/score"), &json!([{"task":"a","completion":"1"},{"task":"a","completion":"2"},{"task":"a","completion":"3"}]));
     assert_eq!(status, 413, "{resp}");
 }
 
@@ -131,10 +125,7 @@ fn slow_scoring_times_out_with_504() {
 
 #[test]
 fn full_queue_answers_503_and_nothing_is_lost() {
-    let base = start(
-        Duration::from_millis(300),
-        ServerOptions { max_concurrent: 1, max_queue: 1, ..Default::default() },
-    );
+    let base = start(Duration::from_millis(300), ServerOptions { max_concurrent: 1, max_queue: 1, ..Default::default() });
     let url = format!("{base}/v1/score");
     let handles: Vec<_> = (0..6)
         .map(|i| {

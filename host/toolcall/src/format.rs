@@ -86,8 +86,8 @@ impl ToolSpec {
     /// From the WIT `tool-spec`, whose parameters are JSON Schema text. The schema must be a JSON
     /// object; the error names the tool.
     pub fn from_wit(name: &str, description: &str, parameters_json: &str) -> Result<ToolSpec, String> {
-        let parameters: Value = serde_json::from_str(parameters_json)
-            .map_err(|e| format!("tool `{name}`: parameters schema is not valid JSON: {e}"))?;
+        let parameters: Value =
+            serde_json::from_str(parameters_json).map_err(|e| format!("tool `{name}`: parameters schema is not valid JSON: {e}"))?;
         if !parameters.is_object() {
             return Err(format!("tool `{name}`: parameters schema must be a JSON object, got {parameters}"));
         }

@@ -103,10 +103,7 @@ fn parse_tagged(text: &str, tools: &[ToolSpec]) -> Vec<CallAttempt> {
         let span = start..end;
         match serde_json::from_str::<Value>(body.trim()) {
             Ok(value) => calls_from_value(value, &["name"], tools, &span, &mut attempts),
-            Err(_) if !closed => attempts.push(CallAttempt {
-                span: span.clone(),
-                result: Err(ToolCallError::Unterminated { expected: CLOSE }),
-            }),
+            Err(_) if !closed => attempts.push(CallAttempt { span: span.clone(), result: Err(ToolCallError::Unterminated { expected: CLOSE }) }),
             Err(e) => attempts.push(CallAttempt { span: span.clone(), result: Err(invalid_json(body, &e)) }),
         }
         from = end;
@@ -156,8 +153,7 @@ fn parse_fenced(text: &str, tools: &[ToolSpec]) -> Vec<CallAttempt> {
                 calls_from_value(value, &["tool", "name"], tools, &span, &mut attempts);
             }
             Err(_) if !explicit => {}
-            Err(_) if !closed => attempts
-                .push(CallAttempt { span, result: Err(ToolCallError::Unterminated { expected: "closing ```" }) }),
+            Err(_) if !closed => attempts.push(CallAttempt { span, result: Err(ToolCallError::Unterminated { expected: "closing ```" }) }),
             Err(e) => attempts.push(CallAttempt { span, result: Err(invalid_json(body, &e)) }),
         }
     }
@@ -171,13 +167,7 @@ fn invalid_json(body: &str, err: &serde_json::Error) -> ToolCallError {
     ToolCallError::InvalidJson { detail: err.to_string() }
 }
 
-fn calls_from_value(
-    value: Value,
-    name_keys: &[&str],
-    tools: &[ToolSpec],
-    span: &Range<usize>,
-    out: &mut Vec<CallAttempt>,
-) {
+fn calls_from_value(value: Value, name_keys: &[&str], tools: &[ToolSpec], span: &Range<usize>, out: &mut Vec<CallAttempt>) {
     match value {
         Value::Array(items) if !items.is_empty() => {
             for item in items {
@@ -188,12 +178,7 @@ fn calls_from_value(
     }
 }
 
-fn call_from_value(
-    value: Value,
-    name_keys: &[&str],
-    tools: &[ToolSpec],
-    span: &Range<usize>,
-) -> Result<ToolCall, ToolCallError> {
+fn call_from_value(value: Value, name_keys: &[&str], tools: &[ToolSpec], span: &Range<usize>) -> Result<ToolCall, ToolCallError> {
     let Value::Object(mut obj) = value else {
         return Err(ToolCallError::NotAnObject { got: short(&value) });
     };
@@ -229,7 +214,6 @@ fn short(value: &Value) -> String {
     let cut: String = text.chars().take(77).collect();
     format!("{cut}...")
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -336,10 +320,7 @@ mod tests {
 
     #[test]
     fn stringified_arguments_are_accepted() {
-        let calls = ok_calls(
-            ToolFormat::Hermes,
-            r#"<tool_call>{"name": "search", "arguments": "{\"query\": \"T1003\"}"}</tool_call>"#,
-        );
+        let calls = ok_calls(ToolFormat::Hermes, r#"<tool_call>{"name": "search", "arguments": "{\"query\": \"T1003\"}"}</tool_call>"#);
         assert_eq!(calls[0].arguments["query"], "T1003");
     }
 

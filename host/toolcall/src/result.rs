@@ -120,10 +120,7 @@ mod tests {
     fn smollm2_and_fenced_turns() {
         let r = [ToolResult::ok("search", "hits".into())];
         assert_eq!(tool_turn_text(ToolFormat::SmolLm2, &r), "<|im_start|>tool\nhits<|im_end|>\n<|im_start|>assistant\n");
-        assert_eq!(
-            tool_turn_text(ToolFormat::Fenced, &r),
-            "<|im_start|>user\nTool result (search):\nhits<|im_end|>\n<|im_start|>assistant\n"
-        );
+        assert_eq!(tool_turn_text(ToolFormat::Fenced, &r), "<|im_start|>user\nTool result (search):\nhits<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]

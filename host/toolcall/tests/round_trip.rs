@@ -6,9 +6,7 @@ use std::sync::OnceLock;
 
 use search_plugin::{SearchConfig, SearchTool};
 use serde_json::Value;
-use sigmaforge_toolcall::{
-    ToolFormat, ToolResult, ToolSpec, parse_tool_calls, system_prompt_with_tools, tool_result_message, tool_turn_text,
-};
+use sigmaforge_toolcall::{ToolFormat, ToolResult, ToolSpec, parse_tool_calls, system_prompt_with_tools, tool_result_message, tool_turn_text};
 
 fn search() -> &'static SearchTool {
     static TOOL: OnceLock<SearchTool> = OnceLock::new();

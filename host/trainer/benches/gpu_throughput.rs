@@ -116,7 +116,10 @@ fn main() -> Result<()> {
         }
     }
     let decode = median(times);
-    println!("decoding (bf16, B={B}, prompt {DECODE_PROMPT}, {DECODE_NEW} new, greedy): {decode:.3} s, {generated} tokens, {:.0} tokens/s", generated as f64 / decode);
+    println!(
+        "decoding (bf16, B={B}, prompt {DECODE_PROMPT}, {DECODE_NEW} new, greedy): {decode:.3} s, {generated} tokens, {:.0} tokens/s",
+        generated as f64 / decode
+    );
     println!("{{\"impl\": \"sigmaforge\", \"what\": \"decode\", \"seconds\": {decode}, \"tokens_per_s\": {}}}", generated as f64 / decode);
     Ok(())
 }

@@ -145,7 +145,11 @@ fn main() -> anyhow::Result<()> {
         println!("smollm2-135m: loaded + dequantized in {:.1} s", start.elapsed().as_secs_f64());
         report_fwd_bwd("smollm2-135m LoRA r16", 4, 128, fwd_bwd(&loaded.model, 4, 128, 3)?);
         let (t, n) = decode(&loaded.model, &loaded.tokenizer, 8, 32, 95, 2)?;
-        println!("smollm2-135m decode: {n} tokens in {:.2} s -> {:.0} tok/s  [B=8, prompt 32, up to 95 new, greedy]", t.as_secs_f64(), n as f64 / t.as_secs_f64());
+        println!(
+            "smollm2-135m decode: {n} tokens in {:.2} s -> {:.0} tok/s  [B=8, prompt 32, up to 95 new, greedy]",
+            t.as_secs_f64(),
+            n as f64 / t.as_secs_f64()
+        );
     }
     Ok(())
 }

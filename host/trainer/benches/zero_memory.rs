@@ -28,11 +28,8 @@ use sigmaforge_trainer::testing::tiny_tokenizer;
 use sigmaforge_trainer::train::Trainer;
 
 const CHILD: &str = "SIGMAFORGE_BENCH_ZERO_CHILD";
-const MODES: [(&str, &str); 3] = [
-    ("replicated", ""),
-    ("ZeRO-1", "shard_optimizer_state: true"),
-    ("ZeRO-2", "shard_optimizer_state: true, shard_gradients: true"),
-];
+const MODES: [(&str, &str); 3] =
+    [("replicated", ""), ("ZeRO-1", "shard_optimizer_state: true"), ("ZeRO-2", "shard_optimizer_state: true, shard_gradients: true")];
 
 fn model_config() -> ModelConfig {
     let mut mc = ModelConfig::tiny_qwen3();

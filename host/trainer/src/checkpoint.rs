@@ -140,10 +140,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     ensure!(path.is_dir(), "--resume {}: no such directory", path.display());
     match list(path)?.pop() {
         Some((_, dir)) => Ok(dir),
-        None => bail!(
-            "--resume {}: neither a checkpoint (no state.json) nor a run directory with checkpoints under checkpoints/",
-            path.display()
-        ),
+        None => bail!("--resume {}: neither a checkpoint (no state.json) nor a run directory with checkpoints under checkpoints/", path.display()),
     }
 }
 
@@ -181,7 +178,14 @@ mod tests {
         let w: HashMap<String, Tensor> = [("a".to_string(), Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap())].into();
         let o: HashMap<String, Tensor> = [("m.a".to_string(), Tensor::new(&[0.1f32, 0.2], &Device::Cpu).unwrap())].into();
         for step in [5, 10, 15] {
-            let st = CheckpointState { version: FORMAT_VERSION, step, optimizer_steps: step * 2, rng: [1, 2, 3, step], data: DataPosition { epoch: 1, cursor: 3 }, rank_rngs: Vec::new() };
+            let st = CheckpointState {
+                version: FORMAT_VERSION,
+                step,
+                optimizer_steps: step * 2,
+                rng: [1, 2, 3, step],
+                data: DataPosition { epoch: 1, cursor: 3 },
+                rank_rngs: Vec::new(),
+            };
             save(&run, &st, "x: 1\n", &w, &o, 2).unwrap();
         }
         let steps: Vec<u64> = list(&run).unwrap().into_iter().map(|(s, _)| s).collect();

@@ -55,11 +55,7 @@ pub fn score_checked(env: &dyn TaskEnvironment, items: &[(String, String)]) -> V
     let scores = match result {
         Ok(s) => s,
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
+            let msg = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown panic");
             return items.iter().map(|_| RewardScore::failed(format!("reward scoring panicked: {msg}"))).collect();
         }
     };

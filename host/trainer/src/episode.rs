@@ -27,8 +27,7 @@ use anyhow::{Result, bail, ensure};
 use serde::Serialize;
 use serde_json::Value;
 use sigmaforge_toolcall::{
-    ASSISTANT_TURN_END, ToolCallError, ToolFormat, ToolResult, ToolSpec, parse_tool_calls, system_prompt_with_tools,
-    tool_turn_text,
+    ASSISTANT_TURN_END, ToolCallError, ToolFormat, ToolResult, ToolSpec, parse_tool_calls, system_prompt_with_tools, tool_turn_text,
 };
 
 use crate::config::{RewardText, ToolsSection};
@@ -143,12 +142,8 @@ impl ToolUse {
                         .unwrap_or_else(|panic| Err(ToolInvokeError::Crashed(panic_text(&panic))));
                     let result = match outcome {
                         Ok(output) => ToolResult::ok(&call.name, cap_chars(output, self.max_result_chars)),
-                        Err(ToolInvokeError::Failed(message)) => {
-                            ToolResult::error(&ToolCallError::ToolFailed { name: call.name.clone(), message })
-                        }
-                        Err(ToolInvokeError::Crashed(message)) => {
-                            ToolResult::error(&ToolCallError::ToolCrashed { name: call.name.clone(), message })
-                        }
+                        Err(ToolInvokeError::Failed(message)) => ToolResult::error(&ToolCallError::ToolFailed { name: call.name.clone(), message }),
+                        Err(ToolInvokeError::Crashed(message)) => ToolResult::error(&ToolCallError::ToolCrashed { name: call.name.clone(), message }),
                     };
                     (result, Some(call.arguments))
                 }
@@ -368,10 +363,8 @@ pub fn run_episodes(
             if continuing.is_empty() {
                 break;
             }
-            let contexts: Vec<Vec<u32>> = continuing
-                .iter()
-                .map(|&row| prompts[drafts[row].prompt_index].iter().chain(&drafts[row].completion).copied().collect())
-                .collect();
+            let contexts: Vec<Vec<u32>> =
+                continuing.iter().map(|&row| prompts[drafts[row].prompt_index].iter().chain(&drafts[row].completion).copied().collect()).collect();
             // After the last allowed tool turn the model writes its answer; calls in it are not run.
             let turn_stops = if turn < tools.max_turns { stops.clone() } else { Vec::new() };
             let segments = policy.next_segments(&contexts, 1, &turn_stops)?;
@@ -468,7 +461,8 @@ mod tests {
         tok.encode(&tok.apply_chat_template(&messages, true, None).unwrap(), false).unwrap()
     }
 
-    const CALL: &str = "Let me look that up.\n<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"process creation 4688\"}}\n</tool_call>";
+    const CALL: &str =
+        "Let me look that up.\n<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"process creation 4688\"}}\n</tool_call>";
     const ANSWER: &str = "detection:\n  sel:\n    EventID: 4688\n  condition: sel";
 
     /// First turn: the call; once a tool response is in the context: the answer.
@@ -529,10 +523,16 @@ mod tests {
         let tools = tool_use(Arc::new(FakeToolBox::default()), 1, "hermes");
         let cases: [(&'static str, &str); 5] = [
             ("<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": }\n</tool_call>", "Error: the tool call is not valid JSON"),
-            ("<tool_call>\n{\"name\": \"google\", \"arguments\": {\"q\": \"x\"}}\n</tool_call>", "Error: unknown tool `google`; available tools: search, fail, crash, panic"),
+            (
+                "<tool_call>\n{\"name\": \"google\", \"arguments\": {\"q\": \"x\"}}\n</tool_call>",
+                "Error: unknown tool `google`; available tools: search, fail, crash, panic",
+            ),
             ("<tool_call>\n{\"name\": \"fail\", \"arguments\": {}}\n</tool_call>", "Error: tool `fail` returned an error: the index is empty"),
             ("<tool_call>\n{\"name\": \"crash\", \"arguments\": {}}\n</tool_call>", "Error: tool `crash` did not finish: wasm trap: unreachable"),
-            ("<tool_call>\n{\"name\": \"panic\", \"arguments\": {}}\n</tool_call>", "Error: tool `panic` did not finish: the tool panicked: fake tool box bug"),
+            (
+                "<tool_call>\n{\"name\": \"panic\", \"arguments\": {}}\n</tool_call>",
+                "Error: tool `panic` did not finish: the tool panicked: fake tool box bug",
+            ),
         ];
         for (call, error) in cases {
             let p = prompt(&tok, &tools, "task");
@@ -553,9 +553,12 @@ mod tests {
         let tools = tool_use(toolbox.clone(), 1, "auto");
         let p = prompt(&tok, &tools, "task");
         // Copy 0 answers directly; copy 1 calls a tool, then calls again instead of answering.
-        let mut policy = ScriptedPolicy::new(tok.clone(), |ctx: &str, copy: usize| {
-            if copy == 0 && !ctx.contains("<tool_response>") { ANSWER.into() } else { CALL.into() }
-        });
+        let mut policy = ScriptedPolicy::new(
+            tok.clone(),
+            |ctx: &str, copy: usize| {
+                if copy == 0 && !ctx.contains("<tool_response>") { ANSWER.into() } else { CALL.into() }
+            },
+        );
         let eps = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap();
         assert!(!eps[0].called_tool());
         assert_eq!(eps[0].text, ANSWER);
@@ -578,9 +581,8 @@ mod tests {
         let tok = chatml_byte_tokenizer().unwrap();
         let tools = tool_use(Arc::new(FakeToolBox::default()), 2, "auto");
         let p = prompt(&tok, &tools, "task");
-        let mut policy = ScriptedPolicy::new(tok.clone(), |ctx: &str, _| {
-            if ctx.matches("<tool_response>").count() >= 2 { ANSWER.into() } else { CALL.into() }
-        });
+        let mut policy =
+            ScriptedPolicy::new(tok.clone(), |ctx: &str, _| if ctx.matches("<tool_response>").count() >= 2 { ANSWER.into() } else { CALL.into() });
         let log = policy.log.clone();
         let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
         assert_eq!(e.tool_calls.iter().map(|c| c.turn).collect::<Vec<_>>(), vec![1, 2]);
@@ -595,13 +597,16 @@ mod tests {
         let tok = chatml_byte_tokenizer().unwrap();
         for (format, call, marker) in [
             ("smollm2", "<tool_call>[{\"name\": \"search\", \"arguments\": {\"query\": \"lsass\"}}]</tool_call>", "<|im_start|>tool\nquery: lsass"),
-            ("fenced", "```tool_call\n{\"tool\": \"search\", \"arguments\": {\"query\": \"lsass\"}}\n```", "<|im_start|>user\nTool result (search):\nquery: lsass"),
+            (
+                "fenced",
+                "```tool_call\n{\"tool\": \"search\", \"arguments\": {\"query\": \"lsass\"}}\n```",
+                "<|im_start|>user\nTool result (search):\nquery: lsass",
+            ),
         ] {
             let tools = tool_use(Arc::new(FakeToolBox::default()), 1, format);
             let p = prompt(&tok, &tools, "task");
-            let mut policy = ScriptedPolicy::new(tok.clone(), move |ctx: &str, _| {
-                if ctx.contains(FAKE_SEARCH_HIT) { ANSWER.into() } else { call.into() }
-            });
+            let mut policy =
+                ScriptedPolicy::new(tok.clone(), move |ctx: &str, _| if ctx.contains(FAKE_SEARCH_HIT) { ANSWER.into() } else { call.into() });
             let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
             assert!(e.transcript.contains(marker), "{format}: {}", e.transcript);
             assert_eq!(e.final_answer, ANSWER, "{format}");

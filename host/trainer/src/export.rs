@@ -94,7 +94,8 @@ pub fn read_peft_adapter(dir: &Path) -> Result<(crate::lora::LoraConfig, HashMap
     let lora = crate::lora::LoraConfig { rank, alpha, target_modules };
     lora.validate().with_context(|| format!("{}", cfg_path.display()))?;
     let weights_path = dir.join("adapter_model.safetensors");
-    let raw = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu).with_context(|| format!("cannot read {}", weights_path.display()))?;
+    let raw = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot read {}", weights_path.display()))?;
     let mut out = HashMap::new();
     for (k, v) in raw {
         let name = k.strip_prefix(PEFT_PREFIX).with_context(|| format!("{}: tensor {k} lacks the {PEFT_PREFIX} prefix", weights_path.display()))?;

@@ -266,8 +266,7 @@ fn sample(logits: &[f32], cfg: &SamplingConfig, t_lp: f64, rng: &mut SamplerRng)
         return (best as u32, logprob_of(best));
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut cand: Vec<(usize, f64)> =
-        logits.iter().enumerate().map(|(i, &z)| (i, ((z as f64 - max) / cfg.temperature).exp())).collect();
+    let mut cand: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &z)| (i, ((z as f64 - max) / cfg.temperature).exp())).collect();
     if cfg.top_k > 0 && cfg.top_k < cand.len() {
         cand.select_nth_unstable_by(cfg.top_k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         cand.truncate(cfg.top_k);
@@ -388,7 +387,11 @@ mod tests {
     fn stop_tokens_end_completions() {
         let (model, tok) = tiny();
         let cfg = SamplingConfig {
-            temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 50, num_completions: 4,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 50,
+            num_completions: 4,
             stop_token_ids: (4..64).filter(|t| t % 2 == 0).collect(),
         };
         let out = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(1), AdapterMode::Enabled).unwrap();
@@ -460,7 +463,8 @@ mod tests {
         // Three tokens from the middle of the greedy text, as a stop string (bytes: one token each).
         let stop = tok.decode(&ids[12..15], false).unwrap();
         let want = (1..=ids.len()).find(|&n| tok.decode(&ids[..n], false).unwrap().contains(&stop)).unwrap();
-        let out = generate_until(&model, &tok, &prompts, &sampling, std::slice::from_ref(&stop), &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        let out =
+            generate_until(&model, &tok, &prompts, &sampling, std::slice::from_ref(&stop), &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
         for r in &out {
             assert_eq!(r.finish_reason, FinishReason::Stop);
             assert_eq!(r.completion_ids, ids[..want], "stop {stop:?}");

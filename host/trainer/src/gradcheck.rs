@@ -41,13 +41,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// Compares the analytic gradient of the scalar `loss()` with central finite differences at
 /// `per_var` random coordinates of each var. The vars should be f64; `loss` must be
 /// deterministic. Fails if a var gets no gradient at all.
-pub fn check_gradients(
-    vars: &[(String, Var)],
-    loss: impl Fn() -> Result<Tensor>,
-    per_var: usize,
-    eps: f64,
-    seed: u64,
-) -> Result<GradCheckReport> {
+pub fn check_gradients(vars: &[(String, Var)], loss: impl Fn() -> Result<Tensor>, per_var: usize, eps: f64, seed: u64) -> Result<GradCheckReport> {
     let l = loss()?;
     let grads = l.backward()?;
     let mut rng = SamplerRng::new(seed);

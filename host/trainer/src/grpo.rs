@@ -42,11 +42,7 @@ pub struct LossParams {
 /// advantage 0 for every member.
 pub fn group_advantages(rewards: &[f64], group_size: usize, scale_by_std: bool) -> Result<Vec<f64>> {
     ensure!(group_size > 0, "group size must be at least 1");
-    ensure!(
-        rewards.len().is_multiple_of(group_size),
-        "{} rewards do not split into groups of {group_size}",
-        rewards.len()
-    );
+    ensure!(rewards.len().is_multiple_of(group_size), "{} rewards do not split into groups of {group_size}", rewards.len());
     if let Some(bad) = rewards.iter().position(|r| !r.is_finite()) {
         bail!("reward {bad} is not finite ({}); rewards must be finite numbers", rewards[bad]);
     }
@@ -78,10 +74,7 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 /// For each group: true when all its rewards are equal, so its advantages are all zero and it
 /// teaches the policy nothing (only the KL term would act on it).
 pub fn zero_variance_groups(rewards: &[f64], group_size: usize) -> Vec<bool> {
-    rewards
-        .chunks(group_size.max(1))
-        .map(|g| g.iter().all(|r| (r - g[0]).abs() <= 1e-9))
-        .collect()
+    rewards.chunks(group_size.max(1)).map(|g| g.iter().all(|r| (r - g[0]).abs() <= 1e-9)).collect()
 }
 
 /// The denominator of the loss for the *whole* batch. Micro-batches each contribute

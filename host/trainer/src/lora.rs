@@ -14,8 +14,7 @@ use crate::model::AdapterMode;
 use crate::rng::SamplerRng;
 
 /// The linear modules of a transformer block that LoRA may target (Hugging Face / PEFT names).
-pub const LINEAR_MODULES: [&str; 7] =
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const LINEAR_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -108,23 +107,14 @@ pub struct Linear {
 impl Linear {
     /// `weight` is [out, in]. With `lora` targeting this module an adapter is attached and the
     /// base weight is frozen; otherwise the weight is trainable iff `train_base`.
-    pub fn new(
-        name: String,
-        weight: Tensor,
-        lora: Option<&LoraConfig>,
-        train_base: bool,
-        rng: &mut SamplerRng,
-    ) -> Result<Self> {
+    pub fn new(name: String, weight: Tensor, lora: Option<&LoraConfig>, train_base: bool, rng: &mut SamplerRng) -> Result<Self> {
         let module = name.rsplit('.').next().unwrap_or(&name);
         let adapter = match lora {
             Some(cfg) if cfg.targets(module) => {
                 let (out, inp) = weight.dims2()?;
                 let bound = 1.0 / (inp as f64).sqrt();
-                let a: Vec<f64> =
-                    (0..cfg.rank * inp).map(|_| (2.0 * rng.next_f64() - 1.0) * bound).collect();
-                let a = Tensor::from_vec(a, (cfg.rank, inp), &Device::Cpu)?
-                    .to_dtype(weight.dtype())?
-                    .to_device(weight.device())?;
+                let a: Vec<f64> = (0..cfg.rank * inp).map(|_| (2.0 * rng.next_f64() - 1.0) * bound).collect();
+                let a = Tensor::from_vec(a, (cfg.rank, inp), &Device::Cpu)?.to_dtype(weight.dtype())?.to_device(weight.device())?;
                 let b = Tensor::zeros((out, cfg.rank), weight.dtype(), weight.device())?;
                 Some(LoraAdapter { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: cfg.scale() })
             }

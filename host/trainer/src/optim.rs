@@ -129,11 +129,8 @@ impl AdamW {
         };
         let m = params.iter().enumerate().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
         let v = params.iter().enumerate().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
-        let master = params
-            .iter()
-            .enumerate()
-            .map(|(i, (_, v))| if owned[i] { master_copy(v) } else { Ok(None) })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let master =
+            params.iter().enumerate().map(|(i, (_, v))| if owned[i] { master_copy(v) } else { Ok(None) }).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { params, m, v, master, step: 0, hp })
     }
 

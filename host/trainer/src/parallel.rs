@@ -322,7 +322,8 @@ impl DataParallel {
     /// time. Only the owner's values matter; the others pass any tensor of the right shape.
     fn owners_value(&mut self, owner: usize, local: &Tensor, what: &str) -> Result<Tensor> {
         // Only the owner's values travel; the others just need a buffer (no device copy).
-        let mut values = if self.rank() == owner { local.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? } else { vec![0f32; local.elem_count()] };
+        let mut values =
+            if self.rank() == owner { local.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? } else { vec![0f32; local.elem_count()] };
         let label = self.label();
         for bucket in values.chunks_mut(self.bucket) {
             self.comm.broadcast_f32(bucket, owner).with_context(|| format!("{label}broadcast of {what} from rank {owner} failed"))?;
@@ -642,7 +643,8 @@ mod tests {
     #[test]
     fn the_global_normaliser_is_the_normaliser_of_all_samples() {
         let lengths = [vec![3usize, 5, 2], vec![7, 1]];
-        let got = on_ranks(2, move |dp| dp.loss_normalizer(LossAggregation::Constant, [[3usize, 5, 2].as_slice(), &[7, 1]][dp.rank()]).unwrap().unwrap());
+        let got =
+            on_ranks(2, move |dp| dp.loss_normalizer(LossAggregation::Constant, [[3usize, 5, 2].as_slice(), &[7, 1]][dp.rank()]).unwrap().unwrap());
         let all: Vec<usize> = lengths.concat();
         let want = LossNormalizer::for_batch(LossAggregation::Constant, &all, 7);
         for n in got {
@@ -700,7 +702,8 @@ mod tests {
         let run = move |bucket: usize| {
             on_ranks_with_bucket(3, bucket, move |dp| {
                 let dev = Device::Cpu;
-                let params: Vec<(String, Var)> = sizes.iter().enumerate().map(|(i, &n)| (format!("p{i}"), Var::new(vec![0f32; n].as_slice(), &dev).unwrap())).collect();
+                let params: Vec<(String, Var)> =
+                    sizes.iter().enumerate().map(|(i, &n)| (format!("p{i}"), Var::new(vec![0f32; n].as_slice(), &dev).unwrap())).collect();
                 let mut acc = GradAccumulator::new(sizes.len());
                 for (i, &n) in sizes.iter().enumerate() {
                     // Rank 2 has no gradient for p1; nobody has one for p4.
@@ -791,14 +794,18 @@ mod tests {
             let dev = Device::Cpu;
             // "small" is bf16: its owner keeps an f32 master copy, which checkpoints gather too.
             let small = Tensor::new(&[4f32], &dev).unwrap().to_dtype(DType::BF16).unwrap();
-            let params: Vec<(String, Var)> = vec![("big".into(), Var::new(&[1f32, 2.0, 3.0], &dev).unwrap()), ("small".into(), Var::from_tensor(&small).unwrap())];
+            let params: Vec<(String, Var)> =
+                vec![("big".into(), Var::new(&[1f32, 2.0, 3.0], &dev).unwrap()), ("small".into(), Var::from_tensor(&small).unwrap())];
             let mut opt = dp.optimizer(params.clone(), Default::default(), true, false).unwrap();
             let mut g = dp.step_gradients(2);
-            let loss = (params[0].1.as_tensor().sum_all().unwrap() + params[1].1.as_tensor().to_dtype(DType::F32).unwrap().sum_all().unwrap()).unwrap();
+            let loss =
+                (params[0].1.as_tensor().sum_all().unwrap() + params[1].1.as_tensor().to_dtype(DType::F32).unwrap().sum_all().unwrap()).unwrap();
             g.add(&loss.backward().unwrap(), &params).unwrap();
             dp.finish_gradients(&mut g, &params).unwrap();
             opt.step(g.accumulated(), 0.1).unwrap();
-            let values = |params: &[(String, Var)]| -> Vec<Vec<f32>> { params.iter().map(|(_, v)| v.as_tensor().to_dtype(DType::F32).unwrap().to_vec1().unwrap()).collect() };
+            let values = |params: &[(String, Var)]| -> Vec<Vec<f32>> {
+                params.iter().map(|(_, v)| v.as_tensor().to_dtype(DType::F32).unwrap().to_vec1().unwrap()).collect()
+            };
             // Before sharing, each rank moved only what it owns.
             let before = values(&params);
             dp.share_updated_parameters(&params).unwrap();

@@ -31,17 +31,9 @@ pub fn tiny_tokenizer(vocab_size: usize) -> Result<Tokenizer> {
         "decoder": null,
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
     });
-    let inner: tokenizers::Tokenizer =
-        tj.to_string().parse().map_err(|e| anyhow::anyhow!("tiny tokenizer: {e}"))?;
+    let inner: tokenizers::Tokenizer = tj.to_string().parse().map_err(|e| anyhow::anyhow!("tiny tokenizer: {e}"))?;
     let template = "{% for m in messages %}<bos> {{ m.content }} {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}";
-    Tokenizer::new(
-        inner,
-        Some(template.to_string()),
-        Some("<bos>".into()),
-        Some("<eos>".into()),
-        Some("<pad>".into()),
-        &[],
-    )
+    Tokenizer::new(inner, Some(template.to_string()), Some("<bos>".into()), Some("<eos>".into()), Some("<pad>".into()), &[])
 }
 
 /// Ids of [`chatml_byte_tokenizer`]'s special tokens; bytes follow from [`BYTE_BASE`].
@@ -80,8 +72,7 @@ pub fn chatml_byte_tokenizer() -> Result<Tokenizer> {
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": []},
     });
-    let inner: tokenizers::Tokenizer =
-        tj.to_string().parse().map_err(|e| anyhow::anyhow!("chatml byte tokenizer: {e}"))?;
+    let inner: tokenizers::Tokenizer = tj.to_string().parse().map_err(|e| anyhow::anyhow!("chatml byte tokenizer: {e}"))?;
     let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
                     {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
     Tokenizer::new(inner, Some(template.to_string()), None, Some("<|im_end|>".into()), Some("<|pad|>".into()), &[])
@@ -149,11 +140,7 @@ impl crate::episode::SegmentGenerator for ScriptedPolicy {
                 if cut.is_none() {
                     ids.push(eos);
                 }
-                out.push(crate::episode::Segment {
-                    logprobs: vec![-1.0; ids.len()],
-                    ids,
-                    finish: crate::generate::FinishReason::Stop,
-                });
+                out.push(crate::episode::Segment { logprobs: vec![-1.0; ids.len()], ids, finish: crate::generate::FinishReason::Stop });
             }
         }
         Ok(out)
@@ -176,10 +163,15 @@ impl crate::episode::ToolBox for FakeToolBox {
     fn specs(&self) -> Vec<sigmaforge_toolcall::ToolSpec> {
         let query = r#"{"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}"#;
         let none = r#"{"type": "object", "properties": {}}"#;
-        [("search", "Search the knowledge base.", query), ("fail", "Always refuses.", none), ("crash", "Always traps.", none), ("panic", "A buggy tool.", none)]
-            .iter()
-            .map(|(n, d, p)| sigmaforge_toolcall::ToolSpec::from_wit(n, d, p).expect("valid spec"))
-            .collect()
+        [
+            ("search", "Search the knowledge base.", query),
+            ("fail", "Always refuses.", none),
+            ("crash", "Always traps.", none),
+            ("panic", "A buggy tool.", none),
+        ]
+        .iter()
+        .map(|(n, d, p)| sigmaforge_toolcall::ToolSpec::from_wit(n, d, p).expect("valid spec"))
+        .collect()
     }
 
     fn invoke(&self, name: &str, arguments_json: &str) -> std::result::Result<String, crate::episode::ToolInvokeError> {

@@ -174,7 +174,9 @@ impl Trainer {
     /// Metrics logged after the checkpoint's step are dropped (they will be produced again).
     pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
         self.model.load_trainable(&ckpt.trainable).with_context(|| format!("checkpoint {}", ckpt.dir.display()))?;
-        self.optimizer.load_state(ckpt.optimizer.clone(), ckpt.state.optimizer_steps).with_context(|| format!("checkpoint {}", ckpt.dir.display()))?;
+        self.optimizer
+            .load_state(ckpt.optimizer.clone(), ckpt.state.optimizer_steps)
+            .with_context(|| format!("checkpoint {}", ckpt.dir.display()))?;
         self.step = ckpt.state.step;
         self.rng = SamplerRng::from_state(self.rank_rng_state(&ckpt.state, &ckpt.dir)?);
         self.sampler = TaskSampler::at(self.tasks.len(), self.cfg.training.seed, ckpt.state.data);
@@ -237,8 +239,7 @@ impl Trainer {
             Vec::new()
         };
         let written = if self.dp.is_primary() {
-            let trainable: HashMap<String, Tensor> =
-                self.optimizer.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+            let trainable: HashMap<String, Tensor> = self.optimizer.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
             let state = CheckpointState {
                 version: FORMAT_VERSION,
                 step: self.step,
@@ -346,10 +347,8 @@ impl Trainer {
                 gen_time += t.elapsed();
                 ensure!(out.len() == chunk.len() * g, "generation returned {} rollouts for {} prompts × {g}", out.len(), chunk.len());
                 let first = chunk_no * per_call;
-                let items = out
-                    .iter()
-                    .map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.reward_text(reward_on).to_string()))
-                    .collect();
+                let items =
+                    out.iter().map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.reward_text(reward_on).to_string())).collect();
                 for r in &mut out {
                     r.prompt_index += first;
                 }
@@ -395,7 +394,8 @@ impl Trainer {
         let update_start = Instant::now();
         // A data-parallel rank whose groups were all dropped still takes part in the update's
         // collectives; `update` finds out whether any rank has samples.
-        let update = if samples.is_empty() && !self.dp.is_distributed() { UpdateStats::default() } else { self.update(&samples, lr, UpdateMode::Step)? };
+        let update =
+            if samples.is_empty() && !self.dp.is_distributed() { UpdateStats::default() } else { self.update(&samples, lr, UpdateMode::Step)? };
         let update_time = update_start.elapsed();
         self.step += 1;
 
@@ -538,7 +538,8 @@ impl Trainer {
             return Ok(UpdateStats::default());
         };
         let temperature = self.sampling_config().logprob_temperature();
-        let batches: Vec<MicroBatch> = samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
+        let batches: Vec<MicroBatch> =
+            samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
         // ZeRO-2 reduces gradients at every backward segment, so every rank runs as many
         // micro-batches as the busiest one; the extra ones have no samples (empty segments).
         let micro_batches = self.dp.micro_batches_everywhere(batches.len())?;
@@ -546,8 +547,11 @@ impl Trainer {
         let mut old_logp: Vec<Tensor> = Vec::with_capacity(batches.len());
         // The KL reference's log-probs, before any weight moves (every micro-batch at once, so a
         // reference streamed from host memory crosses to the device once per step).
-        let ref_logp: Vec<Option<Tensor>> =
-            if params.beta > 0.0 { self.reference_logprobs(&batches, temperature)?.into_iter().map(Some).collect() } else { vec![None; batches.len()] };
+        let ref_logp: Vec<Option<Tensor>> = if params.beta > 0.0 {
+            self.reference_logprobs(&batches, temperature)?.into_iter().map(Some).collect()
+        } else {
+            vec![None; batches.len()]
+        };
         let mut out = UpdateStats::default();
         let passes = if mode == UpdateMode::GradientOnly { 1 } else { self.cfg.training.passes_per_batch };
         let (mut entropy_sum, mut mismatch_sum, mut tokens0) = (0.0, 0.0, 0.0);
@@ -561,7 +565,8 @@ impl Trainer {
             }
             for (i, batch) in batches.iter().enumerate() {
                 if self.cfg.training.memory.enabled() {
-                    let bounded = self.bounded_micro_batch(i, batch, pass, &params, &norm, temperature, &mut old_logp, ref_logp[i].as_ref(), &mut acc)?;
+                    let bounded =
+                        self.bounded_micro_batch(i, batch, pass, &params, &norm, temperature, &mut old_logp, ref_logp[i].as_ref(), &mut acc)?;
                     ensure!(bounded.loss.is_finite(), "step {}: the loss is {}", self.step + 1, bounded.loss);
                     pass_loss += bounded.loss;
                     out.stats.add(&bounded.stats);
@@ -636,8 +641,17 @@ impl Trainer {
             tokens0,
         ];
         self.dp.sum_f64(&mut sums, "the update's statistics")?;
-        [out.loss, out.stats.tokens, out.stats.kl_sum, out.stats.clipped_low, out.stats.clipped_high, out.stats.ratio_sum, entropy_sum, mismatch_sum, tokens0] =
-            sums;
+        [
+            out.loss,
+            out.stats.tokens,
+            out.stats.kl_sum,
+            out.stats.clipped_low,
+            out.stats.clipped_high,
+            out.stats.ratio_sum,
+            entropy_sum,
+            mismatch_sum,
+            tokens0,
+        ] = sums;
         // Statistics were summed over every pass; report per-pass averages.
         out.stats.tokens /= passes as f64;
         out.stats.kl_sum /= passes as f64;
@@ -802,7 +816,11 @@ impl Trainer {
             // Every rank takes part in saving; rank 0 gets the directory it wrote.
             let saved = if due { self.save_checkpoint()? } else { None };
             if let Some(dir) = saved {
-                bar.suspend(|| if show_progress { eprintln!("checkpoint: {}", dir.display()) });
+                bar.suspend(|| {
+                    if show_progress {
+                        eprintln!("checkpoint: {}", dir.display())
+                    }
+                });
             }
             last = Some(outcome.metrics);
         }
@@ -1054,10 +1072,8 @@ mod tests {
             }
         }
         // Counter-check: treating every real token as an action puts gradient on the tool turn.
-        let real: Vec<f32> = eps
-            .iter()
-            .flat_map(|e| (0..batch.completion_width).map(move |j| f32::from(u8::from(j < e.completion_ids.len()))))
-            .collect();
+        let real: Vec<f32> =
+            eps.iter().flat_map(|e| (0..batch.completion_width).map(move |j| f32::from(u8::from(j < e.completion_ids.len())))).collect();
         let all_real = Tensor::from_vec(real, (eps.len(), batch.completion_width), &Device::Cpu).unwrap();
         let (g_all, _) = grad_per_position(&all_real);
         let tool_pos = eps[0].policy_mask.iter().position(|m| !m).unwrap();

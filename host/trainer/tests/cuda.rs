@@ -100,9 +100,15 @@ fn kv_cache_decoding_equals_a_full_forward_on_the_gpu() {
         let full = model.forward(&input, &mask, None, AdapterMode::Enabled).unwrap();
         let mut cache = KvCache::new(cfg.num_hidden_layers);
         let prefill = 4;
-        let mut parts = vec![model.forward(&input.narrow(1, 0, prefill).unwrap(), &mask.narrow(1, 0, prefill).unwrap(), Some(&mut cache), AdapterMode::Enabled).unwrap()];
+        let mut parts = vec![
+            model
+                .forward(&input.narrow(1, 0, prefill).unwrap(), &mask.narrow(1, 0, prefill).unwrap(), Some(&mut cache), AdapterMode::Enabled)
+                .unwrap(),
+        ];
         for t in prefill..input.dim(1).unwrap() {
-            parts.push(model.forward(&input.narrow(1, t, 1).unwrap(), &mask.narrow(1, 0, t + 1).unwrap(), Some(&mut cache), AdapterMode::Enabled).unwrap());
+            parts.push(
+                model.forward(&input.narrow(1, t, 1).unwrap(), &mask.narrow(1, 0, t + 1).unwrap(), Some(&mut cache), AdapterMode::Enabled).unwrap(),
+            );
         }
         let incremental = Tensor::cat(&parts, 1).unwrap();
         let d = masked_max_diff(&full, &incremental, &mask);
@@ -157,7 +163,10 @@ fn memory_savers_give_the_plain_gradients_on_the_gpu() {
     };
     let params = model.trainable_vars();
     let flat = |acc: &GradAccumulator| -> Vec<Vec<f32>> {
-        acc.grads.iter().map(|g| g.as_ref().expect("every parameter gets a gradient").flatten_all().unwrap().to_device(&Device::Cpu).unwrap().to_vec1().unwrap()).collect()
+        acc.grads
+            .iter()
+            .map(|g| g.as_ref().expect("every parameter gets a gradient").flatten_all().unwrap().to_device(&Device::Cpu).unwrap().to_vec1().unwrap())
+            .collect()
     };
     let mut plain = GradAccumulator::new(params.len());
     let hidden = model.forward_hidden(&input, &mask, None, AdapterMode::Enabled).unwrap();

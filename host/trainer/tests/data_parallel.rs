@@ -55,7 +55,10 @@ fn samples() -> Vec<Sample> {
 }
 
 fn flat(grads: &[(String, Option<candle_core::Tensor>)]) -> Vec<f32> {
-    grads.iter().flat_map(|(n, g)| g.as_ref().unwrap_or_else(|| panic!("{n} has no gradient")).flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    grads
+        .iter()
+        .flat_map(|(n, g)| g.as_ref().unwrap_or_else(|| panic!("{n} has no gradient")).flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -88,7 +91,10 @@ fn the_gradient_summed_over_two_ranks_is_the_single_process_gradient() {
         ("token", "grpo: { loss_aggregation: token }"),
         ("sequence", "grpo: { loss_aggregation: sequence }"),
         ("constant", "grpo: { loss_aggregation: constant }"),
-        ("lora", "finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj] }\ngrpo: { beta: 0.1, loss_aggregation: token }"),
+        (
+            "lora",
+            "finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj] }\ngrpo: { beta: 0.1, loss_aggregation: token }",
+        ),
     ];
     for (aggregation, overrides) in cases {
         let cfg = tiny_config(overrides);
@@ -109,7 +115,16 @@ fn the_gradient_summed_over_two_ranks_is_the_single_process_gradient() {
         {
             let mut naive = vec![0f32; whole.len()];
             for half in [&all[..4], &all[4..]] {
-                let half: Vec<Sample> = half.iter().map(|s| Sample { prompt: s.prompt.clone(), completion: s.completion.clone(), sample_logp: s.sample_logp.clone(), policy_mask: s.policy_mask.clone(), advantage: s.advantage }).collect();
+                let half: Vec<Sample> = half
+                    .iter()
+                    .map(|s| Sample {
+                        prompt: s.prompt.clone(),
+                        completion: s.completion.clone(),
+                        sample_logp: s.sample_logp.clone(),
+                        policy_mask: s.policy_mask.clone(),
+                        advantage: s.advantage,
+                    })
+                    .collect();
                 let g = flat(&trainer_on(&cfg, &dir, DataParallel::single()).policy_gradient(&half).unwrap());
                 naive.iter_mut().zip(g).for_each(|(a, b)| *a += b);
             }
@@ -127,7 +142,9 @@ fn zero2_gradients_equal_the_single_process_gradient() {
         ("layer segments", format!("training: {{ {zero2}, memory: {{ activation_checkpointing: true, logits_chunk: 2 }} }}")),
         (
             "lora",
-            format!("training: {{ {zero2}, memory: {{ activation_checkpointing: true, logits_chunk: 0 }} }}\nfinetune: lora\nlora: {{ rank: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj] }}"),
+            format!(
+                "training: {{ {zero2}, memory: {{ activation_checkpointing: true, logits_chunk: 0 }} }}\nfinetune: lora\nlora: {{ rank: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj] }}"
+            ),
         ),
     ];
     for (name, overrides) in cases {

@@ -22,7 +22,9 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn merged_and_peft_exports_load_back_and_match_the_trained_model() {
-    let cfg = tiny_config("finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj, v_proj, gate_proj] }\ntraining: { steps: 3 }\nexport: { merged: true, lora_adapter: true }");
+    let cfg = tiny_config(
+        "finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj, v_proj, gate_proj] }\ntraining: { steps: 3 }\nexport: { merged: true, lora_adapter: true }",
+    );
     let dir = temp_run_dir("export");
     let mut t = tiny_trainer(&cfg, &dir);
     t.run(false, None).unwrap();

@@ -34,7 +34,11 @@ fn assert_same(training: &str, rest: &str, name: &str, memories: &[&str]) {
         }
         assert!(worst < 1e-4, "{name} with memory {memory}: weights differ by {worst}");
         for (a, b) in m0.iter().zip(&m1) {
-            assert!((a.loss - b.loss).abs() < 1e-4 && (a.kl - b.kl).abs() < 1e-5 && (a.entropy - b.entropy).abs() < 1e-4, "{name} {memory}: step {} metrics differ", a.step);
+            assert!(
+                (a.loss - b.loss).abs() < 1e-4 && (a.kl - b.kl).abs() < 1e-5 && (a.entropy - b.entropy).abs() < 1e-4,
+                "{name} {memory}: step {} metrics differ",
+                a.step
+            );
             assert_eq!(a.reward.mean, b.reward.mean, "{name} {memory}: the rollouts differ");
         }
     }
@@ -65,7 +69,9 @@ fn a_host_reference_needs_a_separate_reference_model() {
         ("finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj] }\ngrpo: { beta: 0.05 }", "LoRA"),
         ("finetune: full\ngrpo: { beta: 0.0 }", "no KL"),
     ] {
-        let yaml = format!("model: {{ path: test }}\n{setup}\ntraining: {{ steps: 1, prompts_per_step: 1, rollouts_per_prompt: 2, memory: {{ reference_on_host: true }} }}\ngeneration: {{ max_new_tokens: 4 }}\noptimizer: {{ lr: 0.001 }}");
+        let yaml = format!(
+            "model: {{ path: test }}\n{setup}\ntraining: {{ steps: 1, prompts_per_step: 1, rollouts_per_prompt: 2, memory: {{ reference_on_host: true }} }}\ngeneration: {{ max_new_tokens: 4 }}\noptimizer: {{ lr: 0.001 }}"
+        );
         let err = sigmaforge_trainer::config::RunConfig::from_yaml(&yaml, "t.yaml").and_then(|c| c.validate().map(|_| c)).unwrap_err();
         assert!(format!("{err:#}").contains("reference_on_host applies to full fine-tuning with grpo.beta > 0"), "{why}: {err:#}");
     }

@@ -25,7 +25,9 @@ impl TaskEnvironment for NeedsTheEventId {
         vec!["event_id".into()]
     }
     fn tasks(&self) -> anyhow::Result<Vec<TaskPrompt>> {
-        Ok((0..2).map(|i| TaskPrompt { id: format!("t{i}"), messages: vec![ChatMessage::new("user", format!("Rule {i} for process creation."))] }).collect())
+        Ok((0..2)
+            .map(|i| TaskPrompt { id: format!("t{i}"), messages: vec![ChatMessage::new("user", format!("Rule {i} for process creation."))] })
+            .collect())
     }
     fn score_batch(&self, items: &[(String, String)]) -> Vec<RewardScore> {
         self.scored.lock().unwrap().extend(items.iter().map(|(_, c)| c.clone()));
@@ -43,7 +45,11 @@ impl TaskEnvironment for NeedsTheEventId {
 /// call with broken JSON and answers blind (0), copies 2 and 3 answer without a tool (0).
 fn script(ctx: &str, copy: usize) -> String {
     if ctx.contains("<tool_response>") {
-        return if ctx.contains(FAKE_SEARCH_HIT) { "detection:\n  sel:\n    EventID: 4688".into() } else { "detection:\n  sel:\n    EventID: 1".into() };
+        return if ctx.contains(FAKE_SEARCH_HIT) {
+            "detection:\n  sel:\n    EventID: 4688".into()
+        } else {
+            "detection:\n  sel:\n    EventID: 1".into()
+        };
     }
     match copy {
         0 => "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"process creation\"}}\n</tool_call>".into(),
@@ -66,11 +72,8 @@ fn a_training_step_with_tool_calls() {
     let toolbox = Arc::new(FakeToolBox::default());
     let policy = ScriptedPolicy::new(tok.clone(), script);
     let log = policy.log.clone();
-    let mut trainer = Trainer::new(cfg, model, tok, env.clone(), &dir)
-        .unwrap()
-        .with_tools(toolbox.clone())
-        .unwrap()
-        .with_segment_generator(Box::new(policy));
+    let mut trainer =
+        Trainer::new(cfg, model, tok, env.clone(), &dir).unwrap().with_tools(toolbox.clone()).unwrap().with_segment_generator(Box::new(policy));
     let before = weights(&trainer);
     let out = trainer.train_step().unwrap();
     let m = &out.metrics;
@@ -93,11 +96,8 @@ fn a_training_step_with_tool_calls() {
     assert_ne!(before, weights(&trainer));
 
     // rollouts.jsonl keeps the transcript with the tool result.
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("rollouts.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("rollouts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 8);
     let called = &lines[0];
     assert_eq!(called["tool_calls"][0]["name"], "search");

@@ -55,8 +55,8 @@ impl PluginGuest for Component {
             return Ok(());
         }
         let dir = config.corpus_dir.display().to_string();
-        let (tool, warnings) = SearchTool::load(config)
-            .map_err(|e| format!("{e} (grant the corpus directory to the plugin and set its config corpus_dir)"))?;
+        let (tool, warnings) =
+            SearchTool::load(config).map_err(|e| format!("{e} (grant the corpus directory to the plugin and set its config corpus_dir)"))?;
         for warning in warnings.iter().take(MAX_LOGGED_WARNINGS) {
             log(Level::Warn, &format!("skipped corpus line {warning}"));
         }

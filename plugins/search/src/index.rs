@@ -206,8 +206,7 @@ impl Index {
                 scores[d] += idf * tf / (p.k1 + tf);
             }
         }
-        let mut hits: Vec<Hit> =
-            scores.iter().enumerate().filter(|(_, s)| **s > 0.0).map(|(doc, &score)| Hit { doc, score }).collect();
+        let mut hits: Vec<Hit> = scores.iter().enumerate().filter(|(_, s)| **s > 0.0).map(|(doc, &score)| Hit { doc, score }).collect();
         let better = |a: &Hit, b: &Hit| b.score.total_cmp(&a.score).then(a.doc.cmp(&b.doc));
         if hits.len() > k && k > 0 {
             hits.select_nth_unstable_by(k - 1, better);

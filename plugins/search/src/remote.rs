@@ -84,10 +84,7 @@ impl Endpoint {
             .map_err(|e| format!("cannot connect to the search endpoint {where_}: {e} (is it running, and granted to the plugin as `network:`?)"))?;
         stream.write_all(request.as_bytes()).map_err(|e| format!("sending the query to {where_}: {e}"))?;
         let mut raw = Vec::new();
-        stream
-            .take((MAX_RESPONSE_BYTES + 16 * 1024) as u64)
-            .read_to_end(&mut raw)
-            .map_err(|e| format!("reading the answer of {where_}: {e}"))?;
+        stream.take((MAX_RESPONSE_BYTES + 16 * 1024) as u64).read_to_end(&mut raw).map_err(|e| format!("reading the answer of {where_}: {e}"))?;
         parse_response(&raw).map_err(|e| format!("search endpoint {where_}: {e}"))
     }
 }
@@ -132,8 +129,8 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     loop {
         let nl = data.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunked body")?;
         let size_text = String::from_utf8_lossy(&data[..nl]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
         data = &data[nl + 2..];
         if size == 0 {
             return Ok(out);
@@ -179,10 +176,7 @@ mod tests {
     #[test]
     fn responses_are_decoded() {
         assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}xx").unwrap(), "{}");
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            "abcde"
-        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), "abcde");
         let err = parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\nbusy").unwrap_err();
         assert!(err.contains("503") && err.contains("busy"), "{err}");
         assert!(parse_response(b"garbage").is_err());

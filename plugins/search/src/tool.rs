@@ -161,8 +161,7 @@ impl SearchTool {
     /// The result object: `{"query", "results": [{"rank", "id", "title", "source_url", "score", "snippet"}]}`.
     pub fn run(&self, query: &str, k: usize) -> Value {
         let hits = self.index.search(query, k);
-        let weights: HashMap<String, f32> =
-            terms(query).into_iter().filter_map(|t| self.index.idf(&t).map(|w| (t, w))).collect();
+        let weights: HashMap<String, f32> = terms(query).into_iter().filter_map(|t| self.index.idf(&t).map(|w| (t, w))).collect();
         let results: Vec<Value> = hits
             .iter()
             .enumerate()
@@ -189,8 +188,7 @@ pub(crate) struct Request {
 
 /// Checks a call's arguments against the spec; errors are messages for the model.
 pub(crate) fn parse_arguments(arguments: &str, config: &SearchConfig) -> Result<Request, String> {
-    let value: Value =
-        serde_json::from_str(arguments).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_str(arguments).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
     let Value::Object(args) = value else {
         return Err(format!("arguments must be a JSON object like {{\"query\": \"...\"}}, got {value}"));
     };
@@ -223,7 +221,6 @@ fn parse_k(args: &Map<String, Value>, config: &SearchConfig) -> Result<usize, St
         Some(other) => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {other}")),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,6 @@ pub fn metadata(task: &Value) -> Value {
     }
 }
 
-
 /// Every task of a split, with extra CLI arguments (e.g. `--plugin-config seed=7`).
 pub fn list_tasks(split: &str, extra: &[&str]) -> Vec<Value> {
     let data = data();

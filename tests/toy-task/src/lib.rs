@@ -51,7 +51,9 @@ mod component {
         fn init() -> Result<(), String> {
             let slots = match config("slots") {
                 None => 6,
-                Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| format!("config `slots` = `{v}` is not a positive integer"))?,
+                Some(v) => {
+                    v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| format!("config `slots` = `{v}` is not a positive integer"))?
+                }
             };
             let _ = SLOTS.set(slots);
             Ok(())

@@ -34,14 +34,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     if files.is_empty() {
-        bail!(
-            "no .yml or .yaml rule files found under {}",
-            args.paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        bail!("no .yml or .yaml rule files found under {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
 
     let options = CompileOptions::default();
@@ -51,24 +44,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let across = check_across(&checked);
 
-    let mut diagnostics: Vec<&Diagnostic> = checked
-        .iter()
-        .flat_map(|c| &c.parsed.diagnostics)
-        .chain(&across)
-        .collect();
+    let mut diagnostics: Vec<&Diagnostic> = checked.iter().flat_map(|c| &c.parsed.diagnostics).chain(&across).collect();
     // File order, then position: what an editor's problem list expects.
-    let order: std::collections::HashMap<&str, usize> = checked
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.origin.as_str(), i))
-        .collect();
-    diagnostics.sort_by_key(|d| {
-        (
-            order.get(d.origin.as_str()).copied().unwrap_or(usize::MAX),
-            d.line,
-            d.column,
-        )
-    });
+    let order: std::collections::HashMap<&str, usize> = checked.iter().enumerate().map(|(i, c)| (c.origin.as_str(), i)).collect();
+    diagnostics.sort_by_key(|d| (order.get(d.origin.as_str()).copied().unwrap_or(usize::MAX), d.line, d.column));
 
     for d in &diagnostics {
         if args.json {
@@ -80,11 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
-    let bad_files: std::collections::HashSet<&str> = diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.origin.as_str())
-        .collect();
+    let bad_files: std::collections::HashSet<&str> = diagnostics.iter().filter(|d| d.is_error()).map(|d| d.origin.as_str()).collect();
     let (mut rules, mut correlations, mut filters) = (0, 0, 0);
     for c in &checked {
         for doc in &c.parsed.documents {
@@ -117,11 +92,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         println!("{summary}");
     }
-    Ok(if errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn plural(n: usize) -> &'static str {
@@ -134,20 +105,11 @@ fn check_file(path: &Path, options: &CompileOptions) -> CheckedFile {
     let fail = |code: &'static str, message: String| {
         let mut parsed = sigma_engine::ParsedFile::default();
         parsed.diagnostics.push(Diagnostic::error(code, &origin, None, message));
-        CheckedFile {
-            origin: origin.clone(),
-            parsed,
-        }
+        CheckedFile { origin: origin.clone(), parsed }
     };
     match std::fs::metadata(path) {
         Ok(m) if m.len() > MAX_INPUT_BYTES as u64 => {
-            return fail(
-                "input-too-large",
-                format!(
-                    "the file is {} bytes; rule files larger than {MAX_INPUT_BYTES} bytes are refused",
-                    m.len()
-                ),
-            );
+            return fail("input-too-large", format!("the file is {} bytes; rule files larger than {MAX_INPUT_BYTES} bytes are refused", m.len()));
         }
         Err(e) => return fail("unreadable-file", format!("cannot read the file: {e}")),
         Ok(_) => {}
@@ -156,13 +118,7 @@ fn check_file(path: &Path, options: &CompileOptions) -> CheckedFile {
         Err(e) => fail("unreadable-file", format!("cannot read the file: {e}")),
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => check_text(&text, &origin, options),
-            Err(e) => fail(
-                "not-utf8",
-                format!(
-                    "the file is not UTF-8 text (invalid byte at offset {})",
-                    e.utf8_error().valid_up_to()
-                ),
-            ),
+            Err(e) => fail("not-utf8", format!("the file is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())),
         },
     }
 }

@@ -179,7 +179,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             (dir, journal, Default::default())
         }
     };
-    let options = EvalOptions { split: args.split.clone(), limit: args.limit, prices, quiet: args.quiet, paraphraser, journal: Some(journal), resumed };
+    let options =
+        EvalOptions { split: args.split.clone(), limit: args.limit, prices, quiet: args.quiet, paraphraser, journal: Some(journal), resumed };
     let run = run_eval(&task_plugin, policy.as_ref(), toolbox.as_ref(), &options)?;
     output::write_all(&out_dir, &run.report, &run.samples)?;
 
@@ -201,7 +202,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// The policy a spec names, with the client flags of `args`.
-fn build_policy(spec: &PolicySpec, args: &Args, api_key: Option<String>, temperature: Option<f64>, max_tokens: Option<u32>) -> Result<Box<dyn Policy>> {
+fn build_policy(
+    spec: &PolicySpec,
+    args: &Args,
+    api_key: Option<String>,
+    temperature: Option<f64>,
+    max_tokens: Option<u32>,
+) -> Result<Box<dyn Policy>> {
     Ok(match spec {
         PolicySpec::OpenAi { base_url, model } => Box::new(OpenAiPolicy::new(OpenAiOptions {
             base_url: base_url.clone(),
@@ -257,7 +264,10 @@ fn load_plugins(args: &Args) -> Result<EvalPlugins> {
     let set = new_runtime()?.load_all(&all)?;
     let task = match set.tasks.len() {
         1 => set.tasks.values().next().expect("one").clone(),
-        0 => bail!("no task plugin among --plugins (loaded tools: {}); pass one, e.g. --plugins sigma.wasm", set.tools.keys().cloned().collect::<Vec<_>>().join(", ")),
+        0 => bail!(
+            "no task plugin among --plugins (loaded tools: {}); pass one, e.g. --plugins sigma.wasm",
+            set.tools.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
         _ => bail!("several task plugins loaded ({}); evaluate one at a time", set.tasks.keys().cloned().collect::<Vec<_>>().join(", ")),
     };
     let tools: Vec<Arc<dyn ToolRunner>> = set.tools.values().map(|t| t.clone() as Arc<dyn ToolRunner>).collect();

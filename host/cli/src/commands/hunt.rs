@@ -109,7 +109,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     drop(out);
 
-    let summary = Summary { rules: &rules, outcome: &outcome, corpus: &corpus, files: sources.len(), matches: total, load_time, total_time: started.elapsed() };
+    let summary =
+        Summary { rules: &rules, outcome: &outcome, corpus: &corpus, files: sources.len(), matches: total, load_time, total_time: started.elapsed() };
     if args.json {
         eprintln!("{summary}");
     } else {
@@ -201,8 +202,8 @@ fn progress(len: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} ({{elapsed}})"))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} ({{elapsed}})")).unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
@@ -292,8 +293,7 @@ fn write_table(out: &mut impl Write, rules: &RuleSet, outcome: &HuntOutcome, cor
         return Ok(0);
     }
     let header = ["timestamp", "level", "rule", "file", "record"];
-    let widths: Vec<usize> =
-        (0..5).map(|c| rows.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0).min(70)).collect();
+    let widths: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].chars().count()).chain([header[c].len()]).max().unwrap_or(0).min(70)).collect();
     let line = |out: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
         let mut text = String::new();
         for (c, cell) in cells.iter().enumerate() {

@@ -92,10 +92,7 @@ impl PluginSource {
     /// Loads the plugins named by `--plugins`.
     pub fn load(&self) -> Result<PluginSet> {
         let runtime = new_runtime()?;
-        let is_config = matches!(
-            self.plugins.extension().and_then(|e| e.to_str()),
-            Some("yml" | "yaml" | "json")
-        );
+        let is_config = matches!(self.plugins.extension().and_then(|e| e.to_str()), Some("yml" | "yaml" | "json"));
         if is_config {
             if !self.plugin_config.is_empty() || self.instances.is_some() {
                 bail!("--plugin-config and --instances apply to a bare .wasm; set `config:`/`limits:` in {}", self.plugins.display());

@@ -23,11 +23,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sigmaforge_distributed::{Backend, LaunchEnv};
+use sigmaforge_eval::tools::Toolbox;
 use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef, ToolPlugin};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
-use sigmaforge_eval::tools::Toolbox;
 use sigmaforge_trainer::load::{self, ChatMessage, LoadOptions};
 use sigmaforge_trainer::parallel::DataParallel;
 use sigmaforge_trainer::train::Trainer;
@@ -129,11 +129,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         PathBuf::from(&cfg.model.path)
     };
     eprintln!("{}loading model {} on {device_desc}", dp.label(), model_path.display());
-    let loaded = load::load_model(
-        &model_path,
-        &LoadOptions { dtype, device: device.clone(), lora: cfg.lora().cloned(), seed: cfg.training.seed },
-    )
-    .with_context(|| format!("cannot load model {}", model_path.display()))?;
+    let loaded = load::load_model(&model_path, &LoadOptions { dtype, device: device.clone(), lora: cfg.lora().cloned(), seed: cfg.training.seed })
+        .with_context(|| format!("cannot load model {}", model_path.display()))?;
     let (total, trainable) = (loaded.model.num_parameters(), loaded.model.num_trainable_parameters());
 
     // 4. Train.
@@ -210,8 +207,8 @@ fn select_rank_device(request: &str, launch: &LaunchEnv) -> Result<(candle_core:
 fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc<TaskPlugin>, Vec<Arc<ToolPlugin>>)> {
     let mut all = PluginsConfig::default();
     if !cfg.plugins.is_empty() {
-        let map: BTreeMap<String, PluginConfig> = serde_json::from_value(serde_json::to_value(&cfg.plugins)?)
-            .context("invalid `plugins:` section in the run config")?;
+        let map: BTreeMap<String, PluginConfig> =
+            serde_json::from_value(serde_json::to_value(&cfg.plugins)?).context("invalid `plugins:` section in the run config")?;
         let mut section = PluginsConfig { plugins: map };
         section.normalize(config_base);
         all.plugins.extend(section.plugins);
@@ -283,11 +280,7 @@ impl TaskEnvironment for PluginEnvironment {
         self.plugin
             .score_batch(&batch)
             .into_iter()
-            .map(|s| RewardScore {
-                total: s.total,
-                components: s.components.into_iter().map(|c| (c.name, c.value)).collect(),
-                error: s.error,
-            })
+            .map(|s| RewardScore { total: s.total, components: s.components.into_iter().map(|c| (c.name, c.value)).collect(), error: s.error })
             .collect()
     }
 }

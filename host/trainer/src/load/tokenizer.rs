@@ -63,11 +63,7 @@ impl Tokenizer {
                 eos.insert(0, id);
             }
         }
-        let pad_token_id = pad_token
-            .as_deref()
-            .and_then(|p| inner.token_to_id(p))
-            .or_else(|| eos.first().copied())
-            .unwrap_or(0);
+        let pad_token_id = pad_token.as_deref().and_then(|p| inner.token_to_id(p)).or_else(|| eos.first().copied()).unwrap_or(0);
         Ok(Self { inner, chat_template, bos_token, eos_token, eos_token_ids: eos, pad_token_id })
     }
 
@@ -75,8 +71,7 @@ impl Tokenizer {
     /// when present) from a Hugging Face model directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tj)
-            .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tj.display()))?;
+        let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tj.display()))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
@@ -168,12 +163,7 @@ impl Tokenizer {
 
     /// Render the chat template the way `transformers`' `apply_chat_template(tokenize=False)`
     /// does.
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-        tools: Option<&[Value]>,
-    ) -> Result<String> {
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool, tools: Option<&[Value]>) -> Result<String> {
         self.apply_chat_template_with(messages, add_generation_prompt, tools, &Value::Null)
     }
 
@@ -186,19 +176,8 @@ impl Tokenizer {
         tools: Option<&[Value]>,
         extra: &Value,
     ) -> Result<String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .context("this tokenizer has no chat template (tokenizer_config.json has no chat_template)")?;
-        chat_template::render(
-            template,
-            messages,
-            add_generation_prompt,
-            tools,
-            self.bos_token.as_deref(),
-            self.eos_token.as_deref(),
-            extra,
-        )
+        let template = self.chat_template.as_deref().context("this tokenizer has no chat template (tokenizer_config.json has no chat_template)")?;
+        chat_template::render(template, messages, add_generation_prompt, tools, self.bos_token.as_deref(), self.eos_token.as_deref(), extra)
     }
 
     /// Write tokenizer.json and a tokenizer_config.json (special tokens + chat template), so an

@@ -49,10 +49,7 @@ pub struct ModelConfig {
 fn get_usize(v: &Value, key: &str) -> Result<Option<usize>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .with_context(|| format!("config.json: {key} must be a non-negative integer, got {x}")),
+        Some(x) => x.as_u64().map(|n| Some(n as usize)).with_context(|| format!("config.json: {key} must be a non-negative integer, got {x}")),
     }
 }
 
@@ -67,9 +64,7 @@ impl ModelConfig {
         let family = match model_type {
             "qwen3" => Family::Qwen3,
             "llama" => Family::Llama,
-            other => bail!(
-                "config.json: model_type {other:?} is not supported (supported: \"qwen3\", \"llama\")"
-            ),
+            other => bail!("config.json: model_type {other:?} is not supported (supported: \"qwen3\", \"llama\")"),
         };
         for key in ["attention_bias", "mlp_bias"] {
             if v.get(key).and_then(Value::as_bool) == Some(true) {
@@ -85,7 +80,9 @@ impl ModelConfig {
         let num_attention_heads = req_usize(&v, "num_attention_heads")?;
         let num_key_value_heads = get_usize(&v, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            bail!("config.json: num_attention_heads ({num_attention_heads}) must be a positive multiple of num_key_value_heads ({num_key_value_heads})");
+            bail!(
+                "config.json: num_attention_heads ({num_attention_heads}) must be a positive multiple of num_key_value_heads ({num_key_value_heads})"
+            );
         }
         let head_dim = get_usize(&v, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
         if head_dim == 0 || head_dim % 2 != 0 {

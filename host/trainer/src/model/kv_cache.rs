@@ -19,11 +19,7 @@ impl KvCache {
 
     /// Number of cached positions (padding included).
     pub fn seq_len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dims()[2])
-            .unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
     }
 
     /// Batch rows currently cached (0 when empty).
@@ -43,8 +39,7 @@ impl KvCache {
 
     /// Keep only the batch rows `rows` (in that order): drops finished sequences during sampling.
     pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
-        let Some(dev) = self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.device().clone())
-        else {
+        let Some(dev) = self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.device().clone()) else {
             return Ok(());
         };
         let idx = Tensor::new(rows, &dev)?;

@@ -193,10 +193,18 @@ mod tests {
             Some(o) => {
                 let mut segments = 0;
                 model
-                    .backward_bounded(&ids, &mask, AdapterMode::Enabled, (start, len), o, |l, r| loss_of(l, &ids, start, r), |g, end| {
-                        segments += usize::from(end);
-                        acc.add(g, &params)
-                    })
+                    .backward_bounded(
+                        &ids,
+                        &mask,
+                        AdapterMode::Enabled,
+                        (start, len),
+                        o,
+                        |l, r| loss_of(l, &ids, start, r),
+                        |g, end| {
+                            segments += usize::from(end);
+                            acc.add(g, &params)
+                        },
+                    )
                     .unwrap();
                 // The count data-parallel ranks rely on to reduce in step (ZeRO-2).
                 assert_eq!(segments, model.backward_segments(o), "{o:?}");
@@ -236,7 +244,12 @@ mod tests {
                 for (k, (a, b)) in want.iter().zip(&got).enumerate() {
                     let scale = a.iter().fold(1e-9f64, |m, v| m.max(v.abs()));
                     let diff = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-                    assert!(diff / scale < 1e-6, "{:?} lora={} {options:?}: parameter {k} differs by {diff} (scale {scale})", cfg.family, lora.is_some());
+                    assert!(
+                        diff / scale < 1e-6,
+                        "{:?} lora={} {options:?}: parameter {k} differs by {diff} (scale {scale})",
+                        cfg.family,
+                        lora.is_some()
+                    );
                 }
             }
         }
@@ -247,7 +260,15 @@ mod tests {
         let model = CausalLm::random(&ModelConfig::tiny_qwen3(), None, 1, DType::F32, &Device::Cpu).unwrap();
         let (ids, mask) = batch();
         let err = model
-            .backward_bounded(&ids, &mask, AdapterMode::Enabled, (6, 4), MemoryOptions { activation_checkpointing: true, logits_chunk: 2, ..Default::default() }, |l, _| Ok(l.sum_all()?), |_, _| Ok(()))
+            .backward_bounded(
+                &ids,
+                &mask,
+                AdapterMode::Enabled,
+                (6, 4),
+                MemoryOptions { activation_checkpointing: true, logits_chunk: 2, ..Default::default() },
+                |l, _| Ok(l.sum_all()?),
+                |_, _| Ok(()),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("outside the 8 positions"), "{err}");
     }

@@ -76,13 +76,7 @@ pub struct CausalLm {
 impl CausalLm {
     /// Random weights for tests and benchmarks (embeddings N(0,1), linear weights N(0, 1/fan_in),
     /// norm weights 1 + N(0, 0.1²) so that activations and logits are O(1)). Not a training init.
-    pub fn random(
-        cfg: &ModelConfig,
-        lora: Option<&LoraConfig>,
-        seed: u64,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn random(cfg: &ModelConfig, lora: Option<&LoraConfig>, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         let mut rng = SamplerRng::new(seed);
         let mut tensors = HashMap::new();
         for (name, shape) in cfg.weight_shapes() {
@@ -151,15 +145,9 @@ impl CausalLm {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let mut linears = Vec::with_capacity(7);
-            for sub in [
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ] {
+            for sub in
+                ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+            {
                 let name = format!("{p}.{sub}");
                 let w = take(&format!("{name}.weight"))?;
                 linears.push(Linear::new(name, w, lora, train_base, &mut rng)?);
@@ -176,10 +164,7 @@ impl CausalLm {
             };
             layers.push(Layer {
                 input_layernorm: Param::new(take(&format!("{p}.input_layernorm.weight"))?, train_plain)?,
-                post_attention_layernorm: Param::new(
-                    take(&format!("{p}.post_attention_layernorm.weight"))?,
-                    train_plain,
-                )?,
+                post_attention_layernorm: Param::new(take(&format!("{p}.post_attention_layernorm.weight"))?, train_plain)?,
                 q_proj,
                 k_proj,
                 v_proj,
@@ -212,18 +197,7 @@ impl CausalLm {
             );
         }
         let (rope_cos, rope_sin) = ops::rope_tables(cfg, dtype, device)?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            lora: lora.cloned(),
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rope_cos,
-            rope_sin,
-            dtype,
-            device: device.clone(),
-        })
+        Ok(Self { cfg: cfg.clone(), lora: lora.cloned(), embed_tokens, layers, norm, lm_head, rope_cos, rope_sin, dtype, device: device.clone() })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -246,26 +220,14 @@ impl CausalLm {
     /// padding (any numeric dtype; with a cache it covers cached and new positions). Position
     /// ids are the running count of real tokens, so left padding does not shift them.
     /// Returns logits [B, T, vocab] in the model dtype.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        cache: Option<&mut KvCache>,
-        adapters: AdapterMode,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
         let hidden = self.forward_hidden(input_ids, attention_mask, cache, adapters)?;
         self.logits(&hidden, adapters)
     }
 
     /// Logits of the last position only, [B, vocab]: what sampling needs, without paying for
     /// the vocabulary projection of every prompt position.
-    pub fn forward_last(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        cache: Option<&mut KvCache>,
-        adapters: AdapterMode,
-    ) -> Result<Tensor> {
+    pub fn forward_last(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
         let hidden = self.forward_hidden(input_ids, attention_mask, cache, adapters)?;
         let t = hidden.dim(1)?;
         Ok(self.logits(&hidden.narrow(1, t - 1, 1)?, adapters)?.squeeze(1)?)
@@ -330,7 +292,15 @@ impl CausalLm {
     }
 
     /// Decoder layer `i` with the weights of `layer` (the model's own, or a device copy of them).
-    fn block_with(&self, i: usize, layer: &Layer, x: &Tensor, ctx: &BlockInputs, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
+    fn block_with(
+        &self,
+        i: usize,
+        layer: &Layer,
+        x: &Tensor,
+        ctx: &BlockInputs,
+        cache: Option<&mut KvCache>,
+        adapters: AdapterMode,
+    ) -> Result<Tensor> {
         let attn_in = ops::rms_norm(x, layer.input_layernorm.tensor(), self.cfg.rms_norm_eps)?;
         let attn = self.attention(i, layer, &attn_in, &ctx.mask, &ctx.cos, &ctx.sin, cache, adapters)?;
         let x = (x + attn)?;
@@ -345,10 +315,7 @@ impl CausalLm {
         let (b, t, h) = hidden.dims3()?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(hidden, adapters)?,
-            None => hidden
-                .reshape((b * t, h))?
-                .matmul(&self.embed_tokens.tensor().t()?)?
-                .reshape((b, t, self.cfg.vocab_size))?,
+            None => hidden.reshape((b * t, h))?.matmul(&self.embed_tokens.tensor().t()?)?.reshape((b, t, self.cfg.vocab_size))?,
         })
     }
 
@@ -427,11 +394,7 @@ impl CausalLm {
     /// Trainable parameters by stable name: HF names under full fine-tuning; under LoRA
     /// "<module>.lora_A.weight" ([r, in]) and "<module>.lora_B.weight" ([out, r]).
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
-        let mut out: Vec<(String, Var)> = self
-            .base_params()
-            .into_iter()
-            .filter_map(|(n, p)| p.var().map(|v| (n, v.clone())))
-            .collect();
+        let mut out: Vec<(String, Var)> = self.base_params().into_iter().filter_map(|(n, p)| p.var().map(|v| (n, v.clone()))).collect();
         for lin in self.linears() {
             if let Some(ad) = &lin.adapter {
                 out.push((format!("{}.lora_A.weight", lin.name), ad.a.clone()));
@@ -459,11 +422,8 @@ impl CausalLm {
 
     /// All weights under HF names with LoRA merged in (W + alpha/r · B A); tied head omitted.
     pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
-        let merged: HashMap<String, Tensor> = self
-            .linears()
-            .into_iter()
-            .map(|l| Ok((format!("{}.weight", l.name), l.merged_weight()?)))
-            .collect::<Result<_>>()?;
+        let merged: HashMap<String, Tensor> =
+            self.linears().into_iter().map(|l| Ok((format!("{}.weight", l.name), l.merged_weight()?))).collect::<Result<_>>()?;
         self.base_params()
             .into_iter()
             .map(|(n, p)| {

@@ -21,8 +21,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let n = cfg.max_position_embeddings;
-    let inv_freq: Vec<f64> =
-        (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)).collect();
+    let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)).collect();
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
     for p in 0..n {
@@ -58,13 +57,7 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 
 /// From a [B, past + T] 0/1 attention mask: the additive causal + key-padding mask
 /// [B, 1, T, past + T] and the position id of each new token (row-major [B * T]).
-pub fn mask_and_positions(
-    attention_mask: &Tensor,
-    past: usize,
-    t: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<(Tensor, Vec<u32>)> {
+pub fn mask_and_positions(attention_mask: &Tensor, past: usize, t: usize, dtype: DType, device: &Device) -> Result<(Tensor, Vec<u32>)> {
     let rows = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let s = past + t;
     let mut mask = Vec::with_capacity(rows.len() * t * s);

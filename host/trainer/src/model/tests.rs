@@ -98,14 +98,7 @@ fn finite_differences_agree_with_backprop_in_f64() {
             randomize_lora_b(&model, 4);
         }
         let vars = model.trainable_vars();
-        let report = check_gradients(
-            &vars,
-            || logprob_sum(&model, &input, &mask, AdapterMode::Enabled),
-            3,
-            1e-6,
-            11,
-        )
-        .unwrap();
+        let report = check_gradients(&vars, || logprob_sum(&model, &input, &mask, AdapterMode::Enabled), 3, 1e-6, 11).unwrap();
         assert_eq!(report.checked, 3 * vars.len());
         assert!(report.max_rel_err < 1e-5, "{:?} lora={}: {report:?}", cfg.family, lora.is_some());
     }
@@ -125,14 +118,7 @@ fn left_padded_rows_give_the_same_logits_as_unpadded() {
                 AdapterMode::Enabled,
             )
             .unwrap();
-        let diff = (alone.i(0).unwrap() - padded.i((0, 3..)).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = (alone.i(0).unwrap() - padded.i((0, 3..)).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "{:?}: {diff}", cfg.family);
     }
 }
@@ -146,25 +132,21 @@ fn kv_cache_decoding_equals_a_full_forward() {
         let full = model.forward(&input, &mask, None, AdapterMode::Enabled).unwrap();
         let mut cache = KvCache::new(cfg.num_hidden_layers);
         let prefill = 4;
-        let mut parts =
-            vec![model.forward(&input.narrow(1, 0, prefill).unwrap(), &mask.narrow(1, 0, prefill).unwrap(), Some(&mut cache), AdapterMode::Enabled).unwrap()];
+        let mut parts = vec![
+            model
+                .forward(&input.narrow(1, 0, prefill).unwrap(), &mask.narrow(1, 0, prefill).unwrap(), Some(&mut cache), AdapterMode::Enabled)
+                .unwrap(),
+        ];
         for t in prefill..input.dim(1).unwrap() {
-            let step = model
-                .forward(&input.narrow(1, t, 1).unwrap(), &mask.narrow(1, 0, t + 1).unwrap(), Some(&mut cache), AdapterMode::Enabled)
-                .unwrap();
+            let step =
+                model.forward(&input.narrow(1, t, 1).unwrap(), &mask.narrow(1, 0, t + 1).unwrap(), Some(&mut cache), AdapterMode::Enabled).unwrap();
             parts.push(step);
         }
         assert_eq!(cache.seq_len(), input.dim(1).unwrap());
         let incremental = Tensor::cat(&parts, 1).unwrap();
         // Compare only real (unmasked) query positions; pad rows attend to nothing real.
         let m = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
-        let diff = ((full - incremental).unwrap().broadcast_mul(&m).unwrap())
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = ((full - incremental).unwrap().broadcast_mul(&m).unwrap()).abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "{:?}: {diff}", cfg.family);
         // forward_last is the last position of forward.
         let last = model.forward_last(&input, &mask, None, AdapterMode::Enabled).unwrap();
@@ -206,9 +188,7 @@ fn disabled_adapters_give_the_base_model_and_merging_preserves_the_output() {
     let lora = CausalLm::from_tensors(&cfg, weights, Some(&all_linear(2)), 0, DType::F32, &Device::Cpu).unwrap();
     randomize_lora_b(&lora, 2);
     let (input, mask) = batch();
-    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    };
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 { (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() };
     let reference = base.forward(&input, &mask, None, AdapterMode::Enabled).unwrap();
     let disabled = lora.forward(&input, &mask, None, AdapterMode::Disabled).unwrap();
     let enabled = lora.forward(&input, &mask, None, AdapterMode::Enabled).unwrap();
@@ -263,4 +243,3 @@ fn logprob_and_entropy_helpers_match_direct_computation() {
     assert!((h[0][1] - 3f64.ln()).abs() < 1e-12);
     let _ = D::Minus1;
 }
-

@@ -28,10 +28,7 @@ impl TaskEnvironment for TargetWords {
 
     fn tasks(&self) -> anyhow::Result<Vec<TaskPrompt>> {
         Ok((0..16)
-            .map(|i| TaskPrompt {
-                id: format!("task-{i}"),
-                messages: vec![ChatMessage::new("user", format!("w{} w{}", 20 + i, 40 + (i * 7) % 20))],
-            })
+            .map(|i| TaskPrompt { id: format!("task-{i}"), messages: vec![ChatMessage::new("user", format!("w{} w{}", 20 + i, 40 + (i * 7) % 20))] })
             .collect())
     }
 

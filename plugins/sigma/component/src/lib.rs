@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 use exports::sigmaforge::plugin::plugin::Guest as PluginGuest;
 use exports::sigmaforge::plugin::reward::Guest as RewardGuest;
 use exports::sigmaforge::plugin::tasks::Guest as TasksGuest;
+use sigma_task::{LogLevel, SigmaTask, TaskConfig};
 use sigmaforge::plugin::host::{self, Level};
 use sigmaforge::plugin::types::{ComponentScore, Message, PluginInfo, Task, TaskRef};
-use sigma_task::{LogLevel, SigmaTask, TaskConfig};
 
 /// The loaded task; set once by `init` (the host calls `init` once per instance).
 static TASK: OnceLock<SigmaTask> = OnceLock::new();

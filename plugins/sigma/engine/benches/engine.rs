@@ -53,7 +53,11 @@ fn main() {
     assert_eq!(back.len(), corpus.len());
     std::fs::remove_file(&cache).ok();
     println!("cache write (median of 3):                  {:>10.2?}  ({:.1} MB)", write, size as f64 / 1e6);
-    println!("cache load incl. freshness check (median of 5): {:>6.2?}  ({:.1}x faster than parsing)", read, parse.as_secs_f64() / read.as_secs_f64());
+    println!(
+        "cache load incl. freshness check (median of 5): {:>6.2?}  ({:.1}x faster than parsing)",
+        read,
+        parse.as_secs_f64() / read.as_secs_f64()
+    );
 
     let map = LogsourceMap::builtin().unwrap();
     let hunter = Hunter::new(&corpus, &map, CompileOptions::default());

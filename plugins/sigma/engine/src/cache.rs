@@ -50,11 +50,7 @@ impl SourceStamp {
     /// Reads the size and modification time of `source`.
     pub fn of(source: &SourceFile) -> std::io::Result<SourceStamp> {
         let meta = std::fs::metadata(&source.path)?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64);
+        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i64);
         Ok(SourceStamp { path: source.path.display().to_string(), size: meta.len(), mtime_ns })
     }
 }
@@ -66,7 +62,9 @@ pub enum CacheError {
     /// Not a SigmaForge corpus cache at all.
     NotACache,
     /// Written by another version of the format.
-    Version { found: u32 },
+    Version {
+        found: u32,
+    },
     /// Damaged: truncated, checksum mismatch, or inconsistent content.
     Corrupt(String),
     /// Valid, but built from other source files (or older versions of them).

@@ -26,26 +26,15 @@ pub fn check_text(text: &str, origin: &str, options: &CompileOptions) -> Checked
             // Unresolved placeholders are a deployment matter, not a broken rule: the rule is
             // valid Sigma and runs once its placeholder values are configured. Anything else
             // (a regex over the size limit) is an error.
-            let lenient = CompileOptions {
-                unknown_placeholder: PlaceholderPolicy::MatchNothing,
-                ..options.clone()
-            };
+            let lenient = CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..options.clone() };
             match compile_detection(&rule.detection, &lenient, &mut |_| FieldKey(0)) {
-                Ok(_) => extra.push(Diagnostic::warning(
-                    "unresolved-placeholder",
-                    origin,
-                    Some(pos),
-                    message,
-                )),
+                Ok(_) => extra.push(Diagnostic::warning("unresolved-placeholder", origin, Some(pos), message)),
                 Err((pos, message)) => extra.push(Diagnostic::error("compile", origin, Some(pos), message)),
             }
         }
     }
     parsed.diagnostics.extend(extra);
-    CheckedFile {
-        origin: origin.to_string(),
-        parsed,
-    }
+    CheckedFile { origin: origin.to_string(), parsed }
 }
 
 /// Checks across files: duplicate rule ids and names (errors: ids must be unique), and
@@ -69,9 +58,7 @@ pub fn check_across(files: &[CheckedFile]) -> Vec<Diagnostic> {
                         "duplicate-id",
                         &f.origin,
                         Some(Pos::new(line, 1)),
-                        format!(
-                            "rule {what} '{v}' is also used by {other}:{other_line}; every rule needs its own {what}"
-                        ),
+                        format!("rule {what} '{v}' is also used by {other}:{other_line}; every rule needs its own {what}"),
                     ));
                 } else {
                     seen.insert(v, (&f.origin, line));

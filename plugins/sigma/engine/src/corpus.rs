@@ -115,11 +115,8 @@ pub fn load_event_file(source: &SourceFile) -> LoadedFile {
             return loaded;
         }
     };
-    let format = EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") {
-        EventFormat::Evtx
-    } else {
-        EventFormat::Json
-    });
+    let format =
+        EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") { EventFormat::Evtx } else { EventFormat::Json });
     match format {
         EventFormat::Evtx => crate::evtx::load_evtx_bytes(&source.name, bytes),
         EventFormat::Json => crate::json_events::load_json_bytes(&source.name, &bytes),
@@ -200,8 +197,7 @@ impl Corpus {
 
     /// Indices (ascending) of the events whose bucket passes `accept(channel_lower, event_id)`.
     pub fn select(&self, mut accept: impl FnMut(&str, &str) -> bool) -> Vec<u32> {
-        let lists: Vec<&Vec<u32>> =
-            self.index.iter().filter(|((channel, id), _)| accept(channel, id)).map(|(_, v)| v).collect();
+        let lists: Vec<&Vec<u32>> = self.index.iter().filter(|((channel, id), _)| accept(channel, id)).map(|(_, v)| v).collect();
         let mut out: Vec<u32> = lists.iter().flat_map(|v| v.iter().copied()).collect();
         if lists.len() > 1 {
             out.sort_unstable();
@@ -269,9 +265,15 @@ mod tests {
     #[test]
     fn builder_merges_field_tables_and_indexes_by_channel_and_event_id() {
         let c = corpus_of(&[
-            ("a.json", r##"{"Event":{"System":{"EventID":1,"EventRecordID":10,"Channel":"Microsoft-Windows-Sysmon/Operational"},"EventData":{"Image":"x"}}}"##),
-            ("b.json", r##"{"Event":{"System":{"Channel":"Security","EventID":"4688","EventRecordID":3},"EventData":{"NewProcessName":"y"}}}
-{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"##),
+            (
+                "a.json",
+                r##"{"Event":{"System":{"EventID":1,"EventRecordID":10,"Channel":"Microsoft-Windows-Sysmon/Operational"},"EventData":{"Image":"x"}}}"##,
+            ),
+            (
+                "b.json",
+                r##"{"Event":{"System":{"Channel":"Security","EventID":"4688","EventRecordID":3},"EventData":{"NewProcessName":"y"}}}
+{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":4}}}"##,
+            ),
         ]);
         assert_eq!(c.len(), 3);
         assert_eq!(c.files(), ["a.json", "b.json"]);

@@ -60,14 +60,7 @@ impl Diagnostic {
     }
 
     fn new(severity: Severity, code: &'static str, origin: &str, pos: Option<Pos>, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity,
-            code,
-            message: message.into(),
-            origin: origin.to_string(),
-            line: pos.map(|p| p.line),
-            column: pos.map(|p| p.column),
-        }
+        Diagnostic { severity, code, message: message.into(), origin: origin.to_string(), line: pos.map(|p| p.line), column: pos.map(|p| p.column) }
     }
 
     pub fn is_error(&self) -> bool {

@@ -70,9 +70,7 @@ fn parse_records(loaded: &mut LoadedFile, bytes: Vec<u8>) {
                 continue;
             }
         };
-        let flat = serde_json::from_slice(&record.data)
-            .map_err(|e| e.to_string())
-            .and_then(|json| flatten_event(&json, &mut loaded.table));
+        let flat = serde_json::from_slice(&record.data).map_err(|e| e.to_string()).and_then(|json| flatten_event(&json, &mut loaded.table));
         match flat {
             Ok(flat) => {
                 if flat.record_id.is_none() {
@@ -92,9 +90,7 @@ fn parse_records(loaded: &mut LoadedFile, bytes: Vec<u8>) {
         loaded.warn(format!("skipped {failed} records that could not be parsed (first: {first})"));
     }
     if without_record_id > 0 {
-        loaded.warn(format!(
-            "{without_record_id} records have no System.EventRecordID; they are named by their EVTX record header id"
-        ));
+        loaded.warn(format!("{without_record_id} records have no System.EventRecordID; they are named by their EVTX record header id"));
     }
 }
 

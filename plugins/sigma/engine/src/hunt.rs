@@ -36,7 +36,6 @@ pub struct Hunter<'a> {
     candidates: Vec<Vec<Vec<u32>>>,
 }
 
-
 /// A base rule of a correlation: the rule, its prepared form and its matching events.
 pub type BaseRule<'r> = (&'r Rule, &'r PreparedRule, &'r [u32]);
 
@@ -45,8 +44,7 @@ pub type BaseRule<'r> = (&'r Rule, &'r PreparedRule, &'r [u32]);
 type CorrelationRow = (i64, usize, u32, Vec<String>, Option<String>);
 impl<'a> Hunter<'a> {
     pub fn new(corpus: &'a Corpus, map: &'a LogsourceMap, options: CompileOptions) -> Self {
-        let candidates =
-            map.entries().iter().map(|e| e.variants.iter().map(|v| v.candidates(corpus)).collect()).collect();
+        let candidates = map.entries().iter().map(|e| e.variants.iter().map(|v| v.candidates(corpus)).collect()).collect();
         Hunter { corpus, map, options, candidates }
     }
 
@@ -71,8 +69,7 @@ impl<'a> Hunter<'a> {
         let mut narrowed = Vec::with_capacity(entry.variants.len());
         for (vi, variant) in entry.variants.iter().enumerate() {
             let rule = variant.map_values(rule);
-            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(self.corpus, name))
-                .map_err(|d| d.to_string())?;
+            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(self.corpus, name)).map_err(|d| d.to_string())?;
             // A detection that pins EventID lets the index skip every other bucket.
             let event_id = variant.resolve(self.corpus, "EventID");
             narrowed.push(compiled.required_values(event_id).map(|ids| {
@@ -131,11 +128,7 @@ impl<'a> Hunter<'a> {
                     .aliases
                     .iter()
                     .find(|a| a.name == name)
-                    .and_then(|a| {
-                        a.per_rule
-                            .iter()
-                            .find(|(r, _)| Some(r.as_str()) == rule.id.as_deref() || Some(r.as_str()) == rule.name.as_deref())
-                    })
+                    .and_then(|a| a.per_rule.iter().find(|(r, _)| Some(r.as_str()) == rule.id.as_deref() || Some(r.as_str()) == rule.name.as_deref()))
                     .map_or_else(|| name.to_string(), |(_, f)| f.clone())
             };
             let value_of = |index: u32, field: &str| -> Option<String> {
@@ -172,8 +165,7 @@ impl<'a> Hunter<'a> {
                         holds(distinct.len() as f64)
                     }
                     CorrelationType::ValueSum | CorrelationType::ValueAvg => {
-                        let nums: Vec<f64> =
-                            window.clone().filter_map(|k| at(k).4.as_deref().and_then(crate::event::parse_number)).collect();
+                        let nums: Vec<f64> = window.clone().filter_map(|k| at(k).4.as_deref().and_then(crate::event::parse_number)).collect();
                         let sum: f64 = nums.iter().sum();
                         let v = if correlation.kind == CorrelationType::ValueSum || nums.is_empty() { sum } else { sum / nums.len() as f64 };
                         !nums.is_empty() && holds(v)
@@ -193,10 +185,11 @@ impl<'a> Hunter<'a> {
                                 next += 1;
                             }
                         }
-                        at(start).1 == 0 && match &correlation.condition {
-                            Some(_) => holds(next as f64),
-                            None => next == nrules,
-                        }
+                        at(start).1 == 0
+                            && match &correlation.condition {
+                                Some(_) => holds(next as f64),
+                                None => next == nrules,
+                            }
                     }
                     CorrelationType::ValuePercentile => false,
                 };
@@ -214,8 +207,7 @@ impl<'a> Hunter<'a> {
     /// ascending within a rule.
     pub fn hunt(&self, rules: &RuleSet) -> HuntOutcome {
         let prepared: Vec<Result<PreparedRule, String>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
-        let matches: Vec<Vec<u32>> =
-            prepared.iter().map(|p| p.as_ref().map(|p| self.evaluate(p)).unwrap_or_default()).collect();
+        let matches: Vec<Vec<u32>> = prepared.iter().map(|p| p.as_ref().map(|p| self.evaluate(p)).unwrap_or_default()).collect();
         self.finish(rules, prepared, matches)
     }
 
@@ -227,7 +219,8 @@ impl<'a> Hunter<'a> {
                 skipped.push(Skipped { file: r.file.clone(), title: r.rule.title.clone(), reason: why.clone() });
             }
         }
-        let find = |reference: &str| rules.rules.iter().position(|r| r.rule.id.as_deref() == Some(reference) || r.rule.name.as_deref() == Some(reference));
+        let find =
+            |reference: &str| rules.rules.iter().position(|r| r.rule.id.as_deref() == Some(reference) || r.rule.name.as_deref() == Some(reference));
         let base = |reference: &str| {
             let i = find(reference)?;
             let p = prepared[i].as_ref().ok()?;
@@ -415,7 +408,9 @@ mod tests {
     #[test]
     fn integrity_level_values_are_mapped_to_mandatory_label_sids_on_4688() {
         let sec = |id: u64, label: &str| {
-            format!(r##"{{"Event":{{"System":{{"Channel":"Security","EventID":4688,"EventRecordID":{id}}},"EventData":{{"NewProcessName":"C:\\x\\whoami.exe","MandatoryLabel":"{label}"}}}}}}"##)
+            format!(
+                r##"{{"Event":{{"System":{{"Channel":"Security","EventID":4688,"EventRecordID":{id}}},"EventData":{{"NewProcessName":"C:\\x\\whoami.exe","MandatoryLabel":"{label}"}}}}}}"##
+            )
         };
         let c = corpus(&[
             r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":1},"EventData":{"Image":"C:\\x\\whoami.exe","IntegrityLevel":"High"}}}"##.to_string(),
@@ -425,12 +420,16 @@ mod tests {
         ]);
         let map = LogsourceMap::builtin().unwrap();
         let h = Hunter::new(&c, &map, CompileOptions::default());
-        let set = rules("title: Elevated whoami\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n    IntegrityLevel: high\n  condition: sel\n");
+        let set = rules(
+            "title: Elevated whoami\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n    IntegrityLevel: high\n  condition: sel\n",
+        );
         let out = h.hunt(&set);
         let ids: Vec<u64> = out.rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1, 2]);
         // With a modifier the value is not an exact level, so it is left alone (and 4688 cannot match it).
-        let set = rules("title: T\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    IntegrityLevel|contains: Hig\n  condition: sel\n");
+        let set = rules(
+            "title: T\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    IntegrityLevel|contains: Hig\n  condition: sel\n",
+        );
         let ids: Vec<u64> = h.hunt(&set).rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1]);
     }
@@ -444,7 +443,9 @@ mod tests {
         ]);
         let map = LogsourceMap::builtin().unwrap();
         let h = Hunter::new(&c, &map, CompileOptions::default());
-        let set = rules("title: Logons\nlogsource: {product: windows, service: security}\ndetection:\n  sel:\n    EventID: [4624, 4625]\n    LogonType: 3\n  not4625:\n    EventID: 4625\n  condition: sel and not not4625\n");
+        let set = rules(
+            "title: Logons\nlogsource: {product: windows, service: security}\ndetection:\n  sel:\n    EventID: [4624, 4625]\n    LogonType: 3\n  not4625:\n    EventID: 4625\n  condition: sel and not not4625\n",
+        );
         let prepared = h.prepare(&set.rules[0].rule).unwrap();
         assert_eq!(prepared.narrowed[0].as_deref(), Some(&[1u32, 2][..]));
         let ids: Vec<u64> = h.evaluate(&prepared).iter().map(|&i| c.event(i).record_id).collect();

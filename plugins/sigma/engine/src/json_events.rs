@@ -76,11 +76,7 @@ struct Flattener<'t> {
 impl Flattener<'_> {
     fn push(&mut self, name: &str, value: Value) {
         // Sigma removes spaces from Windows field names ("Error Code" -> "ErrorCode").
-        let key = if name.contains(' ') {
-            self.table.intern(&name.replace(' ', ""))
-        } else {
-            self.table.intern(name)
-        };
+        let key = if name.contains(' ') { self.table.intern(&name.replace(' ', "")) } else { self.table.intern(name) };
         self.fields.push((key, value));
     }
 
@@ -130,11 +126,7 @@ impl Flattener<'_> {
             Json::Object(map) => {
                 // `{"#attributes": {"Name": "X"}, "#text": "v"}`: a named <Data> element as some
                 // converters write it.
-                let named = map
-                    .get("#attributes")
-                    .and_then(|a| a.get("Name"))
-                    .and_then(Json::as_str)
-                    .map(str::to_owned);
+                let named = map.get("#attributes").and_then(|a| a.get("Name")).and_then(Json::as_str).map(str::to_owned);
                 for (child, inner) in map {
                     match child.as_str() {
                         "#text" => self.data(named.as_deref().unwrap_or(name), inner),
@@ -271,20 +263,14 @@ pub fn load_json_bytes(name: &str, bytes: &[u8]) -> LoadedFile {
                 // Lines file costs one event, not the rest of the file.
                 let resume = next_object_line(bytes, pos + 1);
                 let line = 1 + bytes[..pos].iter().filter(|b| **b == b'\n').count();
-                loaded.warn(format!(
-                    "invalid JSON at line {line} ({err}); skipped {} bytes",
-                    resume - pos
-                ));
+                loaded.warn(format!("invalid JSON at line {line} ({err}); skipped {} bytes", resume - pos));
                 pos = resume;
             }
             None => break,
         }
     }
     if not_events > 0 {
-        loaded.warn(format!(
-            "{not_events} JSON values are not Windows events and were skipped (first: {})",
-            first_problem.unwrap_or_default()
-        ));
+        loaded.warn(format!("{not_events} JSON values are not Windows events and were skipped (first: {})", first_problem.unwrap_or_default()));
     }
     loaded
 }

@@ -53,8 +53,8 @@ pub mod yaml;
 pub use detection::compile::{CompileOptions, CompiledRule, PlaceholderPolicy, compile};
 pub use diagnostic::{Diagnostic, Pos, Severity};
 pub use rule::{
-    CmpOp, Correlation, CorrelationCondition, CorrelationType, Document, FieldAlias, Filter, FilterRules, Level, Logsource,
-    ParsedFile, Related, Rule, Status, apply_filter, parse_documents, rule_files,
+    CmpOp, Correlation, CorrelationCondition, CorrelationType, Document, FieldAlias, Filter, FilterRules, Level, Logsource, ParsedFile, Related,
+    Rule, Status, apply_filter, parse_documents, rule_files,
 };
 
 // Event side (helper B): loaders, store, logsource mapping, hunting.

@@ -16,8 +16,8 @@ use std::fmt;
 
 use crate::corpus::Corpus;
 use crate::detection::{Item, Modifier, RawKind, SearchBody};
-use crate::rule::Rule;
 use crate::event::FieldKey;
+use crate::rule::Rule;
 use crate::yaml::{Node, NodeValue, parse_stream};
 
 /// The mapping shipped with SigmaForge.
@@ -84,10 +84,8 @@ impl MappingEntry {
 
 /// Formats a logsource triple for messages.
 pub fn describe_logsource(product: Option<&str>, category: Option<&str>, service: Option<&str>) -> String {
-    let parts: Vec<String> = [("product", product), ("category", category), ("service", service)]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
-        .collect();
+    let parts: Vec<String> =
+        [("product", product), ("category", category), ("service", service)].into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={v}"))).collect();
     if parts.is_empty() { "(empty logsource)".into() } else { parts.join(" ") }
 }
 
@@ -191,11 +189,7 @@ impl LogsourceMap {
     }
 }
 
-fn parse_variant(
-    node: &Node,
-    name: String,
-    err: &dyn Fn(Option<&Node>, String) -> MappingError,
-) -> Result<Variant, MappingError> {
+fn parse_variant(node: &Node, name: String, err: &dyn Fn(Option<&Node>, String) -> MappingError) -> Result<Variant, MappingError> {
     let mut conditions = Vec::new();
     match node.get("conditions") {
         Some(c) => {
@@ -218,7 +212,8 @@ fn parse_variant(
     if let Some(f) = node.get("fields") {
         let map = f.as_map().ok_or_else(|| err(Some(f), "`fields` must be a map of Sigma field: event field".into()))?;
         for entry in map {
-            let target = entry.value.scalar_text().ok_or_else(|| err(Some(&entry.value), format!("rename of `{}` must be a field name", entry.key)))?;
+            let target =
+                entry.value.scalar_text().ok_or_else(|| err(Some(&entry.value), format!("rename of `{}` must be a field name", entry.key)))?;
             renames.insert(entry.key.clone(), target);
         }
     }
@@ -226,10 +221,16 @@ fn parse_variant(
     if let Some(v) = node.get("values") {
         let map = v.as_map().ok_or_else(|| err(Some(v), "`values` must be a map of Sigma field: {rule value: event value}".into()))?;
         for entry in map {
-            let inner = entry.value.as_map().ok_or_else(|| err(Some(&entry.value), format!("`values` of `{}` must be a map of rule value: event value", entry.key)))?;
+            let inner = entry
+                .value
+                .as_map()
+                .ok_or_else(|| err(Some(&entry.value), format!("`values` of `{}` must be a map of rule value: event value", entry.key)))?;
             let mut pairs = HashMap::new();
             for pair in inner {
-                let to = pair.value.scalar_text().ok_or_else(|| err(Some(&pair.value), format!("the event value for `{}: {}` must be a scalar", entry.key, pair.key)))?;
+                let to = pair
+                    .value
+                    .scalar_text()
+                    .ok_or_else(|| err(Some(&pair.value), format!("the event value for `{}: {}` must be a scalar", entry.key, pair.key)))?;
                 pairs.insert(pair.key.to_lowercase(), to);
             }
             value_maps.insert(entry.key.clone(), pairs);
@@ -290,10 +291,8 @@ impl Variant {
     pub fn candidates(&self, corpus: &Corpus) -> Vec<u32> {
         let by = |name: &str| self.conditions.iter().find(|c| c.field == name);
         let (channel, event_id) = (by("Channel"), by("EventID"));
-        let selected = corpus.select(|ch, id| {
-            channel.is_none_or(|c| c.values.iter().any(|v| v == ch))
-                && event_id.is_none_or(|c| c.values.iter().any(|v| v == id))
-        });
+        let selected = corpus
+            .select(|ch, id| channel.is_none_or(|c| c.values.iter().any(|v| v == ch)) && event_id.is_none_or(|c| c.values.iter().any(|v| v == id)));
         let rest: Vec<(FieldKey, &[String])> = self
             .conditions
             .iter()
@@ -363,7 +362,10 @@ mod tests {
             ("logsources: []", "version"),
             ("version: 2\nlogsources: []", "unsupported mapping version 2"),
             ("version: 1\nlogsources:\n  - logsource: {product: windows}\n", "conditions"),
-            ("version: 1\nlogsources:\n  - logsource: {product: windows}\n    conditions: {}\n  - logsource: {product: windows}\n    conditions: {}\n", "mapped twice"),
+            (
+                "version: 1\nlogsources:\n  - logsource: {product: windows}\n    conditions: {}\n  - logsource: {product: windows}\n    conditions: {}\n",
+                "mapped twice",
+            ),
             ("version: 1\nlogsources:\n  - logsource: {product: windows}\n    conditions: {EventID: [1, [2]]}\n", "scalars"),
             ("version: 1\nlogsources: [\n", "YAML"),
         ];
@@ -381,10 +383,8 @@ mod tests {
         let map = LogsourceMap::builtin().unwrap();
         let root = sigmaforge_data::for_tests().join("sigma");
         // The rule folders; meta/ holds converter configs, not rules.
-        let files: Vec<_> = ["rules", "rules-emerging-threats", "rules-threat-hunting"]
-            .iter()
-            .flat_map(|d| crate::rule_files(&root.join(d)).unwrap())
-            .collect();
+        let files: Vec<_> =
+            ["rules", "rules-emerging-threats", "rules-threat-hunting"].iter().flat_map(|d| crate::rule_files(&root.join(d)).unwrap()).collect();
         assert_eq!(files.len(), 2858, "the SigmaHQ snapshot holds 2,858 Windows rules");
         let mut missing = Vec::new();
         for f in &files {

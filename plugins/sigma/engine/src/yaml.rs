@@ -112,11 +112,7 @@ pub struct YamlError {
 
 impl YamlError {
     fn at(pos: Pos, code: &'static str, message: impl Into<String>) -> Self {
-        YamlError {
-            pos: Some(pos),
-            code,
-            message: message.into(),
-        }
+        YamlError { pos: Some(pos), code, message: message.into() }
     }
 }
 
@@ -133,18 +129,8 @@ fn pos_of(span: &Span) -> Pos {
 
 /// A collection being built.
 enum Frame {
-    Seq {
-        pos: Pos,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        pos: Pos,
-        anchor: usize,
-        entries: Vec<Entry>,
-        keys: HashSet<String>,
-        pending_key: Option<(String, Pos)>,
-    },
+    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
+    Map { pos: Pos, anchor: usize, entries: Vec<Entry>, keys: HashSet<String>, pending_key: Option<(String, Pos)> },
 }
 
 /// Parses every document of `text`.
@@ -154,16 +140,9 @@ pub fn parse_stream(text: &str) -> YamlStream {
         let error = YamlError {
             pos: None,
             code: "input-too-large",
-            message: format!(
-                "the file is {} bytes; rule files larger than {} bytes are refused",
-                text.len(),
-                MAX_INPUT_BYTES
-            ),
+            message: format!("the file is {} bytes; rule files larger than {} bytes are refused", text.len(), MAX_INPUT_BYTES),
         };
-        return YamlStream {
-            documents,
-            error: Some(error),
-        };
+        return YamlStream { documents, error: Some(error) };
     }
     let error = build(text, &mut documents).err();
     YamlStream { documents, error }
@@ -178,11 +157,7 @@ fn build(text: &str, documents: &mut Vec<Node>) -> Result<(), YamlError> {
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| {
             let m = e.marker();
-            YamlError::at(
-                Pos::new(m.line() as u32, m.col() as u32 + 1),
-                "yaml-syntax",
-                format!("YAML syntax error: {}", e.info()),
-            )
+            YamlError::at(Pos::new(m.line() as u32, m.col() as u32 + 1), "yaml-syntax", format!("YAML syntax error: {}", e.info()))
         })?;
         let pos = pos_of(&span);
         let finished: Option<Node> = match event {
@@ -199,19 +174,11 @@ fn build(text: &str, documents: &mut Vec<Node>) -> Result<(), YamlError> {
             }
             Event::Alias(id) => {
                 let Some(target) = anchors.get(&id) else {
-                    return Err(YamlError::at(
-                        pos,
-                        "yaml-syntax",
-                        "YAML alias refers to an unknown anchor",
-                    ));
+                    return Err(YamlError::at(pos, "yaml-syntax", "YAML alias refers to an unknown anchor"));
                 };
                 nodes += target.size();
                 if nodes > MAX_NODES {
-                    return Err(YamlError::at(
-                        pos,
-                        "yaml-too-large",
-                        format!("YAML aliases expand to more than {MAX_NODES} nodes (alias bomb?)"),
-                    ));
+                    return Err(YamlError::at(pos, "yaml-too-large", format!("YAML aliases expand to more than {MAX_NODES} nodes (alias bomb?)")));
                 }
                 let mut copy = target.clone();
                 copy.pos = pos;
@@ -220,10 +187,7 @@ fn build(text: &str, documents: &mut Vec<Node>) -> Result<(), YamlError> {
             Event::Scalar(value, style, anchor, tag) => {
                 nodes += 1;
                 let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
-                let node = Node {
-                    pos,
-                    value: resolve_scalar(&value, style, is_str_tag),
-                };
+                let node = Node { pos, value: resolve_scalar(&value, style, is_str_tag) };
                 if anchor > 0 {
                     anchors.insert(anchor, node.clone());
                 }
@@ -232,47 +196,19 @@ fn build(text: &str, documents: &mut Vec<Node>) -> Result<(), YamlError> {
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 nodes += 1;
                 if stack.len() >= MAX_DEPTH {
-                    return Err(YamlError::at(
-                        pos,
-                        "yaml-too-deep",
-                        format!("YAML nesting is deeper than {MAX_DEPTH} levels"),
-                    ));
+                    return Err(YamlError::at(pos, "yaml-too-deep", format!("YAML nesting is deeper than {MAX_DEPTH} levels")));
                 }
                 if matches!(event, Event::SequenceStart(..)) {
-                    stack.push(Frame::Seq {
-                        pos,
-                        anchor,
-                        items: Vec::new(),
-                    });
+                    stack.push(Frame::Seq { pos, anchor, items: Vec::new() });
                 } else {
-                    stack.push(Frame::Map {
-                        pos,
-                        anchor,
-                        entries: Vec::new(),
-                        keys: HashSet::new(),
-                        pending_key: None,
-                    });
+                    stack.push(Frame::Map { pos, anchor, entries: Vec::new(), keys: HashSet::new(), pending_key: None });
                 }
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq { pos, anchor, items }) => (
-                        Node {
-                            pos,
-                            value: NodeValue::Seq(items),
-                        },
-                        anchor,
-                    ),
-                    Some(Frame::Map {
-                        pos, anchor, entries, ..
-                    }) => (
-                        Node {
-                            pos,
-                            value: NodeValue::Map(entries),
-                        },
-                        anchor,
-                    ),
+                    Some(Frame::Seq { pos, anchor, items }) => (Node { pos, value: NodeValue::Seq(items) }, anchor),
+                    Some(Frame::Map { pos, anchor, entries, .. }) => (Node { pos, value: NodeValue::Map(entries) }, anchor),
                     None => return Err(YamlError::at(pos, "yaml-syntax", "unbalanced YAML collection end")),
                 };
                 if anchor > 0 {
@@ -282,22 +218,13 @@ fn build(text: &str, documents: &mut Vec<Node>) -> Result<(), YamlError> {
             }
         };
         if nodes > MAX_NODES {
-            return Err(YamlError::at(
-                pos,
-                "yaml-too-large",
-                format!("the YAML holds more than {MAX_NODES} nodes"),
-            ));
+            return Err(YamlError::at(pos, "yaml-too-large", format!("the YAML holds more than {MAX_NODES} nodes")));
         }
         if let Some(node) = finished {
             match stack.last_mut() {
                 None => root = Some(node),
                 Some(Frame::Seq { items, .. }) => items.push(node),
-                Some(Frame::Map {
-                    entries,
-                    keys,
-                    pending_key,
-                    ..
-                }) => match pending_key.take() {
+                Some(Frame::Map { entries, keys, pending_key, .. }) => match pending_key.take() {
                     None => {
                         let key = match &node.value {
                             NodeValue::String(s) | NodeValue::Number(s) => s.clone(),
@@ -315,18 +242,12 @@ fn build(text: &str, documents: &mut Vec<Node>) -> Result<(), YamlError> {
                             return Err(YamlError::at(
                                 node.pos,
                                 "duplicate-key",
-                                format!(
-                                    "duplicate key '{key}' in the same mapping (YAML keys must be unique; merge the values into one list)"
-                                ),
+                                format!("duplicate key '{key}' in the same mapping (YAML keys must be unique; merge the values into one list)"),
                             ));
                         }
                         *pending_key = Some((key, node.pos));
                     }
-                    Some((key, key_pos)) => entries.push(Entry {
-                        key,
-                        key_pos,
-                        value: node,
-                    }),
+                    Some((key, key_pos)) => entries.push(Entry { key, key_pos, value: node }),
                 },
             }
         }
@@ -359,10 +280,7 @@ fn is_yaml_number(t: &str) -> bool {
     if let Some(oct) = t.strip_prefix("0o") {
         return !oct.is_empty() && oct.bytes().all(|c| (b'0'..=b'7').contains(&c));
     }
-    if matches!(
-        t,
-        ".inf" | ".Inf" | ".INF" | "-.inf" | "+.inf" | ".nan" | ".NaN" | ".NAN"
-    ) {
+    if matches!(t, ".inf" | ".Inf" | ".INF" | "-.inf" | "+.inf" | ".nan" | ".NaN" | ".NAN") {
         return true;
     }
     // [-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?
@@ -472,9 +390,7 @@ mod tests {
         let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
             let p = i - 1;
-            bomb.push_str(&format!(
-                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
-            ));
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
         }
         let t = std::time::Instant::now();
         let s = parse_stream(&bomb);
@@ -486,10 +402,7 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let e = parse_stream(&deep).error.unwrap();
-        assert!(
-            e.code == "yaml-too-deep" || e.message.contains("recursion limit"),
-            "{e:?}"
-        );
+        assert!(e.code == "yaml-too-deep" || e.message.contains("recursion limit"), "{e:?}");
         let mut block = String::new();
         for i in 0..1_000 {
             block.push_str(&" ".repeat(i));

@@ -35,7 +35,9 @@ fn find_examples() {
     let mut set = RuleSet::default();
     let mut texts = Vec::new();
     // The SigmaHQ rule folders (meta/ holds converter configs, not rules), in path order.
-    let files = ["rules", "rules-emerging-threats", "rules-threat-hunting"].iter().flat_map(|d| sigma_engine::rule_files(&data.join("sigma").join(d)).unwrap());
+    let files = ["rules", "rules-emerging-threats", "rules-threat-hunting"]
+        .iter()
+        .flat_map(|d| sigma_engine::rule_files(&data.join("sigma").join(d)).unwrap());
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let rel = f.strip_prefix(data.join("sigma")).unwrap().display().to_string();

@@ -9,12 +9,7 @@ use sigma_engine::{CompileOptions, CompiledRule, Document, PlaceholderPolicy, Ru
 fn rule(detection: &str) -> Rule {
     let text = format!("title: t\nlogsource:\n  product: windows\ndetection:\n{detection}");
     let parsed = parse_documents(&text, "test.yml");
-    let errors: Vec<String> = parsed
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.to_string())
-        .collect();
+    let errors: Vec<String> = parsed.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
     assert!(errors.is_empty(), "rule should be valid:\n{text}\n{errors:#?}");
     match parsed.documents.into_iter().next() {
         Some(Document::Rule(r)) => r,
@@ -91,14 +86,9 @@ fn keyword_list_searches_every_value_as_substring() {
 
 #[test]
 fn keyword_all_map_needs_every_keyword() {
-    let mut r = compiled(
-        "  keywords:\n    '|all':\n      - 'Remove-MailboxExportRequest'\n      - ' -Identity '\n  condition: keywords\n",
-    );
+    let mut r = compiled("  keywords:\n    '|all':\n      - 'Remove-MailboxExportRequest'\n      - ' -Identity '\n  condition: keywords\n");
     assert!(r.on(&[("Payload", s("Remove-MailboxExportRequest -Identity x"))]));
-    assert!(
-        r.on(&[("A", s("remove-mailboxexportrequest")), ("B", s("a -identity b"))]),
-        "keywords may sit in different fields"
-    );
+    assert!(r.on(&[("A", s("remove-mailboxexportrequest")), ("B", s("a -identity b"))]), "keywords may sit in different fields");
     assert!(!r.on(&[("Payload", s("Remove-MailboxExportRequest"))]));
 }
 
@@ -137,10 +127,7 @@ fn numbers_and_booleans_compare_as_strings() {
 fn strings_are_case_insensitive_and_anchored() {
     let mut r = compiled("  sel:\n    Image: 'C:\\Windows\\System32\\cmd.exe'\n  condition: sel\n");
     assert!(r.on(&[("Image", s("c:\\windows\\system32\\CMD.EXE"))]));
-    assert!(
-        !r.on(&[("Image", s("c:\\windows\\system32\\cmd.exe.bak"))]),
-        "no wildcard: the whole value must match"
-    );
+    assert!(!r.on(&[("Image", s("c:\\windows\\system32\\cmd.exe.bak"))]), "no wildcard: the whole value must match");
 }
 
 #[test]
@@ -182,10 +169,7 @@ fn contains_startswith_endswith() {
     assert!(en.on(&[("A", s("a.EXE"))]));
     assert!(!en.on(&[("A", s("a.exe.txt"))]));
     let mut wild = compiled("  sel:\n    A|contains: 'a*c'\n  condition: sel\n");
-    assert!(
-        wild.on(&[("A", s("xxabbbcxx"))]),
-        "wildcards inside a contains value still apply"
-    );
+    assert!(wild.on(&[("A", s("xxabbbcxx"))]), "wildcards inside a contains value still apply");
 }
 
 #[test]
@@ -233,10 +217,7 @@ fn utf16_encodings_before_base64() {
 fn windash_accepts_every_dash_variant() {
     let mut r = compiled("  sel:\n    CommandLine|windash|contains: ' -encodedcommand '\n  condition: sel\n");
     for d in ["-", "/", "\u{2013}", "\u{2014}", "\u{2015}"] {
-        assert!(
-            r.on(&[("CommandLine", s(&format!("powershell {d}EncodedCommand abc")))]),
-            "{d}"
-        );
+        assert!(r.on(&[("CommandLine", s(&format!("powershell {d}EncodedCommand abc")))]), "{d}");
     }
     assert!(!r.on(&[("CommandLine", s("powershell EncodedCommand abc"))]));
     let mut many = compiled("  sel:\n    CommandLine|windash|contains: ' -a -b -c'\n  condition: sel\n");
@@ -312,30 +293,17 @@ fn fieldref_compares_two_fields() {
 #[test]
 fn expand_uses_configured_placeholders() {
     let det = "  sel:\n    Host|expand: '%servers%'\n  condition: sel\n";
-    let opts = CompileOptions {
-        placeholders: HashMap::from([("servers".into(), vec!["dc1".into(), "dc2*".into()])]),
-        ..Default::default()
-    };
+    let opts = CompileOptions { placeholders: HashMap::from([("servers".into(), vec!["dc1".into(), "dc2*".into()])]), ..Default::default() };
     let mut r = compiled_with(det, &opts);
     assert!(r.on(&[("Host", s("DC1"))]));
     assert!(!r.on(&[("Host", s("dc2x"))]), "placeholder values are literal");
     assert!(r.on(&[("Host", s("dc2*"))]));
     assert!(!r.on(&[("Host", s("%servers%"))]));
 
-    let e = compile(&rule(det), &CompileOptions::default(), &mut |_| {
-        sigma_engine::event::FieldKey(0)
-    })
-    .unwrap_err();
-    assert!(
-        e.message.contains("placeholder '%servers%' has no configured values"),
-        "{}",
-        e.message
-    );
+    let e = compile(&rule(det), &CompileOptions::default(), &mut |_| sigma_engine::event::FieldKey(0)).unwrap_err();
+    assert!(e.message.contains("placeholder '%servers%' has no configured values"), "{}", e.message);
 
-    let nothing = CompileOptions {
-        unknown_placeholder: PlaceholderPolicy::MatchNothing,
-        ..Default::default()
-    };
+    let nothing = CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..Default::default() };
     let mut r = compiled_with(det, &nothing);
     assert!(!r.on(&[("Host", s("dc1"))]));
     assert!(!r.on(&[("Host", s("%servers%"))]));
@@ -416,10 +384,7 @@ fn not_binds_tighter_than_and_tighter_than_or() {
 #[test]
 fn not_of_a_missing_field_is_true() {
     let mut r = compiled("  sel:\n    A: x\n  filter:\n    B: y\n  condition: sel and not filter\n");
-    assert!(
-        r.on(&[("A", s("x"))]),
-        "two-valued logic: the filter's field is missing, so 'not filter' holds"
-    );
+    assert!(r.on(&[("A", s("x"))]), "two-valued logic: the filter's field is missing, so 'not filter' holds");
     assert!(!r.on(&[("A", s("x")), ("B", s("y"))]));
 }
 
@@ -474,24 +439,10 @@ fn required_values_pin_a_field_only_when_every_branch_does() {
         c.rule.required_values(key)
     };
     let two = "  a:\n    EventID: 4719\n    X: 1\n  b:\n    EventID:\n      - 4720\n      - 4721\n";
-    assert_eq!(
-        req(&format!("{two}  condition: a or b\n")),
-        Some(vec!["4719".into(), "4720".into(), "4721".into()])
-    );
-    assert_eq!(
-        req(&format!("{two}  condition: a and not b\n")),
-        Some(vec!["4719".into()])
-    );
-    assert_eq!(
-        req(&format!("{two}  c:\n    Y: 2\n  condition: a or c\n")),
-        None,
-        "branch c does not pin EventID"
-    );
+    assert_eq!(req(&format!("{two}  condition: a or b\n")), Some(vec!["4719".into(), "4720".into(), "4721".into()]));
+    assert_eq!(req(&format!("{two}  condition: a and not b\n")), Some(vec!["4719".into()]));
+    assert_eq!(req(&format!("{two}  c:\n    Y: 2\n  condition: a or c\n")), None, "branch c does not pin EventID");
     assert_eq!(req("  a:\n    EventID|contains: 47\n  condition: a\n"), None);
     assert_eq!(req("  a:\n    EventID|neq: 4719\n  condition: a\n"), None);
-    assert_eq!(
-        req(&format!("{two}  condition: a and b\n")),
-        Some(vec![]),
-        "contradictory: can never match"
-    );
+    assert_eq!(req(&format!("{two}  condition: a and b\n")), Some(vec![]), "contradictory: can never match");
 }

@@ -12,10 +12,7 @@ use sigma_engine::{CompileOptions, Document, PlaceholderPolicy, compile, parse_d
 fn exercise(text: &str) {
     let parsed = parse_documents(text, "fuzz.yml");
     let mut table = FieldTable::new();
-    let options = CompileOptions {
-        unknown_placeholder: PlaceholderPolicy::MatchNothing,
-        ..Default::default()
-    };
+    let options = CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..Default::default() };
     for doc in &parsed.documents {
         if let Document::Rule(rule) = doc
             && let Ok(c) = compile(rule, &options, &mut |n| table.intern(n))
@@ -52,11 +49,7 @@ fn corpus() -> &'static [String] {
         }
         let mut files = Vec::new();
         walk(&sigmaforge_data::for_tests().join("sigma/rules/windows"), &mut files);
-        files
-            .iter()
-            .step_by(25)
-            .map(|f| std::fs::read_to_string(f).unwrap())
-            .collect()
+        files.iter().step_by(25).map(|f| std::fs::read_to_string(f).unwrap()).collect()
     })
 }
 
@@ -159,8 +152,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     .prop_map(str::to_string);
     prop_oneof![
         (any::<usize>(), 0usize..200).prop_map(|(at, len)| Mutation::Delete { at, len }),
-        (any::<usize>(), prop::collection::vec(snippet, 1..4))
-            .prop_map(|(at, t)| Mutation::Insert { at, text: t.concat() }),
+        (any::<usize>(), prop::collection::vec(snippet, 1..4)).prop_map(|(at, t)| Mutation::Insert { at, text: t.concat() }),
         any::<usize>().prop_map(|line| Mutation::DuplicateLine { line }),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines { a, b }),
         any::<usize>().prop_map(|at| Mutation::Truncate { at }),

@@ -52,8 +52,7 @@ fn sigmahq_regression_suite_passes() {
     for f in files_named(&sigma, &|p| p.extension().is_some_and(|e| e == "yml") && !p.starts_with(sigma.join("meta"))) {
         rules.add_file(&std::fs::read_to_string(&f).unwrap(), &f.display().to_string());
     }
-    let by_id: HashMap<&str, usize> =
-        rules.rules.iter().enumerate().filter_map(|(i, r)| Some((r.rule.id.as_deref()?, i))).collect();
+    let by_id: HashMap<&str, usize> = rules.rules.iter().enumerate().filter_map(|(i, r)| Some((r.rule.id.as_deref()?, i))).collect();
     let map = LogsourceMap::builtin().unwrap();
     let options = CompileOptions::default();
 

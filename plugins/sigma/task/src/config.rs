@@ -190,7 +190,8 @@ mod tests {
 
     #[test]
     fn other_keys_are_read() {
-        let c = cfg(&[("seed", "7"), ("requests_per_rule", "5"), ("test_rules", "mine.txt"), ("test_candidate_dirs", r#"["rules/windows"]"#)]).unwrap();
+        let c =
+            cfg(&[("seed", "7"), ("requests_per_rule", "5"), ("test_rules", "mine.txt"), ("test_candidate_dirs", r#"["rules/windows"]"#)]).unwrap();
         assert_eq!((c.seed, c.requests_per_rule), (7, 5));
         assert_eq!(c.test_rules.as_deref(), Some("mine.txt"));
         assert_eq!(c.test_candidate_dirs, ["rules/windows"]);

@@ -24,11 +24,7 @@ fn sources(data_dir: &Path, config: &TaskConfig) -> Result<(Vec<SourceFile>, Vec
     let mut stamps = Vec::with_capacity(files.len());
     for f in &files {
         let meta = std::fs::metadata(&f.path).map_err(|e| format!("cannot read {}: {e}", f.path.display()))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64);
+        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i64);
         stamps.push(SourceStamp { path: f.name.clone(), size: meta.len(), mtime_ns });
     }
     Ok((files, stamps))
@@ -47,7 +43,10 @@ pub fn load(data_dir: &Path, config: &TaskConfig, log: &dyn Fn(LogLevel, &str)) 
             Err(e) => log(LogLevel::Warn, &format!("corpus cache {} not used: {e}; parsing the EVTX files instead", cache.display())),
         }
     } else {
-        log(LogLevel::Info, &format!("no corpus cache at {}; parsing the EVTX files (run `sigmaforge data cache` to make start-up fast)", cache.display()));
+        log(
+            LogLevel::Info,
+            &format!("no corpus cache at {}; parsing the EVTX files (run `sigmaforge data cache` to make start-up fast)", cache.display()),
+        );
     }
     let (corpus, warnings) = Corpus::load(&files);
     for w in warnings.iter().take(5) {

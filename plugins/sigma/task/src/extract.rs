@@ -195,7 +195,8 @@ fn line_number(text: &str, byte: usize) -> usize {
 mod tests {
     use super::*;
 
-    const RULE: &str = "logsource:\n  product: windows\n  category: process_creation\ndetection:\n  sel:\n    Image|endswith: '\\mshta.exe'\n  condition: sel\n";
+    const RULE: &str =
+        "logsource:\n  product: windows\n  category: process_creation\ndetection:\n  sel:\n    Image|endswith: '\\mshta.exe'\n  condition: sel\n";
 
     #[test]
     fn plain_yaml_is_taken_whole() {

@@ -32,20 +32,27 @@ pub struct Rollout {
 pub fn rollouts(rule_text: &str) -> Vec<Rollout> {
     let answer = reference_answer(rule_text);
     let logsource: String = answer.lines().take_while(|l| !l.starts_with("detection:")).map(|l| format!("{l}\n")).collect();
-    let nothing = format!("{logsource}detection:\n  selection:\n    CommandLine|contains: 'sigmaforge-no-such-value-7f3a9c'\n  condition: selection\n");
+    let nothing =
+        format!("{logsource}detection:\n  selection:\n    CommandLine|contains: 'sigmaforge-no-such-value-7f3a9c'\n  condition: selection\n");
     let detection = &answer[logsource.len()..];
     let wrong_logsource = format!("logsource:\n  product: windows\n  service: sigmaforge-wrong\n{detection}");
     vec![
         Rollout { kind: "reference", completion: answer.clone(), expected_total: Some(1.1) },
         Rollout {
             kind: "think+fence",
-            completion: format!("<think>\nThe analyst wants a rule. I will write the detection.\n</think>\nHere is the rule:\n\n```yaml\n{answer}```\n\nIt should fire on the described activity."),
+            completion: format!(
+                "<think>\nThe analyst wants a rule. I will write the detection.\n</think>\nHere is the rule:\n\n```yaml\n{answer}```\n\nIt should fire on the described activity."
+            ),
             expected_total: Some(1.1),
         },
         Rollout { kind: "garbage", completion: "I'm sorry, I can't help with writing that detection.".into(), expected_total: Some(0.0) },
         Rollout { kind: "matches-nothing", completion: nothing, expected_total: Some(0.4) },
         Rollout { kind: "wrong-logsource", completion: wrong_logsource, expected_total: None },
-        Rollout { kind: "yaml-syntax-error", completion: format!("```yaml\n{logsource}detection:\n  selection: [unclosed\n  condition: selection\n```"), expected_total: None },
+        Rollout {
+            kind: "yaml-syntax-error",
+            completion: format!("```yaml\n{logsource}detection:\n  selection: [unclosed\n  condition: selection\n```"),
+            expected_total: None,
+        },
         Rollout {
             kind: "unknown-modifier",
             completion: format!("{logsource}detection:\n  selection:\n    Image|endswithh: '.exe'\n  condition: selection\n"),

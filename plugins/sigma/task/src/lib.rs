@@ -32,8 +32,8 @@ use sigma_engine::corpus::Corpus;
 use sigma_engine::logsource::LogsourceMap;
 
 pub use config::{COMPONENTS, ConfigError, TaskConfig};
-pub use score::ComponentScore;
 use matching::RuleMatcher;
+pub use score::ComponentScore;
 use tasks::ReferenceRule;
 
 /// The splits the task offers.
@@ -108,7 +108,15 @@ impl SigmaTask {
             return Err(format!("no rule of the train list {} matches any event of the corpus", config.train_rules));
         }
         log(LogLevel::Info, &format!("train split: {} of {} listed rules fire on the corpus", train.len(), train_list.len()));
-        Ok(SigmaTask { config, data_dir: data_dir.to_path_buf(), rules_dir, matcher, train, test: OnceLock::new(), adhoc: Mutex::new(HashMap::new()) })
+        Ok(SigmaTask {
+            config,
+            data_dir: data_dir.to_path_buf(),
+            rules_dir,
+            matcher,
+            train,
+            test: OnceLock::new(),
+            adhoc: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn config(&self) -> &TaskConfig {

@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use sigma_engine::corpus::Corpus;
-use sigma_engine::logsource::{LogsourceMap, Variant, describe_logsource};
 use sigma_engine::detection::{Condition, Detection, RawKind, SearchBody, Target};
+use sigma_engine::logsource::{LogsourceMap, Variant, describe_logsource};
 use sigma_engine::{CompileOptions, Rule, compile};
 
 /// Matched events as sorted, de-duplicated (file index, EventRecordID) pairs.
@@ -90,9 +90,10 @@ impl RuleMatcher {
     pub fn match_rule(&self, rule: &Rule) -> Result<EventSet, String> {
         let ls = &rule.logsource;
         let (p, c, s) = (ls.product.as_deref(), ls.category.as_deref(), ls.service.as_deref());
-        let entry_index = self.map.lookup_index(p, c, s).ok_or_else(|| {
-            format!("its logsource ({}) is not in the logsource mapping, so it matches no event", describe_logsource(p, c, s))
-        })?;
+        let entry_index = self
+            .map
+            .lookup_index(p, c, s)
+            .ok_or_else(|| format!("its logsource ({}) is not in the logsource mapping, so it matches no event", describe_logsource(p, c, s)))?;
         let entry = &self.map.entries()[entry_index];
         let required_ids = if self.prune_by_event_id { required_event_ids(&rule.detection) } else { None };
         let events = self.corpus.events();
@@ -163,10 +164,12 @@ fn body_ids(body: &SearchBody) -> Option<Vec<String>> {
             let values: Option<Vec<String>> = item
                 .values
                 .iter()
-                .map(|v| if v.kind == RawKind::Number || (v.kind == RawKind::String && !v.text.contains(['*', '?', '\\'])) {
-                    Some(v.text.trim().to_string())
-                } else {
-                    None
+                .map(|v| {
+                    if v.kind == RawKind::Number || (v.kind == RawKind::String && !v.text.contains(['*', '?', '\\'])) {
+                        Some(v.text.trim().to_string())
+                    } else {
+                        None
+                    }
                 })
                 .collect();
             if plain { values } else { None }

@@ -7,12 +7,24 @@ use crate::persona::{Indicators, RuleMeta};
 
 /// Fields whose values name files an incident responder would see on a host.
 const ARTIFACT_FIELDS: &[&str] = &[
-    "Image", "ParentImage", "TargetImage", "SourceImage", "OriginalFileName", "ImageLoaded", "TargetFilename",
-    "NewProcessName", "ParentProcessName", "ProcessName", "Application", "ServiceFileName", "ImagePath",
+    "Image",
+    "ParentImage",
+    "TargetImage",
+    "SourceImage",
+    "OriginalFileName",
+    "ImageLoaded",
+    "TargetFilename",
+    "NewProcessName",
+    "ParentProcessName",
+    "ProcessName",
+    "Application",
+    "ServiceFileName",
+    "ImagePath",
 ];
 
 /// File extensions that make a value look like a file an analyst would name.
-const FILE_EXTENSIONS: &[&str] = &[".exe", ".dll", ".sys", ".ps1", ".bat", ".cmd", ".vbs", ".js", ".hta", ".scr", ".cpl", ".msi", ".lnk", ".dmp", ".kdbx"];
+const FILE_EXTENSIONS: &[&str] =
+    &[".exe", ".dll", ".sys", ".ps1", ".bat", ".cmd", ".vbs", ".js", ".hta", ".scr", ".cpl", ".msi", ".lnk", ".dmp", ".kdbx"];
 
 pub fn rule_meta(rule: &Rule) -> RuleMeta {
     let mut indicators = Indicators::default();
@@ -93,9 +105,7 @@ fn file_name(value: &str) -> Option<String> {
     let v = value.trim_matches('*');
     let base = v.rsplit(['\\', '/']).next().unwrap_or(v).trim_matches('*');
     let lower = base.to_ascii_lowercase();
-    let ok = base.len() > 4
-        && !base.contains(['*', '?', ' ', '%'])
-        && FILE_EXTENSIONS.iter().any(|ext| lower.ends_with(ext));
+    let ok = base.len() > 4 && !base.contains(['*', '?', ' ', '%']) && FILE_EXTENSIONS.iter().any(|ext| lower.ends_with(ext));
     ok.then(|| base.to_string())
 }
 

@@ -117,11 +117,9 @@ fn threat_hunter(m: &RuleMeta, rng: &mut SplitMix64) -> String {
             gerund(&behaviour),
             source_words(m)
         ),
-        _ => format!(
-            "Our ATT&CK coverage map has a gap at {mapped}. Specifically \"{}\". Can you draft a Sigma rule for it? {}",
-            m.title,
-            fp_note(m)
-        ),
+        _ => {
+            format!("Our ATT&CK coverage map has a gap at {mapped}. Specifically \"{}\". Can you draft a Sigma rule for it? {}", m.title, fp_note(m))
+        }
     }
 }
 
@@ -221,15 +219,22 @@ pub fn attack_techniques(tags: &[String]) -> Vec<String> {
 /// `attack.credential-access` → `credential access`.
 pub fn attack_tactics(tags: &[String]) -> Vec<String> {
     const TACTICS: &[&str] = &[
-        "reconnaissance", "resource-development", "initial-access", "execution", "persistence", "privilege-escalation",
-        "defense-evasion", "credential-access", "discovery", "lateral-movement", "collection", "command-and-control",
-        "exfiltration", "impact",
+        "reconnaissance",
+        "resource-development",
+        "initial-access",
+        "execution",
+        "persistence",
+        "privilege-escalation",
+        "defense-evasion",
+        "credential-access",
+        "discovery",
+        "lateral-movement",
+        "collection",
+        "command-and-control",
+        "exfiltration",
+        "impact",
     ];
-    tags.iter()
-        .filter_map(|t| t.strip_prefix("attack."))
-        .filter(|t| TACTICS.contains(t))
-        .map(|t| t.replace('-', " "))
-        .collect()
+    tags.iter().filter_map(|t| t.strip_prefix("attack.")).filter(|t| TACTICS.contains(t)).map(|t| t.replace('-', " ")).collect()
 }
 
 /// The event source in analyst words, e.g. "Sysmon process creation" or "the Security log".

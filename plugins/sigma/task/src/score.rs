@@ -189,12 +189,7 @@ fn prepare(yaml_text: &str) -> String {
 }
 
 fn dedent(text: &str) -> String {
-    let indent = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start_matches(' ').len())
-        .min()
-        .unwrap_or(0);
+    let indent = text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start_matches(' ').len()).min().unwrap_or(0);
     if indent == 0 {
         return text.to_string();
     }
@@ -208,10 +203,12 @@ fn lenient_logsource(text: &str) -> Option<LogsourceKey> {
     let doc = stream.documents.first()?;
     let ls = doc.get("logsource")?;
     ls.as_map()?;
-    let field = |k: &str| ls.get(k).and_then(|n| match &n.value {
-        NodeValue::Null => None,
-        _ => n.scalar_text(),
-    });
+    let field = |k: &str| {
+        ls.get(k).and_then(|n| match &n.value {
+            NodeValue::Null => None,
+            _ => n.scalar_text(),
+        })
+    };
     Some(LogsourceKey::from_parts(field("product").as_deref(), field("category").as_deref(), field("service").as_deref()))
 }
 

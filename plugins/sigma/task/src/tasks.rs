@@ -34,21 +34,12 @@ pub struct Skipped {
 /// Reads a rule list: one path per line, relative to the rules folder; `#` starts a comment.
 pub fn read_rule_list(list_file: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(list_file).map_err(|e| format!("cannot read rule list {}: {e}", list_file.display()))?;
-    Ok(text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(|l| l.to_string())
-        .collect())
+    Ok(text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(|l| l.to_string()).collect())
 }
 
 /// Loads the listed rules; a listed file that is missing is an error (the list is wrong), a rule
 /// that does not parse or matches nothing is skipped with a reason.
-pub fn load_listed(
-    rules_dir: &Path,
-    paths: &[String],
-    matcher: &RuleMatcher,
-) -> Result<(Vec<ReferenceRule>, Vec<Skipped>), String> {
+pub fn load_listed(rules_dir: &Path, paths: &[String], matcher: &RuleMatcher) -> Result<(Vec<ReferenceRule>, Vec<Skipped>), String> {
     let mut kept = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {

@@ -91,13 +91,8 @@ fn union(parts: impl Iterator<Item = Option<Vec<String>>>) -> Option<Vec<String>
 
 /// Compiles `rule`'s detection. `resolve` maps each Sigma field name the rule uses to an event
 /// field key (it is called once per distinct name).
-pub fn compile(
-    rule: &Rule,
-    options: &CompileOptions,
-    resolve: &mut dyn FnMut(&str) -> FieldKey,
-) -> Result<CompiledRule, Diagnostic> {
-    compile_detection(&rule.detection, options, resolve)
-        .map_err(|(pos, message)| Diagnostic::error("compile", &rule.origin, Some(pos), message))
+pub fn compile(rule: &Rule, options: &CompileOptions, resolve: &mut dyn FnMut(&str) -> FieldKey) -> Result<CompiledRule, Diagnostic> {
+    compile_detection(&rule.detection, options, resolve).map_err(|(pos, message)| Diagnostic::error("compile", &rule.origin, Some(pos), message))
 }
 
 pub(crate) fn compile_detection(
@@ -124,11 +119,7 @@ pub(crate) fn compile_detection(
     let condition = Expr::from_condition(&detection.condition, &names);
     fields.sort();
     fields.dedup();
-    Ok(CompiledRule {
-        searches,
-        condition,
-        fields,
-    })
+    Ok(CompiledRule { searches, condition, fields })
 }
 
 fn compile_body(
@@ -137,18 +128,8 @@ fn compile_body(
     resolve: &mut dyn FnMut(&str) -> FieldKey,
 ) -> Result<CompiledSearch, (Pos, String)> {
     Ok(match body {
-        SearchBody::AllOf(items) => CompiledSearch::AllOf(
-            items
-                .iter()
-                .map(|i| build_item(i, options, resolve))
-                .collect::<Result<_, _>>()?,
-        ),
-        SearchBody::AnyOf(bodies) => CompiledSearch::AnyOf(
-            bodies
-                .iter()
-                .map(|b| compile_body(b, options, resolve))
-                .collect::<Result<_, _>>()?,
-        ),
+        SearchBody::AllOf(items) => CompiledSearch::AllOf(items.iter().map(|i| build_item(i, options, resolve)).collect::<Result<_, _>>()?),
+        SearchBody::AnyOf(bodies) => CompiledSearch::AnyOf(bodies.iter().map(|b| compile_body(b, options, resolve)).collect::<Result<_, _>>()?),
         SearchBody::Keyword(item) => CompiledSearch::Item(build_item(item, options, resolve)?),
     })
 }
@@ -189,29 +170,14 @@ enum Expr {
 impl Expr {
     /// References were checked at parse time; `x of` targets expand here.
     fn from_condition(c: &Condition, names: &[&str]) -> Expr {
-        let index = |n: &str| {
-            names
-                .iter()
-                .position(|x| *x == n)
-                .expect("condition references were validated at parse time")
-        };
+        let index = |n: &str| names.iter().position(|x| *x == n).expect("condition references were validated at parse time");
         match c {
             Condition::Ref(n) => Expr::Search(index(n)),
             Condition::Not(inner) => Expr::Not(Box::new(Expr::from_condition(inner, names))),
             Condition::And(v) => Expr::And(v.iter().map(|c| Expr::from_condition(c, names)).collect()),
             Condition::Or(v) => Expr::Or(v.iter().map(|c| Expr::from_condition(c, names)).collect()),
-            Condition::OneOf(t) => Expr::Or(
-                t.select(names.iter().copied())
-                    .into_iter()
-                    .map(|n| Expr::Search(index(n)))
-                    .collect(),
-            ),
-            Condition::AllOf(t) => Expr::And(
-                t.select(names.iter().copied())
-                    .into_iter()
-                    .map(|n| Expr::Search(index(n)))
-                    .collect(),
-            ),
+            Condition::OneOf(t) => Expr::Or(t.select(names.iter().copied()).into_iter().map(|n| Expr::Search(index(n))).collect()),
+            Condition::AllOf(t) => Expr::And(t.select(names.iter().copied()).into_iter().map(|n| Expr::Search(index(n))).collect()),
         }
     }
 
@@ -354,33 +320,13 @@ impl Test {
             Test::Strings { any, cased } => values().any(|v| any.is_match(text(v, *cased))),
             Test::StringsAll { each, cased } => each.iter().all(|a| values().any(|v| a.is_match(text(v, *cased)))),
             Test::Regex { regexes, all } => quantify(regexes, *all, |r| values().any(|v| r.is_match(v.text()))),
-            Test::Cidr { nets, all } => quantify(nets, *all, |n| {
-                values().any(|v| v.text().trim().parse::<IpAddr>().is_ok_and(|ip| n.contains(ip)))
-            }),
-            Test::Compare {
-                op,
-                values: wanted,
-                all,
-            } => quantify(wanted, *all, |w| {
-                values().any(|v| v.as_f64().is_some_and(|x| op.holds(x, *w)))
-            }),
-            Test::TimePart {
-                part,
-                op,
-                values: wanted,
-                all,
-            } => {
+            Test::Cidr { nets, all } => quantify(nets, *all, |n| values().any(|v| v.text().trim().parse::<IpAddr>().is_ok_and(|ip| n.contains(ip)))),
+            Test::Compare { op, values: wanted, all } => quantify(wanted, *all, |w| values().any(|v| v.as_f64().is_some_and(|x| op.holds(x, *w)))),
+            Test::TimePart { part, op, values: wanted, all } => {
                 let parts: Vec<i64> = {
-                    let from_field: Vec<i64> = values()
-                        .filter_map(|v| DateTime::parse(v.text()))
-                        .map(|d| d.part(*part))
-                        .collect();
+                    let from_field: Vec<i64> = values().filter_map(|v| DateTime::parse(v.text())).map(|d| d.part(*part)).collect();
                     if from_field.is_empty() && values().next().is_none() {
-                        event
-                            .timestamp_us
-                            .map(|us| DateTime::from_unix_micros(us).part(*part))
-                            .into_iter()
-                            .collect()
+                        event.timestamp_us.map(|us| DateTime::from_unix_micros(us).part(*part)).into_iter().collect()
                     } else {
                         from_field
                     }
@@ -418,38 +364,22 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{s}' is not a valid CIDR network (e.g. 10.0.0.0/8 or fe80::/10)"))?;
+        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("'{s}' is not a valid CIDR network (e.g. 10.0.0.0/8 or fe80::/10)"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
         };
         Ok(Cidr { addr, prefix })
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
         fn masked(bits: u128, total: u32, prefix: u8) -> u128 {
-            if prefix == 0 {
-                0
-            } else {
-                bits >> (total - prefix as u32)
-            }
+            if prefix == 0 { 0 } else { bits >> (total - prefix as u32) }
         }
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u32::from(net) as u128, 32, self.prefix) == masked(u32::from(ip) as u128, 32, self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), 128, self.prefix) == masked(u128::from(ip), 128, self.prefix)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => masked(u32::from(net) as u128, 32, self.prefix) == masked(u32::from(ip) as u128, 32, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), 128, self.prefix) == masked(u128::from(ip), 128, self.prefix),
             (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
             _ => false,
         }
@@ -496,12 +426,7 @@ pub(crate) fn build_item(
                 check_regex_syntax(&v.text).map_err(|e| err(v.pos, e))?;
                 continue;
             }
-            let r = build_regex(
-                &v.text,
-                has(Modifier::IgnoreCase),
-                has(Modifier::Multiline),
-                has(Modifier::DotAll),
-            );
+            let r = build_regex(&v.text, has(Modifier::IgnoreCase), has(Modifier::Multiline), has(Modifier::DotAll));
             regexes.push(r.map_err(|e| err(v.pos, e))?);
         }
         Test::Regex { regexes, all }
@@ -513,29 +438,14 @@ pub(crate) fn build_item(
         Test::Cidr { nets, all }
     } else if let Some(part) = mods.iter().copied().find(|m| m.is_time_part()) {
         let op = comparison(mods).unwrap_or(Cmp::Eq);
-        Test::TimePart {
-            part,
-            op,
-            values: numbers(item, &key_name())?,
-            all,
-        }
+        Test::TimePart { part, op, values: numbers(item, &key_name())?, all }
     } else if let Some(op) = comparison(mods) {
-        Test::Compare {
-            op,
-            values: numbers(item, &key_name())?,
-            all,
-        }
+        Test::Compare { op, values: numbers(item, &key_name())?, all }
     } else if has(Modifier::FieldRef) {
         let mut refs = Vec::new();
         for v in &item.values {
             if v.text.contains(['*', '?']) || v.text.is_empty() {
-                return Err(err(
-                    v.pos,
-                    format!(
-                        "'fieldref' takes the name of another field, without wildcards (got '{}')",
-                        v.text
-                    ),
-                ));
+                return Err(err(v.pos, format!("'fieldref' takes the name of another field, without wildcards (got '{}')", v.text)));
             }
             refs.push(resolve(&v.text));
         }
@@ -556,24 +466,13 @@ pub(crate) fn build_item(
             // The validation pass (no options) only needs the transformation's errors; building
             // matchers cannot fail, so it is skipped there.
             if options.is_some() {
-                per_value.push(
-                    patterns
-                        .iter()
-                        .flat_map(|p| compile_pattern(p, cased))
-                        .collect::<Vec<StrMatcher>>(),
-                );
+                per_value.push(patterns.iter().flat_map(|p| compile_pattern(p, cased)).collect::<Vec<StrMatcher>>());
             }
         }
         if all {
-            Test::StringsAll {
-                each: per_value.into_iter().map(AnyOf::new).collect(),
-                cased,
-            }
+            Test::StringsAll { each: per_value.into_iter().map(AnyOf::new).collect(), cased }
         } else {
-            Test::Strings {
-                any: AnyOf::new(per_value.into_iter().flatten().collect()),
-                cased,
-            }
+            Test::Strings { any: AnyOf::new(per_value.into_iter().flatten().collect()), cased }
         }
     };
     Ok(CompiledItem { field, negate, test })
@@ -595,13 +494,7 @@ fn numbers(item: &Item, key: &str) -> Result<Vec<f64>, (Pos, String)> {
         match (v.kind, parse_number(&v.text)) {
             (RawKind::Number, Some(n)) => out.push(n),
             _ => {
-                return Err((
-                    v.pos,
-                    format!(
-                        "'{key}': numeric and time modifiers need a number, got '{}' (quoted numbers are strings)",
-                        v.text
-                    ),
-                ));
+                return Err((v.pos, format!("'{key}': numeric and time modifiers need a number, got '{}' (quoted numbers are strings)", v.text)));
             }
         }
     }

@@ -71,9 +71,7 @@ impl Target {
     pub fn select<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
         match self {
             Target::Them => names.filter(|n| !n.starts_with('_')).collect(),
-            Target::Pattern(p) => names
-                .filter(|n| (p.starts_with('_') || !n.starts_with('_')) && glob_match(p.as_bytes(), n.as_bytes()))
-                .collect(),
+            Target::Pattern(p) => names.filter(|n| (p.starts_with('_') || !n.starts_with('_')) && glob_match(p.as_bytes(), n.as_bytes())).collect(),
         }
     }
 }
@@ -151,9 +149,7 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, ConditionError> {
             other => {
                 return Err(ConditionError {
                     offset: off,
-                    message: format!(
-                        "unexpected character '{other}' in the condition (identifiers use letters, digits, '_' and '-')"
-                    ),
+                    message: format!("unexpected character '{other}' in the condition (identifiers use letters, digits, '_' and '-')"),
                 });
             }
         }
@@ -165,27 +161,16 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, ConditionError> {
 pub fn parse_condition(text: &str) -> Result<Condition, ConditionError> {
     let tokens = tokenize(text)?;
     if tokens.is_empty() {
-        return Err(ConditionError {
-            offset: 0,
-            message: "the condition is empty".into(),
-        });
+        return Err(ConditionError { offset: 0, message: "the condition is empty".into() });
     }
-    let mut p = ConditionParser {
-        tokens,
-        at: 0,
-        end: text.len(),
-        depth: 0,
-    };
+    let mut p = ConditionParser { tokens, at: 0, end: text.len(), depth: 0 };
     let c = p.or_expr()?;
     if let Some((tok, off)) = p.tokens.get(p.at) {
         let message = match tok {
             Token::RParen => "unbalanced ')' in the condition".to_string(),
             Token::Pipe => AGGREGATION_UNSUPPORTED.to_string(),
             Token::Word(w) if matches!(w.as_str(), "AND" | "OR" | "NOT") => {
-                format!(
-                    "operators are lowercase in Sigma: write '{}' instead of '{w}'",
-                    w.to_lowercase()
-                )
+                format!("operators are lowercase in Sigma: write '{}' instead of '{w}'", w.to_lowercase())
             }
             Token::Word(w) => format!("expected 'and' or 'or' before '{w}'"),
             _ => "unexpected text after the end of the condition".to_string(),
@@ -195,7 +180,8 @@ pub fn parse_condition(text: &str) -> Result<Condition, ConditionError> {
     Ok(c)
 }
 
-const AGGREGATION_UNSUPPORTED: &str = "aggregations ('| count() …') are Sigma v1 syntax and are unsupported: use a correlation rule (type: event_count / value_count)";
+const AGGREGATION_UNSUPPORTED: &str =
+    "aggregations ('| count() …') are Sigma v1 syntax and are unsupported: use a correlation rule (type: event_count / value_count)";
 
 /// Nesting limit for parentheses and `not` chains: deep enough for any real rule, shallow enough
 /// that the recursive descent cannot overflow the stack (also inside Wasm).
@@ -218,10 +204,7 @@ impl ConditionParser {
     }
 
     fn err<T>(&self, message: impl Into<String>) -> Result<T, ConditionError> {
-        Err(ConditionError {
-            offset: self.offset(),
-            message: message.into(),
-        })
+        Err(ConditionError { offset: self.offset(), message: message.into() })
     }
 
     fn is_word(&self, w: &str) -> bool {
@@ -242,11 +225,7 @@ impl ConditionParser {
             self.at += 1;
             items.push(self.and_expr()?);
         }
-        Ok(if items.len() == 1 {
-            items.pop().unwrap()
-        } else {
-            Condition::Or(items)
-        })
+        Ok(if items.len() == 1 { items.pop().unwrap() } else { Condition::Or(items) })
     }
 
     fn and_expr(&mut self) -> Result<Condition, ConditionError> {
@@ -255,11 +234,7 @@ impl ConditionParser {
             self.at += 1;
             items.push(self.not_expr()?);
         }
-        Ok(if items.len() == 1 {
-            items.pop().unwrap()
-        } else {
-            Condition::And(items)
-        })
+        Ok(if items.len() == 1 { items.pop().unwrap() } else { Condition::And(items) })
     }
 
     fn not_expr(&mut self) -> Result<Condition, ConditionError> {
@@ -294,10 +269,7 @@ impl ConditionParser {
                     "and" | "or" => return self.err(format!("'{w}' needs a search identifier before it")),
                     "not" => unreachable!("handled by not_expr"),
                     "AND" | "OR" | "NOT" => {
-                        return self.err(format!(
-                            "operators are lowercase in Sigma: write '{}' instead of '{w}'",
-                            w.to_lowercase()
-                        ));
+                        return self.err(format!("operators are lowercase in Sigma: write '{}' instead of '{w}'", w.to_lowercase()));
                     }
                     "of" | "them" => return self.err(format!("'{w}' must follow '1 of' or 'all of'")),
                     _ => {}
@@ -308,26 +280,16 @@ impl ConditionParser {
                     self.at += 2;
                     let target = match self.peek().cloned() {
                         Some(Token::Word(t)) if t == "them" => Target::Them,
-                        Some(Token::Word(t)) if !matches!(t.as_str(), "and" | "or" | "not" | "of") => {
-                            Target::Pattern(t)
-                        }
+                        Some(Token::Word(t)) if !matches!(t.as_str(), "and" | "or" | "not" | "of") => Target::Pattern(t),
                         _ => {
-                            return self.err(format!(
-                                "'{w} of' needs 'them' or an identifier pattern such as 'selection_*'"
-                            ));
+                            return self.err(format!("'{w} of' needs 'them' or an identifier pattern such as 'selection_*'"));
                         }
                     };
                     self.at += 1;
-                    return Ok(if w == "all" {
-                        Condition::AllOf(target)
-                    } else {
-                        Condition::OneOf(target)
-                    });
+                    return Ok(if w == "all" { Condition::AllOf(target) } else { Condition::OneOf(target) });
                 }
                 if next_is_of {
-                    return self.err(format!(
-                        "'{w} of' is not valid: Sigma allows only '1 of', 'any of' and 'all of'"
-                    ));
+                    return self.err(format!("'{w} of' is not valid: Sigma allows only '1 of', 'any of' and 'all of'"));
                 }
                 if w.contains('*') {
                     return self.err(format!("wildcard '{w}' is only allowed after '1 of' or 'all of'"));
@@ -359,14 +321,8 @@ mod tests {
 
     #[test]
     fn quantifiers() {
-        assert_eq!(
-            parse_condition("1 of sel*").unwrap(),
-            Condition::OneOf(Target::Pattern("sel*".into()))
-        );
-        assert_eq!(
-            parse_condition("any of sel*").unwrap(),
-            Condition::OneOf(Target::Pattern("sel*".into()))
-        );
+        assert_eq!(parse_condition("1 of sel*").unwrap(), Condition::OneOf(Target::Pattern("sel*".into())));
+        assert_eq!(parse_condition("any of sel*").unwrap(), Condition::OneOf(Target::Pattern("sel*".into())));
         assert_eq!(parse_condition("all of them").unwrap(), Condition::AllOf(Target::Them));
         assert_eq!(p("sel and not 1 of filter_*"), "(sel and not 1 of filter_*)");
         assert_eq!(p("1 of them and not all of f*"), "(1 of them and not all of f*)");
@@ -374,10 +330,7 @@ mod tests {
 
     #[test]
     fn identifiers_allow_dash_digits_and_leading_underscore() {
-        assert_eq!(
-            parse_condition("_private-1").unwrap(),
-            Condition::Ref("_private-1".into())
-        );
+        assert_eq!(parse_condition("_private-1").unwrap(), Condition::Ref("_private-1".into()));
         assert_eq!(parse_condition("1").unwrap(), Condition::Ref("1".into()));
     }
 

@@ -31,7 +31,9 @@ pub fn build_regex(pattern: &str, ignore_case: bool, multi_line: bool, dot_all: 
         .nest_limit(REGEX_NEST_LIMIT)
         .build()
         .map_err(|e| match e {
-            regex::Error::CompiledTooBig(_) => "the regular expression is too large (it would use more than 8 MiB compiled; check repetition counts such as {1000})".to_string(),
+            regex::Error::CompiledTooBig(_) => {
+                "the regular expression is too large (it would use more than 8 MiB compiled; check repetition counts such as {1000})".to_string()
+            }
             other => format!("invalid regular expression: {}", one_line(&other.to_string())),
         })
 }
@@ -48,11 +50,7 @@ pub fn check_regex_syntax(pattern: &str) -> Result<(), String> {
 }
 
 fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// One compiled value.
@@ -80,16 +78,9 @@ impl StrMatcher {
             StrMatcher::Suffix(s) => text.as_bytes().ends_with(s.as_bytes()),
             StrMatcher::Contains(f) => f.find(text.as_bytes()).is_some(),
             StrMatcher::Glob(g) => {
-                let Glob {
-                    prefix,
-                    middles,
-                    suffix,
-                } = &**g;
+                let Glob { prefix, middles, suffix } = &**g;
                 let b = text.as_bytes();
-                if b.len() < prefix.len() + suffix.len()
-                    || !b.starts_with(prefix.as_bytes())
-                    || !b.ends_with(suffix.as_bytes())
-                {
+                if b.len() < prefix.len() + suffix.len() || !b.starts_with(prefix.as_bytes()) || !b.ends_with(suffix.as_bytes()) {
                     return false;
                 }
                 let mut rest = &b[prefix.len()..b.len() - suffix.len()];
@@ -246,11 +237,7 @@ impl AnyOf {
         };
         let n_contains = matchers.iter().filter(|m| matches!(m, StrMatcher::Contains(_))).count();
         if n_contains < AHO_CORASICK_MIN {
-            return AnyOf {
-                contains: None,
-                exact,
-                others: matchers,
-            };
+            return AnyOf { contains: None, exact, others: matchers };
         }
         let mut needles: Vec<Vec<u8>> = Vec::new();
         let mut others = Vec::new();
@@ -262,26 +249,11 @@ impl AnyOf {
         }
         // A contiguous NFA builds several times faster than the DFA the builder would pick for
         // short lists and searches nearly as fast; build time matters when loading 3,000 rules.
-        match AhoCorasick::builder()
-            .kind(Some(AhoCorasickKind::ContiguousNFA))
-            .build(&needles)
-        {
-            Ok(ac) => AnyOf {
-                contains: Some(ac),
-                exact,
-                others,
-            },
+        match AhoCorasick::builder().kind(Some(AhoCorasickKind::ContiguousNFA)).build(&needles) {
+            Ok(ac) => AnyOf { contains: Some(ac), exact, others },
             Err(_) => {
-                others.extend(
-                    needles
-                        .iter()
-                        .map(|n| StrMatcher::Contains(Box::new(Finder::new(n).into_owned()))),
-                );
-                AnyOf {
-                    contains: None,
-                    exact,
-                    others,
-                }
+                others.extend(needles.iter().map(|n| StrMatcher::Contains(Box::new(Finder::new(n).into_owned()))));
+                AnyOf { contains: None, exact, others }
             }
         }
     }
@@ -323,9 +295,7 @@ mod tests {
     use super::*;
 
     fn m(pattern: &str, text: &str) -> bool {
-        compile_pattern(&Pattern::parse(pattern), false)
-            .iter()
-            .any(|m| m.is_match(&text.to_lowercase()))
+        compile_pattern(&Pattern::parse(pattern), false).iter().any(|m| m.is_match(&text.to_lowercase()))
     }
 
     #[test]
@@ -376,10 +346,7 @@ mod tests {
     #[test]
     fn any_of_uses_aho_corasick_for_long_contains_lists() {
         let pats = ["*alpha*", "*beta*", "*gamma*", "*delta*", "exact", "pre*"];
-        let ms: Vec<_> = pats
-            .iter()
-            .flat_map(|p| compile_pattern(&Pattern::parse(p), false))
-            .collect();
+        let ms: Vec<_> = pats.iter().flat_map(|p| compile_pattern(&Pattern::parse(p), false)).collect();
         let any = AnyOf::new(ms);
         assert!(any.contains.is_some());
         assert!(any.is_match("xxgammaxx"));
@@ -391,9 +358,7 @@ mod tests {
 
     #[test]
     fn any_of_hashes_long_exact_lists() {
-        let mut ms: Vec<_> = (0..20)
-            .flat_map(|i| compile_pattern(&Pattern::parse(&format!("user{i}")), false))
-            .collect();
+        let mut ms: Vec<_> = (0..20).flat_map(|i| compile_pattern(&Pattern::parse(&format!("user{i}")), false)).collect();
         ms.extend(compile_pattern(&Pattern::parse("*.exe"), false));
         let any = AnyOf::new(ms);
         assert!(any.exact.is_some());
@@ -408,11 +373,7 @@ mod tests {
         let e = build_regex("a{1000}{1000}", false, false, false).unwrap_err();
         assert!(e.contains("too large"), "{e}");
         assert!(t.elapsed().as_secs() < 2);
-        assert!(
-            build_regex("(unclosed", false, false, false)
-                .unwrap_err()
-                .contains("invalid regular expression")
-        );
+        assert!(build_regex("(unclosed", false, false, false).unwrap_err().contains("invalid regular expression"));
         assert!(build_regex("abc", true, false, false).unwrap().is_match("xABCx"));
     }
 }

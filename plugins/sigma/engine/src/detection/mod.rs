@@ -89,13 +89,11 @@ pub(crate) struct Sink<'a> {
 
 impl Sink<'_> {
     pub fn error(&mut self, code: &'static str, pos: Pos, message: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::error(code, self.origin, Some(pos), message));
+        self.diagnostics.push(Diagnostic::error(code, self.origin, Some(pos), message));
     }
 
     pub fn warning(&mut self, code: &'static str, pos: Pos, message: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::warning(code, self.origin, Some(pos), message));
+        self.diagnostics.push(Diagnostic::warning(code, self.origin, Some(pos), message));
     }
 }
 
@@ -105,10 +103,7 @@ pub(crate) fn parse_detection(node: &Node, sink: &mut Sink) -> Option<Detection>
         sink.error(
             "detection-not-a-map",
             node.pos,
-            format!(
-                "'detection' must be a map of search identifiers and a condition, not {}",
-                node.kind_name()
-            ),
+            format!("'detection' must be a map of search identifiers and a condition, not {}", node.kind_name()),
         );
         return None;
     };
@@ -151,11 +146,7 @@ pub(crate) fn parse_detection(node: &Node, sink: &mut Sink) -> Option<Detection>
     if errors_after > errors_before {
         return None;
     }
-    let detection = Detection {
-        searches,
-        condition,
-        condition_pos: cond_node.pos,
-    };
+    let detection = Detection { searches, condition, condition_pos: cond_node.pos };
     // Validation pass over every item: catches regex syntax, CIDRs, numbers and value problems
     // now, so a document with them is never returned as valid.
     let mut ok = true;
@@ -192,11 +183,7 @@ fn parse_condition_node(node: &Node, declared: &[String], sink: &mut Sink) -> Op
                 match it.as_str() {
                     Some(s) => v.push((s, it.pos)),
                     None => {
-                        sink.error(
-                            "bad-condition",
-                            it.pos,
-                            format!("each condition must be a string, not {}", it.kind_name()),
-                        );
+                        sink.error("bad-condition", it.pos, format!("each condition must be a string, not {}", it.kind_name()));
                         return None;
                     }
                 }
@@ -208,14 +195,7 @@ fn parse_condition_node(node: &Node, declared: &[String], sink: &mut Sink) -> Op
             v
         }
         _ => {
-            sink.error(
-                "bad-condition",
-                node.pos,
-                format!(
-                    "'condition' must be a string (or a list of strings), not {}",
-                    node.kind_name()
-                ),
-            );
+            sink.error("bad-condition", node.pos, format!("'condition' must be a string (or a list of strings), not {}", node.kind_name()));
             return None;
         }
     };
@@ -229,27 +209,15 @@ fn parse_condition_node(node: &Node, declared: &[String], sink: &mut Sink) -> Op
             }
             Err(e) => {
                 // Plain single-line scalars: the offset maps to a column. Otherwise point at the value.
-                let col = if text.contains('\n') {
-                    pos.column
-                } else {
-                    pos.column + e.offset as u32
-                };
-                sink.error(
-                    "condition-syntax",
-                    Pos::new(pos.line, col),
-                    format!("condition: {}", e.message),
-                );
+                let col = if text.contains('\n') { pos.column } else { pos.column + e.offset as u32 };
+                sink.error("condition-syntax", Pos::new(pos.line, col), format!("condition: {}", e.message));
             }
         }
     }
     if parsed.is_empty() {
         return None;
     }
-    Some(if parsed.len() == 1 {
-        parsed.pop().unwrap()
-    } else {
-        Condition::Or(parsed)
-    })
+    Some(if parsed.len() == 1 { parsed.pop().unwrap() } else { Condition::Or(parsed) })
 }
 
 /// Every identifier must exist (case-sensitively) and every `x of pattern` must match something.
@@ -265,17 +233,11 @@ fn check_references(c: &Condition, declared: &[String], pos: Pos, sink: &mut Sin
                 .find(|s| s.eq_ignore_ascii_case(name))
                 .map(|s| format!(" (identifiers are case-sensitive: did you mean '{s}'?)"))
                 .unwrap_or_default();
-            sink.error(
-                "unknown-identifier",
-                pos,
-                format!("the condition refers to '{name}', which is not a search identifier in 'detection'{hint}"),
-            );
+            sink.error("unknown-identifier", pos, format!("the condition refers to '{name}', which is not a search identifier in 'detection'{hint}"));
             false
         }
         Condition::Not(inner) => check_references(inner, declared, pos, sink),
-        Condition::And(v) | Condition::Or(v) => v
-            .iter()
-            .fold(true, |ok, c| ok & check_references(c, declared, pos, sink)),
+        Condition::And(v) | Condition::Or(v) => v.iter().fold(true, |ok, c| ok & check_references(c, declared, pos, sink)),
         Condition::OneOf(t) | Condition::AllOf(t) => {
             if t.select(names()).is_empty() {
                 sink.error(
@@ -318,11 +280,7 @@ fn parse_search_body(node: &Node, name: &str, sink: &mut Sink, top: bool) -> Opt
         }
         NodeValue::Seq(elements) if top => {
             if elements.is_empty() {
-                sink.error(
-                    "empty-selection",
-                    node.pos,
-                    format!("search identifier '{name}' is an empty list"),
-                );
+                sink.error("empty-selection", node.pos, format!("search identifier '{name}' is an empty list"));
                 return None;
             }
             let mut bodies = Vec::new();
@@ -335,19 +293,11 @@ fn parse_search_body(node: &Node, name: &str, sink: &mut Sink, top: bool) -> Opt
                         None => ok = false,
                     },
                     NodeValue::Seq(_) => {
-                        sink.error(
-                            "bad-selection",
-                            el.pos,
-                            format!("search identifier '{name}': a list inside a list is not valid Sigma"),
-                        );
+                        sink.error("bad-selection", el.pos, format!("search identifier '{name}': a list inside a list is not valid Sigma"));
                         ok = false;
                     }
                     NodeValue::Null => {
-                        sink.error(
-                            "null-keyword",
-                            el.pos,
-                            format!("search identifier '{name}': a keyword list cannot hold null"),
-                        );
+                        sink.error("null-keyword", el.pos, format!("search identifier '{name}': a keyword list cannot hold null"));
                         ok = false;
                     }
                     _ => match raw_value(el) {
@@ -360,34 +310,20 @@ fn parse_search_body(node: &Node, name: &str, sink: &mut Sink, top: bool) -> Opt
             // event's values are scanned once, with one automaton, instead of once per keyword.
             if let Some(first) = keywords.first() {
                 let pos = first.pos;
-                bodies.push(SearchBody::Keyword(Item {
-                    field: None,
-                    modifiers: Vec::new(),
-                    values: keywords,
-                    pos,
-                }));
+                bodies.push(SearchBody::Keyword(Item { field: None, modifiers: Vec::new(), values: keywords, pos }));
             }
             ok.then_some(SearchBody::AnyOf(bodies))
         }
-        NodeValue::String(_) | NodeValue::Number(_) | NodeValue::Bool(_) if top => {
-            keyword_item(node).map(SearchBody::Keyword)
-        }
+        NodeValue::String(_) | NodeValue::Number(_) | NodeValue::Bool(_) if top => keyword_item(node).map(SearchBody::Keyword),
         NodeValue::Null => {
-            sink.error(
-                "empty-selection",
-                node.pos,
-                format!("search identifier '{name}' is empty"),
-            );
+            sink.error("empty-selection", node.pos, format!("search identifier '{name}' is empty"));
             None
         }
         _ => {
             sink.error(
                 "bad-selection",
                 node.pos,
-                format!(
-                    "search identifier '{name}' must be a map, a list of maps or a list of keywords, not {}",
-                    node.kind_name()
-                ),
+                format!("search identifier '{name}' must be a map, a list of maps or a list of keywords, not {}", node.kind_name()),
             );
             None
         }
@@ -396,12 +332,7 @@ fn parse_search_body(node: &Node, name: &str, sink: &mut Sink, top: bool) -> Opt
 
 fn keyword_item(node: &Node) -> Option<Item> {
     let value = raw_value(node)?;
-    Some(Item {
-        field: None,
-        modifiers: Vec::new(),
-        values: vec![value],
-        pos: node.pos,
-    })
+    Some(Item { field: None, modifiers: Vec::new(), values: vec![value], pos: node.pos })
 }
 
 fn raw_value(node: &Node) -> Option<RawValue> {
@@ -412,11 +343,7 @@ fn raw_value(node: &Node) -> Option<RawValue> {
         NodeValue::Bool(b) => (RawKind::Bool, b.to_string()),
         _ => return None,
     };
-    Some(RawValue {
-        kind,
-        text,
-        pos: node.pos,
-    })
+    Some(RawValue { kind, text, pos: node.pos })
 }
 
 /// Numbers compare by their decimal text ("EventID: 0x10" means 16); other forms stay as written.
@@ -461,20 +388,12 @@ fn parse_item(key: &str, key_pos: Pos, value: &Node, sink: &mut Sink) -> Option<
         return None;
     }
     if field.chars().any(char::is_whitespace) {
-        sink.warning(
-            "field-with-space",
-            key_pos,
-            format!("field name '{field}' contains whitespace; Windows field names have none"),
-        );
+        sink.warning("field-with-space", key_pos, format!("field name '{field}' contains whitespace; Windows field names have none"));
     }
     let values = match &value.value {
         NodeValue::Seq(items) => {
             if items.is_empty() {
-                sink.error(
-                    "empty-value-list",
-                    value.pos,
-                    format!("'{key}' has an empty value list; write 'null' to match a missing field"),
-                );
+                sink.error("empty-value-list", value.pos, format!("'{key}' has an empty value list; write 'null' to match a missing field"));
                 return None;
             }
             let mut vals = Vec::new();
@@ -492,10 +411,7 @@ fn parse_item(key: &str, key_pos: Pos, value: &Node, sink: &mut Sink) -> Option<
                         sink.error(
                             "bad-value",
                             it.pos,
-                            format!(
-                                "'{key}': values must be plain strings, numbers, booleans or null, not {}",
-                                it.kind_name()
-                            ),
+                            format!("'{key}': values must be plain strings, numbers, booleans or null, not {}", it.kind_name()),
                         );
                         return None;
                     }
@@ -505,11 +421,7 @@ fn parse_item(key: &str, key_pos: Pos, value: &Node, sink: &mut Sink) -> Option<
             vals
         }
         NodeValue::Map(_) => {
-            sink.error(
-                "bad-value",
-                value.pos,
-                format!("'{key}': a field's value must be a value or a list of values, not a map"),
-            );
+            sink.error("bad-value", value.pos, format!("'{key}': a field's value must be a value or a list of values, not a map"));
             return None;
         }
         _ => vec![raw_value(value)?],
@@ -523,11 +435,7 @@ fn parse_item(key: &str, key_pos: Pos, value: &Node, sink: &mut Sink) -> Option<
         return None;
     }
     if values.iter().any(|v| v.kind == RawKind::Null) && !modifiers.is_empty() {
-        sink.error(
-            "null-with-modifier",
-            key_pos,
-            format!("'{key}': null cannot take modifiers; write '{field}: null'"),
-        );
+        sink.error("null-with-modifier", key_pos, format!("'{key}': null cannot take modifiers; write '{field}: null'"));
         return None;
     }
     if is_keyword && values.iter().any(|v| v.kind == RawKind::Null) {
@@ -535,10 +443,7 @@ fn parse_item(key: &str, key_pos: Pos, value: &Node, sink: &mut Sink) -> Option<
         return None;
     }
     for v in &values {
-        if v.kind == RawKind::String
-            && (v.text.contains("\\*") || v.text.contains("\\?"))
-            && !modifiers.contains(&Modifier::Re)
-        {
+        if v.kind == RawKind::String && (v.text.contains("\\*") || v.text.contains("\\?")) && !modifiers.contains(&Modifier::Re) {
             sink.warning(
                 "escaped-wildcard",
                 v.pos,
@@ -546,10 +451,5 @@ fn parse_item(key: &str, key_pos: Pos, value: &Node, sink: &mut Sink) -> Option<
             );
         }
     }
-    Some(Item {
-        field: (!is_keyword).then(|| field.to_string()),
-        modifiers,
-        values,
-        pos: key_pos,
-    })
+    Some(Item { field: (!is_keyword).then(|| field.to_string()), modifiers, values, pos: key_pos })
 }

@@ -83,18 +83,13 @@ impl Modifier {
                 ));
             }
             "reignorecase" | "remultiline" | "resingleline" => {
-                return Err(format!(
-                    "'{name}' is a Hayabusa extension, not a Sigma modifier; write 're|i', 're|m' or 're|s'"
-                ));
+                return Err(format!("'{name}' is a Hayabusa extension, not a Sigma modifier; write 're|i', 're|m' or 're|s'"));
             }
             "allOnly" => {
                 return Err("'allOnly' is a Hayabusa extension, not a Sigma modifier; use a keyword map '|all'".into());
             }
             other if other != other.to_lowercase() && Modifier::parse(&other.to_lowercase()).is_ok() => {
-                return Err(format!(
-                    "modifier '{other}' must be written in lowercase ('{}')",
-                    other.to_lowercase()
-                ));
+                return Err(format!("modifier '{other}' must be written in lowercase ('{}')", other.to_lowercase()));
             }
             other => return Err(format!("unknown modifier '{other}'")),
         })
@@ -138,10 +133,7 @@ impl Modifier {
     }
 
     pub fn is_time_part(self) -> bool {
-        matches!(
-            self,
-            Modifier::Minute | Modifier::Hour | Modifier::Day | Modifier::Week | Modifier::Month | Modifier::Year
-        )
+        matches!(self, Modifier::Minute | Modifier::Hour | Modifier::Day | Modifier::Week | Modifier::Month | Modifier::Year)
     }
 
     pub fn is_numeric_comparison(self) -> bool {
@@ -175,27 +167,19 @@ pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), Stri
     }
     let positions: Vec<_> = mods.iter().filter(|m| m.is_position()).collect();
     if positions.len() > 1 {
-        return Err(format!(
-            "modifiers '{}' and '{}' cannot be combined: pick one",
-            positions[0], positions[1]
-        ));
+        return Err(format!("modifiers '{}' and '{}' cannot be combined: pick one", positions[0], positions[1]));
     }
     let others = |allowed: &[Modifier]| mods.iter().find(|m| !allowed.contains(m)).copied();
 
     if let Some(pos) = mods.iter().position(|m| m.is_regex_flag())
         && (!has(Re) || mods.iter().position(|m| *m == Re).unwrap() > pos)
     {
-        return Err(format!(
-            "modifier '{}' is a regular-expression flag and must follow 're' (e.g. 're|i')",
-            mods[pos]
-        ));
+        return Err(format!("modifier '{}' is a regular-expression flag and must follow 're' (e.g. 're|i')", mods[pos]));
     }
     if has(Re)
         && let Some(m) = others(&[Re, IgnoreCase, Multiline, DotAll, All, Neq])
     {
-        return Err(format!(
-            "'re' takes the value as a regular expression and cannot be combined with '{m}'"
-        ));
+        return Err(format!("'re' takes the value as a regular expression and cannot be combined with '{m}'"));
     }
     if has(Cidr) {
         if is_keyword {
@@ -210,9 +194,7 @@ pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), Stri
             return Err("'exists' needs a field name".into());
         }
         if let Some(m) = others(&[Exists]) {
-            return Err(format!(
-                "'exists' cannot be combined with other modifiers (found '{m}')"
-            ));
+            return Err(format!("'exists' cannot be combined with other modifiers (found '{m}')"));
         }
     }
     if has(FieldRef) {
@@ -225,17 +207,11 @@ pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), Stri
     }
     let comparisons: Vec<_> = mods.iter().filter(|m| m.is_numeric_comparison()).collect();
     if comparisons.len() > 1 {
-        return Err(format!(
-            "'{}' and '{}' cannot be combined on one value; use two selections",
-            comparisons[0], comparisons[1]
-        ));
+        return Err(format!("'{}' and '{}' cannot be combined on one value; use two selections", comparisons[0], comparisons[1]));
     }
     let time_parts: Vec<_> = mods.iter().filter(|m| m.is_time_part()).collect();
     if time_parts.len() > 1 {
-        return Err(format!(
-            "only one time modifier per value (found '{}' and '{}')",
-            time_parts[0], time_parts[1]
-        ));
+        return Err(format!("only one time modifier per value (found '{}' and '{}')", time_parts[0], time_parts[1]));
     }
     if (!comparisons.is_empty() || !time_parts.is_empty()) && is_keyword {
         return Err("numeric and time modifiers need a field name".into());

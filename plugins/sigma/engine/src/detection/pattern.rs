@@ -132,11 +132,7 @@ impl Pattern {
                     let mut buf = [0u16; 2];
                     for unit in c.encode_utf16(&mut buf) {
                         let [lo, hi] = unit.to_le_bytes();
-                        let (a, b) = if encoding == Utf16::BigEndian {
-                            (hi, lo)
-                        } else {
-                            (lo, hi)
-                        };
+                        let (a, b) = if encoding == Utf16::BigEndian { (hi, lo) } else { (lo, hi) };
                         out.push(Tok::Lit(a as char));
                         out.push(Tok::Lit(b as char));
                     }
@@ -241,12 +237,7 @@ mod tests {
     #[test]
     fn windash_marks_word_starting_dashes_only() {
         let p = Pattern::parse(" -enc /c a-b --x").windash();
-        let dashes: Vec<usize> =
-            p.0.iter()
-                .enumerate()
-                .filter(|(_, t)| **t == Dash)
-                .map(|(i, _)| i)
-                .collect();
+        let dashes: Vec<usize> = p.0.iter().enumerate().filter(|(_, t)| **t == Dash).map(|(i, _)| i).collect();
         // " -enc" (1), " /c" (6); "a-b" has a word char before; "--x": only the second dash
         assert_eq!(dashes, vec![1, 6, 14]);
         assert_eq!(Pattern::parse("-x").windash().0[0], Dash);
@@ -257,12 +248,7 @@ mod tests {
         assert_eq!(base64_encode(b"ping"), "cGluZw==");
         assert_eq!(Pattern::literal("ping").base64().unwrap(), Pattern::literal("cGluZw=="));
         // the values pySigma computes for base64offset("ping")
-        let o: Vec<String> = Pattern::literal("ping")
-            .base64offset()
-            .unwrap()
-            .iter()
-            .map(|p| p.literal_text().unwrap())
-            .collect();
+        let o: Vec<String> = Pattern::literal("ping").base64offset().unwrap().iter().map(|p| p.literal_text().unwrap()).collect();
         assert_eq!(o, ["cGluZ", "Bpbm", "waW5n"]);
         assert!(Pattern::parse("a*").base64().is_err());
     }

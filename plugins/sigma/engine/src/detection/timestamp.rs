@@ -20,11 +20,7 @@ impl DateTime {
         let b = s.as_bytes();
         let num = |r: std::ops::Range<usize>| -> Option<u32> {
             let part = s.get(r)?;
-            if part.bytes().all(|c| c.is_ascii_digit()) {
-                part.parse().ok()
-            } else {
-                None
-            }
+            if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
         };
         if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
             return None;
@@ -44,13 +40,7 @@ impl DateTime {
                 return None;
             }
         }
-        Some(DateTime {
-            year,
-            month,
-            day,
-            hour,
-            minute,
-        })
+        Some(DateTime { year, month, day, hour, minute })
     }
 
     pub fn from_unix_micros(us: i64) -> DateTime {
@@ -58,13 +48,7 @@ impl DateTime {
         let days = secs.div_euclid(86_400);
         let rem = secs.rem_euclid(86_400);
         let (year, month, day) = civil_from_days(days);
-        DateTime {
-            year,
-            month,
-            day,
-            hour: (rem / 3600) as u32,
-            minute: (rem % 3600 / 60) as u32,
-        }
+        DateTime { year, month, day, hour: (rem / 3600) as u32, minute: (rem % 3600 / 60) as u32 }
     }
 
     /// The part a time modifier extracts; `week` is the ISO 8601 week number (1–53).

@@ -12,11 +12,7 @@ pub(crate) fn opt_string(doc: &Node, key: &str, sink: &mut Sink) -> Option<Strin
         NodeValue::String(s) => Some(s.clone()),
         NodeValue::Null => None,
         _ => {
-            sink.error(
-                "bad-attribute-type",
-                node.pos,
-                format!("'{key}' must be a string, not {}", node.kind_name()),
-            );
+            sink.error("bad-attribute-type", node.pos, format!("'{key}' must be a string, not {}", node.kind_name()));
             None
         }
     }
@@ -29,11 +25,7 @@ pub(crate) fn string_list(doc: &Node, key: &str, sink: &mut Sink) -> Vec<String>
         NodeValue::Seq(items) => items,
         NodeValue::Null => return Vec::new(),
         _ => {
-            sink.error(
-                "bad-attribute-type",
-                node.pos,
-                format!("'{key}' must be a list of strings, not {}", node.kind_name()),
-            );
+            sink.error("bad-attribute-type", node.pos, format!("'{key}' must be a list of strings, not {}", node.kind_name()));
             return Vec::new();
         }
     };
@@ -46,11 +38,7 @@ pub(crate) fn string_list(doc: &Node, key: &str, sink: &mut Sink) -> Vec<String>
                 }
                 out.push(s);
             }
-            _ => sink.error(
-                "bad-attribute-type",
-                it.pos,
-                format!("each entry of '{key}' must be a string, not {}", it.kind_name()),
-            ),
+            _ => sink.error("bad-attribute-type", it.pos, format!("each entry of '{key}' must be a string, not {}", it.kind_name())),
         }
     }
     out
@@ -69,23 +57,12 @@ pub(crate) fn title(doc: &Node, sink: &mut Sink) -> String {
             }
             Some(s) => {
                 if s.chars().count() > 256 {
-                    sink.error(
-                        "title-too-long",
-                        n.pos,
-                        format!(
-                            "'title' is {} characters long; at most 256 are allowed",
-                            s.chars().count()
-                        ),
-                    );
+                    sink.error("title-too-long", n.pos, format!("'title' is {} characters long; at most 256 are allowed", s.chars().count()));
                 }
                 s.to_string()
             }
             None => {
-                sink.error(
-                    "bad-attribute-type",
-                    n.pos,
-                    format!("'title' must be a string, not {}", n.kind_name()),
-                );
+                sink.error("bad-attribute-type", n.pos, format!("'title' must be a string, not {}", n.kind_name()));
                 String::new()
             }
         },
@@ -95,29 +72,17 @@ pub(crate) fn title(doc: &Node, sink: &mut Sink) -> String {
 /// `8-4-4-4-12` hexadecimal digits (any UUID version, like pySigma).
 pub fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|c| c.is_ascii_hexdigit()))
+    groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 pub(crate) fn id(doc: &Node, sink: &mut Sink) -> Option<String> {
     let node = doc.get("id")?;
     let Some(id) = node.scalar_text() else {
-        sink.error(
-            "bad-id",
-            node.pos,
-            format!("'id' must be a UUID, not {}", node.kind_name()),
-        );
+        sink.error("bad-id", node.pos, format!("'id' must be a UUID, not {}", node.kind_name()));
         return None;
     };
     if !is_uuid(&id) {
-        sink.error(
-            "bad-id",
-            node.pos,
-            format!("'id' must be a UUID such as 929a690e-bef0-4204-a928-ef5e620d6fcc, got '{id}'"),
-        );
+        sink.error("bad-id", node.pos, format!("'id' must be a UUID such as 929a690e-bef0-4204-a928-ef5e620d6fcc, got '{id}'"));
     }
     Some(id)
 }
@@ -139,11 +104,7 @@ pub(crate) fn enumerated<T: Copy>(doc: &Node, key: &str, allowed: &[(&str, T)], 
         Some((_, v)) => Some(*v),
         None => {
             let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
-            sink.error(
-                "bad-enum-value",
-                node.pos,
-                format!("'{key}' must be one of {}, got '{s}'", names.join(", ")),
-            );
+            sink.error("bad-enum-value", node.pos, format!("'{key}' must be one of {}, got '{s}'", names.join(", ")));
             None
         }
     }
@@ -155,11 +116,7 @@ pub(crate) fn date(doc: &Node, key: &str, sink: &mut Sink) -> Option<String> {
     let s = match &node.value {
         NodeValue::String(s) => s.clone(),
         _ => {
-            sink.error(
-                "bad-date",
-                node.pos,
-                format!("'{key}' must be a date written YYYY-MM-DD, not {}", node.kind_name()),
-            );
+            sink.error("bad-date", node.pos, format!("'{key}' must be a date written YYYY-MM-DD, not {}", node.kind_name()));
             return None;
         }
     };
@@ -167,19 +124,12 @@ pub(crate) fn date(doc: &Node, key: &str, sink: &mut Sink) -> Option<String> {
         sink.error(
             "bad-date",
             node.pos,
-            format!(
-                "'{key}: {s}' uses the Sigma v1 format YYYY/MM/DD; Sigma 2 requires YYYY-MM-DD ('{}')",
-                s.replace('/', "-")
-            ),
+            format!("'{key}: {s}' uses the Sigma v1 format YYYY/MM/DD; Sigma 2 requires YYYY-MM-DD ('{}')", s.replace('/', "-")),
         );
         return None;
     }
     if !valid_date(&s) {
-        sink.error(
-            "bad-date",
-            node.pos,
-            format!("'{key}' must be a valid date written YYYY-MM-DD, got '{s}'"),
-        );
+        sink.error("bad-date", node.pos, format!("'{key}' must be a valid date written YYYY-MM-DD, got '{s}'"));
         return None;
     }
     Some(s)
@@ -194,11 +144,7 @@ fn valid_date(s: &str) -> bool {
     if !(digits(0..4) && digits(5..7) && digits(8..10)) {
         return false;
     }
-    let (y, m, d): (u32, u32, u32) = (
-        s[0..4].parse().unwrap(),
-        s[5..7].parse().unwrap(),
-        s[8..10].parse().unwrap(),
-    );
+    let (y, m, d): (u32, u32, u32) = (s[0..4].parse().unwrap(), s[5..7].parse().unwrap(), s[8..10].parse().unwrap());
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let max = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -217,10 +163,7 @@ pub(crate) fn tags(doc: &Node, sink: &mut Sink) -> Vec<String> {
     let Some(NodeValue::Seq(nodes)) = doc.get("tags").map(|n| &n.value) else {
         return tags;
     };
-    for (tag, node) in tags
-        .iter()
-        .zip(nodes.iter().filter(|n| matches!(n.value, NodeValue::String(_))))
-    {
+    for (tag, node) in tags.iter().zip(nodes.iter().filter(|n| matches!(n.value, NodeValue::String(_)))) {
         check_tag(tag, node.pos, sink);
     }
     tags
@@ -228,27 +171,13 @@ pub(crate) fn tags(doc: &Node, sink: &mut Sink) -> Vec<String> {
 
 fn check_tag(tag: &str, pos: Pos, sink: &mut Sink) {
     let Some((ns, value)) = tag.split_once('.') else {
-        sink.error(
-            "bad-tag",
-            pos,
-            format!("tag '{tag}' must have the form namespace.value (e.g. attack.t1059.001)"),
-        );
+        sink.error("bad-tag", pos, format!("tag '{tag}' must have the form namespace.value (e.g. attack.t1059.001)"));
         return;
     };
-    let ns_ok = !ns.is_empty()
-        && ns
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
-    let value_ok = !value.is_empty()
-        && value
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
+    let ns_ok = !ns.is_empty() && ns.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    let value_ok = !value.is_empty() && value.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
     if !ns_ok || !value_ok {
-        sink.error(
-            "bad-tag",
-            pos,
-            format!("tag '{tag}' must be lowercase letters, digits, '_', '-' and '.' in the form namespace.value"),
-        );
+        sink.error("bad-tag", pos, format!("tag '{tag}' must be lowercase letters, digits, '_', '-' and '.' in the form namespace.value"));
         return;
     }
     let id = |prefix: &str, digits: usize| {
@@ -281,36 +210,26 @@ fn check_tag(tag: &str, pos: Pos, sink: &mut Sink) {
                 "exfiltration",
                 "impact",
             ];
-            TACTICS.contains(&value)
-                || id("t", 4)
-                || id("g", 4)
-                || id("s", 4)
-                || id("m", 4)
-                || id("ds", 4)
-                || id("a", 4)
-                || id("ta", 4)
-                || id("c", 4)
+            TACTICS.contains(&value) || id("t", 4) || id("g", 4) || id("s", 4) || id("m", 4) || id("ds", 4) || id("a", 4) || id("ta", 4) || id("c", 4)
         }
         "tlp" => matches!(value, "red" | "amber" | "amber-strict" | "green" | "clear" | "white"),
         "cve" => {
             let mut p = value.splitn(2, '-');
             let (y, n) = (p.next().unwrap_or(""), p.next().unwrap_or(""));
-            y.len() == 4
-                && y.bytes().all(|c| c.is_ascii_digit())
-                && n.len() >= 4
-                && n.bytes().all(|c| c.is_ascii_digit())
+            y.len() == 4 && y.bytes().all(|c| c.is_ascii_digit()) && n.len() >= 4 && n.bytes().all(|c| c.is_ascii_digit())
         }
         "detection" => matches!(value, "dfir" | "emerging-threats" | "threat-hunting"),
         "stp" => {
-            matches!(
-                value,
-                "1" | "2" | "3" | "4" | "5" | "1a" | "2a" | "3a" | "4a" | "5a" | "1k" | "2k" | "3k" | "4k" | "5k"
-            ) || value.len() <= 3
+            matches!(value, "1" | "2" | "3" | "4" | "5" | "1a" | "2a" | "3a" | "4a" | "5a" | "1k" | "2k" | "3k" | "4k" | "5k") || value.len() <= 3
         }
         "car" => value.len() >= 8,
         "d3fend" => true,
         _ => {
-            sink.warning("unknown-tag-namespace", pos, format!("tag '{tag}' uses the namespace '{ns}', which Sigma does not define (attack, car, cve, d3fend, detection, stp, tlp)"));
+            sink.warning(
+                "unknown-tag-namespace",
+                pos,
+                format!("tag '{tag}' uses the namespace '{ns}', which Sigma does not define (attack, car, cve, d3fend, detection, stp, tlp)"),
+            );
             return;
         }
     };
@@ -325,34 +244,19 @@ pub(crate) fn related(doc: &Node, sink: &mut Sink) -> Vec<super::Related> {
         return Vec::new();
     };
     let NodeValue::Seq(items) = &node.value else {
-        sink.error(
-            "bad-related",
-            node.pos,
-            format!(
-                "'related' must be a list of {{id, type}} maps, not {}",
-                node.kind_name()
-            ),
-        );
+        sink.error("bad-related", node.pos, format!("'related' must be a list of {{id, type}} maps, not {}", node.kind_name()));
         return Vec::new();
     };
     let mut out = Vec::new();
     for it in items {
         if it.as_map().is_none() {
-            sink.error(
-                "bad-related",
-                it.pos,
-                "each 'related' entry must be a map with 'id' and 'type'",
-            );
+            sink.error("bad-related", it.pos, "each 'related' entry must be a map with 'id' and 'type'");
             continue;
         }
         let id = match it.get("id").and_then(Node::as_str) {
             Some(id) if is_uuid(id) => id.to_string(),
             Some(id) => {
-                sink.error(
-                    "bad-related",
-                    it.get("id").unwrap().pos,
-                    format!("related 'id' must be a UUID, got '{id}'"),
-                );
+                sink.error("bad-related", it.get("id").unwrap().pos, format!("related 'id' must be a UUID, got '{id}'"));
                 continue;
             }
             None => {
@@ -363,11 +267,7 @@ pub(crate) fn related(doc: &Node, sink: &mut Sink) -> Vec<super::Related> {
         let kind = match it.get("type").and_then(Node::as_str) {
             Some(t @ ("derived" | "obsolete" | "merged" | "renamed" | "similar")) => t.to_string(),
             Some("obsoletes") => {
-                sink.error(
-                    "bad-related",
-                    it.get("type").unwrap().pos,
-                    "related type 'obsoletes' was renamed 'obsolete' in Sigma 2",
-                );
+                sink.error("bad-related", it.get("type").unwrap().pos, "related type 'obsoletes' was renamed 'obsolete' in Sigma 2");
                 continue;
             }
             Some(t) => {
@@ -397,23 +297,12 @@ pub(crate) fn warn_unknown_keys(doc: &Node, known: &[&str], sink: &mut Sink) {
             continue;
         }
         if known.contains(&e.key.to_lowercase().as_str()) {
-            sink.error(
-                "uppercase-key",
-                e.key_pos,
-                format!(
-                    "attribute '{}' must be written in lowercase ('{}')",
-                    e.key,
-                    e.key.to_lowercase()
-                ),
-            );
+            sink.error("uppercase-key", e.key_pos, format!("attribute '{}' must be written in lowercase ('{}')", e.key, e.key.to_lowercase()));
         } else {
             sink.warning(
                 "custom-attribute",
                 e.key_pos,
-                format!(
-                    "'{}' is not a Sigma attribute (kept as a custom attribute; check the spelling)",
-                    e.key
-                ),
+                format!("'{}' is not a Sigma attribute (kept as a custom attribute; check the spelling)", e.key),
             );
         }
     }
@@ -426,14 +315,7 @@ pub(crate) fn logsource(doc: &Node, sink: &mut Sink) -> Option<super::Logsource>
         return None;
     };
     let Some(entries) = node.as_map() else {
-        sink.error(
-            "bad-logsource",
-            node.pos,
-            format!(
-                "'logsource' must be a map (product, category, service), not {}",
-                node.kind_name()
-            ),
-        );
+        sink.error("bad-logsource", node.pos, format!("'logsource' must be a map (product, category, service), not {}", node.kind_name()));
         return None;
     };
     let mut ls = super::Logsource::default();
@@ -443,26 +325,17 @@ pub(crate) fn logsource(doc: &Node, sink: &mut Sink) -> Option<super::Logsource>
             NodeValue::String(s) => s.clone(),
             NodeValue::Null => continue,
             _ => {
-                sink.error(
-                    "bad-logsource",
-                    e.value.pos,
-                    format!("logsource '{}' must be a string, not {}", e.key, e.value.kind_name()),
-                );
+                sink.error("bad-logsource", e.value.pos, format!("logsource '{}' must be a string, not {}", e.key, e.value.kind_name()));
                 ok = false;
                 continue;
             }
         };
-        let id_like = value
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
+        let id_like = value.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
         if e.key != "definition" && !id_like {
             sink.warning(
                 "logsource-value-style",
                 e.value.pos,
-                format!(
-                    "logsource {} '{value}' should be lowercase letters, digits, '_', '.' or '-'",
-                    e.key
-                ),
+                format!("logsource {} '{value}' should be lowercase letters, digits, '_', '.' or '-'", e.key),
             );
         }
         match e.key.as_str() {
@@ -474,11 +347,7 @@ pub(crate) fn logsource(doc: &Node, sink: &mut Sink) -> Option<super::Logsource>
         }
     }
     if ls.product.is_none() && ls.category.is_none() && ls.service.is_none() {
-        sink.error(
-            "empty-logsource",
-            node.pos,
-            "'logsource' needs at least one of 'product', 'category' or 'service'",
-        );
+        sink.error("empty-logsource", node.pos, "'logsource' needs at least one of 'product', 'category' or 'service'");
         ok = false;
     }
     ok.then_some(ls)
@@ -489,11 +358,7 @@ pub(crate) fn length_limit(doc: &Node, key: &str, max: usize, sink: &mut Sink) {
         && let Some(s) = n.as_str()
         && s.chars().count() > max
     {
-        sink.error(
-            "attribute-too-long",
-            n.pos,
-            format!("'{key}' is longer than {max} characters"),
-        );
+        sink.error("attribute-too-long", n.pos, format!("'{key}' is longer than {max} characters"));
     }
 }
 

@@ -34,13 +34,7 @@ impl CorrelationType {
 
     /// Types whose condition applies to the values of `condition.field`.
     pub fn needs_field(self) -> bool {
-        matches!(
-            self,
-            CorrelationType::ValueCount
-                | CorrelationType::ValueSum
-                | CorrelationType::ValueAvg
-                | CorrelationType::ValuePercentile
-        )
+        matches!(self, CorrelationType::ValueCount | CorrelationType::ValueSum | CorrelationType::ValueAvg | CorrelationType::ValuePercentile)
     }
 
     pub fn is_temporal(self) -> bool {
@@ -167,17 +161,15 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Correla
     attributes::date(doc, "modified", sink);
     attributes::warn_unknown_keys(doc, CORRELATION_KEYS, sink);
     if let Some(d) = doc.get("detection") {
-        sink.error("correlation-with-detection", d.pos, "a correlation rule has no 'detection'; put the base rules in their own documents and list them under 'rules'");
+        sink.error(
+            "correlation-with-detection",
+            d.pos,
+            "a correlation rule has no 'detection'; put the base rules in their own documents and list them under 'rules'",
+        );
     }
-    let generate = match doc
-        .get("generate")
-        .or_else(|| doc.get("correlation").and_then(|c| c.get("generate")))
-    {
+    let generate = match doc.get("generate").or_else(|| doc.get("correlation").and_then(|c| c.get("generate"))) {
         None => false,
-        Some(Node {
-            value: NodeValue::Bool(b),
-            ..
-        }) => *b,
+        Some(Node { value: NodeValue::Bool(b), .. }) => *b,
         Some(n) => {
             sink.error("bad-correlation", n.pos, "'generate' must be true or false");
             false
@@ -185,61 +177,31 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Correla
     };
     let c = doc.get("correlation")?;
     if c.as_map().is_none() {
-        sink.error(
-            "bad-correlation",
-            c.pos,
-            format!("'correlation' must be a map, not {}", c.kind_name()),
-        );
+        sink.error("bad-correlation", c.pos, format!("'correlation' must be a map, not {}", c.kind_name()));
         return None;
     }
     for e in c.as_map().unwrap() {
-        if !matches!(
-            e.key.as_str(),
-            "type" | "rules" | "group-by" | "timespan" | "condition" | "aliases" | "generate"
-        ) {
-            sink.warning(
-                "custom-attribute",
-                e.key_pos,
-                format!("'{}' is not a correlation attribute", e.key),
-            );
+        if !matches!(e.key.as_str(), "type" | "rules" | "group-by" | "timespan" | "condition" | "aliases" | "generate") {
+            sink.warning("custom-attribute", e.key_pos, format!("'{}' is not a correlation attribute", e.key));
         }
     }
     let kind = match c.get("type") {
         None => {
-            sink.error(
-                "bad-correlation",
-                c.pos,
-                "the correlation has no 'type' (event_count, value_count, temporal, temporal_ordered, …)",
-            );
+            sink.error("bad-correlation", c.pos, "the correlation has no 'type' (event_count, value_count, temporal, temporal_ordered, …)");
             None
         }
-        Some(n) => match n
-            .as_str()
-            .and_then(|s| CorrelationType::ALL.iter().find(|(k, _)| *k == s))
-        {
+        Some(n) => match n.as_str().and_then(|s| CorrelationType::ALL.iter().find(|(k, _)| *k == s)) {
             Some((_, t)) => Some(*t),
             None => {
                 let names: Vec<&str> = CorrelationType::ALL.iter().map(|(n, _)| *n).collect();
-                sink.error(
-                    "bad-correlation",
-                    n.pos,
-                    format!("correlation 'type' must be one of {}", names.join(", ")),
-                );
+                sink.error("bad-correlation", n.pos, format!("correlation 'type' must be one of {}", names.join(", ")));
                 None
             }
         },
     };
     let rules = match c.get("rules") {
-        Some(Node {
-            value: NodeValue::String(s),
-            ..
-        }) => vec![s.clone()],
-        Some(
-            n @ Node {
-                value: NodeValue::Seq(_),
-                ..
-            },
-        ) => {
+        Some(Node { value: NodeValue::String(s), .. }) => vec![s.clone()],
+        Some(n @ Node { value: NodeValue::Seq(_), .. }) => {
             let list = attributes::string_list(c, "rules", sink);
             if list.is_empty() {
                 sink.error("bad-correlation", n.pos, "'rules' lists no rules");
@@ -247,11 +209,7 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Correla
             list
         }
         Some(n) => {
-            sink.error(
-                "bad-correlation",
-                n.pos,
-                "'rules' must be a rule id/name or a list of them",
-            );
+            sink.error("bad-correlation", n.pos, "'rules' must be a rule id/name or a list of them");
             Vec::new()
         }
         None => {
@@ -260,29 +218,18 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Correla
         }
     };
     let group_by = match c.get("group-by") {
-        Some(Node {
-            value: NodeValue::String(s),
-            ..
-        }) => vec![s.clone()],
+        Some(Node { value: NodeValue::String(s), .. }) => vec![s.clone()],
         _ => attributes::string_list(c, "group-by", sink),
     };
     let timespan_secs = match c.get("timespan") {
         None => {
-            sink.error(
-                "bad-correlation",
-                c.pos,
-                "the correlation has no 'timespan' (e.g. 5m, 1h, 1d)",
-            );
+            sink.error("bad-correlation", c.pos, "the correlation has no 'timespan' (e.g. 5m, 1h, 1d)");
             0
         }
         Some(n) => match n.as_str().and_then(parse_timespan) {
             Some(s) => s,
             None => {
-                sink.error(
-                    "bad-correlation",
-                    n.pos,
-                    "'timespan' must be a number followed by s, m, h or d (e.g. 15m)",
-                );
+                sink.error("bad-correlation", n.pos, "'timespan' must be a number followed by s, m, h or d (e.g. 15m)");
                 0
             }
         },
@@ -290,37 +237,21 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Correla
     let condition = match (c.get("condition"), kind) {
         (None, Some(k)) if k.is_temporal() => None,
         (None, _) => {
-            sink.error(
-                "bad-correlation",
-                c.pos,
-                "this correlation type needs a 'condition' (e.g. gte: 10)",
-            );
+            sink.error("bad-correlation", c.pos, "this correlation type needs a 'condition' (e.g. gte: 10)");
             None
         }
         (Some(n), _) => parse_condition(n, sink),
     };
     if let (Some(k), Some(cond)) = (kind, &condition) {
         if k.needs_field() && cond.field.is_none() {
-            sink.error(
-                "bad-correlation",
-                c.get("condition").unwrap().pos,
-                format!("a {} correlation needs 'field' in its condition", k.as_str()),
-            );
+            sink.error("bad-correlation", c.get("condition").unwrap().pos, format!("a {} correlation needs 'field' in its condition", k.as_str()));
         }
         if let (Some(rules_n), true) = (c.get("rules"), k.is_temporal() && rules.len() < 2) {
-            sink.warning(
-                "temporal-single-rule",
-                rules_n.pos,
-                "a temporal correlation over a single rule is an event count; list two or more rules",
-            );
+            sink.warning("temporal-single-rule", rules_n.pos, "a temporal correlation over a single rule is an event count; list two or more rules");
         }
     }
     if kind.is_some_and(|k| !k.is_temporal()) && group_by.is_empty() && c.get("group-by").is_none() {
-        sink.warning(
-            "no-group-by",
-            c.pos,
-            "no 'group-by': all matching events form one group",
-        );
+        sink.warning("no-group-by", c.pos, "no 'group-by': all matching events form one group");
     }
     let aliases = parse_aliases(c, sink);
     Some(Correlation {
@@ -343,17 +274,10 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Correla
 
 fn parse_condition(n: &Node, sink: &mut Sink) -> Option<CorrelationCondition> {
     let Some(entries) = n.as_map() else {
-        sink.error(
-            "bad-correlation",
-            n.pos,
-            "the correlation 'condition' must be a map such as {gte: 10}",
-        );
+        sink.error("bad-correlation", n.pos, "the correlation 'condition' must be a map such as {gte: 10}");
         return None;
     };
-    let mut cond = CorrelationCondition {
-        field: None,
-        bounds: Vec::new(),
-    };
+    let mut cond = CorrelationCondition { field: None, bounds: Vec::new() };
     for e in entries {
         let op = match e.key.as_str() {
             "field" => {
@@ -370,11 +294,7 @@ fn parse_condition(n: &Node, sink: &mut Sink) -> Option<CorrelationCondition> {
             "eq" => CmpOp::Eq,
             "neq" => CmpOp::Neq,
             other => {
-                sink.error(
-                    "bad-correlation",
-                    e.key_pos,
-                    format!("unknown correlation condition operator '{other}' (gt, gte, lt, lte, eq, neq)"),
-                );
+                sink.error("bad-correlation", e.key_pos, format!("unknown correlation condition operator '{other}' (gt, gte, lt, lte, eq, neq)"));
                 continue;
             }
         };
@@ -383,19 +303,11 @@ fn parse_condition(n: &Node, sink: &mut Sink) -> Option<CorrelationCondition> {
                 Some(v) => cond.bounds.push((op, v)),
                 None => sink.error("bad-correlation", e.value.pos, format!("'{}' needs a number", e.key)),
             },
-            _ => sink.error(
-                "bad-correlation",
-                e.value.pos,
-                format!("'{}' needs a number, not {}", e.key, e.value.kind_name()),
-            ),
+            _ => sink.error("bad-correlation", e.value.pos, format!("'{}' needs a number, not {}", e.key, e.value.kind_name())),
         }
     }
     if cond.bounds.is_empty() {
-        sink.error(
-            "bad-correlation",
-            n.pos,
-            "the correlation condition has no comparison (gt, gte, lt, lte, eq, neq)",
-        );
+        sink.error("bad-correlation", n.pos, "the correlation condition has no comparison (gt, gte, lt, lte, eq, neq)");
         return None;
     }
     Some(cond)
@@ -404,38 +316,23 @@ fn parse_condition(n: &Node, sink: &mut Sink) -> Option<CorrelationCondition> {
 fn parse_aliases(c: &Node, sink: &mut Sink) -> Vec<FieldAlias> {
     let Some(n) = c.get("aliases") else { return Vec::new() };
     let Some(entries) = n.as_map() else {
-        sink.error(
-            "bad-correlation",
-            n.pos,
-            "'aliases' must be a map of alias name to {rule: field}",
-        );
+        sink.error("bad-correlation", n.pos, "'aliases' must be a map of alias name to {rule: field}");
         return Vec::new();
     };
     let mut out = Vec::new();
     for e in entries {
         let Some(per) = e.value.as_map() else {
-            sink.error(
-                "bad-correlation",
-                e.value.pos,
-                format!("alias '{}' must map each rule to its field", e.key),
-            );
+            sink.error("bad-correlation", e.value.pos, format!("alias '{}' must map each rule to its field", e.key));
             continue;
         };
         let mut per_rule = Vec::new();
         for p in per {
             match p.value.as_str() {
                 Some(f) => per_rule.push((p.key.clone(), f.to_string())),
-                None => sink.error(
-                    "bad-correlation",
-                    p.value.pos,
-                    "an alias maps a rule to a field name (a string)",
-                ),
+                None => sink.error("bad-correlation", p.value.pos, "an alias maps a rule to a field name (a string)"),
             }
         }
-        out.push(FieldAlias {
-            name: e.key.clone(),
-            per_rule,
-        });
+        out.push(FieldAlias { name: e.key.clone(), per_rule });
     }
     out
 }

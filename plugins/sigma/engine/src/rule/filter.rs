@@ -58,9 +58,7 @@ impl Filter {
     pub fn applies_to(&self, rule: &Rule) -> bool {
         let named = match &self.rules {
             FilterRules::Any => true,
-            FilterRules::Listed(refs) => refs
-                .iter()
-                .any(|r| rule.id.as_deref() == Some(r.as_str()) || rule.name.as_deref() == Some(r.as_str())),
+            FilterRules::Listed(refs) => refs.iter().any(|r| rule.id.as_deref() == Some(r.as_str()) || rule.name.as_deref() == Some(r.as_str())),
         };
         named && logsource_fits(&self.logsource, &rule.logsource)
     }
@@ -69,9 +67,7 @@ impl Filter {
 /// Every logsource field the filter sets must equal the rule's.
 fn logsource_fits(filter: &Logsource, rule: &Logsource) -> bool {
     let fits = |f: &Option<String>, r: &Option<String>| f.is_none() || f == r;
-    fits(&filter.product, &rule.product)
-        && fits(&filter.category, &rule.category)
-        && fits(&filter.service, &rule.service)
+    fits(&filter.product, &rule.product) && fits(&filter.category, &rule.category) && fits(&filter.service, &rule.service)
 }
 
 pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Filter> {
@@ -83,65 +79,30 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Filter>
     attributes::tags(doc, sink);
     for key in ["level", "status"] {
         if let Some(n) = doc.get(key) {
-            sink.warning(
-                "filter-attribute",
-                n.pos,
-                format!("a filter has no '{key}' (it only tunes other rules); it is ignored"),
-            );
+            sink.warning("filter-attribute", n.pos, format!("a filter has no '{key}' (it only tunes other rules); it is ignored"));
         }
     }
     if let Some(n) = doc.get("detection") {
-        sink.error(
-            "filter-with-detection",
-            n.pos,
-            "a filter puts its selections under 'filter', not 'detection'",
-        );
+        sink.error("filter-with-detection", n.pos, "a filter puts its selections under 'filter', not 'detection'");
     }
     attributes::warn_unknown_keys(doc, &[FILTER_KEYS, &["level", "status", "detection"]].concat(), sink);
     let logsource = attributes::logsource(doc, sink);
     let f = doc.get("filter")?;
     let Some(entries) = f.as_map() else {
-        sink.error(
-            "bad-filter",
-            f.pos,
-            format!(
-                "'filter' must be a map with 'rules', selections and 'condition', not {}",
-                f.kind_name()
-            ),
-        );
+        sink.error("bad-filter", f.pos, format!("'filter' must be a map with 'rules', selections and 'condition', not {}", f.kind_name()));
         return None;
     };
     let rules = match f.get("rules") {
         None => {
-            sink.error(
-                "bad-filter",
-                f.pos,
-                "the filter has no 'rules' (list rule ids or names, or write 'rules: any')",
-            );
+            sink.error("bad-filter", f.pos, "the filter has no 'rules' (list rule ids or names, or write 'rules: any')");
             None
         }
-        Some(Node {
-            value: NodeValue::String(s),
-            ..
-        }) if s.eq_ignore_ascii_case("any") || s.eq_ignore_ascii_case("all") => Some(FilterRules::Any),
-        Some(Node {
-            value: NodeValue::String(s),
-            ..
-        }) => Some(FilterRules::Listed(vec![s.clone()])),
-        Some(Node {
-            value: NodeValue::Seq(items),
-            ..
-        }) if items.is_empty() => Some(FilterRules::Any),
-        Some(Node {
-            value: NodeValue::Seq(_),
-            ..
-        }) => Some(FilterRules::Listed(attributes::string_list(f, "rules", sink))),
+        Some(Node { value: NodeValue::String(s), .. }) if s.eq_ignore_ascii_case("any") || s.eq_ignore_ascii_case("all") => Some(FilterRules::Any),
+        Some(Node { value: NodeValue::String(s), .. }) => Some(FilterRules::Listed(vec![s.clone()])),
+        Some(Node { value: NodeValue::Seq(items), .. }) if items.is_empty() => Some(FilterRules::Any),
+        Some(Node { value: NodeValue::Seq(_), .. }) => Some(FilterRules::Listed(attributes::string_list(f, "rules", sink))),
         Some(n) => {
-            sink.error(
-                "bad-filter",
-                n.pos,
-                "'rules' must be 'any', a rule id or name, or a list of them",
-            );
+            sink.error("bad-filter", n.pos, "'rules' must be 'any', a rule id or name, or a list of them");
             None
         }
     };
@@ -152,27 +113,9 @@ pub(crate) fn parse(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Filter>
         return None;
     }
     // The selections and condition read like a detection without `rules`.
-    let det_node = Node {
-        pos: f.pos,
-        value: NodeValue::Map(
-            entries
-                .iter()
-                .filter(|e| e.key != "rules")
-                .cloned()
-                .collect::<Vec<Entry>>(),
-        ),
-    };
+    let det_node = Node { pos: f.pos, value: NodeValue::Map(entries.iter().filter(|e| e.key != "rules").cloned().collect::<Vec<Entry>>()) };
     let detection = detection::parse_detection(&det_node, sink);
-    Some(Filter {
-        origin: origin.to_string(),
-        line: doc.pos.line,
-        title,
-        id,
-        name,
-        logsource: logsource?,
-        rules: rules?,
-        detection: detection?,
-    })
+    Some(Filter { origin: origin.to_string(), line: doc.pos.line, title, id, name, logsource: logsource?, rules: rules?, detection: detection? })
 }
 
 /// The rule with the filter applied: `(rule condition) and (filter condition)`. Errors when the
@@ -183,10 +126,7 @@ pub fn apply_filter(rule: &Rule, filter: &Filter) -> Result<Rule, Diagnostic> {
             "filter-logsource",
             &filter.origin,
             Some(crate::diagnostic::Pos::new(filter.line, 1)),
-            format!(
-                "filter '{}' is for a different logsource than rule '{}'",
-                filter.title, rule.title
-            ),
+            format!("filter '{}' is for a different logsource than rule '{}'", filter.title, rule.title),
         ));
     }
     // A prefix no search of the rule uses yet, so several filters can be applied in turn.
@@ -201,13 +141,11 @@ pub fn apply_filter(rule: &Rule, filter: &Filter) -> Result<Rule, Diagnostic> {
     let own: Vec<&str> = filter.detection.names().collect();
     let renamed = rename(&filter.detection.condition, &own, &prefix);
     let mut out = rule.clone();
-    out.detection
-        .searches
-        .extend(filter.detection.searches.iter().map(|s| Search {
-            name: format!("{prefix}{}", s.name),
-            pos: s.pos,
-            body: s.body.clone(),
-        }));
+    out.detection.searches.extend(filter.detection.searches.iter().map(|s| Search {
+        name: format!("{prefix}{}", s.name),
+        pos: s.pos,
+        body: s.body.clone(),
+    }));
     out.detection.condition = Condition::And(vec![rule.detection.condition.clone(), renamed]);
     Ok(out)
 }
@@ -215,12 +153,7 @@ pub fn apply_filter(rule: &Rule, filter: &Filter) -> Result<Rule, Diagnostic> {
 /// Rewrites a filter condition over renamed identifiers; `x of` targets are resolved against the
 /// filter's own searches first.
 fn rename(c: &Condition, own: &[&str], prefix: &str) -> Condition {
-    let refs = |t: &Target| -> Vec<Condition> {
-        t.select(own.iter().copied())
-            .into_iter()
-            .map(|n| Condition::Ref(format!("{prefix}{n}")))
-            .collect()
-    };
+    let refs = |t: &Target| -> Vec<Condition> { t.select(own.iter().copied()).into_iter().map(|n| Condition::Ref(format!("{prefix}{n}"))).collect() };
     match c {
         Condition::Ref(n) => Condition::Ref(format!("{prefix}{n}")),
         Condition::Not(i) => Condition::Not(Box::new(rename(i, own, prefix))),

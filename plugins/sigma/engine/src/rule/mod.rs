@@ -168,38 +168,22 @@ pub fn parse_documents(text: &str, origin: &str) -> ParsedFile {
     let stream = yaml::parse_stream(text.strip_prefix('\u{feff}').unwrap_or(text));
     let nonempty: Vec<&Node> = stream.documents.iter().filter(|d| d.value != NodeValue::Null).collect();
     for doc in &nonempty {
-        let mut sink = Sink {
-            origin,
-            diagnostics: &mut out.diagnostics,
-        };
+        let mut sink = Sink { origin, diagnostics: &mut out.diagnostics };
         if let Some(d) = parse_document(doc, origin, &mut sink) {
             out.documents.push(d);
         }
     }
     if let Some(e) = stream.error {
-        out.diagnostics
-            .push(Diagnostic::error(e.code, origin, e.pos, e.message));
+        out.diagnostics.push(Diagnostic::error(e.code, origin, e.pos, e.message));
     } else if nonempty.is_empty() {
-        out.diagnostics.push(Diagnostic::error(
-            "empty-file",
-            origin,
-            None,
-            "the file holds no YAML document (expected a Sigma rule)",
-        ));
+        out.diagnostics.push(Diagnostic::error("empty-file", origin, None, "the file holds no YAML document (expected a Sigma rule)"));
     }
     out
 }
 
 fn parse_document(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Document> {
     if doc.as_map().is_none() {
-        sink.error(
-            "not-a-rule",
-            doc.pos,
-            format!(
-                "a Sigma document must be a YAML map of attributes, not {}",
-                doc.kind_name()
-            ),
-        );
+        sink.error("not-a-rule", doc.pos, format!("a Sigma document must be a YAML map of attributes, not {}", doc.kind_name()));
         return None;
     }
     let errors_before = sink.diagnostics.iter().filter(|d| d.is_error()).count();
@@ -215,11 +199,7 @@ fn parse_document(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Document>
         );
         None
     } else if doc.get("detection").is_none() && doc.get("title").is_none() && doc.get("logsource").is_none() {
-        sink.error(
-            "not-a-rule",
-            doc.pos,
-            "this YAML document is not a Sigma rule: it has no 'title', 'logsource' or 'detection'",
-        );
+        sink.error("not-a-rule", doc.pos, "this YAML document is not a Sigma rule: it has no 'title', 'logsource' or 'detection'");
         None
     } else {
         parse_rule(doc, origin, sink).map(Document::Rule)
@@ -246,11 +226,7 @@ fn parse_rule(doc: &Node, origin: &str, sink: &mut Sink) -> Option<Rule> {
     if let (Some(d), Some(m)) = (&date, &modified)
         && m < d
     {
-        sink.warning(
-            "modified-before-date",
-            doc.get("modified").unwrap().pos,
-            format!("'modified' ({m}) is earlier than 'date' ({d})"),
-        );
+        sink.warning("modified-before-date", doc.get("modified").unwrap().pos, format!("'modified' ({m}) is earlier than 'date' ({d})"));
     }
     let fields = attributes::string_list(doc, "fields", sink);
     let falsepositives = falsepositives(doc, sink);
@@ -304,22 +280,14 @@ fn falsepositives(doc: &Node, sink: &mut Sink) -> Vec<String> {
     if let Some(n) = doc.get("falsepositives")
         && let NodeValue::String(s) = &n.value
     {
-        sink.warning(
-            "falsepositives-not-a-list",
-            n.pos,
-            "'falsepositives' should be a list of strings",
-        );
+        sink.warning("falsepositives-not-a-list", n.pos, "'falsepositives' should be a list of strings");
         return vec![s.clone()];
     }
     let list = attributes::string_list(doc, "falsepositives", sink);
     if let Some(NodeValue::Seq(nodes)) = doc.get("falsepositives").map(|n| &n.value) {
         for (s, n) in list.iter().zip(nodes) {
             if s.chars().count() < 2 {
-                sink.warning(
-                    "short-falsepositive",
-                    n.pos,
-                    format!("false positive '{s}' is shorter than 2 characters"),
-                );
+                sink.warning("short-falsepositive", n.pos, format!("false positive '{s}' is shorter than 2 characters"));
             }
         }
     }
