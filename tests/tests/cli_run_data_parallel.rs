@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use sigmaforge_trainer::export;
-use sigmaforge_trainer::model::{CausalLm, ModelConfig};
-use sigmaforge_trainer::testing::tiny_tokenizer;
+use sigmaforge_model::export;
+use sigmaforge_model::model::{CausalLm, ModelConfig};
+use sigmaforge_model::testing::tiny_tokenizer;
 
 /// A random tiny Qwen3 as a Hugging Face directory (long enough context for the plugin's
 /// prompts, which the word-level tokenizer turns into one token per word).

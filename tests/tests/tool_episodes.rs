@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use sigma_task::fixtures::reference_answer;
 use sigmaforge_eval::tools::Toolbox;
+use sigmaforge_model::episode::ToolsSection;
+use sigmaforge_model::episode::{ToolUse, run_episodes};
+use sigmaforge_model::load::ChatMessage;
+use sigmaforge_model::model::Family;
+use sigmaforge_model::testing::{ScriptedPolicy, chatml_byte_tokenizer};
 use sigmaforge_runtime::{PluginConfig, PluginsConfig, Runtime, RuntimeOptions, TaskRef};
-use sigmaforge_trainer::config::ToolsSection;
-use sigmaforge_trainer::episode::{ToolUse, run_episodes};
-use sigmaforge_trainer::load::ChatMessage;
-use sigmaforge_trainer::model::Family;
-use sigmaforge_trainer::testing::{ScriptedPolicy, chatml_byte_tokenizer};
 
 #[test]
 fn search_tool_turn_then_a_scored_rule() {
@@ -95,14 +95,14 @@ fn search_tool_turn_then_a_scored_rule() {
 #[test]
 fn run_offers_loaded_tool_plugins() {
     use candle_core::{DType, Device};
-    use sigmaforge_trainer::model::{CausalLm, ModelConfig};
-    use sigmaforge_trainer::testing::CHATML_BYTE_VOCAB;
+    use sigmaforge_model::model::{CausalLm, ModelConfig};
+    use sigmaforge_model::testing::CHATML_BYTE_VOCAB;
 
     let dir = sigmaforge_e2e::target_dir().join("e2e-scratch").join(format!("run-tools-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mc = ModelConfig { vocab_size: CHATML_BYTE_VOCAB, max_position_embeddings: 16384, ..ModelConfig::tiny_qwen3() };
     let model = CausalLm::random(&mc, None, 1, DType::F32, &Device::Cpu).unwrap();
-    sigmaforge_trainer::export::merged_hf_dir(&model, &chatml_byte_tokenizer().unwrap(), &dir.join("model")).unwrap();
+    sigmaforge_model::export::merged_hf_dir(&model, &chatml_byte_tokenizer().unwrap(), &dir.join("model")).unwrap();
     let config = format!(
         "model: {{ path: {model}, dtype: f32, device: cpu }}\nfinetune: full\n\
          training: {{ steps: 1, prompts_per_step: 1, rollouts_per_prompt: 2, micro_batch_size: 2 }}\n\

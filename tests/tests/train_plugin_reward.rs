@@ -7,9 +7,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use sigmaforge_e2e::{run_sigmaforge, scratch_dir, sigmaforge_bin, wasm_plugin};
-use sigmaforge_trainer::export;
-use sigmaforge_trainer::model::{CausalLm, ModelConfig};
-use sigmaforge_trainer::testing::tiny_tokenizer;
+use sigmaforge_model::export;
+use sigmaforge_model::model::{CausalLm, ModelConfig};
+use sigmaforge_model::testing::tiny_tokenizer;
 
 /// The tiny model and tokenizer in the layout `--config model.path` expects.
 fn write_tiny_model(dir: &Path) {

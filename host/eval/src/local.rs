@@ -16,12 +16,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use serde_json::json;
+use sigmaforge_model::episode::ToolsSection;
+use sigmaforge_model::episode::{ModelPolicy, ToolUse, run_episodes};
+use sigmaforge_model::generate::{SamplerRng, SamplingConfig};
+use sigmaforge_model::load::{ChatMessage, LoadOptions, Tokenizer, load_model};
+use sigmaforge_model::model::{AdapterMode, CausalLm};
 use sigmaforge_runtime::Message;
-use sigmaforge_trainer::config::ToolsSection;
-use sigmaforge_trainer::episode::{ModelPolicy, ToolUse, run_episodes};
-use sigmaforge_trainer::generate::{SamplerRng, SamplingConfig};
-use sigmaforge_trainer::load::{ChatMessage, LoadOptions, Tokenizer, load_model};
-use sigmaforge_trainer::model::{AdapterMode, CausalLm};
 
 use crate::policy::{Completion, Failure, Outcome, Policy, Trace, Usage};
 use crate::tools::Toolbox;
@@ -50,7 +50,7 @@ pub struct LocalPolicy {
 impl LocalPolicy {
     /// Loads a Hugging Face model directory or a .gguf file.
     pub fn load(path: &Path, opts: &LocalOptions) -> Result<LocalPolicy> {
-        let (device, _) = sigmaforge_trainer::device::select_device(&opts.device)?;
+        let (device, _) = sigmaforge_model::device::select_device(&opts.device)?;
         let loaded = load_model(path, &LoadOptions { dtype: DType::F32, device, lora: None, seed: opts.seed })
             .with_context(|| format!("cannot load the local model {}", path.display()))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
@@ -168,8 +168,8 @@ impl Policy for LocalPolicy {
 mod tests {
     use super::*;
     use candle_core::Device;
-    use sigmaforge_trainer::model::ModelConfig;
-    use sigmaforge_trainer::testing::tiny_tokenizer;
+    use sigmaforge_model::model::ModelConfig;
+    use sigmaforge_model::testing::tiny_tokenizer;
 
     #[test]
     fn tiny_model_answers_every_prompt_in_batches_with_token_counts() {
@@ -203,10 +203,10 @@ mod tests {
     #[test]
     fn eval_toolbox_serves_the_trainer_episode_loop() {
         use crate::tools::ToolRunner;
+        use sigmaforge_model::episode::SegmentGenerator;
+        use sigmaforge_model::model::Family;
+        use sigmaforge_model::testing::{ScriptedPolicy, chatml_byte_tokenizer};
         use sigmaforge_toolcall::ToolSpec;
-        use sigmaforge_trainer::episode::SegmentGenerator;
-        use sigmaforge_trainer::model::Family;
-        use sigmaforge_trainer::testing::{ScriptedPolicy, chatml_byte_tokenizer};
 
         struct Lookup;
         impl ToolRunner for Lookup {

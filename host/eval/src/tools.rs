@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use serde_json::Value;
+use sigmaforge_model::episode::{ToolBox, ToolInvokeError};
 use sigmaforge_runtime::ToolPlugin;
 use sigmaforge_toolcall::{ToolSpec, chat_template_tools};
-use sigmaforge_trainer::episode::{ToolBox, ToolInvokeError};
 
 /// Runs one tool by name with its JSON arguments text; `Err` is text for the model.
 pub trait ToolRunner: Send + Sync {

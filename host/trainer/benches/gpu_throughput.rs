@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use sigmaforge_trainer::device::select_device;
-use sigmaforge_trainer::generate::{SamplingConfig, generate};
+use sigmaforge_model::device::select_device;
+use sigmaforge_model::generate::{SamplingConfig, generate};
+use sigmaforge_model::model::{AdapterMode, CausalLm, ModelConfig};
+use sigmaforge_model::rng::SamplerRng;
+use sigmaforge_model::testing::tiny_tokenizer;
 use sigmaforge_trainer::grpo::{self, LossAggregation, LossInputs, LossNormalizer, LossParams};
-use sigmaforge_trainer::model::{AdapterMode, CausalLm, ModelConfig};
 use sigmaforge_trainer::optim::{AdamW, AdamWParams, GradAccumulator};
-use sigmaforge_trainer::rng::SamplerRng;
-use sigmaforge_trainer::testing::tiny_tokenizer;
 
 const B: usize = 8;
 const PROMPT: usize = 128;

@@ -17,12 +17,12 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use sigmaforge_trainer::generate::{SamplingConfig, generate};
-use sigmaforge_trainer::load::{self, LoadOptions, Tokenizer};
-use sigmaforge_trainer::lora::LoraConfig;
-use sigmaforge_trainer::model::{AdapterMode, CausalLm, MemoryOptions, ModelConfig, token_logprobs};
-use sigmaforge_trainer::rng::SamplerRng;
-use sigmaforge_trainer::testing::tiny_tokenizer;
+use sigmaforge_model::generate::{SamplingConfig, generate};
+use sigmaforge_model::load::{self, LoadOptions, Tokenizer};
+use sigmaforge_model::lora::LoraConfig;
+use sigmaforge_model::model::{AdapterMode, CausalLm, MemoryOptions, ModelConfig, token_logprobs};
+use sigmaforge_model::rng::SamplerRng;
+use sigmaforge_model::testing::tiny_tokenizer;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

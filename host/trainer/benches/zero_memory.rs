@@ -22,9 +22,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use sigmaforge_distributed::{Backend, LaunchEnv, init};
-use sigmaforge_trainer::model::{CausalLm, ModelConfig};
+use sigmaforge_model::model::{CausalLm, ModelConfig};
+use sigmaforge_model::testing::tiny_tokenizer;
 use sigmaforge_trainer::parallel::DataParallel;
-use sigmaforge_trainer::testing::tiny_tokenizer;
 use sigmaforge_trainer::train::Trainer;
 
 const CHILD: &str = "SIGMAFORGE_BENCH_ZERO_CHILD";

@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::grpo::LossAggregation;
-use crate::lora::LoraConfig;
-use crate::model::MemoryOptions;
 use crate::optim::{AdamWParams, ScheduleKind};
+use sigmaforge_model::episode::ToolsSection;
+use sigmaforge_model::lora::LoraConfig;
+use sigmaforge_model::model::MemoryOptions;
 
 /// The configuration built into the binary: SmolLM2-135M-Instruct with LoRA on a CPU.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../../configs/smollm2-cpu.yaml");
@@ -227,46 +228,6 @@ pub struct ExportSection {
 impl Default for ExportSection {
     fn default() -> Self {
         Self { merged: true, lora_adapter: true }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ToolsSection {
-    /// Tool turns a rollout may take before its final answer (0: never offer tools, even when
-    /// tool plugins are loaded).
-    pub max_turns: usize,
-    /// `auto` (from the model family: Qwen3 → hermes, SmolLM2/Llama → smollm2), `hermes`,
-    /// `smollm2` or `fenced`.
-    pub format: String,
-    /// A tool result longer than this many characters is cut (with a note to the model), so one
-    /// verbose tool cannot blow up the context.
-    pub max_result_chars: usize,
-    /// What the reward scores: the `final_answer` (the text after the last tool turn) or the
-    /// whole `transcript` (every assistant turn and tool result, as the model saw them).
-    pub reward_on: RewardText,
-}
-
-impl Default for ToolsSection {
-    fn default() -> Self {
-        Self { max_turns: 1, format: "auto".into(), max_result_chars: 4000, reward_on: RewardText::FinalAnswer }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardText {
-    FinalAnswer,
-    Transcript,
-}
-
-impl ToolsSection {
-    /// The configured format; `None` for `auto`.
-    pub fn explicit_format(&self) -> Result<Option<sigmaforge_toolcall::ToolFormat>> {
-        if self.format.trim().eq_ignore_ascii_case("auto") {
-            return Ok(None);
-        }
-        self.format.parse().map(Some).map_err(|e: String| anyhow::anyhow!("tools.format: {e} (or auto)"))
     }
 }
 

@@ -9,7 +9,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::load::ChatMessage;
+use sigmaforge_model::load::ChatMessage;
 
 /// One task as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@
 //!   ([`DataParallel::full_optimizer_state`]);
 //! - optionally (ZeRO stage 2, `training.shard_gradients`), gradients are not all-reduced at
 //!   the end of the step but reduced to their owners after every backward *segment* (one
-//!   layer with activation checkpointing, see [`crate::model::CausalLm::backward_bounded`]):
+//!   layer with activation checkpointing, see [`sigmaforge_model::model::CausalLm::backward_bounded`]):
 //!   a rank accumulates only the gradients of the parameters it owns
 //!   ([`StepGradients`], [`DataParallel::end_segment`]). Every rank must reduce the same
 //!   segments in the same order, so ranks with fewer micro-batches than others take part in

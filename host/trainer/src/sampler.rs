@@ -2,7 +2,7 @@
 //! seed and the epoch number. The position is two integers, so a checkpoint restores it exactly.
 
 use crate::checkpoint::DataPosition;
-use crate::rng::SamplerRng;
+use sigmaforge_model::rng::SamplerRng;
 
 pub struct TaskSampler {
     n_tasks: usize,

@@ -19,17 +19,17 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FORMAT_VERSION};
 use crate::config::RunConfig;
 use crate::environment::{RewardScore, TaskEnvironment, TaskPrompt, score_checked};
-use crate::episode::{self, Episode, ModelPolicy, RolloutToolUse, SegmentGenerator, ToolBox, ToolStats, ToolUse};
-use crate::export;
-use crate::generate::{FinishReason, SamplingConfig};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
-use crate::load::Tokenizer;
 use crate::metrics::{self, MeanStd, StepMetrics};
-use crate::model::{AdapterMode, CausalLm, streamed_logits};
 use crate::optim::{AdamW, GradAccumulator, LrSchedule};
 use crate::parallel::{DataParallel, StepGradients, generation_seed, text_checksum};
-use crate::rng::SamplerRng;
 use crate::sampler::TaskSampler;
+use sigmaforge_model::episode::{self, Episode, ModelPolicy, RolloutToolUse, SegmentGenerator, ToolBox, ToolStats, ToolUse};
+use sigmaforge_model::export;
+use sigmaforge_model::generate::{FinishReason, SamplingConfig};
+use sigmaforge_model::load::Tokenizer;
+use sigmaforge_model::model::{AdapterMode, CausalLm, streamed_logits};
+use sigmaforge_model::rng::SamplerRng;
 
 /// What one step produced besides its metrics.
 pub struct StepOutcome {
@@ -1000,11 +1000,11 @@ fn to_f64(t: &Tensor) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ToolsSection;
-    use crate::episode::run_episodes;
-    use crate::model::{Family, ModelConfig};
-    use crate::testing::{CHATML_BYTE_VOCAB, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
     use candle_core::{D, Var};
+    use sigmaforge_model::episode::ToolsSection;
+    use sigmaforge_model::episode::run_episodes;
+    use sigmaforge_model::model::{Family, ModelConfig};
+    use sigmaforge_model::testing::{CHATML_BYTE_VOCAB, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
 
     /// The tool-result turn is context for the answer, never an action: the micro-batch masks
     /// it, the loss sends no gradient to the logits at its positions, and it does not count in

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use sigmaforge_trainer::device::select_device;
-use sigmaforge_trainer::gradcheck::missing_gradients;
-use sigmaforge_trainer::lora::LoraConfig;
-use sigmaforge_trainer::model::{AdapterMode, CausalLm, KvCache, ModelConfig, token_logprobs};
-use sigmaforge_trainer::testing::tiny_tokenizer;
+use sigmaforge_model::device::select_device;
+use sigmaforge_model::gradcheck::missing_gradients;
+use sigmaforge_model::lora::LoraConfig;
+use sigmaforge_model::model::{AdapterMode, CausalLm, KvCache, ModelConfig, token_logprobs};
+use sigmaforge_model::testing::tiny_tokenizer;
 use sigmaforge_trainer::train::Trainer;
 
 fn gpu() -> Device {
@@ -148,7 +148,7 @@ fn grpo_trains_on_the_gpu_in_bf16() {
 /// segments as data-parallel ranks expect (ZeRO-2 reduces at each).
 #[test]
 fn memory_savers_give_the_plain_gradients_on_the_gpu() {
-    use sigmaforge_trainer::model::MemoryOptions;
+    use sigmaforge_model::model::MemoryOptions;
     use sigmaforge_trainer::optim::GradAccumulator;
     let gpu = gpu();
     let cfg = ModelConfig::tiny_qwen3();
@@ -204,7 +204,7 @@ fn a_reference_streamed_from_host_memory_matches_one_on_the_gpu() {
         let want = resident.forward(&input, &mask, None, AdapterMode::Disabled).unwrap();
         let hidden = on_host.hidden_streamed(&input, &mask, &gpu).unwrap();
         assert!(hidden.device().is_cuda(), "the streamed forward runs on the GPU");
-        let got = sigmaforge_trainer::model::streamed_logits(&hidden, &on_host.head_on(&gpu).unwrap()).unwrap();
+        let got = sigmaforge_model::model::streamed_logits(&hidden, &on_host.head_on(&gpu).unwrap()).unwrap();
         let d = masked_max_diff(&want, &got, &mask);
         let tol = if dtype == DType::F32 { 1e-4 } else { 0.05 };
         assert!(d < tol, "{dtype:?}: the streamed reference differs from the resident one by {d}");

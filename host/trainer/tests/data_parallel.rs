@@ -26,9 +26,9 @@ fn free_port() -> u16 {
 }
 
 fn trainer_on(cfg: &RunConfig, run_dir: &Path, dp: DataParallel) -> Trainer {
-    let mc = sigmaforge_trainer::model::ModelConfig::tiny_qwen3();
-    let model = sigmaforge_trainer::model::CausalLm::random(&mc, cfg.lora(), 11, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let tok = sigmaforge_trainer::testing::tiny_tokenizer(mc.vocab_size).unwrap();
+    let mc = sigmaforge_model::model::ModelConfig::tiny_qwen3();
+    let model = sigmaforge_model::model::CausalLm::random(&mc, cfg.lora(), 11, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let tok = sigmaforge_model::testing::tiny_tokenizer(mc.vocab_size).unwrap();
     let env = std::sync::Arc::new(TargetWords { max_new_tokens: cfg.generation.max_new_tokens });
     Trainer::data_parallel(cfg.clone(), model, tok, env, run_dir, dp).unwrap()
 }

@@ -5,9 +5,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use sigmaforge_trainer::export;
-use sigmaforge_trainer::load::{LoadOptions, load_hf_dir};
-use sigmaforge_trainer::model::{AdapterMode, CausalLm, ModelConfig};
+use sigmaforge_model::export;
+use sigmaforge_model::load::{LoadOptions, load_hf_dir};
+use sigmaforge_model::model::{AdapterMode, CausalLm, ModelConfig};
 
 fn logits(model: &CausalLm) -> Vec<f32> {
     let ids = Tensor::new(&[[2u32, 20, 33, 41, 5, 9], [0, 0, 2, 27, 44, 6]], &Device::Cpu).unwrap();

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use common::*;
+use sigmaforge_model::load::ChatMessage;
+use sigmaforge_model::model::{CausalLm, ModelConfig};
+use sigmaforge_model::testing::{CHATML_BYTE_VOCAB, FAKE_SEARCH_HIT, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
-use sigmaforge_trainer::load::ChatMessage;
-use sigmaforge_trainer::model::{CausalLm, ModelConfig};
-use sigmaforge_trainer::testing::{CHATML_BYTE_VOCAB, FAKE_SEARCH_HIT, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
 use sigmaforge_trainer::train::Trainer;
 
 /// Reward 1 when the scored text names EventID 4688, else 0; records what it was asked to score.

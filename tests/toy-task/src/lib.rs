@@ -1,5 +1,5 @@
 //! Test-only task plugin: a toy verifiable reward for the tiny random models the trainer's
-//! tests build (word-level vocabulary "w4" … "w63", see `sigmaforge_trainer::testing`).
+//! tests build (word-level vocabulary "w4" … "w63", see `sigmaforge_model::testing`).
 //!
 //! Task `task-i` asks with two words; the reward is the share of the `slots` completion
 //! positions (config key `slots`, default 6 = the test's `max_new_tokens`) that hold a target

@@ -24,11 +24,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use sigmaforge_distributed::{Backend, LaunchEnv};
 use sigmaforge_eval::tools::Toolbox;
+use sigmaforge_model::load::{self, ChatMessage, LoadOptions};
 use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef, ToolPlugin};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
-use sigmaforge_trainer::load::{self, ChatMessage, LoadOptions};
 use sigmaforge_trainer::parallel::DataParallel;
 use sigmaforge_trainer::train::Trainer;
 
@@ -191,7 +191,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// The device of this rank: with several ranks, `cuda` (and `auto` when a GPU is usable) means
 /// the GPU of the rank's `LOCAL_RANK`, as torchrun-launched trainers do.
 fn select_rank_device(request: &str, launch: &LaunchEnv) -> Result<(candle_core::Device, String)> {
-    use sigmaforge_trainer::device::select_device;
+    use sigmaforge_model::device::select_device;
     if launch.world_size == 1 {
         return select_device(request);
     }

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
+use sigmaforge_model::load::ChatMessage;
+use sigmaforge_model::model::{CausalLm, ModelConfig};
+use sigmaforge_model::testing::tiny_tokenizer;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
-use sigmaforge_trainer::load::ChatMessage;
-use sigmaforge_trainer::model::{CausalLm, ModelConfig};
-use sigmaforge_trainer::testing::tiny_tokenizer;
 use sigmaforge_trainer::train::Trainer;
 
 /// Toy verifiable task: reward = share of the `max_new_tokens` completion slots filled with a

@@ -24,16 +24,56 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail, ensure};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sigmaforge_toolcall::{
     ASSISTANT_TURN_END, ToolCallError, ToolFormat, ToolResult, ToolSpec, parse_tool_calls, system_prompt_with_tools, tool_turn_text,
 };
 
-use crate::config::{RewardText, ToolsSection};
 use crate::generate::{FinishReason, SamplerRng, SamplingConfig, generate_until};
 use crate::load::{ChatMessage, Tokenizer};
 use crate::model::{AdapterMode, CausalLm, Family};
+
+/// The `tools:` section of a run configuration: how rollouts may use tool plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsSection {
+    /// Tool turns a rollout may take before its final answer (0: never offer tools, even when
+    /// tool plugins are loaded).
+    pub max_turns: usize,
+    /// `auto` (from the model family: Qwen3 → hermes, SmolLM2/Llama → smollm2), `hermes`,
+    /// `smollm2` or `fenced`.
+    pub format: String,
+    /// A tool result longer than this many characters is cut (with a note to the model), so one
+    /// verbose tool cannot blow up the context.
+    pub max_result_chars: usize,
+    /// What the reward scores: the `final_answer` (the text after the last tool turn) or the
+    /// whole `transcript` (every assistant turn and tool result, as the model saw them).
+    pub reward_on: RewardText,
+}
+
+impl Default for ToolsSection {
+    fn default() -> Self {
+        Self { max_turns: 1, format: "auto".into(), max_result_chars: 4000, reward_on: RewardText::FinalAnswer }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardText {
+    FinalAnswer,
+    Transcript,
+}
+
+impl ToolsSection {
+    /// The configured format; `None` for `auto`.
+    pub fn explicit_format(&self) -> Result<Option<sigmaforge_toolcall::ToolFormat>> {
+        if self.format.trim().eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        self.format.parse().map(Some).map_err(|e: String| anyhow::anyhow!("tools.format: {e} (or auto)"))
+    }
+}
 
 /// The tools a run may call. The trainer knows nothing of WebAssembly: the CLI implements this
 /// over the plugin runtime's tool plugins, tests implement it natively.

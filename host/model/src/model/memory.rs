@@ -159,7 +159,6 @@ mod tests {
     use super::*;
     use crate::lora::LoraConfig;
     use crate::model::{ModelConfig, token_logprobs};
-    use crate::optim::GradAccumulator;
 
     fn batch() -> (Tensor, Tensor) {
         let ids = Tensor::new(&[[0u32, 0, 5, 9, 13, 2, 7, 30], [3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 11, 12, 60, 33]], &Device::Cpu).unwrap();
@@ -176,6 +175,30 @@ mod tests {
         let w: Vec<f64> = (0..3).flat_map(|row| range.clone().map(move |p| (((row * 7 + p) % 5) as f64 - 2.0) * 0.3)).collect();
         let w = Tensor::from_vec(w, (3, range.len()), &Device::Cpu)?.to_dtype(lp.dtype())?;
         Ok((lp * w)?.sum_all()?)
+    }
+
+    /// Sums the gradients of several backward passes per parameter (the trainer's accumulator
+    /// does the same; this crate does not depend on the trainer).
+    struct GradAccumulator {
+        grads: Vec<Option<Tensor>>,
+    }
+
+    impl GradAccumulator {
+        fn new(n: usize) -> Self {
+            Self { grads: vec![None; n] }
+        }
+
+        fn add(&mut self, store: &candle_core::backprop::GradStore, params: &[(String, candle_core::Var)]) -> Result<()> {
+            for ((_, var), slot) in params.iter().zip(self.grads.iter_mut()) {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            Ok(())
+        }
     }
 
     fn gradients(model: &CausalLm, options: Option<MemoryOptions>) -> Vec<Vec<f64>> {
