@@ -4,11 +4,17 @@
 //! - `trainable.safetensors`: the trainable weights (LoRA A/B, or every weight for full FT);
 //! - `optimizer.safetensors`: AdamW's moments (`m.<name>`, `v.<name>`);
 //! - `state.json`: step, optimizer step count, sampler RNG, data position;
-//! - `config.yaml`: the run config the checkpoint was written with.
+//! - `config.yaml`: the run config the checkpoint was written with;
+//! - `checksums.json`: size and CRC-32 of each file above, written last.
 //!
 //! A checkpoint is written into a hidden temporary directory and renamed into place, so a
 //! process killed while saving leaves either the previous checkpoint or the new one, never a
-//! half-written directory that `--resume` would pick up.
+//! half-written directory that `--resume` would pick up. Files can still rot or be cut short
+//! later (a full disk, a copy interrupted, bit flips): `--resume` verifies the checksums, and a
+//! run directory whose newest checkpoint does not verify resumes from the newest one that does,
+//! with a warning naming what was wrong. CRC-32 (`crc32fast`, several GB/s) rather than a
+//! cryptographic hash: it guards against accidents, not attackers, and re-reading a 14B model's
+//! optimizer state must stay cheap.
 
 use std::collections::HashMap;
 use std::fs;
@@ -82,9 +88,12 @@ pub fn save(
         candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))?;
         fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
         fs::write(tmp.join("config.yaml"), config_yaml)?;
-        for f in ["trainable.safetensors", "optimizer.safetensors", "state.json", "config.yaml"] {
+        for f in CHECKED_FILES {
             fs::File::open(tmp.join(f))?.sync_all()?;
         }
+        let sums = Checksums::of(&tmp)?;
+        fs::write(tmp.join(CHECKSUMS_FILE), serde_json::to_vec_pretty(&sums)?)?;
+        fs::File::open(tmp.join(CHECKSUMS_FILE))?.sync_all()?;
         Ok(())
     };
     if let Err(e) = write() {
@@ -132,16 +141,108 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// `path` may be a checkpoint directory or a run directory (its newest checkpoint is used).
+/// `path` may be a checkpoint directory or a run directory. For a run directory, its newest
+/// checkpoint that verifies is used; each newer one that does not is skipped with a warning on
+/// stderr. A checkpoint directory named explicitly must verify.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join("state.json").is_file() {
+        verify(path)?;
         return Ok(path.to_path_buf());
     }
     ensure!(path.is_dir(), "--resume {}: no such directory", path.display());
-    match list(path)?.pop() {
-        Some((_, dir)) => Ok(dir),
-        None => bail!("--resume {}: neither a checkpoint (no state.json) nor a run directory with checkpoints under checkpoints/", path.display()),
+    let all = list(path)?;
+    if all.is_empty() {
+        bail!("--resume {}: neither a checkpoint (no state.json) nor a run directory with checkpoints under checkpoints/", path.display());
     }
+    let mut problems = Vec::new();
+    for (_, dir) in all.iter().rev() {
+        match verify(dir) {
+            Ok(()) => {
+                for p in &problems {
+                    eprintln!("warning: skipping a damaged checkpoint: {p:#}");
+                }
+                if !problems.is_empty() {
+                    eprintln!("warning: resuming from the newest intact checkpoint, {}", dir.display());
+                }
+                return Ok(dir.clone());
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    let list = problems.iter().map(|e| format!("  {e:#}")).collect::<Vec<_>>().join("\n");
+    bail!("--resume {}: no checkpoint verifies:\n{list}", path.display())
+}
+
+const CHECKED_FILES: [&str; 4] = ["trainable.safetensors", "optimizer.safetensors", "state.json", "config.yaml"];
+const CHECKSUMS_FILE: &str = "checksums.json";
+
+/// Size and CRC-32 of each file of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Checksums {
+    files: std::collections::BTreeMap<String, FileSum>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSum {
+    bytes: u64,
+    crc32: u32,
+}
+
+impl Checksums {
+    fn of(dir: &Path) -> Result<Self> {
+        let mut files = std::collections::BTreeMap::new();
+        for f in CHECKED_FILES {
+            files.insert(f.to_string(), file_sum(&dir.join(f))?);
+        }
+        Ok(Self { files })
+    }
+}
+
+fn file_sum(path: &Path) -> Result<FileSum> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileSum { bytes, crc32: hasher.finalize() })
+}
+
+/// Checks a checkpoint's files against its `checksums.json`. Checkpoints written before
+/// checksums existed have none and pass as long as their files are there.
+pub fn verify(dir: &Path) -> Result<()> {
+    let sums_path = dir.join(CHECKSUMS_FILE);
+    if !sums_path.exists() {
+        for f in CHECKED_FILES {
+            ensure!(dir.join(f).is_file(), "checkpoint {}: {f} is missing", dir.display());
+        }
+        return Ok(());
+    }
+    let sums: Checksums = serde_json::from_slice(&fs::read(&sums_path).with_context(|| format!("cannot read {}", sums_path.display()))?)
+        .with_context(|| format!("checkpoint {}: {CHECKSUMS_FILE} is not valid", dir.display()))?;
+    for (name, want) in &sums.files {
+        let path = dir.join(name);
+        ensure!(path.is_file(), "checkpoint {}: {name} is missing", dir.display());
+        let got = file_sum(&path)?;
+        ensure!(got.bytes == want.bytes, "checkpoint {}: {name} has {} bytes, {} were written (cut short?)", dir.display(), got.bytes, want.bytes);
+        ensure!(
+            got.crc32 == want.crc32,
+            "checkpoint {}: {name} does not match its checksum (crc32 {:08x}, written {:08x}): the file was damaged after it was saved",
+            dir.display(),
+            got.crc32,
+            want.crc32
+        );
+    }
+    Ok(())
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
@@ -199,6 +300,69 @@ mod tests {
         // A leftover temporary directory (killed while saving) is not a checkpoint.
         fs::create_dir_all(checkpoints_dir(&run).join(".step-000020.tmp-1")).unwrap();
         assert_eq!(resolve(&run).unwrap(), checkpoints_dir(&run).join("step-000015"));
+        fs::remove_dir_all(&run).unwrap();
+    }
+
+    fn save_steps(run: &Path, steps: &[u64]) {
+        let w: HashMap<String, Tensor> = [("a".to_string(), Tensor::new(&[1.5f32, -2.0, 3.0, 4.0], &Device::Cpu).unwrap())].into();
+        let o: HashMap<String, Tensor> = [("m.a".to_string(), Tensor::new(&[0.1f32, 0.2, 0.3, 0.4], &Device::Cpu).unwrap())].into();
+        for &step in steps {
+            let st = CheckpointState {
+                version: FORMAT_VERSION,
+                step,
+                optimizer_steps: step,
+                rng: [1, 2, 3, step],
+                data: DataPosition { epoch: 0, cursor: 0 },
+                rank_rngs: Vec::new(),
+            };
+            save(run, &st, "x: 1\n", &w, &o, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_newest_checkpoint_falls_back_to_the_previous_one() {
+        let run = tmpdir("flip");
+        save_steps(&run, &[5, 10]);
+        let newest = checkpoints_dir(&run).join("step-000010");
+        let file = newest.join("trainable.safetensors");
+        let mut bytes = fs::read(&file).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40; // inside the tensor data: the file still parses
+        fs::write(&file, bytes).unwrap();
+        let err = verify(&newest).unwrap_err().to_string();
+        assert!(err.contains("trainable.safetensors") && err.contains("checksum"), "{err}");
+        // Named explicitly, the damaged checkpoint is refused; the run directory falls back.
+        assert!(load(&newest, &Device::Cpu).is_err());
+        assert_eq!(resolve(&run).unwrap(), checkpoints_dir(&run).join("step-000005"));
+        assert_eq!(load(&run, &Device::Cpu).unwrap().state.step, 5);
+        fs::remove_dir_all(&run).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_newest_checkpoint_falls_back_and_all_damaged_is_an_error() {
+        let run = tmpdir("trunc");
+        save_steps(&run, &[5, 10]);
+        let cut = |step: &str| {
+            let file = checkpoints_dir(&run).join(step).join("optimizer.safetensors");
+            let bytes = fs::read(&file).unwrap();
+            fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        };
+        cut("step-000010");
+        let err = verify(&checkpoints_dir(&run).join("step-000010")).unwrap_err().to_string();
+        assert!(err.contains("optimizer.safetensors") && err.contains("cut short"), "{err}");
+        assert_eq!(load(&run, &Device::Cpu).unwrap().state.step, 5);
+        cut("step-000005");
+        let err = format!("{:#}", resolve(&run).unwrap_err());
+        assert!(err.contains("no checkpoint verifies") && err.contains("step-000005") && err.contains("step-000010"), "{err}");
+        fs::remove_dir_all(&run).unwrap();
+    }
+
+    #[test]
+    fn checkpoints_without_checksums_still_load() {
+        let run = tmpdir("old");
+        save_steps(&run, &[5]);
+        fs::remove_file(checkpoints_dir(&run).join("step-000005").join(CHECKSUMS_FILE)).unwrap();
+        assert_eq!(load(&run, &Device::Cpu).unwrap().state.step, 5);
         fs::remove_dir_all(&run).unwrap();
     }
 

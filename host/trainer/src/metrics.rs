@@ -112,17 +112,40 @@ pub fn read_all(run_dir: &Path) -> Result<Vec<StepMetrics>> {
 
 /// Keeps the records of steps ≤ `step` (a resumed run rewrites what came after its checkpoint).
 pub fn truncate_after(run_dir: &Path, step: u64) -> Result<()> {
-    let path = run_dir.join(METRICS_FILE);
+    truncate_jsonl_after(&run_dir.join(METRICS_FILE), step)
+}
+
+/// Rewrites an append-only JSON Lines log of a run (metrics, rollouts) so that it holds only the
+/// records of steps ≤ `step`: a run killed after logging step N but before checkpointing it
+/// re-runs step N on `--resume`, and must not leave the first attempt's lines behind. A line
+/// cut short by the kill (no closing newline, or not JSON) is dropped too. Lines without a
+/// `step` field are kept. The file is replaced atomically (written beside it, then renamed).
+pub fn truncate_jsonl_after(path: &Path, step: u64) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let kept: Vec<StepMetrics> = read_all(run_dir)?.into_iter().filter(|m| m.step <= step).collect();
-    let mut text = String::new();
-    for m in &kept {
-        text.push_str(&serde_json::to_string(m)?);
-        text.push('\n');
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0usize;
+    for line in text.split_inclusive('\n') {
+        let complete = line.ends_with('\n');
+        let record: Option<serde_json::Value> = if complete { serde_json::from_str(line.trim_end()).ok() } else { None };
+        let keep = match &record {
+            Some(v) => v.get("step").and_then(serde_json::Value::as_u64).is_none_or(|s| s <= step),
+            None => line.trim().is_empty() && complete,
+        };
+        if keep {
+            kept.push_str(line);
+        } else {
+            dropped += 1;
+        }
     }
-    fs::write(&path, text).with_context(|| format!("cannot rewrite {}", path.display()))?;
+    if dropped == 0 {
+        return Ok(());
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    fs::write(&tmp, kept).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
 }
 

@@ -182,8 +182,11 @@ impl Trainer {
         self.sampler = TaskSampler::at(self.tasks.len(), self.cfg.training.seed, ckpt.state.data);
         self.coverage_checked = true;
         self.dp.verify_same_weights(self.optimizer.params(), &format!("after resuming from {}", ckpt.dir.display()))?;
-        let truncated = if self.dp.is_primary() { metrics::truncate_after(&self.run_dir, self.step) } else { Ok(()) };
-        self.dp.agree(truncated, "rewriting metrics.jsonl for the resumed run")
+        // Logs written after the checkpoint belong to steps that will run again: drop them, or a
+        // resumed run would hold those steps twice. Each rank owns its rollouts file.
+        let truncated = metrics::truncate_jsonl_after(&self.run_dir.join(self.rollouts_file()), self.step)
+            .and_then(|()| if self.dp.is_primary() { metrics::truncate_after(&self.run_dir, self.step) } else { Ok(()) });
+        self.dp.agree(truncated, "rewriting metrics.jsonl and rollouts.jsonl for the resumed run")
     }
 
     /// This rank's generation RNG state in a checkpoint; the job must have as many ranks as
@@ -197,6 +200,11 @@ impl Trainer {
             self.dp.world_size()
         );
         Ok(if state.rank_rngs.is_empty() { state.rng } else { state.rank_rngs[self.dp.rank()] })
+    }
+
+    /// The file this rank logs its rollouts to (each rank logs the rollouts it generated).
+    fn rollouts_file(&self) -> String {
+        if self.dp.is_distributed() { format!("rollouts-rank-{}.jsonl", self.dp.rank()) } else { "rollouts.jsonl".to_string() }
     }
 
     /// This rank's place in the job.
@@ -484,8 +492,7 @@ impl Trainer {
         }
         use std::io::Write;
         // Each rank logs the rollouts it generated.
-        let file = if self.dp.is_distributed() { format!("rollouts-rank-{}.jsonl", self.dp.rank()) } else { "rollouts.jsonl".to_string() };
-        let path = self.run_dir.join(file);
+        let path = self.run_dir.join(self.rollouts_file());
         let mut f = std::io::BufWriter::new(
             std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?,
         );

@@ -76,6 +76,23 @@ fn a_killed_run_resumes_from_its_last_checkpoint_and_finishes() {
         assert!(child.try_wait().unwrap().is_none(), "the child exited before its first checkpoint");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Kill it after it logged rollouts of a step its newest checkpoint does not hold: the resumed
+    // run re-runs that step, and its logs must not hold the step twice.
+    let rollouts = dir.join("rollouts.jsonl");
+    let newest_logged_step = || -> u64 {
+        std::fs::read_to_string(&rollouts)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["step"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    while newest_logged_step() <= checkpoint::list(&dir).unwrap().last().map_or(0, |(s, _)| *s) {
+        assert!(Instant::now() < deadline, "the child logged no step past its checkpoint within 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the child exited early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "the child finished before it could be killed; make the run longer");
@@ -90,6 +107,15 @@ fn a_killed_run_resumes_from_its_last_checkpoint_and_finishes() {
     assert_eq!(resumed.step(), 400);
     let steps: Vec<u64> = sigmaforge_trainer::metrics::read_all(&dir).unwrap().iter().map(|m| m.step).collect();
     assert_eq!(steps, (1..=400).collect::<Vec<_>>(), "every step logged once, none lost or doubled");
+    let mut per_step = std::collections::BTreeMap::<u64, usize>::new();
+    for line in std::fs::read_to_string(&rollouts).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("rollouts.jsonl holds a broken line ({e}): {line}"));
+        *per_step.entry(v["step"].as_u64().unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_step.keys().copied().collect::<Vec<_>>(), (1..=400).collect::<Vec<_>>());
+    let per = per_step[&1];
+    let doubled: Vec<_> = per_step.iter().filter(|(_, n)| **n != per).collect();
+    assert!(doubled.is_empty(), "rollouts.jsonl holds re-run steps twice (step: lines, expected {per}): {doubled:?}");
 
     // And it ends where an uninterrupted run ends.
     let straight_dir = temp_run_dir("killed-straight");
