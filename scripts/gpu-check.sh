@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 7): runs the GPU equivalence tests and benchmarks a GRPO step and decoding
+# GPU check: runs the GPU equivalence tests and benchmarks a GRPO step and decoding
 # for a Qwen3-0.6B-shaped model (random weights, bf16) against PyTorch + transformers on the
 # same card, printing the ratio. Under 10 minutes on an H100 once the programs are built.
 #

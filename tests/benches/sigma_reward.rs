@@ -1,4 +1,4 @@
-//! Benchmark of the Sigma reward (issue 3 targets), recorded in BENCHMARKS.md:
+//! Benchmark of the Sigma reward (its latency targets), recorded in BENCHMARKS.md:
 //!
 //! 1. warm scoring of a 64-completion batch (8 prompts × 8 rollouts, mixed valid/invalid rules)
 //!    through `sigma.wasm` in the plugin runtime (target ≤ 50 ms wall on 2 cores);

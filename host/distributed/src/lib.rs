@@ -15,7 +15,7 @@
 //!   multi-node runs use. The NCCL unique id is exchanged over the same TCP rendezvous.
 //!
 //! Why not write our own ring all-reduce for GPUs: NCCL is the standard, topology-aware engine
-//! every trainer uses (DESIGN.md: "scaling past one machine uses existing engines").
+//! every trainer uses (scaling past one machine uses existing engines: NCCL, not a new transport).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};

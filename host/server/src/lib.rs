@@ -21,7 +21,7 @@
 //! cannot hold a worker forever); bodies over `max_body_bytes` get 413; malformed JSON gets 400
 //! naming the item and the problem. Shutdown is graceful: in-flight requests finish.
 //!
-//! Why axum + tokio: tokio is the project's concurrency runtime (DESIGN.md) and axum is its most
+//! Why axum + tokio: tokio is the project's concurrency runtime (docs/architecture.md) and axum is its most
 //! widely used HTTP layer; bounded concurrency, body limits and graceful shutdown come with it.
 
 mod metrics;

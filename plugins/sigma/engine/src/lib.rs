@@ -57,7 +57,7 @@ pub use rule::{
     Rule, Status, apply_filter, parse_documents, rule_files,
 };
 
-// Event side (helper B): loaders, store, logsource mapping, hunting.
+// Event side: loaders, store, logsource mapping, hunting.
 pub mod cache;
 pub mod corpus;
 pub mod evtx;
