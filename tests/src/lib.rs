@@ -105,6 +105,11 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 /// (exit code, stdout, stderr). Compiled plugins are cached under the target dir, so each test
 /// process does not recompile them.
 pub fn run_sigmaforge(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    run_sigmaforge_bytes(args, stdin.map(str::as_bytes))
+}
+
+/// [`run_sigmaforge`] with stdin given as bytes (input that is not UTF-8).
+pub fn run_sigmaforge_bytes(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
     use std::io::Write;
     use std::process::Stdio;
     let mut child = Command::new(sigmaforge_bin())
@@ -117,7 +122,7 @@ pub fn run_sigmaforge(args: &[&str], stdin: Option<&str>) -> (i32, String, Strin
         .spawn()
         .expect("run sigmaforge");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();

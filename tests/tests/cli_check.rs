@@ -121,3 +121,46 @@ fn the_sigmahq_corpus_checks_clean() {
     assert_eq!(code, 0, "{err}\n{}", out.lines().filter(|l| l.contains(": error:")).take(20).collect::<Vec<_>>().join("\n"));
     assert!(out.contains("2858 valid rules"), "{}", out.lines().last().unwrap_or_default());
 }
+
+#[test]
+fn a_misspelled_logsource_is_an_error_with_the_nearest_known_value() {
+    let dir = sigmaforge_e2e::scratch_dir("check-logsource");
+    let f = write(&dir, "typo.yml", &VALID.replace("category: process_creation", "category: proccess_creation"));
+    let (code, out, _) = check(&[&f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown logsource category 'proccess_creation' (did you mean process_creation?)"), "{out}");
+    assert!(out.contains("0 valid rules"), "{out}");
+    let (code, out, _) = check(&["--json", &f]);
+    assert_eq!(code, 1);
+    let d: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!((d["code"].as_str(), d["severity"].as_str()), (Some("unknown-logsource"), Some("error")), "{d}");
+    // A user mapping that defines the logsource makes the rule valid.
+    let mapping = write(
+        &dir,
+        "mapping.yml",
+        "version: 1\nlogsources:\n  - logsource: {product: windows, category: proccess_creation}\n    conditions: {Channel: Microsoft-Windows-Sysmon/Operational, EventID: 1}\n",
+    );
+    let (code, out, err) = check(&["--logsources", &mapping, &f]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `check` and `hunt` agree on what a valid rule is: a second rule with the same id fails
+/// `check`, and `hunt` leaves it out with the same error.
+#[test]
+fn check_and_hunt_agree_on_duplicate_ids() {
+    let dir = sigmaforge_e2e::scratch_dir("check-dup");
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    write(&rules, "a.yml", VALID);
+    write(&rules, "b.yml", VALID);
+    let (code, out, _) = check(&[rules.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("duplicate-id"), "{out}");
+    let events = dir.join("e.jsonl");
+    std::fs::write(&events, r#"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":7},"EventData":{"Image":"C:\\x\\whoami.exe"}}}"#).unwrap();
+    let (code, out, err) =
+        sigmaforge_e2e::run_sigmaforge(&["hunt", "--json", "--rules", rules.to_str().unwrap(), "--events", events.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "only the first of the two rules loads: {out}");
+    assert!(err.contains("b.yml:1:1: error: rule id"), "{err}");
+}

@@ -111,3 +111,51 @@ fn missing_events_is_a_usage_error() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/events"), "{err}");
 }
+
+/// `--full` adds the matched event (named as the rule sees it) to each JSON line, keeping every
+/// other key; `--csv` writes a timeline; `--level` keeps only the given levels.
+#[test]
+fn full_json_carries_the_event_and_csv_writes_a_timeline() {
+    let dir = temp_dir("full");
+    let events = dir.join("e.jsonl");
+    std::fs::write(
+        &events,
+        [
+            r##"{"Event":{"System":{"Channel":"Security","EventID":4688,"EventRecordID":2,"Computer":"ws1","TimeCreated":{"#attributes":{"SystemTime":"2024-01-02T00:00:00Z"}}},"EventData":{"NewProcessName":"C:\\x\\whoami.exe","CommandLine":"whoami /all"}}}"##,
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":1,"Computer":"ws2","TimeCreated":{"#attributes":{"SystemTime":"2024-01-01T00:00:00Z"}}},"EventData":{"Image":"C:\\y\\whoami.exe","CommandLine":"whoami, \"quoted\""}}}"##,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let rule = dir.join("whoami.yml");
+    std::fs::write(&rule, "title: Whoami\nlevel: high\nstatus: test\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n    CommandLine|contains: whoami\n  condition: sel\n").unwrap();
+    let (r, e) = (rule.to_str().unwrap(), events.to_str().unwrap());
+
+    let (code, out, err) = hunt(&["--json", "--full", "--rules", r, "--events", e]);
+    assert_eq!(code, 0, "{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{out}");
+    let sec = lines.iter().find(|l| l["record_id"] == 2).unwrap();
+    for key in ["rule_id", "rule", "title", "level", "file", "record_id", "event_id", "channel", "timestamp"] {
+        assert!(sec.get(key).is_some(), "{key} missing: {sec}");
+    }
+    assert_eq!(sec["event"]["System"]["Computer"], "ws1", "{sec}");
+    assert_eq!(sec["event"]["EventData"]["Image"], "C:\\x\\whoami.exe", "4688's NewProcessName as the rule's Image: {sec}");
+    let (_, plain, _) = hunt(&["--json", "--rules", r, "--events", e]);
+    assert!(json_lines(&plain).iter().all(|l| l.get("event").is_none()), "no event without --full");
+
+    let (code, out, err) = hunt(&["--csv", "--rules", r, "--events", e]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows[0], "timestamp,rule,level,channel,event_id,computer,fields,event");
+    assert!(rows[1].starts_with("2024-01-01T00:00:00Z,Whoami,high,Microsoft-Windows-Sysmon/Operational,1,ws2,"), "sorted by time: {out}");
+    assert!(rows[1].contains(r#""Image: C:\y\whoami.exe; CommandLine: whoami, ""quoted""""#), "{out}");
+    assert!(rows[2].contains(",Security,4688,ws1,"), "{out}");
+
+    let (_, table, _) = hunt(&["--full", "--rules", r, "--events", e]);
+    assert!(table.contains("Image=C:\\x\\whoami.exe"), "{table}");
+    let (_, out, _) = hunt(&["--json", "--level", "critical", "--rules", r, "--events", e]);
+    assert!(out.trim().is_empty(), "{out}");
+    let (_, out, _) = hunt(&["--json", "--level", "low,high", "--status", "test", "--rules", r, "--events", e]);
+    assert_eq!(json_lines(&out).len(), 2);
+}

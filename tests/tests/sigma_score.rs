@@ -166,3 +166,47 @@ fn adversarial_completions_are_scored_with_a_diagnostic() {
     // Generous bound: start-up + plugin load + four calls each under the 2 s call limit.
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
 }
+
+/// Models often end a rule with `---` or add a second YAML document: the reference's own
+/// detection still scores full marks, and the detail says which document was taken.
+#[test]
+fn a_trailing_document_marker_or_a_second_document_does_not_cost_the_reward() {
+    let (task, rule) = first_train_task();
+    let answer = reference_answer(&rule);
+    let s = score_task(&task, &format!("{answer}---\n"));
+    assert_total(&s, 1.1);
+    let s = score_task(&task, &format!("```yaml\n{answer}---\nnote: written for the SOC\n```\n"));
+    assert_total(&s, 1.1);
+    let d = component(&s, "yaml_valid")["detail"].as_str().unwrap();
+    assert!(d.contains("document 1 of 2"), "{d}");
+}
+
+/// Not UTF-8 on stdin: a bad completion, scored 0 in every component with a diagnostic (exit 0).
+#[test]
+fn a_completion_that_is_not_utf8_scores_zero_with_a_diagnostic() {
+    let (task, rule) = first_train_task();
+    let mut bytes = reference_answer(&rule).into_bytes();
+    bytes.extend_from_slice(b"\xff\xfe oops\n");
+    let data = data();
+    let (code, out, err) = sigmaforge_e2e::run_sigmaforge_bytes(
+        &["score", "--plugins", &plugin(), "--data", &data.display().to_string(), "--task", &task, "--completion", "-", "--json"],
+        Some(&bytes),
+    );
+    assert_eq!(code, 0, "{err}\n{out}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_total(&s, 0.0);
+    assert_eq!(s["components"].as_array().unwrap().len(), 3, "{s:#}");
+    assert!(component(&s, "yaml_valid")["detail"].as_str().unwrap().contains("not UTF-8"), "{s:#}");
+}
+
+/// A rule with an `|expand` placeholder is valid for `check` (a warning) and so for the reward;
+/// the IoU detail names the counts `hunt` would report.
+#[test]
+fn an_expand_placeholder_is_valid_as_check_says_and_counts_name_hunt() {
+    let (task, _) = first_train_task();
+    let completion = "logsource:\n  product: windows\n  category: process_creation\ndetection:\n  sel:\n    ParentImage|expand: '%admin_tools%'\n  sel2:\n    Image|endswith: '\\whoami.exe'\n  condition: sel or sel2\n";
+    let s = score_task(&task, completion);
+    assert_eq!(component(&s, "yaml_valid")["value"], 1.0, "{s:#}");
+    assert!(component(&s, "yaml_valid")["detail"].as_str().unwrap().contains("matches nothing"), "{s:#}");
+    assert!(component(&s, "iou")["detail"].as_str().unwrap().contains("`sigmaforge hunt`"), "{s:#}");
+}

@@ -1,14 +1,18 @@
-//! `sigmaforge check <file|dir>... [--json]`: validate Sigma rule files against Sigma 2.1.
+//! `sigmaforge check <file|dir>... [--json] [--logsources <mapping.yml>]`: validate Sigma rule
+//! files against Sigma 2.1 and against the logsource mapping `hunt` and the reward use.
+//!
+//! What counts as valid is the engine's (`sigma_engine::check`), shared with `hunt` and the
+//! reward: a rule this command rejects is left out of a hunt with the same message.
 //!
 //! Exit status: 0 when every rule is valid (warnings allowed), 1 when any file has an error,
 //! 2 when the command itself cannot run (a path that does not exist, no rule files found).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
-use sigma_engine::check::{CheckedFile, check_across, check_text};
-use sigma_engine::yaml::MAX_INPUT_BYTES;
+use anyhow::{Context, Result, bail};
+use sigma_engine::check::{CheckedFile, check_across, check_file, check_logsource};
+use sigma_engine::logsource::LogsourceMap;
 use sigma_engine::{CompileOptions, Diagnostic, Document};
 
 #[derive(clap::Args)]
@@ -20,6 +24,21 @@ pub struct Args {
     /// message) instead of text; the summary goes to stderr.
     #[arg(long)]
     json: bool,
+    /// Logsource mapping file replacing the built-in configs/windows-logsources.yml: a rule whose
+    /// product, category or service it does not map is an error (it could never match an event).
+    #[arg(long)]
+    logsources: Option<PathBuf>,
+}
+
+/// The mapping `hunt` would use with the same `--logsources`.
+pub fn load_logsources(path: Option<&std::path::Path>) -> Result<LogsourceMap> {
+    Ok(match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading logsource mapping {}", path.display()))?;
+            LogsourceMap::parse(&text, &path.display().to_string())?
+        }
+        None => LogsourceMap::builtin()?,
+    })
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -37,10 +56,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("no .yml or .yaml rule files found under {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
 
+    let map = load_logsources(args.logsources.as_deref())?;
     let options = CompileOptions::default();
     let mut checked: Vec<CheckedFile> = Vec::with_capacity(files.len());
     for file in &files {
-        checked.push(check_file(file, &options));
+        let mut c = check_file(file, &options);
+        // A rule whose logsource the mapping lacks can never match: not counted as valid.
+        let mut unknown = Vec::new();
+        c.parsed.documents.retain(|d| match d {
+            Document::Rule(r) => {
+                let found = check_logsource(r, &map);
+                let keep = found.is_empty();
+                unknown.extend(found);
+                keep
+            }
+            _ => true,
+        });
+        c.parsed.diagnostics.extend(unknown);
+        checked.push(c);
     }
     let across = check_across(&checked);
 
@@ -97,28 +130,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-/// Reads and checks one file; unreadable, oversized or non-UTF-8 files become error diagnostics.
-fn check_file(path: &Path, options: &CompileOptions) -> CheckedFile {
-    let origin = path.display().to_string();
-    let fail = |code: &'static str, message: String| {
-        let mut parsed = sigma_engine::ParsedFile::default();
-        parsed.diagnostics.push(Diagnostic::error(code, &origin, None, message));
-        CheckedFile { origin: origin.clone(), parsed }
-    };
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_INPUT_BYTES as u64 => {
-            return fail("input-too-large", format!("the file is {} bytes; rule files larger than {MAX_INPUT_BYTES} bytes are refused", m.len()));
-        }
-        Err(e) => return fail("unreadable-file", format!("cannot read the file: {e}")),
-        Ok(_) => {}
-    }
-    match std::fs::read(path) {
-        Err(e) => fail("unreadable-file", format!("cannot read the file: {e}")),
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => check_text(&text, &origin, options),
-            Err(e) => fail("not-utf8", format!("the file is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())),
-        },
-    }
 }

@@ -4,6 +4,7 @@ pub mod check;
 pub mod data;
 pub mod eval;
 pub mod hunt;
+pub mod hunt_report;
 pub mod plugin;
 pub mod run;
 pub mod score;

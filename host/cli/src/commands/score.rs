@@ -6,7 +6,9 @@
 //! ```
 //! Batch lines are `{"task": id, "completion": text}` or `{"reference": path, "completion": text}`;
 //! one score object is printed per line, in order. A line that can't be read scores 0 with an
-//! `error` naming the line, so the output stays aligned with the input.
+//! `error` naming the line, so the output stays aligned with the input. A completion that is not
+//! UTF-8 text is a bad completion, not a failure: every component scores 0 with a detail saying
+//! so (the plugin contract carries text only).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -57,7 +59,8 @@ struct BatchLine {
 }
 
 /// One input to score: its label and (task or reference, completion), or why it is unreadable.
-type BatchItem = (String, Result<(TaskRef, String), String>);
+/// The completion is its text, or why it is not text.
+type BatchItem = (String, Result<(TaskRef, Result<String, String>), String>);
 
 pub fn run(args: Args) -> Result<ExitCode> {
     // Read the inputs before loading the plugin, so a typo fails fast.
@@ -65,7 +68,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(path) => read_batch(path)?,
         None => {
             let completion_path = args.completion.as_ref().context("--completion <file|-> is required (or use --batch)")?;
-            let completion = read_input(completion_path)?;
+            let completion = completion_text(read_bytes(completion_path)?);
             let (label, task) = match (&args.task, &args.reference) {
                 (Some(id), None) => (id.clone(), TaskRef::Id(id.clone())),
                 (None, Some(path)) => (path.display().to_string(), TaskRef::Reference(read_text(path, "reference")?)),
@@ -77,12 +80,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let set = args.source.load()?;
     let plugin = PluginSource::task_plugin(&set, &args.source.plugins)?;
 
-    let batch: Vec<(TaskRef, String)> = items.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
+    let batch: Vec<(TaskRef, String)> = items
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Ok((task, Ok(text))) => Some((task.clone(), text.clone())),
+            _ => None,
+        })
+        .collect();
     let mut scored = plugin.score_batch(&batch).into_iter();
     let mut failures = 0;
     for (label, item) in &items {
         let result = match item {
-            Ok(_) => scored.next().expect("one score per valid input"),
+            Ok((_, Ok(_))) => scored.next().expect("one score per valid input"),
+            Ok((_, Err(why))) => ScoreResult::from_components(
+                plugin
+                    .components()
+                    .iter()
+                    .map(|(name, weight)| ComponentScore { name: name.clone(), value: 0.0, weight: *weight, detail: why.clone() })
+                    .collect(),
+            ),
             Err(e) => ScoreResult::failed(e.clone()),
         };
         if result.error.is_some() {
@@ -111,20 +127,26 @@ fn print_score(label: &str, r: &ScoreResult, json: bool) -> Result<()> {
 
 /// Reads the batch; each line becomes (label, Ok(input)) or (label, Err(why)).
 fn read_batch(path: &Path) -> Result<Vec<BatchItem>> {
-    let text = read_input(path)?;
+    let bytes = read_bytes(path)?;
     let base = if path == Path::new("-") { PathBuf::from(".") } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
     let mut items = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let lineno = n + 1;
+        // A line that is not UTF-8 costs only itself.
+        let Ok(line) = std::str::from_utf8(line) else {
+            items.push((format!("line {lineno}"), Err(format!("batch line {lineno}: not UTF-8 text"))));
+            continue;
+        };
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }
-        let lineno = n + 1;
         let parsed: Result<BatchLine, _> = serde_json::from_str(line);
         let item = match parsed {
             Err(e) => (format!("line {lineno}"), Err(format!("batch line {lineno}: not a {{\"task\"|\"reference\", \"completion\"}} object: {e}"))),
-            Ok(BatchLine { task: Some(id), reference: None, completion }) => (id.clone(), Ok((TaskRef::Id(id), completion))),
+            Ok(BatchLine { task: Some(id), reference: None, completion }) => (id.clone(), Ok((TaskRef::Id(id), Ok(completion)))),
             Ok(BatchLine { task: None, reference: Some(r), completion }) => match reference_text(&r, &base) {
-                Ok((label, text)) => (label, Ok((TaskRef::Reference(text), completion))),
+                Ok((label, text)) => (label, Ok((TaskRef::Reference(text), Ok(completion)))),
                 Err(e) => (r.clone(), Err(format!("batch line {lineno}: {e:#}"))),
             },
             Ok(_) => (format!("line {lineno}"), Err(format!("batch line {lineno}: give exactly one of \"task\" and \"reference\""))),
@@ -148,12 +170,19 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
-/// A file, or stdin for `-`.
-fn read_input(path: &Path) -> Result<String> {
+/// The bytes of a file, or of stdin for `-`.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     if path == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin().lock().read_to_string(&mut s).context("reading stdin")?;
-        return Ok(s);
+        let mut bytes = Vec::new();
+        std::io::stdin().lock().read_to_end(&mut bytes).context("reading stdin")?;
+        return Ok(bytes);
     }
-    read_text(path, "input")
+    std::fs::read(path).with_context(|| format!("reading input {}", path.display()))
+}
+
+/// A completion's text, or the detail every component gets when it is not UTF-8.
+fn completion_text(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| {
+        format!("the completion is not UTF-8 text (invalid byte at offset {}); it was not parsed and scores 0", e.utf8_error().valid_up_to())
+    })
 }

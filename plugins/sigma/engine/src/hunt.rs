@@ -1,21 +1,26 @@
 //! Running rules over a [`Corpus`]: logsource pruning, per-variant compilation, Sigma filters and
 //! correlation rules.
 //!
-//! The pieces are small and pure so that callers choose how to schedule them: the Wasm reward
-//! plugin calls [`Hunter::hunt`] (serial), the CLI runs [`Hunter::prepare`] and
-//! [`Hunter::evaluate`] for many rules on a thread pool and then [`Hunter::correlate`].
+//! This is the one implementation of "run a rule over the corpus": `sigmaforge hunt` and the
+//! reward (the sigma task, native or in the Wasm plugin) both call it, so the events a reward
+//! counts for a rule are exactly the events `hunt` reports for it. The pieces are small and pure
+//! so that callers choose how to schedule them: the reward calls [`Hunter::match_rule`] (serial,
+//! one rule), the CLI runs [`Hunter::prepare`] and [`Hunter::evaluate`] for many rules on a
+//! thread pool and then [`Hunter::finish`] (correlations, `generate`).
 //!
 //! A rule is compiled once per variant of its logsource (see [`crate::logsource`]), with that
 //! variant's field renames, and evaluated only on the variant's candidate events: the
 //! (Channel, EventID) index picks them before any field is read.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
 
+use crate::check::{CheckedFile, check_text, keep_valid};
 use crate::corpus::Corpus;
 use crate::detection::compile::{CompileOptions, CompiledRule, compile};
 use crate::event::FieldKey;
 use crate::logsource::{LogsourceMap, describe_logsource};
-use crate::rule::{Correlation, CorrelationType, Document, Filter, Rule, apply_filter, parse_documents};
+use crate::rule::{Correlation, CorrelationType, Document, Filter, Rule, apply_filter};
 
 /// A rule ready to run: one compiled detection per logsource variant.
 #[derive(Debug)]
@@ -27,13 +32,39 @@ pub struct PreparedRule {
     narrowed: Vec<Option<Vec<u32>>>,
 }
 
+impl PreparedRule {
+    /// Whether the detection pins EventIDs, so some variant reads only those events.
+    pub fn is_narrowed(&self) -> bool {
+        self.narrowed.iter().any(Option::is_some)
+    }
+}
+
 /// Runs rules over one corpus with one logsource mapping.
 pub struct Hunter<'a> {
-    corpus: &'a Corpus,
-    map: &'a LogsourceMap,
+    corpus: Held<'a, Corpus>,
+    map: Held<'a, LogsourceMap>,
     options: CompileOptions,
     /// Candidate events (ascending) per mapping entry and variant.
     candidates: Vec<Vec<Vec<u32>>>,
+    /// Narrow candidates to the EventIDs a detection pins (off only to prove it changes nothing).
+    narrow_by_event_id: bool,
+}
+
+/// A value the hunter borrows (the CLI keeps its corpus) or owns (the reward keeps one hunter
+/// for the life of the plugin).
+enum Held<'a, T> {
+    Borrowed(&'a T),
+    Owned(Box<T>),
+}
+
+impl<T> Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Held::Borrowed(t) => t,
+            Held::Owned(t) => t,
+        }
+    }
 }
 
 /// A base rule of a correlation: the rule, its prepared form and its matching events.
@@ -42,14 +73,46 @@ pub type BaseRule<'r> = (&'r Rule, &'r PreparedRule, &'r [u32]);
 /// One base-rule match in a correlation: (timestamp, rule position, event, group key, value of
 /// `condition.field`).
 type CorrelationRow = (i64, usize, u32, Vec<String>, Option<String>);
+impl Hunter<'static> {
+    /// A hunter that owns its corpus and mapping (the reward keeps one for its whole life).
+    pub fn owning(corpus: Corpus, map: LogsourceMap, options: CompileOptions) -> Self {
+        Self::with(Held::Owned(Box::new(corpus)), Held::Owned(Box::new(map)), options)
+    }
+}
+
 impl<'a> Hunter<'a> {
     pub fn new(corpus: &'a Corpus, map: &'a LogsourceMap, options: CompileOptions) -> Self {
-        let candidates = map.entries().iter().map(|e| e.variants.iter().map(|v| v.candidates(corpus)).collect()).collect();
-        Hunter { corpus, map, options, candidates }
+        Self::with(Held::Borrowed(corpus), Held::Borrowed(map), options)
+    }
+
+    fn with(corpus: Held<'a, Corpus>, map: Held<'a, LogsourceMap>, options: CompileOptions) -> Self {
+        let candidates = map.entries().iter().map(|e| e.variants.iter().map(|v| v.candidates(&corpus)).collect()).collect();
+        Hunter { corpus, map, options, candidates, narrow_by_event_id: true }
+    }
+
+    /// The same hunter without EventID narrowing: every rule reads every candidate event of its
+    /// logsource. Slower; exists so tests can show the narrowing never changes a result.
+    pub fn without_event_id_narrowing(mut self) -> Self {
+        self.narrow_by_event_id = false;
+        self
     }
 
     pub fn corpus(&self) -> &Corpus {
-        self.corpus
+        &self.corpus
+    }
+
+    pub fn logsources(&self) -> &LogsourceMap {
+        &self.map
+    }
+
+    pub fn options(&self) -> &CompileOptions {
+        &self.options
+    }
+
+    /// The events (ascending corpus indices) one detection rule matches, exactly as a hunt over
+    /// this corpus reports them for a rule file holding only `rule`; or why the rule cannot run.
+    pub fn match_rule(&self, rule: &Rule) -> Result<Vec<u32>, String> {
+        self.prepare(rule).map(|p| self.evaluate(&p))
     }
 
     /// Compiles `rule` for every variant of its logsource. An error says why the rule cannot run:
@@ -58,8 +121,9 @@ impl<'a> Hunter<'a> {
         let ls = &rule.logsource;
         let (p, c, s) = (ls.product.as_deref(), ls.category.as_deref(), ls.service.as_deref());
         let Some(entry_index) = self.map.lookup_index(p, c, s) else {
+            let hint = self.map.unknown_parts(p, c, s).iter().map(|u| format!("; {u}")).collect::<String>();
             return Err(format!(
-                "logsource {} has no mapping in {}; the rule is skipped (running it on every event would match far too much)",
+                "logsource {} is not in the logsource mapping {}, so the rule matches no event{hint}",
                 describe_logsource(p, c, s),
                 self.map.origin
             ));
@@ -69,10 +133,11 @@ impl<'a> Hunter<'a> {
         let mut narrowed = Vec::with_capacity(entry.variants.len());
         for (vi, variant) in entry.variants.iter().enumerate() {
             let rule = variant.map_values(rule);
-            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(self.corpus, name)).map_err(|d| d.to_string())?;
+            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(&self.corpus, name)).map_err(|d| d.to_string())?;
             // A detection that pins EventID lets the index skip every other bucket.
-            let event_id = variant.resolve(self.corpus, "EventID");
-            narrowed.push(compiled.required_values(event_id).map(|ids| {
+            let event_id = variant.resolve(&self.corpus, "EventID");
+            let pinned = if self.narrow_by_event_id { compiled.required_values(event_id) } else { None };
+            narrowed.push(pinned.map(|ids| {
                 let ids: Vec<String> = ids.iter().map(|id| id.trim().to_string()).collect();
                 let by_id = self.corpus.select(|_, id| ids.iter().any(|want| want == id));
                 intersect_sorted(&self.candidates[entry_index][vi], &by_id)
@@ -97,18 +162,52 @@ impl<'a> Hunter<'a> {
         out
     }
 
+    /// The logsource variant of `rule` that selected event `index` (its renames say how the rule
+    /// names the event's fields); `None` for an event none of its variants selects.
+    fn variant_for(&self, rule: &PreparedRule, index: u32) -> Option<&crate::logsource::Variant> {
+        rule.units
+            .iter()
+            .find(|(e, v, _)| self.candidates[*e][*v].binary_search(&index).is_ok())
+            .map(|(e, v, _)| &self.map.entries()[*e].variants[*v])
+    }
+
     /// The event key a Sigma field of `rule` reads on event `index`: the renames of the variant
     /// that selected the event.
     fn field_for_event(&self, rule: &PreparedRule, index: u32, sigma_field: &str) -> FieldKey {
-        let variant = rule
-            .units
-            .iter()
-            .find(|(e, v, _)| self.candidates[*e][*v].binary_search(&index).is_ok())
-            .map(|(e, v, _)| &self.map.entries()[*e].variants[*v]);
-        match variant {
-            Some(v) => v.resolve(self.corpus, sigma_field),
+        match self.variant_for(rule, index) {
+            Some(v) => v.resolve(&self.corpus, sigma_field),
             None => self.corpus.field_key(sigma_field),
         }
+    }
+
+    /// The values (text) of Sigma field `sigma_field` on event `index`, as `rule` reads them
+    /// (after its logsource's field renames: `Image` is 4688's `NewProcessName`).
+    pub fn values_as_seen(&self, rule: Option<&PreparedRule>, index: u32, sigma_field: &str) -> Vec<&str> {
+        let key = match rule {
+            Some(r) => self.field_for_event(r, index, sigma_field),
+            None => self.corpus.field_key(sigma_field),
+        };
+        self.corpus.event(index).values(key).map(|v| v.text()).collect()
+    }
+
+    /// Every field of event `index` under the name `rule` reads it by (the inverse of its
+    /// variant's renames; other fields keep their event names), in the event's order, with all
+    /// its values.
+    pub fn event_as_seen(&self, rule: Option<&PreparedRule>, index: u32) -> Vec<(String, Vec<&str>)> {
+        let variant = rule.and_then(|r| self.variant_for(r, index));
+        let mut out: Vec<(String, Vec<&str>)> = Vec::new();
+        for (key, value) in self.corpus.event(index).fields() {
+            let event_name = self.corpus.table().name(*key);
+            // Several Sigma names may map to one event field; the smallest is stable.
+            let name = variant
+                .and_then(|v| v.renames.iter().filter(|(_, to)| to.as_str() == event_name).map(|(from, _)| from.as_str()).min())
+                .unwrap_or(event_name);
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, values)) => values.push(value.text()),
+                None => out.push((name.to_string(), vec![value.text()])),
+            }
+        }
+        out
     }
 
     /// Evaluates a correlation over the matches of its base rules. `base` looks a referenced rule
@@ -208,13 +307,13 @@ impl<'a> Hunter<'a> {
     pub fn hunt(&self, rules: &RuleSet) -> HuntOutcome {
         let prepared: Vec<Result<PreparedRule, String>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
         let matches: Vec<Vec<u32>> = prepared.iter().map(|p| p.as_ref().map(|p| self.evaluate(p)).unwrap_or_default()).collect();
-        self.finish(rules, prepared, matches)
+        self.finish(rules, &prepared, matches)
     }
 
     /// Applies correlations and `generate` to per-rule results (computed serially or in parallel).
-    pub fn finish(&self, rules: &RuleSet, prepared: Vec<Result<PreparedRule, String>>, matches: Vec<Vec<u32>>) -> HuntOutcome {
+    pub fn finish(&self, rules: &RuleSet, prepared: &[Result<PreparedRule, String>], matches: Vec<Vec<u32>>) -> HuntOutcome {
         let mut skipped = Vec::new();
-        for (r, p) in rules.rules.iter().zip(&prepared) {
+        for (r, p) in rules.rules.iter().zip(prepared) {
             if let Err(why) = p {
                 skipped.push(Skipped { file: r.file.clone(), title: r.rule.title.clone(), reason: why.clone() });
             }
@@ -251,6 +350,29 @@ impl<'a> Hunter<'a> {
         let rule_matches = matches.into_iter().enumerate().map(|(i, m)| if hidden.contains(&i) { Vec::new() } else { m }).collect();
         HuntOutcome { rule_matches, correlation_matches: correlation_hits, skipped }
     }
+}
+
+/// The Sigma field names `rule`'s detection reads, unique, in the order they first appear
+/// (keywords read every field and add none).
+pub fn detection_fields(rule: &Rule) -> Vec<&str> {
+    fn visit<'r>(body: &'r crate::detection::SearchBody, out: &mut Vec<&'r str>) {
+        match body {
+            crate::detection::SearchBody::AllOf(items) => {
+                for field in items.iter().filter_map(|i| i.field.as_deref()) {
+                    if !out.contains(&field) {
+                        out.push(field);
+                    }
+                }
+            }
+            crate::detection::SearchBody::AnyOf(bodies) => bodies.iter().for_each(|b| visit(b, out)),
+            crate::detection::SearchBody::Keyword(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    for search in &rule.detection.searches {
+        visit(&search.body, &mut out);
+    }
+    out
 }
 
 /// The elements of two ascending lists that are in both.
@@ -312,13 +434,37 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// Adds the documents of one rule file. Documents with errors are left out and their errors
-    /// recorded; the others load.
-    pub fn add_file(&mut self, text: &str, file: &str) {
-        self.add_parsed(parse_documents(text, file), file);
+    /// Loads checked files (see [`crate::check`]) the way `check` judges them: a document
+    /// `check` reports an error for (in its file, or across files: a duplicate id, a correlation
+    /// cycle) is left out with that error, everything else loads; then filters are applied.
+    pub fn from_checked(mut files: Vec<CheckedFile>) -> RuleSet {
+        let across = keep_valid(&mut files);
+        let mut set = RuleSet::default();
+        let mut failed: HashSet<String> = HashSet::new();
+        for f in files {
+            if f.parsed.has_errors() {
+                failed.insert(f.origin.clone());
+            }
+            set.add_parsed(f.parsed, &f.origin);
+        }
+        for d in across.iter().filter(|d| d.is_error()) {
+            if failed.insert(d.origin.clone()) {
+                set.failed_files += 1;
+            }
+            set.errors.push(d.to_string());
+        }
+        set.apply_filters();
+        set
     }
 
-    /// Like [`RuleSet::add_file`] for a file parsed elsewhere (the CLI parses files in parallel).
+    /// Adds the documents of one rule file, checked on its own ([`check_text`]; cross-file
+    /// checks need [`RuleSet::from_checked`]). Documents with errors are left out and their
+    /// errors recorded; the others load. Call [`RuleSet::apply_filters`] after the last file.
+    pub fn add_file(&mut self, text: &str, file: &str) {
+        self.add_parsed(check_text(text, file, &CompileOptions::default()).parsed, file);
+    }
+
+    /// Like [`RuleSet::add_file`] for a file parsed elsewhere.
     pub fn add_parsed(&mut self, parsed: crate::rule::ParsedFile, file: &str) {
         let errors: Vec<_> = parsed.diagnostics.iter().filter(|d| d.is_error()).collect();
         if !errors.is_empty() {
@@ -432,6 +578,39 @@ mod tests {
         );
         let ids: Vec<u64> = h.hunt(&set).rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1]);
+    }
+
+    #[test]
+    fn rules_check_rejects_stay_out_of_the_hunt() {
+        let checked = |texts: &[&str]| -> Vec<CheckedFile> {
+            texts.iter().enumerate().map(|(i, t)| check_text(t, &format!("r{i}.yml"), &CompileOptions::default())).collect()
+        };
+        // The same id twice: the first loads, the second is an error, as `check` says.
+        let set = RuleSet::from_checked(checked(&[WHOAMI, WHOAMI]));
+        assert_eq!(set.rules.len(), 1);
+        assert_eq!((set.failed_files, set.errors.len()), (1, 1), "{:?}", set.errors);
+        assert!(set.errors[0].starts_with("r1.yml:1:1: error: rule id"), "{:?}", set.errors);
+        // A placeholder without values: valid (a warning for `check`), so it loads.
+        let set = RuleSet::from_checked(checked(&[&WHOAMI.replace("Image|endswith: '\\whoami.exe'", "Image|expand: '%tools%'")]));
+        assert_eq!((set.rules.len(), set.errors.len()), (1, 0), "{:?}", set.errors);
+    }
+
+    #[test]
+    fn a_matched_event_is_shown_with_the_field_names_the_rule_reads() {
+        let c = corpus(&[sysmon1(1, "C:\\\\x\\\\whoami.exe", "2020-01-01T00:00:00Z", "a"), sec4688(2, "C:\\\\x\\\\whoami.exe")]);
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let set = rules(WHOAMI);
+        assert_eq!(detection_fields(&set.rules[0].rule), ["Image"]);
+        let prepared = h.prepare(&set.rules[0].rule).unwrap();
+        assert_eq!(h.evaluate(&prepared), [0, 1]);
+        // The 4688 event's NewProcessName is the rule's Image.
+        assert_eq!(h.values_as_seen(Some(&prepared), 1, "Image"), ["C:\\x\\whoami.exe"]);
+        let seen = h.event_as_seen(Some(&prepared), 1);
+        assert!(seen.iter().any(|(n, v)| n == "Image" && v == &["C:\\x\\whoami.exe"]), "{seen:?}");
+        assert!(!seen.iter().any(|(n, _)| n == "NewProcessName"), "{seen:?}");
+        // Without a rule: the event's own names.
+        assert!(h.event_as_seen(None, 1).iter().any(|(n, _)| n == "NewProcessName"));
     }
 
     #[test]

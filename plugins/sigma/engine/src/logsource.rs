@@ -122,6 +122,42 @@ impl LogsourceMap {
         self.entries.iter().position(|e| same(&e.product, product) && same(&e.category, category) && same(&e.service, service))
     }
 
+    /// Why a logsource has no entry: each of its values (product, category, service) that no
+    /// entry uses for that key, with the nearest values that key does have. When every value is
+    /// known but the combination is not mapped, one [`UnknownLogsource`] with `key: None` names
+    /// the nearest mapped combinations instead. Empty when the logsource is mapped.
+    pub fn unknown_parts(&self, product: Option<&str>, category: Option<&str>, service: Option<&str>) -> Vec<UnknownLogsource> {
+        if self.lookup_index(product, category, service).is_some() {
+            return Vec::new();
+        }
+        fn known(entries: &[MappingEntry], pick: fn(&MappingEntry) -> &Option<String>) -> Vec<&str> {
+            let mut v: Vec<&str> = entries.iter().filter_map(|e| pick(e).as_deref()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+        let mut out = Vec::new();
+        let keys: [(&'static str, Option<&str>, fn(&MappingEntry) -> &Option<String>); 3] =
+            [("product", product, |e| &e.product), ("category", category, |e| &e.category), ("service", service, |e| &e.service)];
+        for (key, value, pick) in keys {
+            let Some(value) = value else { continue };
+            let values = known(&self.entries, pick);
+            if !values.iter().any(|k| k.eq_ignore_ascii_case(value.trim())) {
+                out.push(UnknownLogsource { key: Some(key), value: value.to_string(), nearest: nearest(value, &values) });
+            }
+        }
+        if out.is_empty() {
+            let described: Vec<String> = self.entries.iter().map(MappingEntry::describe).collect();
+            let candidates: Vec<&str> = described.iter().map(String::as_str).collect();
+            out.push(UnknownLogsource {
+                key: None,
+                value: describe_logsource(product, category, service),
+                nearest: nearest(&out_key(product, category, service), &candidates),
+            });
+        }
+        out
+    }
+
     /// Parses a mapping file.
     pub fn parse(text: &str, origin: &str) -> Result<LogsourceMap, MappingError> {
         let err = |node: Option<&Node>, message: String| MappingError {
@@ -187,6 +223,66 @@ impl LogsourceMap {
         }
         Ok(LogsourceMap { origin: origin.to_string(), entries })
     }
+}
+
+/// A logsource value (or combination, `key: None`) the mapping does not know, and the nearest
+/// ones it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownLogsource {
+    pub key: Option<&'static str>,
+    pub value: String,
+    pub nearest: Vec<String>,
+}
+
+impl fmt::Display for UnknownLogsource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.key {
+            Some(key) => write!(f, "unknown logsource {key} '{}'", self.value)?,
+            None => write!(f, "no mapping for the logsource combination {}", self.value)?,
+        }
+        match self.nearest.as_slice() {
+            [] => Ok(()),
+            [one] => write!(f, " (did you mean {one}?)"),
+            many => write!(f, " (did you mean {}?)", many.join(" or ")),
+        }
+    }
+}
+
+/// `product=windows category=x` with the parts as they would print in a mapping entry.
+fn out_key(product: Option<&str>, category: Option<&str>, service: Option<&str>) -> String {
+    let lower = |v: Option<&str>| v.map(|v| v.trim().to_lowercase());
+    describe_logsource(lower(product).as_deref(), lower(category).as_deref(), lower(service).as_deref())
+}
+
+/// The values of `known` closest to `value` by edit distance (case-insensitive; the ties at the
+/// smallest distance, at most three), only when close enough to be a plausible typo (distance at
+/// most a third of the longer word, at least 2).
+fn nearest(value: &str, known: &[&str]) -> Vec<String> {
+    let value = value.trim().to_lowercase();
+    let mut scored: Vec<(usize, &str)> = known
+        .iter()
+        .map(|k| (edit_distance(&value, &k.to_lowercase()), *k))
+        .filter(|(d, k)| *d <= (value.chars().count().max(k.chars().count()) / 3).max(2))
+        .collect();
+    scored.sort();
+    let best = scored.first().map_or(0, |(d, _)| *d);
+    scored.into_iter().take_while(|(d, _)| *d == best).take(3).map(|(_, k)| k.to_string()).collect()
+}
+
+/// Levenshtein distance over chars (short words only: logsource names).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(cur).min(row[j]) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn parse_variant(node: &Node, name: String, err: &dyn Fn(Option<&Node>, String) -> MappingError) -> Result<Variant, MappingError> {
@@ -354,6 +450,23 @@ mod tests {
         assert_eq!(cands("process_creation"), [vec![4], vec![3]]);
         let all = map.lookup(Some("windows"), None, None).unwrap();
         assert_eq!(all.variants[0].candidates(&corpus).len(), 5);
+    }
+
+    #[test]
+    fn unknown_logsource_values_name_the_key_and_the_nearest_known_values() {
+        let map = LogsourceMap::builtin().unwrap();
+        assert!(map.unknown_parts(Some("windows"), Some("process_creation"), None).is_empty());
+        let u = map.unknown_parts(Some("windwos"), Some("proccess_creation"), None);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!((u[0].key, u[0].value.as_str(), u[0].nearest.first().map(String::as_str)), (Some("product"), "windwos", Some("windows")));
+        assert_eq!(u[1].to_string(), "unknown logsource category 'proccess_creation' (did you mean process_creation?)");
+        // Every value known, the combination not mapped: the nearest mapped combinations.
+        let u = map.unknown_parts(Some("windows"), Some("process_creation"), Some("security"));
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].key, None);
+        assert!(u[0].to_string().contains("product=windows category=process_creation"), "{}", u[0]);
+        // Nothing close: no guess.
+        assert!(map.unknown_parts(Some("windows"), Some("zzzzzzzzzzzzzzzz"), None)[0].nearest.is_empty());
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct Extracted<'a> {
     /// 1-based line of the completion on which `yaml` starts, so that parser positions can be
     /// reported relative to what the model wrote.
     pub first_line: usize,
+    /// When the chosen text held several YAML documents (`---`): which one was taken (1-based)
+    /// and how many non-empty ones there were. `None` for a single document.
+    pub document: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +41,61 @@ impl std::fmt::Display for Source {
 /// Top-level keys that mark the start of a Sigma rule in unfenced text.
 const RULE_KEYS: &[&str] = &["title", "id", "name", "status", "description", "logsource", "detection"];
 
-/// Extracts the rule YAML from `completion`.
+/// Extracts the rule YAML from `completion`: the chosen block (see the module docs), narrowed
+/// to its first YAML document that is a rule.
 pub fn extract(completion: &str) -> Extracted<'_> {
+    let mut e = extract_block(completion);
+    let documents = yaml_documents(e.yaml);
+    if documents.len() > 1 {
+        let pick = documents.iter().position(|(_, d)| is_rule_document(d)).unwrap_or(0);
+        let (line, text) = documents[pick];
+        e = Extracted { yaml: text, first_line: e.first_line + line, document: Some((pick + 1, documents.len())), ..e };
+    } else if let [(line, text)] = documents.as_slice() {
+        e = Extracted { yaml: text, first_line: e.first_line + line, ..e };
+    }
+    e
+}
+
+/// The non-empty YAML documents of `text`, split at the document markers `---` and `...` at the
+/// start of a line (YAML ends any block there, so a textual split is exact), each with its
+/// line offset in `text`. A `--- key: value` line keeps what follows the marker.
+fn yaml_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let (mut start, mut start_line, mut pos) = (0, 0, 0);
+    let mut push = |from: usize, to: usize, line: usize| {
+        let doc = &text[from..to];
+        if doc.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
+            docs.push((line, doc));
+        }
+    };
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let line_start = pos;
+        pos += line.len();
+        let bare = line.trim_end();
+        let marker = bare == "---" || bare == "..." || bare.starts_with("--- ") || bare.starts_with("---\t");
+        if !marker {
+            continue;
+        }
+        push(start, line_start, start_line);
+        if bare.starts_with("--- ") || bare.starts_with("---\t") {
+            // Content on the marker line belongs to the new document.
+            start = line_start + 4;
+        } else {
+            start = pos;
+        }
+        start_line = if start == pos { n + 1 } else { n };
+    }
+    push(start, text.len(), start_line);
+    docs
+}
+
+/// Whether one YAML document looks like a detection rule: a top-level `detection:` key.
+fn is_rule_document(doc: &str) -> bool {
+    doc.lines().any(|l| l.trim_end().strip_prefix("detection").is_some_and(|rest| rest.trim_start().starts_with(':')))
+}
+
+/// The YAML text of a completion before it is split into documents.
+fn extract_block(completion: &str) -> Extracted<'_> {
     let (body, body_offset) = strip_think(completion);
     let line_of = |s: &str| line_number(completion, body_offset + offset_in(body, s));
 
@@ -47,13 +103,18 @@ pub fn extract(completion: &str) -> Extracted<'_> {
     if !fences.is_empty() {
         let pick = pick_fence(&fences);
         let block = fences[pick];
-        return Extracted { yaml: block.text, source: Source::Fence { n: pick + 1, of: fences.len() }, first_line: line_of(block.text) };
+        return Extracted {
+            yaml: block.text,
+            source: Source::Fence { n: pick + 1, of: fences.len() },
+            first_line: line_of(block.text),
+            document: None,
+        };
     }
     if let Some(bare) = bare_yaml(body) {
-        return Extracted { yaml: bare, source: Source::Bare, first_line: line_of(bare) };
+        return Extracted { yaml: bare, source: Source::Bare, first_line: line_of(bare), document: None };
     }
     let whole = body.trim();
-    Extracted { yaml: whole, source: Source::Whole, first_line: line_of(whole) }
+    Extracted { yaml: whole, source: Source::Whole, first_line: line_of(whole), document: None }
 }
 
 /// Removes reasoning: everything up to the last `</think>` (this also covers chat templates that
@@ -158,6 +219,7 @@ fn bare_yaml(text: &str) -> Option<&str> {
 }
 
 fn is_rule_key_line(line: &str) -> bool {
+    let line = line.strip_prefix("--- ").unwrap_or(line);
     RULE_KEYS.iter().any(|k| line.strip_prefix(k).is_some_and(|rest| rest.starts_with(':')))
 }
 
@@ -245,6 +307,29 @@ mod tests {
         let e = extract(&c);
         assert_eq!(e.yaml, RULE.trim_end());
         assert_eq!(e.first_line, 3);
+    }
+
+    #[test]
+    fn the_first_yaml_document_that_is_a_rule_is_taken() {
+        // A trailing document marker: the rule alone, no second document.
+        let c = format!("{RULE}---\n");
+        let e = extract(&c);
+        assert_eq!(e.yaml, RULE);
+        assert_eq!(e.document, None);
+        // A leading marker and a trailing second document (a note about the rule).
+        let c = format!("---\n{RULE}---\nnotes: this rule looks for mshta\n");
+        let e = extract(&c);
+        assert_eq!(e.yaml, RULE);
+        assert_eq!((e.first_line, e.document), (2, Some((1, 2))));
+        // The rule second, after a document that is not one.
+        let c = format!("```yaml\nfields: [Image]\n---\n{RULE}...\n```\n");
+        let e = extract(&c);
+        assert_eq!(e.yaml, RULE);
+        assert_eq!((e.first_line, e.document), (4, Some((2, 2))));
+        // Content on the marker line belongs to the document.
+        let e = extract("--- logsource: {product: windows}\ndetection: {s: {a: 1}, condition: s}\n---\nx: 1\n");
+        assert!(e.yaml.starts_with("logsource:"), "{:?}", e.yaml);
+        assert_eq!(e.document, Some((1, 2)));
     }
 
     #[test]

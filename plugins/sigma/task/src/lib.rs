@@ -3,7 +3,8 @@
 //!
 //! - [`extract`]: the rule YAML out of a model's completion (think blocks, prose, fences).
 //! - [`score`]: the reward components `yaml_valid`, `logsource_correct`, `iou`.
-//! - [`matching`]: a rule's matched events over the corpus, named by (file, EventRecordID).
+//! - matching is the engine's [`sigma_engine::hunt::Hunter`], the same code `sigmaforge hunt`
+//!   runs, so a reward counts exactly the events `hunt` reports for a rule.
 //! - [`tasks`]: reference rules from rule lists; the derived test split.
 //! - [`persona`]: analyst personas that turn rule metadata into requests; the system prompt.
 //! - [`config`]: configuration keys (weights, seed, lists, limits).
@@ -17,7 +18,6 @@ pub mod config;
 pub mod corpus_cache;
 pub mod extract;
 pub mod fixtures;
-pub mod matching;
 pub mod meta;
 pub mod persona;
 mod rng;
@@ -28,11 +28,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use sigma_engine::CompileOptions;
 use sigma_engine::corpus::Corpus;
+use sigma_engine::hunt::Hunter;
 use sigma_engine::logsource::LogsourceMap;
 
 pub use config::{COMPONENTS, ConfigError, TaskConfig};
-use matching::RuleMatcher;
 pub use score::ComponentScore;
 use tasks::ReferenceRule;
 
@@ -83,7 +84,8 @@ pub struct SigmaTask {
     config: TaskConfig,
     data_dir: PathBuf,
     rules_dir: PathBuf,
-    matcher: RuleMatcher,
+    /// The engine's hunter over the corpus: the one implementation of running a rule.
+    hunter: Hunter<'static>,
     train: Vec<ReferenceRule>,
     /// Derived (or read) on first use: deriving evaluates many SigmaHQ rules, and most runs
     /// (training, scoring a train task) never need it.
@@ -97,10 +99,10 @@ impl SigmaTask {
     pub fn load(data_dir: &Path, config: TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Self, String> {
         let corpus = corpus_cache::load(data_dir, &config, log)?;
         let map = LogsourceMap::builtin().map_err(|e| format!("the built-in logsource mapping is invalid: {e}"))?;
-        let matcher = RuleMatcher::new(corpus, map);
+        let hunter = Hunter::owning(corpus, map, CompileOptions::for_events());
         let rules_dir = data_dir.join(&config.rules_dir);
         let train_list = tasks::read_rule_list(&data_dir.join(&config.train_rules))?;
-        let (train, skipped) = tasks::load_listed(&rules_dir, &train_list, &matcher)?;
+        let (train, skipped) = tasks::load_listed(&rules_dir, &train_list, &hunter)?;
         for s in &skipped {
             log(LogLevel::Warn, &format!("train rule skipped: {}", s.reason));
         }
@@ -108,23 +110,20 @@ impl SigmaTask {
             return Err(format!("no rule of the train list {} matches any event of the corpus", config.train_rules));
         }
         log(LogLevel::Info, &format!("train split: {} of {} listed rules fire on the corpus", train.len(), train_list.len()));
-        Ok(SigmaTask {
-            config,
-            data_dir: data_dir.to_path_buf(),
-            rules_dir,
-            matcher,
-            train,
-            test: OnceLock::new(),
-            adhoc: Mutex::new(HashMap::new()),
-        })
+        Ok(SigmaTask { config, data_dir: data_dir.to_path_buf(), rules_dir, hunter, train, test: OnceLock::new(), adhoc: Mutex::new(HashMap::new()) })
     }
 
     pub fn config(&self) -> &TaskConfig {
         &self.config
     }
 
+    /// The engine's hunter the reward runs rules with (the code `sigmaforge hunt` runs).
+    pub fn hunter(&self) -> &Hunter<'static> {
+        &self.hunter
+    }
+
     pub fn corpus(&self) -> &Corpus {
-        &self.matcher.corpus
+        self.hunter.corpus()
     }
 
     /// Component names and weights, in the order [`score`](Self::score) returns them.
@@ -179,7 +178,7 @@ impl SigmaTask {
 
     /// Scores one completion. `Err` only when the task itself is unusable.
     pub fn score(&self, task: TaskRef<'_>, completion: &str) -> Result<Vec<ComponentScore>, String> {
-        let scorer = score::Scorer { weights: self.config.weights, max_completion_bytes: self.config.max_completion_bytes, matcher: &self.matcher };
+        let scorer = score::Scorer { weights: self.config.weights, max_completion_bytes: self.config.max_completion_bytes, hunter: &self.hunter };
         match task {
             TaskRef::Id(id) => {
                 let r = self.find(id)?;
@@ -216,7 +215,7 @@ impl SigmaTask {
         if let Some(hit) = cache.get(&key) {
             return hit.clone();
         }
-        let result = tasks::reference_from_text(yaml, "reference rule", &self.matcher);
+        let result = tasks::reference_from_text(yaml, "reference rule", &self.hunter);
         if cache.len() >= ADHOC_CACHE_SIZE {
             cache.clear();
         }
@@ -231,7 +230,7 @@ impl SigmaTask {
     fn build_test_split(&self) -> Result<Vec<ReferenceRule>, String> {
         if let Some(list) = &self.config.test_rules {
             let paths = tasks::read_rule_list(&self.data_dir.join(list))?;
-            let (test, _) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher)?;
+            let (test, _) = tasks::load_listed(&self.rules_dir, &paths, &self.hunter)?;
             tasks::check_disjoint(&self.train, &test)?;
             return Ok(test);
         }
@@ -239,7 +238,7 @@ impl SigmaTask {
         // that is now in train, missing or silent makes the plugin derive the split again.
         let derived = self.data_dir.join(&self.config.derived_test_rules);
         if let Ok(paths) = tasks::read_rule_list(&derived)
-            && let Ok((test, skipped)) = tasks::load_listed(&self.rules_dir, &paths, &self.matcher)
+            && let Ok((test, skipped)) = tasks::load_listed(&self.rules_dir, &paths, &self.hunter)
             && skipped.is_empty()
             && tasks::check_disjoint(&self.train, &test).is_ok()
             && test.len() == self.config.test_size.min(paths.len())
@@ -252,7 +251,7 @@ impl SigmaTask {
     /// Derives the test split from the SigmaHQ rules (see [`tasks::derive_test_split`]).
     pub fn derive_test_split(&self) -> Vec<ReferenceRule> {
         let candidates = tasks::candidate_rules(&self.rules_dir, &self.config.test_candidate_dirs);
-        tasks::derive_test_split(&self.rules_dir, &candidates, &self.train, self.config.test_size, &self.matcher).0
+        tasks::derive_test_split(&self.rules_dir, &candidates, &self.train, self.config.test_size, &self.hunter).0
     }
 
     /// Writes the derived test split as a rule list to `derived_test_rules` (native use, before

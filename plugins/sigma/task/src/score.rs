@@ -3,12 +3,54 @@
 //! A bad completion is never an error: every failure becomes a low score with a `detail` that
 //! says why, in terms of what the model wrote (positions are lines of the completion).
 
+use sigma_engine::hunt::Hunter;
 use sigma_engine::yaml::{self, NodeValue};
-use sigma_engine::{Document, Logsource, Rule};
+use sigma_engine::{CompileOptions, Document, Logsource, Rule};
 
 use crate::config::COMPONENTS;
 use crate::extract::{self, Extracted};
-use crate::matching::{EventSet, RuleMatcher};
+
+/// The events a rule matches: ascending corpus indices, exactly as
+/// [`Hunter::match_rule`] (and so `sigmaforge hunt`) reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSet(Vec<u32>);
+
+impl EventSet {
+    /// From the hunter's result (ascending, unique).
+    pub fn from_hunt(events: Vec<u32>) -> Self {
+        debug_assert!(events.windows(2).all(|w| w[0] < w[1]));
+        EventSet(events)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// |self ∩ other| by a merge of the two sorted lists.
+    pub fn intersection_len(&self, other: &EventSet) -> usize {
+        let (mut i, mut j, mut n) = (0, 0, 0);
+        while i < self.0.len() && j < other.0.len() {
+            match self.0[i].cmp(&other.0[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    n += 1;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        n
+    }
+}
 
 /// One reward component of one completion (mirrors the WIT record).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -63,7 +105,7 @@ const FILLED_TITLE: &str = "Generated rule";
 pub struct Scorer<'a> {
     pub weights: [f64; 3],
     pub max_completion_bytes: usize,
-    pub matcher: &'a RuleMatcher,
+    pub hunter: &'a Hunter<'a>,
 }
 
 impl Scorer<'_> {
@@ -92,22 +134,28 @@ impl Scorer<'_> {
         }
         let text = prepare(extracted.yaml);
 
-        let parsed = sigma_engine::parse_documents(&text, "completion");
+        // The engine's check: the rule `sigmaforge check` accepts and `hunt` runs is the rule
+        // called valid here (unresolved `|expand` placeholders are a warning: they match nothing).
+        let parsed = sigma_engine::check::check_text(&text, "completion", &CompileOptions::default()).parsed;
         let errors: Vec<String> = parsed.diagnostics.iter().filter(|d| d.is_error()).map(|d| describe(d, &extracted)).collect();
         let rule = parsed.documents.into_iter().find_map(|d| match d {
             Document::Rule(r) => Some(r),
             _ => None,
         });
+        let mut notes = String::new();
+        if let Some((n, of)) = extracted.document {
+            notes.push_str(&format!("; took YAML document {n} of {of}, the first that is a rule, and ignored the others"));
+        }
+        if let Some(w) = parsed.diagnostics.iter().find(|d| d.code == "unresolved-placeholder") {
+            notes.push_str(&format!("; {} (it matches nothing)", w.message));
+        }
 
         let (valid, rule) = match (rule, errors.is_empty()) {
-            (Some(rule), true) => match self.matcher.check_compiles(&rule) {
-                Ok(()) => ((1.0, format!("valid Sigma rule ({})", extracted.source)), Some(rule)),
-                Err(d) => ((0.0, describe(&d, &extracted)), None),
-            },
-            (None, true) => ((0.0, "the YAML is not a detection rule (a correlation or filter, or no document)".into()), None),
+            (Some(rule), true) => ((1.0, format!("valid Sigma rule ({}){notes}", extracted.source)), Some(rule)),
+            (None, true) => ((0.0, format!("the YAML is not a detection rule (a correlation or filter, or no document){notes}")), None),
             (_, false) => {
                 let more = if errors.len() > 1 { format!(" (+{} more)", errors.len() - 1) } else { String::new() };
-                ((0.0, format!("{}{more}", errors[0])), None)
+                ((0.0, format!("{}{more}{notes}", errors[0])), None)
             }
         };
 
@@ -129,19 +177,25 @@ impl Scorer<'_> {
     }
 
     fn iou(&self, rule: &Rule, reference: &Reference) -> (f64, String) {
-        match self.matcher.match_rule(rule) {
-            Err(e) => (0.0, format!("the rule could not be run: {e}")),
+        match self.hunter.match_rule(rule) {
+            Err(e) => (0.0, format!("the rule was not run: {e}")),
             Ok(generated) => {
+                let generated = EventSet::from_hunt(generated);
                 let r = &reference.events;
                 let both = generated.intersection_len(r);
                 let union = generated.len() + r.len() - both;
                 let value = if union == 0 { 0.0 } else { both as f64 / union as f64 };
+                // The counts are `sigmaforge hunt`'s: hunting with the completion's rule over the
+                // same events reports `generated` matches, with the reference rule `r` matches.
                 let detail = format!(
-                    "IoU {value:.3}: matched {both} of {} reference events, missed {}, {} false positives ({} events matched)",
+                    "IoU {value:.3}: matched {both} of {} reference events, missed {}, {} false positives ({} events matched; \
+                     `sigmaforge hunt` over the task's events reports {} matches for this rule and {} for the reference)",
                     r.len(),
                     r.len() - both,
                     generated.len() - both,
-                    generated.len()
+                    generated.len(),
+                    generated.len(),
+                    r.len()
                 );
                 (value, detail)
             }

@@ -4,13 +4,13 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use sigma_engine::{Document, Rule};
+use sigma_engine::hunt::Hunter;
+use sigma_engine::{CompileOptions, Document, Rule};
 
-use crate::matching::RuleMatcher;
 use crate::meta;
 use crate::persona::RuleMeta;
 use crate::rng::fnv1a;
-use crate::score::{LogsourceKey, Reference};
+use crate::score::{EventSet, LogsourceKey, Reference};
 
 /// One reference rule that fires on the corpus: the source of `requests_per_rule` tasks.
 #[derive(Debug, Clone)]
@@ -39,13 +39,13 @@ pub fn read_rule_list(list_file: &Path) -> Result<Vec<String>, String> {
 
 /// Loads the listed rules; a listed file that is missing is an error (the list is wrong), a rule
 /// that does not parse or matches nothing is skipped with a reason.
-pub fn load_listed(rules_dir: &Path, paths: &[String], matcher: &RuleMatcher) -> Result<(Vec<ReferenceRule>, Vec<Skipped>), String> {
+pub fn load_listed(rules_dir: &Path, paths: &[String], hunter: &Hunter<'_>) -> Result<(Vec<ReferenceRule>, Vec<Skipped>), String> {
     let mut kept = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
         let file = rules_dir.join(path);
         let text = std::fs::read_to_string(&file).map_err(|e| format!("rule list names {path}, which cannot be read ({}): {e}", file.display()))?;
-        match reference_from_text(&text, path, matcher) {
+        match reference_from_text(&text, path, hunter) {
             Ok(r) => kept.push(r),
             Err(reason) => skipped.push(Skipped { path: path.clone(), reason }),
         }
@@ -54,9 +54,9 @@ pub fn load_listed(rules_dir: &Path, paths: &[String], matcher: &RuleMatcher) ->
 }
 
 /// A reference from rule text: it must be a valid detection rule that matches ≥ 1 event.
-pub fn reference_from_text(text: &str, origin: &str, matcher: &RuleMatcher) -> Result<ReferenceRule, String> {
+pub fn reference_from_text(text: &str, origin: &str, hunter: &Hunter<'_>) -> Result<ReferenceRule, String> {
     let rule = parse_rule(text, origin)?;
-    let events = matcher.match_rule(&rule).map_err(|e| format!("{origin}: the rule cannot be run: {e}"))?;
+    let events = EventSet::from_hunt(hunter.match_rule(&rule).map_err(|e| format!("{origin}: the rule cannot be run: {e}"))?);
     if events.is_empty() {
         return Err(format!("{origin}: the rule matches no event of the corpus, so IoU against it is undefined"));
     }
@@ -68,9 +68,10 @@ pub fn reference_from_text(text: &str, origin: &str, matcher: &RuleMatcher) -> R
     })
 }
 
-/// Parses one detection rule, or says why the text is not one.
+/// Parses one detection rule, or says why the text is not one: the engine's check, the same
+/// `sigmaforge check` and `hunt` apply.
 pub fn parse_rule(text: &str, origin: &str) -> Result<Rule, String> {
-    let parsed = sigma_engine::parse_documents(text, origin);
+    let parsed = sigma_engine::check::check_text(text, origin, &CompileOptions::default()).parsed;
     if let Some(err) = parsed.diagnostics.iter().find(|d| d.is_error()) {
         return Err(err.to_string());
     }
@@ -105,7 +106,7 @@ pub fn derive_test_split(
     candidates: &[String],
     train: &[ReferenceRule],
     size: usize,
-    matcher: &RuleMatcher,
+    hunter: &Hunter<'_>,
 ) -> (Vec<ReferenceRule>, usize) {
     let train_paths: HashSet<&str> = train.iter().map(|r| r.path.as_str()).collect();
     let train_keys: HashSet<&str> = train.iter().map(|r| r.key.as_str()).collect();
@@ -119,7 +120,7 @@ pub fn derive_test_split(
         }
         tried += 1;
         let Ok(text) = std::fs::read_to_string(rules_dir.join(path)) else { continue };
-        if let Ok(r) = reference_from_text(&text, path, matcher)
+        if let Ok(r) = reference_from_text(&text, path, hunter)
             && !train_keys.contains(r.key.as_str())
             && !kept.iter().any(|k| k.key == r.key)
         {

@@ -110,18 +110,19 @@ fn corpus_cache_round_trip_gives_the_same_rewards() {
 }
 
 #[test]
-fn event_id_pruning_never_changes_a_match_set() {
-    use sigma_task::matching::RuleMatcher;
+fn event_id_narrowing_never_changes_a_match_set() {
+    use sigma_engine::hunt::Hunter;
     let data = sigmaforge_data::for_tests();
     let corpus = sigma_task::corpus_cache::load(&data, &TaskConfig::default(), &|_, _| {}).unwrap();
-    let plain = RuleMatcher::new(corpus, sigma_engine::logsource::LogsourceMap::builtin().unwrap()).without_pruning();
+    let map = sigma_engine::logsource::LogsourceMap::builtin().unwrap();
+    let plain = Hunter::new(&corpus, &map, sigma_engine::CompileOptions::for_events()).without_event_id_narrowing();
     let t = task();
     let mut pinned = 0;
     for split in ["train", "test"] {
         for r in t.references(split).unwrap() {
             let rule = sigma_task::tasks::parse_rule(&rule_text(&r.path), &r.path).unwrap();
-            pinned += sigma_task::matching::required_event_ids(&rule.detection).is_some() as usize;
-            assert_eq!(plain.match_rule(&rule).unwrap(), r.reference.events, "{}", r.path);
+            pinned += t.hunter().prepare(&rule).unwrap().is_narrowed() as usize;
+            assert_eq!(plain.match_rule(&rule).unwrap(), r.reference.events.as_slice(), "{}", r.path);
         }
     }
     assert!(pinned > 20, "only {pinned} rules pin their EventIDs");

@@ -30,6 +30,15 @@ pub struct CompileOptions {
     pub unknown_placeholder: PlaceholderPolicy,
 }
 
+impl CompileOptions {
+    /// The options of every evaluation over events: `hunt`, the reward and `check`'s compile
+    /// check. A `|expand` placeholder with no configured values matches nothing, so a rule using
+    /// one is valid everywhere (`check` warns about it) and its other selections still run.
+    pub fn for_events() -> Self {
+        CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..CompileOptions::default() }
+    }
+}
+
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub enum PlaceholderPolicy {
     /// Refuse the rule with an error naming the placeholder (the spec: a tool that cannot
