@@ -75,6 +75,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let loading = Instant::now();
     let corpus = load_corpus(&sources, args.cache.as_deref())?;
     let load_time = loading.elapsed();
+    report_damaged_files(&corpus, args.json);
 
     // Placeholders (`|expand` with `%name%`) have no configured values in a hunt: they match
     // nothing, so the few rules that use them still run their other selections.
@@ -153,6 +154,19 @@ fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
     }
     set.apply_filters();
     Ok(set)
+}
+
+/// One stderr line per event file that did not load clean: what was recovered, lost and
+/// dropped (as JSON with `--json`). A run from the cache reports the same, since the cache keeps
+/// the reports.
+fn report_damaged_files(corpus: &Corpus, json: bool) {
+    for report in corpus.damaged_files() {
+        if json {
+            eprintln!("{}", json!({ "integrity": report }));
+        } else {
+            eprintln!("integrity: {}: {}", report.file, report.summary());
+        }
+    }
 }
 
 /// Loads the corpus from the cache when it is fresh, else parses the files (in parallel) and,
@@ -342,7 +356,20 @@ impl std::fmt::Display for Summary<'_> {
             self.rules.failed_files,
             self.outcome.skipped.len()
         )?;
-        writeln!(f, "events:  {} from {} files (loaded in {:.2?})", self.corpus.len(), self.files, self.load_time)?;
+        write!(f, "events:  {} from {} files (loaded in {:.2?})", self.corpus.len(), self.files, self.load_time)?;
+        let damaged = self.corpus.damaged_files();
+        if !damaged.is_empty() {
+            let total = |count: fn(&sigma_engine::corpus::FileIntegrity) -> u64| damaged.iter().map(count).sum::<u64>();
+            write!(
+                f,
+                "; {} files not intact: {} records recovered, {} lost, {} duplicates dropped",
+                damaged.len(),
+                total(|i| i.recovered),
+                total(|i| i.lost),
+                total(|i| i.duplicates)
+            )?;
+        }
+        writeln!(f)?;
         writeln!(f, "matches: {} from {firing} rules", self.matches)?;
         write!(f, "time:    {:.2?}", self.total_time)
     }
