@@ -11,11 +11,15 @@ use sigma_engine::{CompileOptions, Document, compile, parse_documents};
 /// A rule whose `CommandLine|contains` lists `x0`, `x1`, … `x{n-1}` (each a prefix of ten
 /// others: the overlapping list that made compilation quadratic).
 fn overlapping_list_rule(n: usize) -> String {
+    list_rule(n, |i| format!("x{i}"))
+}
+
+fn list_rule(n: usize, value: impl Fn(usize) -> String) -> String {
     let mut text = String::from(
         "title: Big list\nid: 2d6c5a1e-1111-4222-8333-944455556666\nstatus: test\nlogsource:\n  category: process_creation\n  product: windows\ndetection:\n  sel:\n    CommandLine|contains:\n",
     );
     for i in 0..n {
-        text.push_str(&format!("      - x{i}\n"));
+        text.push_str(&format!("      - {}\n", value(i)));
     }
     text.push_str("  condition: sel\nlevel: low\n");
     text
@@ -64,4 +68,20 @@ fn modifiers_that_blow_up_a_value_hit_the_pattern_limit() {
     // Half of it is fine.
     let half = text.replace(&value, &value[..600_000]);
     assert!(!parse_documents(&half, "half.yml").has_errors());
+}
+
+#[test]
+fn a_100_000_item_list_without_overlaps_compiles_fast_too() {
+    // `a{i}z`: no value is a prefix or suffix of another, so every one stays in the automaton.
+    let text = list_rule(100_000, |i| format!("a{i}z"));
+    let started = Instant::now();
+    let parsed = parse_documents(&text, "big.yml");
+    let Some(Document::Rule(rule)) = parsed.documents.first() else { panic!("a rule: {:?}", parsed.diagnostics.first()) };
+    let mut table = FieldTable::new();
+    let compiled = compile(rule, &CompileOptions::default(), &mut |n| table.intern(n)).expect("compiles");
+    let elapsed = started.elapsed();
+    let event = |text: &str| Event::new(FileId(0), 1, None, vec![(table.get("CommandLine").unwrap(), Value::string(text))]);
+    assert!(compiled.matches(&event("-a99999z-")));
+    assert!(!compiled.matches(&event("a100000z")));
+    assert!(elapsed < Duration::from_secs(5), "parsing and compiling 100,000 values took {elapsed:?}");
 }
