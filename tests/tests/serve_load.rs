@@ -26,10 +26,14 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(&["--max-concurrent", "2", "--max-queue", "64"])
+}
+
+fn start_server_with(extra: &[&str]) -> Server {
     let data = sigma_common::data();
     let mut child = Command::new(sigmaforge_e2e::sigmaforge_bin())
         .args(["serve", "--plugins", &sigma_common::plugin(), "--data", data.to_str().unwrap(), "--addr", "127.0.0.1:0"])
-        .args(["--max-concurrent", "2", "--max-queue", "64"])
+        .args(extra)
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -146,6 +150,122 @@ fn concurrent_clients_get_every_score_once_with_hostile_completions_mixed_in() {
         }
         assert!(stop.elapsed() < Duration::from_secs(20), "serve did not stop within 20 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Resident and peak memory of a process in MiB, from /proc (Linux).
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// 3,008 scoring requests from 32 concurrent clients, while 300 slow clients (100 idle, 100
+/// that stop inside a request head, 100 that stop inside a body) hold connections, on loopback.
+/// Records p50/p99 latency, throughput and the server's memory (printed on stderr; the figures
+/// are in BENCHMARKS.md), and checks that every request is answered and that the slow clients
+/// are closed within their timeouts. `SIGMAFORGE_SERVE_BASELINE=1` runs it against a binary
+/// without the timeout flags (for the before/after figures) and only reports.
+#[test]
+fn load_with_slow_clients_is_answered_and_slow_clients_are_closed() {
+    use std::io::{Read, Write};
+    let baseline = std::env::var_os("SIGMAFORGE_SERVE_BASELINE").is_some();
+    let timeouts = ["--header-timeout", "2", "--body-timeout", "2"];
+    let server = start_server_with(if baseline { &[] } else { &timeouts });
+    let (task, rule) = sigma_common::first_train_task();
+    let good = detection_only(&rule);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let pid = server.child.id();
+    let rss_start = rss_mib(pid).0;
+
+    let slow_started = Instant::now();
+    let mut slow: Vec<(&str, std::net::TcpStream)> = Vec::new();
+    for i in 0..300 {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect a slow client");
+        let kind = match i % 3 {
+            0 => "idle",
+            1 => {
+                stream.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+                "partial header"
+            }
+            _ => {
+                stream.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[{\"task\"").unwrap();
+                "partial body"
+            }
+        };
+        slow.push((kind, stream));
+    }
+
+    let (clients, per_client) = (32, 94);
+    let url = format!("{}/v1/score", server.base);
+    let load_started = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (url, task, good) = (url.clone(), task.clone(), good.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
+                let mut latencies = Vec::with_capacity(per_client);
+                for r in 0..per_client {
+                    let items = json!([{"id": format!("{c}-{r}"), "task": task, "completion": good}]);
+                    let sent = Instant::now();
+                    let mut resp = agent.post(&url).send_json(&items).expect("scoring request");
+                    let body: Value = resp.body_mut().read_json().unwrap();
+                    latencies.push(sent.elapsed());
+                    assert_eq!(body[0]["id"], format!("{c}-{r}"));
+                    assert!((body[0]["total"].as_f64().unwrap() - 1.1).abs() < 1e-6, "{body}");
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect();
+    let elapsed = load_started.elapsed();
+    let (rss_after, rss_peak) = rss_mib(pid);
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+
+    // Each slow client: closed by the server (EOF or reset), and when, within 10 s of opening.
+    let mut closed = 0;
+    let mut answered_408 = 0;
+    let mut last_close = Duration::ZERO;
+    for (kind, stream) in &mut slow {
+        let left = Duration::from_secs(10).saturating_sub(slow_started.elapsed()).max(Duration::from_millis(10));
+        stream.set_read_timeout(Some(left)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let end = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        if end {
+            closed += 1;
+            last_close = last_close.max(slow_started.elapsed());
+        }
+        if *kind == "partial body" && got.starts_with(b"HTTP/1.1 408") {
+            answered_408 += 1;
+        }
+    }
+    eprintln!(
+        "serve load: {} requests, {clients} concurrent clients, 300 slow clients: p50 {:.1} ms, p99 {:.1} ms, {:.0} req/s; \
+         server RSS {rss_start:.0} MiB before, {rss_after:.0} MiB after, peak {rss_peak:.0} MiB; \
+         slow clients closed: {closed}/300 (last at {:.1} s), 408 answers: {answered_408}/100",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        last_close.as_secs_f64()
+    );
+    assert_eq!(latencies.len(), clients * per_client, "every request was answered");
+    if !baseline {
+        assert_eq!(closed, 300, "every slow client is closed within 10 s (header and body timeouts of 2 s)");
+        assert_eq!(answered_408, 100, "a stalled body gets 408");
     }
 }
 

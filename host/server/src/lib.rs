@@ -17,25 +17,29 @@
 //!
 //! Robustness: scoring runs on blocking threads, at most `max_concurrent` batches at once and at
 //! most `max_queue` waiting (then 503 with `Retry-After`); a request that cannot finish within
-//! `request_timeout` gets 504 (the plugin runtime bounds each call itself, so a stuck plugin
-//! cannot hold a worker forever); bodies over `max_body_bytes` get 413; malformed JSON gets 400
-//! naming the item and the problem. Shutdown is graceful: in-flight requests finish.
+//! `request_timeout` gets 504, and its scoring stops at the next chunk of
+//! [`CANCEL_CHECK_ITEMS`] items (the plugin runtime bounds each call itself, so a stuck plugin
+//! cannot hold a worker forever); bodies over `max_body_bytes` (64 MiB by default) get 413, bodies
+//! that do not arrive within `body_timeout` get 408; malformed JSON gets 400 naming the item and
+//! the problem. Connections are capped and slow clients closed (see [`connections`]). Shutdown is
+//! graceful: in-flight requests finish.
 //!
 //! Why axum + tokio: tokio is the project's concurrency runtime (docs/architecture.md) and axum is its most
 //! widely used HTTP layer; bounded concurrency, body limits and graceful shutdown come with it.
 
+pub mod connections;
 mod metrics;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -44,7 +48,12 @@ use sigmaforge_runtime::{ScoreResult, TaskPlugin, TaskRef};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub use connections::{ConnectionLimits, serve};
 pub use metrics::Metrics;
+
+/// A batch is scored this many items at a time, so that a request whose client has gone (504,
+/// or disconnected) stops after the chunk in progress instead of scoring the whole batch.
+pub const CANCEL_CHECK_ITEMS: usize = 64;
 
 /// What the server scores with. Implemented by the runtime's [`TaskPlugin`]; tests use fakes.
 pub trait Scorer: Send + Sync + 'static {
@@ -81,11 +90,33 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Most items in one batch.
     pub max_batch: usize,
+    /// Time a client has to send a request's head (also how long an idle connection stays open).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's whole body once its head arrived (else 408).
+    pub body_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_concurrent: 4, max_queue: 64, request_timeout: Duration::from_secs(60), max_body_bytes: 64 << 20, max_batch: 4096 }
+        ServerOptions {
+            max_concurrent: 4,
+            max_queue: 64,
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 64 << 20,
+            max_batch: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The limits the accept loop ([`serve`]) enforces.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits { header_timeout: self.header_timeout, max_connections: self.max_connections }
     }
 }
 
@@ -112,14 +143,30 @@ pub fn router(scorer: Arc<dyn Scorer>, options: ServerOptions) -> Router {
         .route("/openrlhf", post(openrlhf))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
-        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), read_body_in_time))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+/// Reads the whole request body before the handler runs, within `body_timeout` (408 otherwise,
+/// and the connection is closed) and `max_body_bytes` (413).
+async fn read_body_in_time(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = state.options.max_body_bytes;
+    let deadline = state.options.body_timeout;
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(collected)) => next.run(Request::from_parts(parts, Body::from(collected.to_bytes()))).await,
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {limit} bytes")).into_response()
+        }
+        Ok(Err(err)) => ApiError(StatusCode::BAD_REQUEST, format!("could not read the request body: {err}")).into_response(),
+        Err(_) => {
+            state.metrics.slow_bodies.fetch_add(1, Ordering::Relaxed);
+            let mut response = ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {deadline:?}")).into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -219,11 +266,35 @@ fn parse_items(body: &[u8], max_batch: usize) -> Result<Vec<Item>, ApiError> {
         .collect()
 }
 
+/// Raised when the request's future ends (answered, timed out, or dropped because the client
+/// went away), which tells its scoring thread to stop at the next chunk.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Scores `items` [`CANCEL_CHECK_ITEMS`] at a time; `None` when `cancelled` was raised first.
+fn score_until_cancelled(scorer: &dyn Scorer, items: &[(TaskRef, String)], cancelled: &AtomicBool) -> Option<Vec<ScoreResult>> {
+    let mut results = Vec::with_capacity(items.len());
+    for chunk in items.chunks(CANCEL_CHECK_ITEMS) {
+        if cancelled.load(Ordering::SeqCst) {
+            return None;
+        }
+        results.extend(scorer.score_batch(chunk));
+    }
+    Some(results)
+}
+
 /// Waits for a scoring slot (bounded queue), scores on a blocking thread, within the timeout.
 async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Result<Vec<ScoreResult>, ApiError> {
     let started = Instant::now();
     let n = items.len();
     let deadline = state.options.request_timeout;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
     let work = async {
         let permit = match state.slots.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -240,16 +311,21 @@ async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Re
         };
         state.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         let worker_state = state.clone();
-        tokio::task::spawn_blocking(move || {
-            // The slot and the in-flight count are released when scoring ends, even if the
-            // client already got its 504: the plugin runtime bounds each call, so this ends.
+        let cancelled = cancelled.clone();
+        let scored = tokio::task::spawn_blocking(move || {
+            // The slot and the in-flight count are released when scoring ends; once the client
+            // has its 504 (or is gone) that is at the end of the chunk in progress.
             let _permit = permit;
-            let results = worker_state.scorer.score_batch(&items);
+            let results = score_until_cancelled(&*worker_state.scorer, &items, &cancelled);
             worker_state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if results.is_none() {
+                worker_state.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
             results
         })
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring worker failed: {e}")))
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("scoring worker failed: {e}")))?;
+        scored.ok_or_else(|| ApiError(StatusCode::GATEWAY_TIMEOUT, "scoring was cancelled".into()))
     };
     let result = match tokio::time::timeout(deadline, work).await {
         Ok(r) => r,

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub bad_requests: AtomicU64,
     pub rejected: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Scoring work stopped early because its client had its 504 or went away.
+    pub cancelled: AtomicU64,
+    /// Requests whose body did not arrive within the body read timeout.
+    pub slow_bodies: AtomicU64,
     pub in_flight: AtomicUsize,
     completions: AtomicU64,
     completion_errors: AtomicU64,
@@ -59,6 +63,16 @@ impl Metrics {
         counter("sigmaforge_bad_requests_total", "Requests refused as malformed.", self.bad_requests.load(Ordering::Relaxed));
         counter("sigmaforge_rejected_total", "Requests refused because the queue was full.", self.rejected.load(Ordering::Relaxed));
         counter("sigmaforge_timeouts_total", "Requests that ran past the request timeout.", self.timeouts.load(Ordering::Relaxed));
+        counter(
+            "sigmaforge_cancelled_total",
+            "Scoring stopped early because the client got its 504 or went away.",
+            self.cancelled.load(Ordering::Relaxed),
+        );
+        counter(
+            "sigmaforge_slow_bodies_total",
+            "Requests whose body did not arrive within the body read timeout (408).",
+            self.slow_bodies.load(Ordering::Relaxed),
+        );
         counter("sigmaforge_completions_scored_total", "Completions scored.", self.completions.load(Ordering::Relaxed));
         counter(
             "sigmaforge_completion_errors_total",

@@ -2,7 +2,8 @@
 //! The end-to-end load test with the real Sigma plugin is in tests/tests/serve_load.rs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sigmaforge_runtime::{ComponentScore, ScoreResult, TaskRef};
@@ -42,14 +43,19 @@ impl Scorer for FakeScorer {
 
 /// Starts a server on a free loopback port in a background runtime; returns its base URL.
 fn start(delay: Duration, options: ServerOptions) -> String {
+    start_with(Arc::new(FakeScorer { delay }), options)
+}
+
+fn start_with(scorer: Arc<dyn Scorer>, options: ServerOptions) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
             let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
             tx.send(addr).unwrap();
-            let app = router(Arc::new(FakeScorer { delay }), options);
-            serve(listener, app, std::future::pending()).await.unwrap();
+            let limits = options.connection_limits();
+            let app = router(scorer, options);
+            serve(listener, app, limits, std::future::pending()).await.unwrap();
         });
     });
     format!("http://{}", rx.recv().unwrap())
@@ -168,4 +174,119 @@ fn health_and_metrics_report_counts() {
     assert!(text.contains("sigmaforge_completions_scored_total 2"), "{text}");
     assert!(text.contains("sigmaforge_completion_errors_total 1"), "{text}");
     assert!(text.contains("sigmaforge_batch_seconds_count 1"), "{text}");
+}
+
+/// Scores 0.5 per item after sleeping `per_item` for each, counting the items it scored.
+struct CountingScorer {
+    per_item: Duration,
+    scored: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Scorer for CountingScorer {
+    fn score_batch(&self, items: &[(TaskRef, String)]) -> Vec<ScoreResult> {
+        items
+            .iter()
+            .map(|_| {
+                std::thread::sleep(self.per_item);
+                self.scored.fetch_add(1, Ordering::SeqCst);
+                ScoreResult { total: 0.5, components: vec![], error: None }
+            })
+            .collect()
+    }
+    fn name(&self) -> String {
+        "counting".into()
+    }
+    fn components(&self) -> Vec<(String, f64)> {
+        vec![]
+    }
+}
+
+#[test]
+fn a_timed_out_request_stops_its_scoring_at_the_next_chunk() {
+    let scored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let scorer = CountingScorer { per_item: Duration::from_millis(5), scored: scored.clone() };
+    let options = ServerOptions { request_timeout: Duration::from_millis(100), ..Default::default() };
+    let base = start_with(Arc::new(scorer), options);
+    let items: Vec<Value> = (0..4 * CANCEL_CHECK_ITEMS).map(|i| json!({"task": "a", "completion": i.to_string()})).collect();
+    let (status, resp) = post(&format!("{base}/v1/score"), &Value::Array(items));
+    assert_eq!(status, 504, "{resp}");
+    // The first chunk takes 64 x 5 ms = 320 ms; give the worker time to stop or go on.
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(3) {
+        let health: Value = ureq::get(&format!("{base}/health")).call().unwrap().body_mut().read_json().unwrap();
+        if health["in_flight"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(scored.load(Ordering::SeqCst), CANCEL_CHECK_ITEMS, "scoring stops after the chunk that was running at the 504");
+    let text = ureq::get(&format!("{base}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(text.contains("sigmaforge_cancelled_total 1"), "{text}");
+}
+
+/// Reads from `stream` until the server closes it or `limit` passes; returns what was read and
+/// whether it was closed.
+fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> (String, bool) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset is the server closing too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+#[test]
+fn idle_partial_header_and_partial_body_clients_are_closed_after_their_timeouts() {
+    use std::io::Write;
+    let options = ServerOptions { header_timeout: Duration::from_millis(300), body_timeout: Duration::from_millis(300), ..Default::default() };
+    let base = start(Duration::ZERO, options);
+    let addr = base.trim_start_matches("http://").to_string();
+    let connect = || std::net::TcpStream::connect(&addr).unwrap();
+
+    let started = Instant::now();
+    let mut idle = connect();
+    let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5));
+    assert!(closed, "an idle connection is closed");
+    assert!(started.elapsed() >= Duration::from_millis(250) && started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    let mut partial_header = connect();
+    partial_header.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+    let (_, closed) = read_until_closed(&mut partial_header, Duration::from_secs(5));
+    assert!(closed, "a connection with half a request head is closed");
+
+    let mut partial_body = connect();
+    partial_body.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[{\"task\"").unwrap();
+    let (answer, closed) = read_until_closed(&mut partial_body, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(closed, "a connection whose body stalls is closed after its 408");
+
+    // A client that sends in time is served on the same server.
+    let (status, _) = post(&format!("{base}/v1/score"), &json!([{"task": "a", "completion": "x"}]));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn connections_past_the_cap_wait_until_one_closes() {
+    let options = ServerOptions { max_connections: 2, header_timeout: Duration::from_millis(800), ..Default::default() };
+    let base = start(Duration::ZERO, options);
+    let addr = base.trim_start_matches("http://").to_string();
+    let _a = std::net::TcpStream::connect(&addr).unwrap();
+    let _b = std::net::TcpStream::connect(&addr).unwrap();
+    // Both slots are held by idle clients: a third waits (in the listen backlog) until the
+    // header timeout closes one of them.
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let (status, _) = post(&format!("{base}/v1/score"), &json!([{"task": "a", "completion": "x"}]));
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(waited >= Duration::from_millis(600), "the third connection was served before a slot freed: {waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
 }

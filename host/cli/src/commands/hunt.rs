@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use serde_json::json;
 use sigma_engine::CompileOptions;
 use sigma_engine::cache::{CacheError, SourceStamp};
 use sigma_engine::check::check_file;
@@ -86,6 +87,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let loading = Instant::now();
     let corpus = load_corpus(&sources, args.cache.as_deref())?;
     let load_time = loading.elapsed();
+    report_damaged_files(&corpus, args.json);
 
     // The reward's options: placeholders (`|expand` with `%name%`) have no configured values in a
     // hunt, so they match nothing and the few rules that use them still run their other selections.
@@ -152,6 +154,19 @@ fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
     // `check`'s own reading and validation, so a rule `check` rejects stays out of the hunt.
     let checked: Vec<_> = files.par_iter().map(|f| check_file(f, &CompileOptions::default())).collect();
     Ok(RuleSet::from_checked(checked))
+}
+
+/// One stderr line per event file that did not load clean: what was recovered, lost and
+/// dropped (as JSON with `--json`). A run from the cache reports the same, since the cache keeps
+/// the reports.
+fn report_damaged_files(corpus: &Corpus, json: bool) {
+    for report in corpus.damaged_files() {
+        if json {
+            eprintln!("{}", json!({ "integrity": report }));
+        } else {
+            eprintln!("integrity: {}: {}", report.file, report.summary());
+        }
+    }
 }
 
 /// Loads the corpus from the cache when it is fresh, else parses the files (in parallel) and,

@@ -321,7 +321,20 @@ impl std::fmt::Display for Summary<'_> {
             self.rules.failed_files,
             self.outcome.skipped.len()
         )?;
-        writeln!(f, "events:  {} from {} files (loaded in {:.2?})", self.corpus.len(), self.files, self.load_time)?;
+        write!(f, "events:  {} from {} files (loaded in {:.2?})", self.corpus.len(), self.files, self.load_time)?;
+        let damaged = self.corpus.damaged_files();
+        if !damaged.is_empty() {
+            let total = |count: fn(&sigma_engine::corpus::FileIntegrity) -> u64| damaged.iter().map(count).sum::<u64>();
+            write!(
+                f,
+                "; {} files not intact: {} records recovered, {} lost, {} duplicates dropped",
+                damaged.len(),
+                total(|i| i.recovered),
+                total(|i| i.lost),
+                total(|i| i.duplicates)
+            )?;
+        }
+        writeln!(f)?;
         writeln!(f, "matches: {} from {firing} rules", self.matches)?;
         write!(f, "time:    {:.2?}", self.total_time)
     }

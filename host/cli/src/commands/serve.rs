@@ -36,6 +36,15 @@ pub struct Args {
     /// Most items in one batch.
     #[arg(long, default_value_t = 4096)]
     max_batch: usize,
+    /// Seconds a client has to send a request's head; idle connections close after it too.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a client has to send a request's body once its head arrived (else 408).
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout: f64,
+    /// Connections open at once; more wait in the listen backlog until one closes.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -46,14 +55,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_queue: args.max_queue,
         request_timeout: Duration::from_secs_f64(args.request_timeout.max(0.001)),
         max_batch: args.max_batch.max(1),
+        header_timeout: Duration::from_secs_f64(args.header_timeout.max(0.001)),
+        body_timeout: Duration::from_secs_f64(args.body_timeout.max(0.001)),
+        max_connections: args.max_connections.max(1),
         ..ServerOptions::default()
     };
+    let limits = options.connection_limits();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let (listener, local) = bind(args.addr).await?;
         eprintln!("listening on http://{local} (plugin {}; POST /v1/score, GET /health, GET /metrics)", plugin.name());
         let app = router(Arc::new(PluginArc(plugin)), options);
-        serve(listener, app, shutdown_signal()).await?;
+        serve(listener, app, limits, shutdown_signal()).await?;
         eprintln!("server stopped");
         anyhow::Ok(())
     })?;

@@ -14,6 +14,8 @@
 //!   events:  varint n, then n × (varint file, varint record id, u8 has-timestamp, [i64 timestamp],
 //!            varint field count, then per field: varint key, u8 kind | 0x80 if a lowercase copy
 //!            follows, string text, [string lower])
+//!   damaged: string, the JSON list of the integrity reports of files that did not load clean
+//!            (so a run from the cache reports the same losses as the run that parsed them)
 //! string = varint byte length + UTF-8 bytes
 //! ```
 //! Why hand-written rather than bincode/postcard: the event model keeps its invariants private
@@ -35,7 +37,7 @@ use crate::event::{Event, FieldKey, FieldTable, FileId, Value, ValueKind};
 
 const MAGIC: &[u8; 8] = b"SFEVTC\r\n";
 /// Bump when the layout or the flattening of events changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 
 /// Identity of one source file at the time it was parsed.
@@ -223,6 +225,7 @@ impl Corpus {
                 }
             }
         }
+        w.str(&serde_json::to_string(&self.damaged).expect("integrity reports serialize"));
         let payload = w.buf;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
         out.extend_from_slice(MAGIC);
@@ -329,10 +332,11 @@ impl Corpus {
             }
             events.push(Event::new(FileId(file as u32), record_id, timestamp, fields));
         }
+        let damaged = serde_json::from_str(r.str()?).map_err(|e| r.corrupt(&format!("bad integrity reports ({e})")))?;
         if r.pos != payload.len() {
             return Err(r.corrupt("trailing bytes"));
         }
-        let mut corpus = Corpus { table, files, events, ..Corpus::default() };
+        let mut corpus = Corpus { table, files, events, damaged, ..Corpus::default() };
         corpus.build_index();
         Ok(corpus)
     }
@@ -383,6 +387,22 @@ mod tests {
         assert_eq!(back.select(|ch, id| ch == "security" && id == "4688"), [0]);
         let key = back.field_key("NewProcessName");
         assert_eq!(back.event(0).values(key).next().unwrap().lower(), "c:\\x.exe");
+    }
+
+    #[test]
+    fn recovered_events_and_their_integrity_reports_are_what_the_cache_keeps() {
+        // A JSON array with one malformed element, and a duplicated line in another file.
+        let good = |id: u32| format!(r##"{{"Event":{{"System":{{"Channel":"Security","EventID":4688,"EventRecordID":{id}}}}}}}"##);
+        let mut b = Corpus::builder();
+        b.add(load_json_bytes("arr.json", format!("[{}, {{\"Event\": {{,}}}}, {}]", good(1), good(2)).as_bytes()));
+        b.add(load_json_bytes("dup.jsonl", format!("{}\n{}\n", good(7), good(7)).as_bytes()));
+        let (c, _) = b.finish();
+        assert_eq!(c.len(), 3);
+        let reports: Vec<_> = c.damaged_files().iter().map(|i| (i.file.as_str(), i.events, i.recovered, i.lost, i.duplicates)).collect();
+        assert_eq!(reports, [("arr.json", 2, 1, 1, 0), ("dup.jsonl", 1, 0, 0, 1)]);
+        let back = Corpus::from_cache_bytes(&c.to_cache_bytes(&stamps()), None).unwrap();
+        assert_eq!(back.events(), c.events());
+        assert_eq!(back.damaged_files(), c.damaged_files());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::event::{Event, FieldKey, FieldTable, FileId};
+pub use crate::loaded_file::{FileIntegrity, LoadedFile};
 
 /// Something a loader skipped, named by file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,27 +25,6 @@ pub struct LoadWarning {
 impl fmt::Display for LoadWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.file, self.message)
-    }
-}
-
-/// The events of one file, with a field table of their own (files are parsed independently,
-/// possibly in parallel; [`CorpusBuilder::add`] re-keys them into the corpus table).
-#[derive(Debug)]
-pub struct LoadedFile {
-    pub name: String,
-    pub table: FieldTable,
-    /// Events with `FileId(0)`; the builder gives them their real file id.
-    pub events: Vec<Event>,
-    pub warnings: Vec<LoadWarning>,
-}
-
-impl LoadedFile {
-    pub fn new(name: &str) -> Self {
-        LoadedFile { name: name.to_string(), table: FieldTable::new(), events: Vec::new(), warnings: Vec::new() }
-    }
-
-    pub fn warn(&mut self, message: String) {
-        self.warnings.push(LoadWarning { file: self.name.clone(), message });
     }
 }
 
@@ -138,6 +118,9 @@ pub struct Corpus {
     pub(crate) events: Vec<Event>,
     /// Event indices (ascending) per (lowercased Channel, EventID text); "" when absent.
     pub(crate) index: BTreeMap<BucketKey, Vec<u32>>,
+    /// The integrity reports of the files that were not loaded clean (damaged, truncated,
+    /// duplicated or unnamed records), in file order; kept in the cache too.
+    pub(crate) damaged: Vec<FileIntegrity>,
 }
 
 impl Corpus {
@@ -173,6 +156,11 @@ impl Corpus {
 
     pub fn table(&self) -> &FieldTable {
         &self.table
+    }
+
+    /// What was recovered, lost or dropped in each file that did not load clean.
+    pub fn damaged_files(&self) -> &[FileIntegrity] {
+        &self.damaged
     }
 
     /// File names (relative to their root), indexed by [`FileId`].
@@ -232,6 +220,9 @@ impl CorpusBuilder {
         let file = FileId(self.corpus.files.len() as u32);
         self.corpus.files.push(loaded.name);
         self.warnings.extend(loaded.warnings);
+        if !loaded.integrity.is_clean() {
+            self.corpus.damaged.push(loaded.integrity);
+        }
         let remap: Vec<FieldKey> = loaded.table.names().map(|name| self.corpus.table.intern(name)).collect();
         self.corpus.events.reserve(loaded.events.len());
         for event in loaded.events {

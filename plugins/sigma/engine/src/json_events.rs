@@ -221,58 +221,142 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Loads a JSON file of events: JSON Lines, a stream of (pretty-printed) objects, or one array of
-/// them, each in evtx_dump shape. evtx_dump's `Record N` separator lines are skipped. Values that
-/// are not events, and text that is not JSON, are skipped with a warning naming the file and what
-/// was skipped; everything else still loads.
+/// Loads a JSON file of events: JSON Lines, a stream of (pretty-printed) objects, or arrays of
+/// them, each in evtx_dump shape. evtx_dump's `Record N` separator lines are skipped. Text that is
+/// not JSON costs only itself: a bad line of a stream up to the next line that starts an object,
+/// a bad element of an array up to the next element that is an event. Values that are not
+/// events are skipped too. Each skip is a warning naming the file; everything else still loads.
 pub fn load_json_bytes(name: &str, bytes: &[u8]) -> LoadedFile {
-    let mut loaded = LoadedFile::new(name);
-    let mut not_events = 0usize;
-    let mut first_problem: Option<String> = None;
-    let mut ordinal = 0u64;
-    let mut add = |loaded: &mut LoadedFile, value: &Json, not_events: &mut usize, first_problem: &mut Option<String>| {
-        ordinal += 1;
-        match flatten_event(value, &mut loaded.table) {
-            // Events without an EventRecordID are named by their position in the file.
-            Ok(flat) => loaded.events.push(flat.into_event(FileId(0), ordinal)),
-            Err(why) => {
-                *not_events += 1;
-                first_problem.get_or_insert_with(|| format!("value {ordinal}: {why}"));
-            }
-        }
-    };
-
+    let mut reader = JsonReader { loaded: LoadedFile::new(name), bytes, ordinal: 0, not_events: 0, first_problem: None, in_damaged_array: false };
     let mut pos = 0usize;
     while pos < bytes.len() {
         pos = skip_separators(bytes, pos);
         if pos >= bytes.len() {
             break;
         }
+        if bytes[pos] == b'[' {
+            pos = reader.array(pos);
+            continue;
+        }
         let mut stream = serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<Json>();
         match stream.next() {
-            Some(Ok(Json::Array(items))) => {
-                items.iter().for_each(|item| add(&mut loaded, item, &mut not_events, &mut first_problem));
-                pos += stream.byte_offset();
-            }
             Some(Ok(value)) => {
-                add(&mut loaded, &value, &mut not_events, &mut first_problem);
+                reader.add(&value);
                 pos += stream.byte_offset();
             }
             Some(Err(err)) => {
                 // Skip to the next line that starts a new object, so one bad line of a JSON
                 // Lines file costs one event, not the rest of the file.
                 let resume = next_object_line(bytes, pos + 1);
-                let line = 1 + bytes[..pos].iter().filter(|b| **b == b'\n').count();
-                loaded.warn(format!("invalid JSON at line {line} ({err}); skipped {} bytes", resume - pos));
+                reader.skip(pos, resume, &err);
                 pos = resume;
             }
             None => break,
         }
     }
+    let JsonReader { mut loaded, not_events, first_problem, .. } = reader;
     if not_events > 0 {
         loaded.warn(format!("{not_events} JSON values are not Windows events and were skipped (first: {})", first_problem.unwrap_or_default()));
     }
+    loaded.finish();
     loaded
+}
+
+struct JsonReader<'b> {
+    loaded: LoadedFile,
+    bytes: &'b [u8],
+    /// Values seen so far, for naming the first one that is not an event.
+    ordinal: u64,
+    not_events: usize,
+    first_problem: Option<String>,
+    /// Whether an element of the current array was skipped (later elements count as recovered).
+    in_damaged_array: bool,
+}
+
+impl JsonReader<'_> {
+    fn add(&mut self, value: &Json) {
+        self.ordinal += 1;
+        match flatten_event(value, &mut self.loaded.table) {
+            Ok(flat) => {
+                if self.loaded.push(flat) && self.in_damaged_array {
+                    self.loaded.integrity.recovered += 1;
+                }
+            }
+            Err(why) => {
+                self.not_events += 1;
+                let ordinal = self.ordinal;
+                self.first_problem.get_or_insert_with(|| format!("value {ordinal}: {why}"));
+            }
+        }
+    }
+
+    /// Records that the text from `from` to `to` is not JSON and was skipped.
+    fn skip(&mut self, from: usize, to: usize, err: &serde_json::Error) {
+        self.loaded.integrity.lost += 1;
+        let line = 1 + self.bytes[..from].iter().filter(|b| **b == b'\n').count();
+        self.loaded.warn(format!("invalid JSON at line {line} ({err}); skipped {} bytes", to - from));
+    }
+
+    /// Reads the array that starts at `start` element by element; returns where it ends.
+    fn array(&mut self, start: usize) -> usize {
+        let bytes = self.bytes;
+        self.in_damaged_array = false;
+        let mut pos = start + 1;
+        loop {
+            while pos < bytes.len() && (bytes[pos].is_ascii_whitespace() || bytes[pos] == b',') {
+                pos += 1;
+            }
+            match bytes.get(pos) {
+                None => return bytes.len(),
+                Some(b']') => return pos + 1,
+                Some(_) => {}
+            }
+            let mut stream = serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<Json>();
+            match stream.next() {
+                Some(Ok(value)) => {
+                    self.add(&value);
+                    pos += stream.byte_offset();
+                }
+                Some(Err(err)) => {
+                    let resume = next_array_event(bytes, pos + 1);
+                    self.skip(pos, resume, &err);
+                    self.in_damaged_array = true;
+                    pos = resume;
+                }
+                None => return bytes.len(),
+            }
+        }
+    }
+}
+
+/// Where the next element of an array that is an event starts, at or after `from`: an object
+/// right after `[`, or after a `,` that follows the end of a value, which parses and has an
+/// `Event` or `System` part (objects nested in events fail that test). The end of the text when
+/// there is none.
+fn next_array_event(bytes: &[u8], from: usize) -> usize {
+    let before = |mut at: usize| {
+        while at > 0 && bytes[at - 1].is_ascii_whitespace() {
+            at -= 1;
+        }
+        at.checked_sub(1).map(|p| (p, bytes[p]))
+    };
+    let mut at = from;
+    while let Some(hit) = memchr::memchr(b'{', &bytes[at.min(bytes.len())..]) {
+        let candidate = at + hit;
+        at = candidate + 1;
+        let after_element = before(candidate)
+            .is_some_and(|(comma, b)| b == b'[' || b == b',' && before(comma).is_some_and(|(_, end)| matches!(end, b'}' | b']' | b'"')));
+        if !after_element {
+            continue;
+        }
+        let parsed = serde_json::Deserializer::from_slice(&bytes[candidate..]).into_iter::<Json>().next();
+        if let Some(Ok(value)) = parsed
+            && (value.get("Event").is_some() || value.get("System").is_some())
+        {
+            return candidate;
+        }
+    }
+    bytes.len()
 }
 
 /// Skips whitespace and evtx_dump's `Record <n>` lines.
@@ -308,6 +392,7 @@ fn next_object_line(bytes: &[u8], from: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loaded_file::SYNTHETIC_ID_BASE;
 
     fn flat(json: &str) -> (FieldTable, FlatEvent) {
         let mut table = FieldTable::new();
@@ -401,27 +486,85 @@ mod tests {
 
     #[test]
     fn json_lines_pretty_streams_arrays_and_garbage() {
-        let line = r##"{"Event":{"System":{"EventID":1,"EventRecordID":5}}}"##;
-        let jsonl = format!("{line}\n{line}\nnot json at all\n{line}\n");
+        let line = |id: u64| format!(r##"{{"Event":{{"System":{{"EventID":1,"EventRecordID":{id}}}}}}}"##);
+        let jsonl = format!("{}\n{}\nnot json at all\n{}\n", line(5), line(6), line(7));
         let loaded = load_json_bytes("x.jsonl", jsonl.as_bytes());
         assert_eq!(loaded.events.len(), 3);
         assert_eq!(loaded.warnings.len(), 1);
         assert!(loaded.warnings[0].to_string().contains("x.jsonl"), "{}", loaded.warnings[0]);
         assert!(loaded.warnings[0].message.contains("line 3"), "{}", loaded.warnings[0]);
+        assert_eq!(loaded.integrity.lost, 1);
 
         let pretty = "Record 1\n{\n  \"Event\": {\"System\": {\"EventRecordID\": 9}}\n}\n{\"Event\":{\"System\":{}}}";
         let loaded = load_json_bytes("p.json", pretty.as_bytes());
-        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let ids: Vec<u64> = loaded.events.iter().map(|e| e.record_id).collect();
-        assert_eq!(ids, [9, 2], "an event without EventRecordID is named by its position");
+        assert_eq!(ids, [9, SYNTHETIC_ID_BASE], "an event without EventRecordID gets an id no real event has");
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].message.contains("no System.EventRecordID"), "{:?}", loaded.warnings);
 
-        let array = format!("[{line},{line},{{\"other\":1}}]");
+        let array = format!("[{},{},{{\"other\":1}}]", line(1), line(2));
         let loaded = load_json_bytes("a.json", array.as_bytes());
         assert_eq!(loaded.events.len(), 2);
         assert!(loaded.warnings[0].message.contains("not Windows events"));
 
         assert!(load_json_bytes("e.json", b"").events.is_empty());
-        let loaded = load_json_bytes("t.json", &line.as_bytes()[..20]);
+        let loaded = load_json_bytes("t.json", &line(1).as_bytes()[..20]);
         assert!(loaded.events.is_empty() && loaded.warnings.len() == 1);
+    }
+
+    /// Six events, as evtx_dump writes an array of them (pretty-printed, nested arrays inside).
+    fn six_events() -> Vec<String> {
+        (1..=6)
+            .map(|id| format!("{{\n  \"Event\": {{\"System\": {{\"EventID\": 4688, \"EventRecordID\": {id}}},\n    \"EventData\": {{\"Data\": [{{\"#text\": \"a\"}}, {{\"#text\": \"b\"}}]}}}}\n}}"))
+            .collect()
+    }
+
+    #[test]
+    fn a_bad_element_of_an_array_costs_only_itself() {
+        let good = six_events();
+        let bad = r##"{"Event": {"System": {"EventID": 4688, "EventRecordID": 99,}, "EventData": {"Data": [{"#text": "x"}, {"#text": "y"}]}}}"##;
+        for at in 0..=6 {
+            let mut elements = good.clone();
+            elements.insert(at, bad.to_string());
+            let text = format!("[\n{}\n]\n", elements.join(",\n"));
+            let loaded = load_json_bytes("arr.json", text.as_bytes());
+            let ids: Vec<u64> = loaded.events.iter().map(|e| e.record_id).collect();
+            assert_eq!(ids, [1, 2, 3, 4, 5, 6], "bad element at {at}: {:?}", loaded.warnings);
+            assert_eq!(loaded.integrity.lost, 1, "bad element at {at}");
+            assert_eq!(loaded.integrity.recovered, 6 - at as u64, "bad element at {at}");
+            assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+            assert!(loaded.warnings[0].message.contains("invalid JSON at line"), "{:?}", loaded.warnings);
+        }
+        // Two arrays in one file, the first cut short: the second still loads.
+        let text = format!("[{},{}", good[0], &good[1][..30]);
+        let loaded = load_json_bytes("cut.json", format!("{text}\n[{}]", good[2]).as_bytes());
+        let ids: Vec<u64> = loaded.events.iter().map(|e| e.record_id).collect();
+        assert_eq!(ids, [1, 3]);
+    }
+
+    #[test]
+    fn duplicated_lines_are_dropped_and_counted() {
+        let good = six_events().iter().map(|e| e.replace('\n', "")).collect::<Vec<_>>();
+        let text = format!("{}\n{}\n{}\n", good.join("\n"), good[2], good[4]);
+        let loaded = load_json_bytes("dup.jsonl", text.as_bytes());
+        assert_eq!(loaded.events.len(), 6);
+        assert_eq!(loaded.integrity.duplicates, 2);
+        assert!(loaded.warnings.iter().any(|w| w.message.contains("dropped 2 exact duplicate")), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn invented_ids_never_collide_with_real_ones() {
+        // Real ids 1 and 2; two events without one. Today's ordinal naming gave them 1 and 3.
+        let text = r##"{"Event":{"System":{"EventID":1},"EventData":{"I":"a"}}}
+{"Event":{"System":{"EventID":1,"EventRecordID":1}}}
+{"Event":{"System":{"EventID":1},"EventData":{"I":"b"}}}
+{"Event":{"System":{"EventID":1,"EventRecordID":2}}}"##;
+        let loaded = load_json_bytes("ids.jsonl", text.as_bytes());
+        let mut ids: Vec<u64> = loaded.events.iter().map(|e| e.record_id).collect();
+        assert_eq!(ids, [SYNTHETIC_ID_BASE, 1, SYNTHETIC_ID_BASE + 1, 2]);
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 4);
+        assert_eq!(loaded.integrity.without_record_id, 2);
     }
 }

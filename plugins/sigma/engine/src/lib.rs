@@ -14,6 +14,8 @@
 //! - [`diagnostic`]: errors and warnings with file, line and column.
 //! - [`evtx`], [`json_events`]: EVTX and evtx_dump-style JSON / JSON Lines events, flattened to
 //!   Sigma's Windows field names; corrupt input gives warnings, never panics.
+//! - [`loaded_file`]: one parsed file's events and its integrity report (recovered, lost and
+//!   duplicate records, checksums), shared by both loaders.
 //! - [`corpus`]: the event store (one field table, events indexed by (Channel, EventID)) and
 //!   [`cache`]: its versioned, checksummed cache file.
 //! - [`logsource`]: the logsource → events mapping (`configs/windows-logsources.yml`, embedded).
@@ -63,4 +65,5 @@ pub mod corpus;
 pub mod evtx;
 pub mod hunt;
 pub mod json_events;
+pub mod loaded_file;
 pub mod logsource;

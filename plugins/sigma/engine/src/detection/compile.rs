@@ -104,11 +104,42 @@ pub fn compile(rule: &Rule, options: &CompileOptions, resolve: &mut dyn FnMut(&s
     compile_detection(&rule.detection, options, resolve).map_err(|(pos, message)| Diagnostic::error("compile", &rule.origin, Some(pos), message))
 }
 
+/// Most values one detection item (one field with its modifiers) may list. Real rules stay far
+/// below (the longest SigmaHQ lists have a few hundred); the limit keeps compile time and memory
+/// bounded for generated or hostile rules.
+pub const MAX_VALUES_PER_FIELD: usize = 100_000;
+/// Most pattern characters a rule's detection may compile to, after its modifiers expanded the
+/// values (`base64offset` triples them, `windash` gives up to five variants, `wide` doubles…).
+pub const MAX_PATTERN_CHARS: usize = 8 << 20;
+
+/// What is left of a rule's [`MAX_PATTERN_CHARS`] while its items are built.
+pub(crate) struct PatternBudget {
+    left: usize,
+}
+
+impl PatternBudget {
+    pub(crate) fn new() -> Self {
+        PatternBudget { left: MAX_PATTERN_CHARS }
+    }
+
+    fn charge(&mut self, patterns: &[Pattern]) -> Result<(), String> {
+        let chars: usize = patterns.iter().map(|p| p.0.len()).sum();
+        self.left = self.left.checked_sub(chars).ok_or_else(|| {
+            format!(
+                "the detection compiles to more than {MAX_PATTERN_CHARS} pattern characters once its modifiers are applied \
+                 (the limit per rule); split the rule or shorten its value lists"
+            )
+        })?;
+        Ok(())
+    }
+}
+
 pub(crate) fn compile_detection(
     detection: &Detection,
     options: &CompileOptions,
     resolve: &mut dyn FnMut(&str) -> FieldKey,
 ) -> Result<CompiledRule, (Pos, String)> {
+    let mut budget = PatternBudget::new();
     let mut cache: HashMap<String, FieldKey> = HashMap::new();
     let mut fields = Vec::new();
     let mut resolve_once = |name: &str| -> FieldKey {
@@ -122,7 +153,7 @@ pub(crate) fn compile_detection(
     };
     let mut searches = Vec::with_capacity(detection.searches.len());
     for s in &detection.searches {
-        searches.push(compile_body(&s.body, Some(options), &mut resolve_once)?);
+        searches.push(compile_body(&s.body, Some(options), &mut resolve_once, &mut budget)?);
     }
     let names: Vec<&str> = detection.names().collect();
     let condition = Expr::from_condition(&detection.condition, &names);
@@ -135,11 +166,14 @@ fn compile_body(
     body: &SearchBody,
     options: Option<&CompileOptions>,
     resolve: &mut dyn FnMut(&str) -> FieldKey,
+    budget: &mut PatternBudget,
 ) -> Result<CompiledSearch, (Pos, String)> {
     Ok(match body {
-        SearchBody::AllOf(items) => CompiledSearch::AllOf(items.iter().map(|i| build_item(i, options, resolve)).collect::<Result<_, _>>()?),
-        SearchBody::AnyOf(bodies) => CompiledSearch::AnyOf(bodies.iter().map(|b| compile_body(b, options, resolve)).collect::<Result<_, _>>()?),
-        SearchBody::Keyword(item) => CompiledSearch::Item(build_item(item, options, resolve)?),
+        SearchBody::AllOf(items) => CompiledSearch::AllOf(items.iter().map(|i| build_item(i, options, resolve, budget)).collect::<Result<_, _>>()?),
+        SearchBody::AnyOf(bodies) => {
+            CompiledSearch::AnyOf(bodies.iter().map(|b| compile_body(b, options, resolve, budget)).collect::<Result<_, _>>()?)
+        }
+        SearchBody::Keyword(item) => CompiledSearch::Item(build_item(item, options, resolve, budget)?),
     })
 }
 
@@ -395,12 +429,13 @@ impl Cidr {
     }
 }
 
-/// Builds one item. `options` is `None` for the validation pass at parse time: placeholders are
-/// then left unexpanded.
+/// Builds one item, within the rule's `budget`. `options` is `None` for the validation pass at
+/// parse time: placeholders are then left unexpanded.
 pub(crate) fn build_item(
     item: &Item,
     options: Option<&CompileOptions>,
     resolve: &mut dyn FnMut(&str) -> FieldKey,
+    budget: &mut PatternBudget,
 ) -> Result<CompiledItem, (Pos, String)> {
     let mods = &item.modifiers;
     let has = |m: Modifier| mods.contains(&m);
@@ -416,6 +451,11 @@ pub(crate) fn build_item(
         k
     };
     let err = |pos: Pos, msg: String| (pos, format!("'{}': {msg}", key_name()));
+    if let Some(extra) = item.values.get(MAX_VALUES_PER_FIELD) {
+        let message =
+            format!("{} values, over the limit of {MAX_VALUES_PER_FIELD} values per field; split the list over several rules", item.values.len());
+        return Err(err(extra.pos, message));
+    }
     let field = item.field.as_deref().map(&mut *resolve);
 
     let test = if item.values.len() == 1 && item.values[0].kind == RawKind::Null {
@@ -472,6 +512,7 @@ pub(crate) fn build_item(
         let mut per_value = Vec::with_capacity(item.values.len());
         for v in &item.values {
             let patterns = transform(item, v, options).map_err(|e| err(v.pos, e))?;
+            budget.charge(&patterns).map_err(|e| err(v.pos, e))?;
             // The validation pass (no options) only needs the transformation's errors; building
             // matchers cannot fail, so it is skipped there.
             if options.is_some() {

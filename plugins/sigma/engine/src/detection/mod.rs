@@ -150,22 +150,23 @@ pub(crate) fn parse_detection(node: &Node, sink: &mut Sink) -> Option<Detection>
     // Validation pass over every item: catches regex syntax, CIDRs, numbers and value problems
     // now, so a document with them is never returned as valid.
     let mut ok = true;
+    let mut budget = compile::PatternBudget::new();
     for search in &detection.searches {
-        ok &= trial_build(&search.body, sink);
+        ok &= trial_build(&search.body, sink, &mut budget);
     }
     ok.then_some(detection)
 }
 
-fn trial_build(body: &SearchBody, sink: &mut Sink) -> bool {
+fn trial_build(body: &SearchBody, sink: &mut Sink, budget: &mut compile::PatternBudget) -> bool {
     match body {
-        SearchBody::AllOf(items) => items.iter().fold(true, |ok, item| ok & trial_item(item, sink)),
-        SearchBody::AnyOf(bodies) => bodies.iter().fold(true, |ok, b| ok & trial_build(b, sink)),
-        SearchBody::Keyword(item) => trial_item(item, sink),
+        SearchBody::AllOf(items) => items.iter().fold(true, |ok, item| ok & trial_item(item, sink, budget)),
+        SearchBody::AnyOf(bodies) => bodies.iter().fold(true, |ok, b| ok & trial_build(b, sink, budget)),
+        SearchBody::Keyword(item) => trial_item(item, sink, budget),
     }
 }
 
-fn trial_item(item: &Item, sink: &mut Sink) -> bool {
-    match compile::build_item(item, None, &mut |_| crate::event::FieldKey(0)) {
+fn trial_item(item: &Item, sink: &mut Sink, budget: &mut compile::PatternBudget) -> bool {
+    match compile::build_item(item, None, &mut |_| crate::event::FieldKey(0), budget) {
         Ok(_) => true,
         Err((pos, message)) => {
             sink.error("invalid-value", pos, message);

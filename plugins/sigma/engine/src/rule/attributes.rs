@@ -30,10 +30,12 @@ pub(crate) fn string_list(doc: &Node, key: &str, sink: &mut Sink) -> Vec<String>
         }
     };
     let mut out: Vec<String> = Vec::new();
+    // A set, not `out.contains`: the check must stay linear for long (generated) lists.
+    let mut seen = std::collections::HashSet::new();
     for it in items {
         match it.scalar_text() {
             Some(s) if matches!(it.value, NodeValue::String(_)) => {
-                if out.contains(&s) {
+                if !seen.insert(s.clone()) {
                     sink.warning("duplicate-list-item", it.pos, format!("'{key}' lists '{s}' twice"));
                 }
                 out.push(s);
