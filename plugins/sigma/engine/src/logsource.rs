@@ -130,14 +130,16 @@ impl LogsourceMap {
         if self.lookup_index(product, category, service).is_some() {
             return Vec::new();
         }
-        fn known(entries: &[MappingEntry], pick: fn(&MappingEntry) -> &Option<String>) -> Vec<&str> {
+        /// Reads one logsource key (product, category or service) of a mapping entry.
+        type Pick = fn(&MappingEntry) -> &Option<String>;
+        fn known(entries: &[MappingEntry], pick: Pick) -> Vec<&str> {
             let mut v: Vec<&str> = entries.iter().filter_map(|e| pick(e).as_deref()).collect();
             v.sort_unstable();
             v.dedup();
             v
         }
         let mut out = Vec::new();
-        let keys: [(&'static str, Option<&str>, fn(&MappingEntry) -> &Option<String>); 3] =
+        let keys: [(&'static str, Option<&str>, Pick); 3] =
             [("product", product, |e| &e.product), ("category", category, |e| &e.category), ("service", service, |e| &e.service)];
         for (key, value, pick) in keys {
             let Some(value) = value else { continue };
