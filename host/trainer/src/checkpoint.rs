@@ -245,8 +245,15 @@ pub fn verify(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Resolves `path` (see [`resolve`], which verifies the checksums) and loads that checkpoint.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
-    let dir = resolve(path)?;
+    load_resolved(&resolve(path)?, device)
+}
+
+/// Loads a checkpoint directory that [`resolve`] returned, without verifying its checksums a
+/// second time (re-reading a large model's optimizer state twice would double the resume cost).
+pub fn load_resolved(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    let dir = dir.to_path_buf();
     let ctx = |f: &str| format!("checkpoint {}: cannot read {f}", dir.display());
     let state: CheckpointState =
         serde_json::from_slice(&fs::read(dir.join("state.json")).with_context(|| ctx("state.json"))?).with_context(|| ctx("state.json"))?;

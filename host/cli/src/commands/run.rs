@@ -152,7 +152,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         None => {}
     }
     if let Some(ckpt) = &resume_dir {
-        trainer.restore(&checkpoint::load(ckpt, &device)?)?;
+        trainer.restore(&checkpoint::load_resolved(ckpt, &device)?)?;
         if primary {
             eprintln!("resumed from {} at step {}", ckpt.display(), trainer.step());
         }
