@@ -5,7 +5,7 @@
 #   scripts/build.sh --plugins  # only the plugins
 #
 # Outputs: dist/sigmaforge, dist/sigma.wasm, dist/search.wasm, dist/regex-task.wasm
-# (and the test-only hostile and toy-task plugins under dist/test/). Respects CARGO_TARGET_DIR.
+# (and the test-only hostile, future, toy-task and toy-task-v010 plugins under dist/test/). Respects CARGO_TARGET_DIR.
 # Installs the wasm32-wasip2 Rust target with rustup when it is missing.
 set -euo pipefail
 
@@ -26,6 +26,7 @@ test_plugins=(
   "hostile-plugin hostile_plugin hostile.wasm"
   "future-plugin future_plugin future.wasm"
   "toy-task-plugin toy_task_plugin toy-task.wasm"
+  "toy-task-v010 toy_task_v010 toy-task-v010.wasm"
 )
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

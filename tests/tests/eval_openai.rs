@@ -331,7 +331,7 @@ fn eval_over_http_reports_the_prepared_answers_scores() {
     assert!(server.auth.lock().unwrap().iter().all(|a| a.as_deref() == Some("Bearer sk-test-123")));
 
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("| test-model | 0.500 | 66.7% | 66.7% | 0.333 | 33.3% |"), "{md}");
+    assert!(md.contains("| test-model | 0.500 | [") && md.contains("] | 66.7% | 66.7% | 0.333 | 33.3% |"), "{md}");
     let png = std::fs::read(out.join("report.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 2000);
 

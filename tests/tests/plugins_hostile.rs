@@ -161,11 +161,11 @@ fn a_plugin_built_against_another_contract_version_is_refused_naming_both() {
     let wasm = sigmaforge_e2e::wasm_plugin("future-plugin");
     let (code, _, err) = sigmaforge(&["plugin", "inspect", wasm.to_str().unwrap()], None);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("sigmaforge:plugin@0.2.0") && err.contains("sigmaforge:plugin@0.1.0"), "{err}");
+    assert!(err.contains("sigmaforge:plugin@0.2.0") && err.contains("sigmaforge:plugin@0.1.1"), "{err}");
     assert!(err.contains("future_plugin.wasm"), "{err}");
     let (code, _, err) = sigmaforge(&["tool", "--plugins", wasm.to_str().unwrap(), "--call", "{}"], None);
     assert_eq!(code, 2);
-    assert!(err.contains("0.2.0") && err.contains("0.1.0"), "{err}");
+    assert!(err.contains("0.2.0") && err.contains("0.1.1"), "{err}");
 }
 
 #[test]
@@ -192,7 +192,9 @@ fn inspect_reports_world_version_and_components() {
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["world"], "task-plugin");
-    assert_eq!(v["wit_version"], "0.1.0");
+    assert_eq!(v["wit_version"], "0.1.1");
+    assert_eq!(v["host_wit_version"], "0.1.1");
+    assert_eq!(v["references"], false);
     assert_eq!(v["info"]["name"], "hostile");
     assert_eq!(v["components"], json!([["ok", 1.0], ["aux", 0.5]]));
     assert_eq!(v["splits"][0]["split"], "train");

@@ -136,7 +136,7 @@ fn inspect_shows_the_example_plugin() {
     let (code, out, err) = sigmaforge(&["plugin", "inspect", &plugin()], None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("world:       task-plugin"), "{out}");
-    assert!(out.contains("sigmaforge:plugin@0.1.0"), "{out}");
+    assert!(out.contains("sigmaforge:plugin@0.1.1"), "{out}");
     assert!(out.contains("reward:      compiles (weight 0.2)") && out.contains("reward:      accuracy (weight 0.8)"), "{out}");
     assert!(out.contains("split:       train (18 tasks)") && out.contains("split:       test (6 tasks)"), "{out}");
 }

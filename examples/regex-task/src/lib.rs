@@ -7,6 +7,9 @@
 //! * `accuracy`: fraction of the task's strings (shown examples + held-out ones) that the
 //!   anchored regex classifies correctly.
 //!
+//! Reference answers (`references`, for `sigmaforge sft`): a train task's known-good
+//! `solution` in a ```regex fence; test tasks are refused.
+//!
 //! A `reference` task is JSON `{"positive": [...], "negative": [...]}`, so users can score a
 //! regex against their own strings with `sigmaforge score --reference`.
 //! Dependencies: `regex` (the task's own engine; size limits guard against huge programs),
@@ -16,11 +19,12 @@ pub mod task;
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    wit_bindgen::generate!({ path: "../../wit", world: "task-plugin" });
+    wit_bindgen::generate!({ path: "../../wit", world: "reference-task-plugin" });
 
     use std::sync::OnceLock;
 
     use exports::sigmaforge::plugin::plugin::Guest as Plugin;
+    use exports::sigmaforge::plugin::references::Guest as References;
     use exports::sigmaforge::plugin::reward::Guest as Reward;
     use exports::sigmaforge::plugin::tasks::Guest as Tasks;
     use sigmaforge::plugin::host::{Level, config, log};
@@ -129,6 +133,12 @@ mod component {
                 .zip(st.weights)
                 .map(|((name, value, detail), weight)| ComponentScore { name: name.into(), value, weight, detail })
                 .collect())
+        }
+    }
+
+    impl References for RegexPlugin {
+        fn reference_answer(task_id: String) -> Result<Option<String>, String> {
+            task::reference_answer(&state()?.tasks, &task_id)
         }
     }
 

@@ -61,6 +61,16 @@ pub fn user_prompt(t: &RegexTask) -> String {
     )
 }
 
+/// The reference answer of a train task: its known-good solution in the ```regex fence the
+/// system prompt asks for. Test tasks are refused: their answers are never handed out.
+pub fn reference_answer(tasks: &[RegexTask], id: &str) -> Result<Option<String>, String> {
+    let t = tasks.iter().find(|t| t.id == id).ok_or_else(|| format!("unknown task `{id}`"))?;
+    if t.split != "train" {
+        return Err(format!("task `{id}` is in the {} split; only train tasks have reference answers", t.split));
+    }
+    Ok(Some(format!("```regex\n{}\n```", t.solution)))
+}
+
 /// Strings are shown JSON-quoted so spaces, quotes and backslashes are unambiguous.
 fn show(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| s.to_string())
@@ -195,6 +205,23 @@ mod tests {
             assert_eq!(s[0].1, 1.0, "{}: {}", t.id, s[0].2);
             assert_eq!(s[1].1, 1.0, "{}: {}", t.id, s[1].2);
         }
+    }
+
+    #[test]
+    fn train_tasks_have_reference_answers_that_score_full_marks_and_test_tasks_are_refused() {
+        let tasks = load_tasks().unwrap();
+        for t in &tasks {
+            let answer = reference_answer(&tasks, &t.id);
+            if t.split == "train" {
+                let answer = answer.unwrap().unwrap();
+                let (p, n) = all(t);
+                let s = score(&answer, &p, &n);
+                assert_eq!((s[0].1, s[1].1), (1.0, 1.0), "{}: {answer}", t.id);
+            } else {
+                assert!(answer.unwrap_err().contains("test split"), "{}", t.id);
+            }
+        }
+        assert!(reference_answer(&tasks, "nope").unwrap_err().contains("unknown task `nope`"));
     }
 
     #[test]

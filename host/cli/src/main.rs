@@ -32,10 +32,13 @@ enum Command {
     Tool(commands::tool::Args),
     /// Serve rewards over HTTP for other trainers (TRL, verl, OpenRLHF).
     Serve(commands::serve::Args),
-    /// Train a model with GRPO on a task plugin's tasks and rewards.
+    /// Train a model with GRPO on a task plugin's tasks and rewards (after an SFT warm start
+    /// when the config has an `sft:` section).
     Run(commands::run::Args),
+    /// Supervised fine-tuning on a task plugin's reference answers (the warm start before GRPO).
+    Sft(commands::sft::Args),
     /// Evaluate a model (OpenAI-compatible server or local) on a task plugin's tasks.
-    Eval(commands::eval::Args),
+    Eval(Box<commands::eval::Args>),
     /// Combine eval reports into one Markdown table (models as rows).
     EvalCompare(commands::eval::CompareArgs),
 }
@@ -52,7 +55,8 @@ fn main() -> ExitCode {
         Command::Tool(args) => commands::tool::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Run(args) => commands::run::run(args),
-        Command::Eval(args) => commands::eval::run(args),
+        Command::Sft(args) => commands::sft::run(args),
+        Command::Eval(args) => commands::eval::run(*args),
         Command::EvalCompare(args) => commands::eval::run_compare(args),
     };
     match result {

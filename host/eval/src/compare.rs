@@ -26,16 +26,17 @@ fn cost(v: Option<f64>) -> String {
 pub fn markdown_table(reports: &[Report]) -> String {
     let with_tools = reports.iter().any(|r| r.tools.is_some());
     let mut md = String::from(
-        "| Model | Reward | YAML valid | Logsource acc. | IoU | Perfect | p50 latency (s) | p95 latency (s) | Cost/query | Samples | Failed |",
+        "| Model | Reward | Reward 95% CI | YAML valid | Logsource acc. | IoU | Perfect | p50 latency (s) | p95 latency (s) | Cost/query | Samples | Failed |",
     );
     md.push_str(if with_tools { " Tool calls |\n" } else { "\n" });
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    md.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     md.push_str(if with_tools { "---:|\n" } else { "\n" });
     for r in reports {
         md.push_str(&format!(
-            "| {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.model.replace('|', "\\|"),
             r.mean_reward,
+            r.reward_ci95.map_or_else(|| "—".to_string(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]")),
             pct(r.yaml_valid_rate),
             pct(r.logsource_accuracy),
             opt(r.mean_iou, 3),
@@ -87,8 +88,10 @@ mod tests {
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(lines.len(), 4, "{md}");
         assert!(!lines[0].contains("Tool calls"));
-        assert_eq!(lines[2], "| gpt-x | 0.600 | 100.0% | 50.0% | 0.500 | 50.0% | 2.00 | 2.45 | $0.00100 | 2 | 0 |");
-        assert_eq!(lines[3], "| small\\|model | 0.000 | 0.0% | 0.0% | 0.000 | 0.0% | n/a | n/a | n/a | 1 | 1 |");
+        let [lo, hi] = a.reward_ci95.expect("two samples have an interval");
+        assert!(lo <= a.mean_reward && a.mean_reward <= hi, "[{lo}, {hi}]");
+        assert_eq!(lines[2], format!("| gpt-x | 0.600 | [{lo:.3}, {hi:.3}] | 100.0% | 50.0% | 0.500 | 50.0% | 2.00 | 2.45 | $0.00100 | 2 | 0 |"));
+        assert_eq!(lines[3], "| small\\|model | 0.000 | — | 0.0% | 0.0% | 0.000 | 0.0% | n/a | n/a | n/a | 1 | 1 |");
 
         let dir = std::env::temp_dir().join(format!("sf-eval-compare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

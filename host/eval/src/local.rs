@@ -48,8 +48,16 @@ pub struct LocalPolicy {
 }
 
 impl LocalPolicy {
-    /// Loads a Hugging Face model directory or a .gguf file.
+    /// Loads a Hugging Face model directory or a .gguf file; `default` is the default model
+    /// of `sigmaforge run` (SmolLM2-135M-Instruct, fetched on first use).
     pub fn load(path: &Path, opts: &LocalOptions) -> Result<LocalPolicy> {
+        let fetched;
+        let path = if path == Path::new("default") {
+            fetched = sigmaforge_model::load::ensure_default_model(&sigmaforge_model::load::default_models_dir(), |m| eprintln!("{m}"))?;
+            fetched.as_path()
+        } else {
+            path
+        };
         let (device, _) = sigmaforge_model::device::select_device(&opts.device)?;
         let loaded = load_model(path, &LoadOptions { dtype: DType::F32, device, lora: None, seed: opts.seed })
             .with_context(|| format!("cannot load the local model {}", path.display()))?;

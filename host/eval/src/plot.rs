@@ -1,4 +1,5 @@
-//! `report.png`: the reward and its component means as bars (left), latency p50/p95 (right).
+//! `report.png`: the reward and its component means as bars (left), latency p50/p95 (right);
+//! and the comparison of several reports (training stages) as grouped bars.
 
 use std::path::Path;
 
@@ -58,6 +59,70 @@ pub fn plot_report(report: &Report, path: &Path) -> Result<()> {
     let latency = vec![("p50 s".to_string(), report.latency_p50_s.unwrap_or(0.0)), ("p95 s".to_string(), report.latency_p95_s.unwrap_or(0.0))];
     let l_max = latency.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1e-3) * 1.2;
     bars(&right, "latency (answered samples)", &latency, l_max, with_text)?;
+    root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Several reports side by side (e.g. base → SFT → GRPO): for the reward and each component, one
+/// bar per report, in the order given; the reward bars carry their 95 % bootstrap interval.
+pub fn plot_comparison(reports: &[Report], path: &Path) -> Result<()> {
+    let with_text = sigmaforge_trainer::metrics::register_font();
+    let Some(first) = reports.first() else { return Err(anyhow!("no reports to plot")) };
+    let mut groups: Vec<String> = vec!["reward".into()];
+    groups.extend(first.ordered_components().into_iter().map(|(k, _)| k.to_string()));
+    let value = |r: &Report, g: &str| if g == "reward" { r.mean_reward } else { r.components.get(g).copied().unwrap_or(0.0) };
+    let y_max = reports.iter().map(|r| r.reward_ci95.map_or(r.mean_reward, |c| c[1]).max(r.max_reward)).fold(1.0, f64::max) * 1.1;
+    let root = BitMapBackend::new(path, (320 * groups.len() as u32 + 200, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(16);
+    if with_text {
+        let title = format!("{} — {} split, {} tasks each", first.plugin, first.split, first.samples);
+        builder.caption(title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(48);
+    }
+    let mut chart = builder.build_cartesian_2d(0f64..groups.len() as f64, 0f64..y_max).map_err(err)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh().x_labels(0);
+    if with_text {
+        mesh.label_style(("sans-serif", 13));
+    } else {
+        mesh.y_labels(0);
+    }
+    mesh.draw().map_err(err)?;
+    let width = 0.8 / reports.len() as f64;
+    for (ri, r) in reports.iter().enumerate() {
+        let color = Palette99::pick(ri).to_rgba();
+        for (gi, g) in groups.iter().enumerate() {
+            let x0 = gi as f64 + 0.1 + ri as f64 * width;
+            let v = value(r, g).max(0.0);
+            let bar = chart.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled()))).map_err(err)?;
+            if gi == 0 && with_text {
+                bar.label(r.model.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+            }
+            if g == "reward"
+                && let Some([lo, hi]) = r.reward_ci95
+            {
+                let xm = x0 + width * 0.45;
+                chart.draw_series(std::iter::once(PathElement::new(vec![(xm, lo), (xm, hi)], BLACK.stroke_width(2)))).map_err(err)?;
+            }
+            if with_text {
+                let style = TextStyle::from(("sans-serif", 12).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Bottom,
+                ));
+                let top = if g == "reward" { r.reward_ci95.map_or(v, |c| c[1].max(v)) } else { v };
+                chart.draw_series(std::iter::once(Text::new(format!("{v:.2}"), (x0 + width * 0.45, top + y_max * 0.01), style))).map_err(err)?;
+            }
+        }
+    }
+    if with_text {
+        for (gi, g) in groups.iter().enumerate() {
+            let style = TextStyle::from(("sans-serif", 15).into_font())
+                .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Top));
+            chart.draw_series(std::iter::once(Text::new(g.clone(), (gi as f64 + 0.5, 0.0), style))).map_err(err)?;
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 14)).draw().map_err(err)?;
+    }
     root.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use sigmaforge_runtime::{ComponentScore, Message};
 
 use crate::policy::Usage;
 use crate::prices::Prices;
-use crate::stats::{mean, percentile, share};
+use crate::stats::{bootstrap_mean_ci95, mean, percentile, share};
 
 /// One line of `completions.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +114,9 @@ pub struct Report {
     /// Answered samples the plugin could not score (scored 0).
     pub score_errors: usize,
     pub mean_reward: f64,
+    /// 95 % bootstrap interval of `mean_reward` over the samples (2,000 resamples, fixed seed).
+    #[serde(default)]
+    pub reward_ci95: Option<[f64; 2]>,
     /// Highest possible reward (Σ weights), for reading `mean_reward`.
     pub max_reward: f64,
     /// Mean value of each reward component.
@@ -198,6 +201,7 @@ impl Report {
             failed: samples.iter().filter(|s| s.failed).count(),
             score_errors: samples.iter().filter(|s| !s.failed && s.error.is_some()).count(),
             mean_reward: mean(&rewards).unwrap_or(0.0),
+            reward_ci95: bootstrap_mean_ci95(&rewards, 2000, 0x5EED),
             max_reward: ctx.components.iter().map(|(_, w)| w).sum(),
             components,
             component_order: ctx.components.iter().map(|(n, _)| n.clone()).collect(),

@@ -143,17 +143,24 @@ pub fn generate_until(
 
     let device = model.device();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(rows.len() * width);
-    let mut masks: Vec<Vec<u32>> = Vec::with_capacity(rows.len());
-    for &p in &rows {
-        let prompt = &prompts[p];
+    // The prefill runs once per prompt, not once per completion: the G rows of a prompt start
+    // from copies of its KV cache and last logits (a group of G rollouts shares its prompt).
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    let mut prompt_masks: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
         let padding = width - prompt.len();
         ids.extend(std::iter::repeat_n(pad, padding).chain(prompt.iter().copied()));
-        masks.push(std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, prompt.len())).collect());
+        prompt_masks.push(std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, prompt.len())).collect());
     }
     let mut cache = KvCache::new(model.config().num_hidden_layers);
-    let input = Tensor::from_vec(ids, (rows.len(), width), device)?;
-    let mut logits = model.forward_last(&input, &mask_tensor(&masks, device)?, Some(&mut cache), adapters)?;
+    let input = Tensor::from_vec(ids, (prompts.len(), width), device)?;
+    let mut logits = model.forward_last(&input, &mask_tensor(&prompt_masks, device)?, Some(&mut cache), adapters)?;
+    let mut masks: Vec<Vec<u32>> = rows.iter().map(|&p| prompt_masks[p].clone()).collect();
+    if cfg.num_completions > 1 {
+        let copies: Vec<u32> = rows.iter().map(|&p| p as u32).collect();
+        cache.select_rows(&copies)?;
+        logits = logits.index_select(&Tensor::new(copies.as_slice(), device)?, 0)?;
+    }
     // Batch position -> row index, for the rows still generating.
     let mut active: Vec<usize> = (0..rows.len()).collect();
     let t_lp = cfg.logprob_temperature();
@@ -400,6 +407,25 @@ mod tests {
             assert_eq!(r.finish_reason, FinishReason::Stop, "{r:?}");
             assert!(last == 1 || (last >= 4 && last % 2 == 0));
             assert!(r.completion_ids[..r.completion_ids.len() - 1].iter().all(|t| !cfg.stop_token_ids.contains(t) && *t != 1));
+        }
+    }
+
+    #[test]
+    fn a_shared_prefill_gives_the_rollouts_of_separate_prompts() {
+        // G completions of one prompt start from one prefill (copied rows); the same prompt
+        // listed G times is prefilled G times. Same tokens, same log-probs.
+        let (model, tok) = tiny();
+        let cfg = SamplingConfig { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 8, num_completions: 3, stop_token_ids: vec![] };
+        let shared = generate(&model, &tok, &prompts(), &cfg, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        let repeated: Vec<Vec<u32>> = prompts().into_iter().flat_map(|p| std::iter::repeat_n(p, 3)).collect();
+        let one_each = SamplingConfig { num_completions: 1, ..cfg };
+        let separate = generate(&model, &tok, &repeated, &one_each, &mut SamplerRng::new(0), AdapterMode::Enabled).unwrap();
+        assert_eq!(shared.len(), separate.len());
+        for (a, b) in shared.iter().zip(&separate) {
+            assert_eq!(a.completion_ids, b.completion_ids);
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
         }
     }
 

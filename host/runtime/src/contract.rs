@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 /// The WIT package version this host implements (`wit/sigmaforge.wit`).
-pub const HOST_WIT_VERSION: Version = Version { major: 0, minor: 1, patch: 0 };
+pub const HOST_WIT_VERSION: Version = Version { major: 0, minor: 1, patch: 1 };
 /// The WIT package name.
 pub const PACKAGE: &str = "sigmaforge:plugin";
 
@@ -63,6 +63,9 @@ impl fmt::Display for World {
 pub struct Contract {
     pub world: World,
     pub version: Version,
+    /// The component exports `references` (a task plugin of the `reference-task-plugin`
+    /// world, WIT ≥ 0.1.1).
+    pub references: bool,
 }
 
 /// Splits `sigmaforge:plugin/reward@0.1.0` into (`reward`, `0.1.0`).
@@ -110,6 +113,14 @@ pub fn identify(file: &Path, imports: &[String], exports: &[String]) -> Result<C
         );
     }
     let has = |iface: &str| exported.contains(&iface);
+    let references = has("references");
+    if references && !(has("tasks") && has("reward")) {
+        bail!(
+            "{}: exports `{PACKAGE}/references` but not the task interfaces (tasks + reward); `references` only extends a task plugin \
+             (world reference-task-plugin)",
+            file.display()
+        );
+    }
     let world = match (has("tasks") && has("reward"), has("tool")) {
         (true, false) => World::TaskPlugin,
         (false, true) => World::ToolPlugin,
@@ -123,7 +134,7 @@ pub fn identify(file: &Path, imports: &[String], exports: &[String]) -> Result<C
     if !has("plugin") {
         bail!("{}: does not export `{PACKAGE}/plugin` (info, init), which every plugin must", file.display());
     }
-    Ok(Contract { world, version })
+    Ok(Contract { world, version, references })
 }
 
 #[cfg(test)]
@@ -142,7 +153,35 @@ mod tests {
             &names(&["sigmaforge:plugin/plugin@0.1.0", "sigmaforge:plugin/tasks@0.1.0", "sigmaforge:plugin/reward@0.1.0"]),
         )
         .unwrap();
-        assert_eq!(c, Contract { world: World::TaskPlugin, version: HOST_WIT_VERSION });
+        assert_eq!(c, Contract { world: World::TaskPlugin, version: Version { major: 0, minor: 1, patch: 0 }, references: false });
+    }
+
+    #[test]
+    fn a_0_1_1_task_plugin_with_references_is_identified() {
+        let c = identify(
+            Path::new("a.wasm"),
+            &names(&["sigmaforge:plugin/types@0.1.1", "sigmaforge:plugin/host@0.1.1"]),
+            &names(&[
+                "sigmaforge:plugin/plugin@0.1.1",
+                "sigmaforge:plugin/tasks@0.1.1",
+                "sigmaforge:plugin/reward@0.1.1",
+                "sigmaforge:plugin/references@0.1.1",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c, Contract { world: World::TaskPlugin, version: HOST_WIT_VERSION, references: true });
+    }
+
+    #[test]
+    fn references_without_the_task_interfaces_is_refused() {
+        let err = identify(
+            Path::new("odd.wasm"),
+            &names(&["sigmaforge:plugin/host@0.1.1"]),
+            &names(&["sigmaforge:plugin/plugin@0.1.1", "sigmaforge:plugin/tool@0.1.1", "sigmaforge:plugin/references@0.1.1"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("odd.wasm") && err.contains("references") && err.contains("tasks + reward"), "{err}");
     }
 
     #[test]
@@ -154,13 +193,14 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("old.wasm") && err.contains("0.2.0") && err.contains("0.1.0"), "{err}");
+        assert!(err.contains("old.wasm") && err.contains("0.2.0") && err.contains("0.1.1"), "{err}");
     }
 
     #[test]
     fn patch_versions_are_compatible_minor_versions_are_not_below_one() {
         let v = |s| Version::parse(s).unwrap();
         assert!(v("0.1.3").compatible_with(v("0.1.0")));
+        assert!(v("0.1.0").compatible_with(HOST_WIT_VERSION));
         assert!(!v("0.2.0").compatible_with(v("0.1.0")));
         assert!(v("1.4.0").compatible_with(v("1.0.0")));
         assert!(!v("2.0.0").compatible_with(v("1.0.0")));

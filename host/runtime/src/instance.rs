@@ -10,29 +10,44 @@ use std::time::Duration;
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, Trap};
 
-use crate::bindings::{task, tool};
+use crate::bindings::{References, ReferencesIndices, task, tool};
+use crate::contract::{Contract, World};
 use crate::engine::ticks_for;
 use crate::sandbox::{Grants, State};
 
-/// The linked-but-not-instantiated plugin, one per loaded plugin.
+/// The linked-but-not-instantiated plugin, one per loaded plugin: the `InstancePre` and the
+/// export indices looked up once, so each new instance only instantiates and loads them.
 #[derive(Clone)]
 pub enum Pre {
-    Task(task::TaskPluginPre<State>),
+    Task {
+        pre: InstancePre<State>,
+        indices: task::TaskPluginIndices,
+        /// The `references` interface, when the component exports it (WIT ≥ 0.1.1).
+        references: Option<ReferencesIndices>,
+    },
     Tool(tool::ToolPluginPre<State>),
 }
 
 impl Pre {
-    pub fn new(pre: InstancePre<State>, world: crate::contract::World) -> wasmtime::Result<Self> {
-        Ok(match world {
-            crate::contract::World::TaskPlugin => Pre::Task(task::TaskPluginPre::new(pre)?),
-            crate::contract::World::ToolPlugin => Pre::Tool(tool::ToolPluginPre::new(pre)?),
+    pub fn new(pre: InstancePre<State>, contract: &Contract) -> wasmtime::Result<Self> {
+        Ok(match contract.world {
+            World::TaskPlugin => {
+                let indices = task::TaskPluginIndices::new(&pre)?;
+                let references = if contract.references { Some(ReferencesIndices::new(&pre)?) } else { None };
+                Pre::Task { pre, indices, references }
+            }
+            World::ToolPlugin => Pre::Tool(tool::ToolPluginPre::new(pre)?),
         })
     }
 }
 
 /// The instantiated exports of one world.
 pub enum Bindings {
-    Task(task::TaskPlugin),
+    Task {
+        task: task::TaskPlugin,
+        /// Present when the plugin exports `references`.
+        references: Option<References>,
+    },
     Tool(tool::ToolPlugin),
 }
 
@@ -60,7 +75,11 @@ impl Instance {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks_for(init_limit));
         let bindings = match pre {
-            Pre::Task(p) => p.instantiate(&mut store).map(Bindings::Task),
+            Pre::Task { pre, indices, references } => pre.instantiate(&mut store).and_then(|instance| {
+                let task = indices.load(&mut store, &instance)?;
+                let references = references.as_ref().map(|r| r.load(&mut store, &instance)).transpose()?;
+                Ok(Bindings::Task { task, references })
+            }),
             Pre::Tool(p) => p.instantiate(&mut store).map(Bindings::Tool),
         };
         let bindings = match bindings {
@@ -69,7 +88,7 @@ impl Instance {
         };
         let mut inst = Instance { store, bindings, plugin };
         let init = inst.call("init", init_limit, |b, s| match b {
-            Bindings::Task(t) => t.sigmaforge_plugin_plugin().call_init(s),
+            Bindings::Task { task, .. } => task.sigmaforge_plugin_plugin().call_init(s),
             Bindings::Tool(t) => t.sigmaforge_plugin_plugin().call_init(s),
         })?;
         if let Err(msg) = init {

@@ -10,6 +10,10 @@
 //!   worker thread; `init` runs once per instance). A trap, time-limit or memory-cap hit scores
 //!   that completion 0 with a diagnostic and replaces the instance; outputs are validated
 //!   (finite, in [0, 1], one per declared component).
+//! * [`TaskPlugin::reference_answer`] asks a plugin that exports `references` (WIT 0.1.1, world
+//!   `reference-task-plugin`) for a train task's reference answer, on the same pooled,
+//!   time-limited call path; 0.1.0 plugins load too (0.1.x names match as semver-compatible)
+//!   and report [`TaskPlugin::has_references`] false.
 //!
 //! Library choices: wasmtime 48.0.8 + wasmtime-wasi (p2, sync API) are the newest that build
 //! on Rust 1.95 (see wasm-notes); the lean feature set (no component-model-async) cuts

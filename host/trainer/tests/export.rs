@@ -42,7 +42,7 @@ fn merged_and_peft_exports_load_back_and_match_the_trained_model() {
     assert!(d < 1e-4, "merged export differs by {d}");
 
     // PEFT adapter: PEFT key names, and base + adapter reproduces the trained model.
-    let lora_dir = dir.join("export/lora");
+    let lora_dir = dir.join("export/adapter");
     let raw = candle_core::safetensors::load(lora_dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     assert!(raw.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), "{:?}", raw.keys());
     assert!(raw.contains_key("base_model.model.model.layers.1.mlp.gate_proj.lora_B.weight"));

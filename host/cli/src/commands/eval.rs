@@ -36,7 +36,8 @@ pub struct Args {
     /// (default: $SIGMAFORGE_DATA, then ../shared/data).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// `openai:<base_url>#<model>` or `local:<model dir or .gguf>`.
+    /// `openai:<base_url>#<model>` or `local:<model dir or .gguf>` (`local:default`: the
+    /// default model of `run`, SmolLM2-135M-Instruct).
     #[arg(long)]
     policy: String,
     /// The task split to evaluate on.
@@ -107,6 +108,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// The name of this model in the report and in `eval-compare` tables (default: the
+    /// policy's model name), e.g. `base`, `sft`, `sft+grpo`.
+    #[arg(long, value_name = "NAME")]
+    label: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -181,7 +186,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let options =
         EvalOptions { split: args.split.clone(), limit: args.limit, prices, quiet: args.quiet, paraphraser, journal: Some(journal), resumed };
-    let run = run_eval(&task_plugin, policy.as_ref(), toolbox.as_ref(), &options)?;
+    let mut run = run_eval(&task_plugin, policy.as_ref(), toolbox.as_ref(), &options)?;
+    if let Some(label) = &args.label {
+        run.report.model = label.clone();
+    }
     output::write_all(&out_dir, &run.report, &run.samples)?;
 
     let r = &run.report;
@@ -282,6 +290,10 @@ pub struct CompareArgs {
     /// Also write the table to this Markdown file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Also draw the reports side by side (reward with its 95 % interval, and each component)
+    /// into this PNG: e.g. base → SFT → GRPO.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
 }
 
 pub fn run_compare(args: CompareArgs) -> Result<ExitCode> {
@@ -290,6 +302,10 @@ pub fn run_compare(args: CompareArgs) -> Result<ExitCode> {
     print!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(out, &table).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    if let Some(png) = &args.plot {
+        sigmaforge_eval::plot::plot_comparison(&reports, png)?;
+        eprintln!("plot: {}", png.display());
     }
     Ok(ExitCode::SUCCESS)
 }

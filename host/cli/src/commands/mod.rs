@@ -9,5 +9,6 @@ pub mod plugin;
 pub mod run;
 pub mod score;
 pub mod serve;
+pub mod sft;
 pub mod tasks;
 pub mod tool;

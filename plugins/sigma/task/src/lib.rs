@@ -191,17 +191,39 @@ impl SigmaTask {
         }
     }
 
-    fn find(&self, id: &str) -> Result<&ReferenceRule, String> {
-        let key = match id.rsplit_once('#') {
+    /// The reference answer of a train task (`<rule id>#<n>` or the bare rule id): the
+    /// reference rule's `logsource` and `detection` in a ```yaml fence, the output form of
+    /// [`persona::SYSTEM_PROMPT`]. A test-split task is refused (test references are never
+    /// returned), as is an unknown id.
+    pub fn reference_answer(&self, task_id: &str) -> Result<Option<String>, String> {
+        let key = self.rule_key(task_id)?;
+        if let Some(r) = self.train.iter().find(|r| r.key == key) {
+            return Ok(Some(r.answer.clone()));
+        }
+        if self.test_split()?.iter().any(|r| r.key == key) {
+            return Err(format!(
+                "task `{task_id}` is in the test split; reference answers of test tasks are never returned (only train tasks teach)"
+            ));
+        }
+        Err(format!("unknown task id `{task_id}`: no rule `{key}` in the train or test split"))
+    }
+
+    /// The rule key of a task id (`<rule id>#<n>` or the bare rule id), with `n` checked.
+    fn rule_key<'a>(&self, id: &'a str) -> Result<&'a str, String> {
+        match id.rsplit_once('#') {
             Some((key, n)) => {
                 let n: usize = n.parse().map_err(|_| format!("task id `{id}`: `{n}` after '#' is not a request number"))?;
                 if n >= self.config.requests_per_rule {
                     return Err(format!("task id `{id}`: request {n} does not exist (requests_per_rule is {})", self.config.requests_per_rule));
                 }
-                key
+                Ok(key)
             }
-            None => id,
-        };
+            None => Ok(id),
+        }
+    }
+
+    fn find(&self, id: &str) -> Result<&ReferenceRule, String> {
+        let key = self.rule_key(id)?;
         if let Some(r) = self.train.iter().find(|r| r.key == key) {
             return Ok(r);
         }

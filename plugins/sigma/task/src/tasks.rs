@@ -21,6 +21,9 @@ pub struct ReferenceRule {
     pub path: String,
     pub meta: RuleMeta,
     pub reference: Reference,
+    /// The reference answer: the rule's own `logsource` and `detection` blocks in a ```yaml
+    /// fence, the output form [`crate::persona::SYSTEM_PROMPT`] asks for (see [`answer_of`]).
+    pub answer: String,
 }
 
 /// Why a listed rule was left out (logged, not fatal: SigmaHQ has rules the engine can't run
@@ -65,7 +68,54 @@ pub fn reference_from_text(text: &str, origin: &str, hunter: &Hunter<'_>) -> Res
         path: origin.to_string(),
         meta: meta::rule_meta(&rule),
         reference: Reference { logsource: LogsourceKey::of(&rule.logsource), events },
+        answer: answer_of(text),
     })
+}
+
+/// The reference answer of a rule file: its top-level `logsource:` and `detection:` blocks
+/// (each key line with its indented body, in file order, full-line comments dropped), wrapped
+/// as a ```yaml fenced block, exactly the output form the system prompt asks for. Works on the
+/// text, so the rule's own quoting and modifiers survive. Only the first YAML document that
+/// holds a `detection` block is used (a `---` line separates documents).
+pub fn answer_of(rule_text: &str) -> String {
+    let mut body: Vec<&str> = Vec::new();
+    let mut keep = false;
+    for line in rule_text.lines() {
+        if line.starts_with("---") || line.starts_with("...") {
+            if body.iter().any(|l| l.starts_with("detection:")) {
+                break;
+            }
+            body.clear();
+            keep = false;
+            continue;
+        }
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let top_level = !line.trim().is_empty() && !line.starts_with([' ', '\t', '-']);
+        if top_level {
+            trim_blank_tail(&mut body);
+            let key = line.split(':').next().unwrap_or("").trim_end();
+            keep = line.contains(':') && (key == "logsource" || key == "detection");
+        }
+        if keep {
+            body.push(line.trim_end());
+        }
+    }
+    trim_blank_tail(&mut body);
+    let mut out = String::from("```yaml\n");
+    for line in body {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("```");
+    out
+}
+
+fn trim_blank_tail(lines: &mut Vec<&str>) {
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
 }
 
 /// Parses one detection rule, or says why the text is not one: the engine's check, the same
@@ -138,4 +188,26 @@ pub fn check_disjoint(train: &[ReferenceRule], test: &[ReferenceRule]) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_of;
+
+    #[test]
+    fn answer_keeps_logsource_and_detection_and_drops_the_rest() {
+        let rule = "title: x # a title\nid: 1\n# a comment\nlogsource:\n    product: windows\n    # which category\n    category: process_creation\n\
+                    description: |\n    text\ndetection:\n    selection:\n        Image|endswith: '\\cmd.exe'\n\n    filter:\n      - a\n      - '#b'\n    condition: selection and not filter\n\n\
+                    falsepositives:\n    - none\nlevel: high\n";
+        assert_eq!(
+            answer_of(rule),
+            "```yaml\nlogsource:\n    product: windows\n    category: process_creation\ndetection:\n    selection:\n        Image|endswith: '\\cmd.exe'\n\n    filter:\n      - a\n      - '#b'\n    condition: selection and not filter\n```"
+        );
+    }
+
+    #[test]
+    fn answer_uses_the_first_document_with_a_detection_and_keeps_flow_style() {
+        let rule = "action: global\nlogsource: {product: windows}\n---\ndetection: {s: {EventID: 1}, condition: s}\nlogsource_x: y\n---\ndetection: {t: {EventID: 2}, condition: t}\n";
+        assert_eq!(answer_of(rule), "```yaml\ndetection: {s: {EventID: 1}, condition: s}\n```");
+    }
 }

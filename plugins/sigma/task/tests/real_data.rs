@@ -127,3 +127,36 @@ fn event_id_narrowing_never_changes_a_match_set() {
     }
     assert!(pinned > 20, "only {pinned} rules pin their EventIDs");
 }
+
+#[test]
+fn every_train_task_has_a_reference_answer_that_scores_full_marks() {
+    let t = task();
+    let tasks = t.list_tasks("train").unwrap();
+    assert!(tasks.len() >= 34);
+    for task in &tasks {
+        let answer = t.reference_answer(&task.id).unwrap().unwrap_or_else(|| panic!("{}: no reference answer", task.id));
+        assert!(answer.starts_with("```yaml\n") && answer.ends_with("\n```"), "{}: {answer}", task.id);
+        assert!(answer.contains("logsource:") && answer.contains("detection:") && !answer.contains("title:"), "{}: {answer}", task.id);
+        let s = t.score(TaskRef::Id(&task.id), &answer).unwrap();
+        assert!((total(&s) - 1.1).abs() < 1e-9, "{}: {s:#?}", task.id);
+        let iou = s.iter().find(|c| c.name == "iou").unwrap();
+        assert_eq!(iou.value, 1.0, "{}: {}", task.id, iou.detail);
+    }
+    // The bare rule id names the same rule.
+    let r = &t.references("train").unwrap()[0];
+    assert_eq!(t.reference_answer(&r.key).unwrap(), t.reference_answer(&format!("{}#1", r.key)).unwrap());
+}
+
+#[test]
+fn test_tasks_and_unknown_ids_get_no_reference_answer() {
+    let t = task();
+    let tasks = t.list_tasks("test").unwrap();
+    assert!(!tasks.is_empty());
+    for task in &tasks {
+        let e = t.reference_answer(&task.id).unwrap_err();
+        assert!(e.contains("test split") && e.contains("never returned") && e.contains(&task.id), "{e}");
+    }
+    assert!(t.reference_answer("nope#0").unwrap_err().contains("unknown task id `nope#0`"));
+    let r = &t.references("train").unwrap()[0];
+    assert!(t.reference_answer(&format!("{}#99", r.key)).unwrap_err().contains("requests_per_rule"));
+}

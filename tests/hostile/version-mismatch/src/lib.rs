@@ -1,5 +1,5 @@
 //! A tool plugin built against a future contract version (`wit/` here is wit/sigmaforge.wit
-//! with the package version raised to 0.2.0). The host implements 0.1.0 and must refuse it.
+//! with the package version raised to 0.2.0). The host implements 0.1.1 and must refuse it.
 
 wit_bindgen::generate!({ path: "wit", world: "tool-plugin" });
 
