@@ -39,7 +39,8 @@ mkdir -p "$dist" "$dist/test"
 if [[ $only_plugins == 0 ]]; then
   echo "== host: cargo build --release -p sigmaforge"
   cargo build --release -p sigmaforge
-  cp "$target_dir/release/sigmaforge" "$dist/sigmaforge"
+  # Copy then rename: replacing the file in one step works while an older dist/sigmaforge runs.
+  cp "$target_dir/release/sigmaforge" "$dist/.sigmaforge.new" && mv -f "$dist/.sigmaforge.new" "$dist/sigmaforge"
 fi
 
 # simd128 lets memchr/aho-corasick use their wasm SIMD paths (2x-4x on substring search);

@@ -109,7 +109,7 @@ fn a_0_1_0_plugin_still_loads_lists_and_scores_but_has_no_references() {
 }
 
 #[test]
-fn inspect_json_shows_references() {
+fn inspect_shows_references_in_json_and_text() {
     for (package, expected) in [("toy-task-plugin", true), ("toy-task-v010", false)] {
         let wasm = sigmaforge_e2e::wasm_plugin(package);
         let (code, out, err) = sigmaforge_e2e::run_sigmaforge(&["plugin", "inspect", wasm.to_str().unwrap(), "--json"], None);
@@ -117,5 +117,10 @@ fn inspect_json_shows_references() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["references"], expected, "{package}: {v}");
         assert_eq!(v["host_wit_version"], "0.1.1");
+        // The text view says it too.
+        let (code, out, err) = sigmaforge_e2e::run_sigmaforge(&["plugin", "inspect", wasm.to_str().unwrap()], None);
+        assert_eq!(code, 0, "{err}");
+        let line = out.lines().find(|l| l.starts_with("references:")).unwrap_or_else(|| panic!("{package}: no references line in {out}"));
+        assert_eq!(line.contains("yes"), expected, "{package}: {line}");
     }
 }

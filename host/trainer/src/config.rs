@@ -232,9 +232,23 @@ pub struct SftSection {
     /// Clip the global gradient norm to this; 0 disables clipping.
     #[serde(default = "one_f")]
     pub max_grad_norm: f64,
-    /// Reference answers longer than this many tokens are cut (their start is still learned).
+    /// The longest reference answer (in tokens, end-of-turn included) that is trained on.
     #[serde(default = "default_max_answer")]
     pub max_answer_tokens: usize,
+    /// What happens to a longer answer: `truncate` it (the default: its start is still
+    /// learned), or `skip` it (a cut answer never ends, so it can teach a small model to run
+    /// on; skipping trains only on answers that fit, and ending them).
+    #[serde(default)]
+    pub long_answers: LongAnswers,
+}
+
+/// See [`SftSection::long_answers`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongAnswers {
+    #[default]
+    Truncate,
+    Skip,
 }
 
 fn default_sft_batch() -> usize {
@@ -373,7 +387,11 @@ mod tests {
     #[test]
     fn shipped_configs_parse() {
         let d = RunConfig::default_config().unwrap();
-        assert_eq!(d.finetune, FinetuneMode::Lora);
+        // The measured CPU recipe (BENCHMARKS.md, "Training stages"): full fine-tuning, an SFT
+        // stage, and the memory savers that keep both stages under 4 GB.
+        assert_eq!(d.finetune, FinetuneMode::Full);
+        assert!(d.sft.as_ref().is_some_and(|s| s.steps > 0));
+        assert!(d.training.memory.activation_checkpointing && d.training.memory.logits_chunk > 0);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         for entry in std::fs::read_dir(&root).unwrap() {
             let path = entry.unwrap().path();
@@ -429,6 +447,7 @@ mod tests {
     #[test]
     fn lora_mode_needs_a_lora_section() {
         let mut d = RunConfig::default_config().unwrap();
+        d.finetune = FinetuneMode::Lora;
         d.lora = None;
         assert!(d.validate().unwrap_err().to_string().contains("lora"));
     }

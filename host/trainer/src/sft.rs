@@ -21,8 +21,7 @@ use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FORMAT_VERSION};
-use crate::config::{RunConfig, SftSection};
-use crate::grpo;
+use crate::config::{LongAnswers, RunConfig, SftSection};
 use crate::metrics;
 use crate::optim::{AdamW, GradAccumulator, LrSchedule};
 use crate::sampler::TaskSampler;
@@ -112,6 +111,8 @@ pub struct SftTrainer {
     tokenizer: Tokenizer,
     examples: Vec<EncodedExample>,
     task_ids: Vec<String>,
+    /// Reference answers left out for being longer than `sft.max_answer_tokens`.
+    skipped_long: usize,
     optimizer: AdamW,
     schedule: LrSchedule,
     sampler: TaskSampler,
@@ -136,19 +137,33 @@ impl SftTrainer {
             cfg.lora()
         );
         let max_prompt = cfg.generation.max_prompt_tokens;
-        let encoded = examples
-            .iter()
-            .map(|ex| {
-                let e = encode_example(&tokenizer, ex, sft.max_answer_tokens)?;
-                ensure!(
-                    e.prompt.len() <= max_prompt,
-                    "task {}: prompt has {} tokens, more than generation.max_prompt_tokens = {max_prompt}",
-                    ex.task_id,
-                    e.prompt.len()
-                );
-                Ok(e)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (mut encoded, mut task_ids, mut skipped_long) = (Vec::new(), Vec::new(), 0);
+        for ex in examples {
+            let mut e = encode_example(&tokenizer, ex, usize::MAX)?;
+            ensure!(
+                e.prompt.len() <= max_prompt,
+                "task {}: prompt has {} tokens, more than generation.max_prompt_tokens = {max_prompt}",
+                ex.task_id,
+                e.prompt.len()
+            );
+            if e.answer.len() > sft.max_answer_tokens {
+                match sft.long_answers {
+                    LongAnswers::Skip => {
+                        skipped_long += 1;
+                        continue;
+                    }
+                    LongAnswers::Truncate => e.answer.truncate(sft.max_answer_tokens),
+                }
+            }
+            encoded.push(e);
+            task_ids.push(ex.task_id.clone());
+        }
+        ensure!(
+            !encoded.is_empty(),
+            "all {} reference answers are longer than sft.max_answer_tokens = {} tokens and sft.long_answers is skip: raise the limit, or set long_answers: truncate",
+            examples.len(),
+            sft.max_answer_tokens
+        );
         let params = model.trainable_vars();
         ensure!(!params.is_empty(), "the model has no trainable parameters");
         let optimizer = AdamW::new(params, cfg.optimizer.adamw)?;
@@ -162,8 +177,9 @@ impl SftTrainer {
         std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
         Ok(Self {
             sampler: TaskSampler::new(encoded.len(), cfg.training.seed),
-            task_ids: examples.iter().map(|e| e.task_id.clone()).collect(),
+            task_ids,
             examples: encoded,
+            skipped_long,
             cfg,
             sft,
             model,
@@ -202,8 +218,24 @@ impl SftTrainer {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+    /// The examples trained on (reference answers that fit `sft.max_answer_tokens`).
     pub fn examples(&self) -> usize {
         self.examples.len()
+    }
+    /// Reference answers left out for being longer than `sft.max_answer_tokens`.
+    pub fn skipped_long(&self) -> usize {
+        self.skipped_long
+    }
+    /// A line for the log when answers were left out, naming the key that decides it.
+    pub fn skipped_note(&self) -> Option<String> {
+        (self.skipped_long > 0).then(|| {
+            format!(
+                "{} of {} reference answers are longer than sft.max_answer_tokens = {} and are left out (sft.long_answers: truncate keeps their start)",
+                self.skipped_long,
+                self.skipped_long + self.examples.len(),
+                self.sft.max_answer_tokens
+            )
+        })
     }
     /// The trained model, for the stage that follows (GRPO in `sigmaforge run`).
     pub fn into_model(self) -> (CausalLm, Tokenizer) {
@@ -249,8 +281,35 @@ impl SftTrainer {
         let logits = self.model.logits(&h, AdapterMode::Enabled)?.to_dtype(DType::F32)?;
         let top1 = logits.argmax(D::Minus1)?;
         let hits = to_f64(&(top1.eq(&batch.targets)?.to_dtype(DType::F32)? * &batch.mask)?.sum_all()?)?;
-        let (logp, _) = grpo::token_logprobs(&logits, &batch.targets, 1.0)?;
-        Ok((logp, hits))
+        Ok((answer_token_logprobs(&logits, &batch.targets)?, hits))
+    }
+
+    /// One micro-batch's gradient with the memory savers of `training.memory` (the same ones
+    /// GRPO uses): layer-by-layer recompute and the vocabulary projection a chunk of answer
+    /// positions at a time, so the `[n, C, vocab]` logits never exist at once. Same gradient
+    /// as the plain path. Returns the micro-batch's share of the step loss and its top-1 hits.
+    fn bounded_micro_batch(&self, batch: &MicroBatch, denominator: f64, acc: &mut GradAccumulator) -> Result<(f64, f64)> {
+        let (mut loss_sum, mut hits) = (0.0, 0.0);
+        let params = self.optimizer.params();
+        self.model.backward_bounded(
+            &batch.input_ids,
+            &batch.attention_mask,
+            AdapterMode::Enabled,
+            (batch.prompt_width - 1, batch.completion_width),
+            self.cfg.training.memory,
+            |logits, range| {
+                let logits = logits.to_dtype(DType::F32)?;
+                let targets = batch.targets.narrow(1, range.start, range.len())?;
+                let mask = batch.mask.narrow(1, range.start, range.len())?;
+                hits += to_f64(&(logits.argmax(D::Minus1)?.eq(&targets)?.to_dtype(DType::F32)? * &mask)?.sum_all()?)?;
+                let logp = answer_token_logprobs(&logits, &targets)?;
+                let loss = ((logp * &mask)?.sum_all()? * (-1.0 / denominator))?;
+                loss_sum += to_f64(&loss)?;
+                Ok(loss)
+            },
+            |grads, _segment_end| acc.add(grads, params),
+        )?;
+        Ok((loss_sum, hits))
     }
 
     /// One optimizer step over `sft.batch_size` examples (gradients accumulated over
@@ -263,16 +322,21 @@ impl SftTrainer {
         let denominator = answer_tokens.max(1) as f64;
         let mut acc = GradAccumulator::new(self.optimizer.params().len());
         let (mut loss_sum, mut correct) = (0.0, 0.0);
+        let memory = self.cfg.training.memory;
         for chunk in indices.chunks(self.sft.micro_batch_size) {
             let batch = self.micro_batch(chunk)?;
-            let (logp, hits) = self.answer_logprobs(&batch)?;
-            let loss = ((logp * &batch.mask)?.sum_all()? * (-1.0 / denominator))?;
-            let value = to_f64(&loss)?;
+            let (value, hits) = if memory.enabled() {
+                self.bounded_micro_batch(&batch, denominator, &mut acc)?
+            } else {
+                let (logp, hits) = self.answer_logprobs(&batch)?;
+                let loss = ((logp * &batch.mask)?.sum_all()? * (-1.0 / denominator))?;
+                let grads = loss.backward()?;
+                acc.add(&grads, self.optimizer.params())?;
+                (to_f64(&loss)?, hits)
+            };
             ensure!(value.is_finite(), "sft step {}: the loss is {value} (task ids {})", self.step + 1, self.describe(chunk));
             loss_sum += value;
             correct += hits;
-            let grads = loss.backward()?;
-            acc.add(&grads, self.optimizer.params())?;
         }
         if !self.coverage_checked {
             let missing = acc.missing(self.optimizer.params());
@@ -380,6 +444,15 @@ impl SftTrainer {
         }
         Ok(())
     }
+}
+
+/// `log p(target)` per position `[n, c]` from logits `[n, c, vocab]` (with the graph). Unlike
+/// [`crate::grpo::token_logprobs`] no entropy is computed: SFT has no use for it and it costs an
+/// `exp` over the whole vocabulary.
+fn answer_token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let idx = targets.to_dtype(DType::U32)?.contiguous()?.unsqueeze(2)?;
+    Ok(logsm.gather(&idx, D::Minus1)?.squeeze(2)?)
 }
 
 /// The run directory of the SFT stage of `sigmaforge run` (`<run>/sft`).

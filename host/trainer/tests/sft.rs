@@ -176,3 +176,55 @@ fn a_config_without_an_sft_section_or_examples_is_refused() {
     let err = SftTrainer::new(cfg, model, chatml_byte_tokenizer().unwrap(), &[], &temp_run_dir("sft-empty")).err().unwrap();
     assert!(format!("{err:#}").contains("no examples"), "{err:#}");
 }
+
+#[test]
+fn the_memory_savers_give_the_weights_and_metrics_of_the_plain_update() {
+    // `training.memory` (layer-by-layer recompute, chunked logits) must change only the peak
+    // memory of an SFT step, never what it learns: full and LoRA, 3 steps each.
+    for lora in ["", "finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [q_proj, v_proj, down_proj] }"] {
+        let plain_cfg = sft_config(&format!("sft: {{ steps: 3 }}\n{lora}"));
+        let bounded_cfg =
+            sft_config(&format!("sft: {{ steps: 3 }}\ntraining: {{ memory: {{ activation_checkpointing: true, logits_chunk: 2 }} }}\n{lora}"));
+        assert!(bounded_cfg.training.memory.enabled() && !plain_cfg.training.memory.enabled());
+        let (plain_dir, bounded_dir) = (temp_run_dir("sft-plain"), temp_run_dir("sft-bounded"));
+        let mut plain = trainer(&plain_cfg, &plain_dir);
+        let mut bounded = trainer(&bounded_cfg, &bounded_dir);
+        for _ in 0..3 {
+            let (p, b) = (plain.train_step().unwrap(), bounded.train_step().unwrap());
+            assert!((p.loss - b.loss).abs() <= 1e-5 * p.loss.abs().max(1.0), "loss {} vs {}", p.loss, b.loss);
+            assert!((p.grad_norm - b.grad_norm).abs() <= 1e-4 * p.grad_norm.max(1.0), "grad norm {} vs {}", p.grad_norm, b.grad_norm);
+            assert!((p.token_accuracy - b.token_accuracy).abs() <= 0.05, "token accuracy {} vs {}", p.token_accuracy, b.token_accuracy);
+        }
+        let vars = |t: &SftTrainer| -> Vec<(String, Vec<f32>)> {
+            let mut v: Vec<_> =
+                t.model().trainable_vars().into_iter().map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        for ((name, wa), (_, wb)) in vars(&plain).iter().zip(&vars(&bounded)) {
+            let max = wa.iter().zip(wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(max <= 1e-5, "{name} differs by {max} between the plain and the bounded update ({lora:?})");
+        }
+        for d in [plain_dir, bounded_dir] {
+            std::fs::remove_dir_all(d).ok();
+        }
+    }
+}
+
+#[test]
+fn answers_longer_than_the_limit_are_left_out_or_cut_as_configured() {
+    // Byte tokens: "quack" + <|im_end|> is 6 tokens, every other answer at most 5.
+    let dir = temp_run_dir("sft-long");
+    let skip = trainer(&sft_config("sft: { max_answer_tokens: 5, long_answers: skip }"), &dir);
+    assert_eq!((skip.examples(), skip.skipped_long()), (5, 1));
+    let note = skip.skipped_note().unwrap();
+    assert!(note.contains("1 of 6") && note.contains("sft.max_answer_tokens = 5"), "{note}");
+    let cut = trainer(&sft_config("sft: { max_answer_tokens: 5 }"), &dir);
+    assert_eq!((cut.examples(), cut.skipped_long()), (6, 0));
+    assert!(cut.skipped_note().is_none());
+    let cfg = sft_config("sft: { max_answer_tokens: 2, long_answers: skip }");
+    let model = CausalLm::random(&model_config(), None, 1, DType::F32, &Device::Cpu).unwrap();
+    let err = SftTrainer::new(cfg, model, chatml_byte_tokenizer().unwrap(), &toy_examples(), &dir).err().unwrap();
+    assert!(format!("{err:#}").contains("all 6 reference answers are longer than sft.max_answer_tokens = 2"), "{err:#}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use sigmaforge_runtime::{LoadedPlugin, PluginConfig, PluginSet, PluginsConfig, Runtime, RuntimeOptions, TaskPlugin, ToolPlugin};
+use sigmaforge_runtime::{LoadedPlugin, PluginConfig, PluginSet, PluginsConfig, Runtime, RuntimeOptions, TaskPlugin, ToolPlugin, World};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,6 +46,10 @@ fn inspect(file: &Path, data: Option<&Path>, json: bool) -> Result<ExitCode> {
         println!("file:        {} ({} bytes, sha256 {})", report.file.display(), report.size_bytes, report.sha256);
         println!("world:       {}", report.world);
         println!("wit version: sigmaforge:plugin@{} (host: {})", report.wit_version, report.host_wit_version);
+        if report.world != World::ToolPlugin {
+            let answers = if report.references { "yes (sigmaforge sft can train on them)" } else { "no (sigmaforge sft cannot use this plugin)" };
+            println!("references:  {answers}");
+        }
         if let Some(info) = &report.info {
             println!("plugin:      {} {} - {}", info.name, info.version, info.description);
         }

@@ -259,6 +259,9 @@ fn sft_stage(cfg: &RunConfig, model: CausalLm, tokenizer: Tokenizer, plugin: &Ta
         eprintln!("sft stage: resumed from {} at step {}", ckpt.display(), trainer.step());
     }
     eprintln!("sft stage: {} steps on {} reference answers of plugin `{}`; files in {}", total, trainer.examples(), plugin.name(), stage.display());
+    if let Some(note) = trainer.skipped_note() {
+        eprintln!("sft stage: {note}");
+    }
     let summary = trainer.run(true, None)?;
     if let (Some(a), Some(b)) = (&summary.first, &summary.last) {
         eprintln!("sft stage: loss {:.3} → {:.3}, token accuracy {:.3} → {:.3}", a.loss, b.loss, a.token_accuracy, b.token_accuracy);

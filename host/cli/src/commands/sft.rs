@@ -98,6 +98,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         task_plugin.name(),
         run_dir.display()
     );
+    if let Some(note) = trainer.skipped_note() {
+        eprintln!("note: {note}");
+    }
     let summary = trainer.run(true, None)?;
     if let (Some(a), Some(b)) = (&summary.first, &summary.last) {
         eprintln!(
