@@ -28,7 +28,7 @@ use crate::sampler::TaskSampler;
 use crate::train::{MicroBatch, Sample, to_f64};
 use sigmaforge_model::export;
 use sigmaforge_model::load::{ChatMessage, Tokenizer};
-use sigmaforge_model::model::{AdapterMode, CausalLm};
+use sigmaforge_model::model::{AdapterMode, CausalLm, token_logprobs};
 
 /// One supervised example: a task's prompt and its reference answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,8 +248,8 @@ impl SftTrainer {
         let (mut nll, mut correct, mut tokens) = (0.0, 0.0, 0.0);
         for chunk in indices.chunks(self.sft.micro_batch_size) {
             let batch = self.micro_batch(chunk)?;
-            let (logp, hits) = self.answer_logprobs(&batch)?;
-            nll -= to_f64(&(logp.detach() * &batch.mask)?.sum_all()?)?;
+            let (loss, hits) = answer_loss(&self.answer_logits(&batch)?, &batch.targets, &batch.mask, 1.0)?;
+            nll += to_f64(&loss)?;
             correct += hits;
             tokens += to_f64(&batch.mask.sum_all()?)?;
         }
@@ -273,15 +273,12 @@ impl SftTrainer {
         MicroBatch::build(&samples, self.tokenizer.pad_token_id(), self.model.device())
     }
 
-    /// Log-probs of the answer tokens `[n, C]` (with the graph) and how many answer tokens are
-    /// the top-1 prediction.
-    fn answer_logprobs(&self, batch: &MicroBatch) -> Result<(Tensor, f64)> {
+    /// The logits `[n, C, vocab]` (f32, with the graph) at the positions that predict the
+    /// answer tokens.
+    fn answer_logits(&self, batch: &MicroBatch) -> Result<Tensor> {
         let hidden = self.model.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Enabled)?;
         let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
-        let logits = self.model.logits(&h, AdapterMode::Enabled)?.to_dtype(DType::F32)?;
-        let top1 = logits.argmax(D::Minus1)?;
-        let hits = to_f64(&(top1.eq(&batch.targets)?.to_dtype(DType::F32)? * &batch.mask)?.sum_all()?)?;
-        Ok((answer_token_logprobs(&logits, &batch.targets)?, hits))
+        Ok(self.model.logits(&h, AdapterMode::Enabled)?.to_dtype(DType::F32)?)
     }
 
     /// One micro-batch's gradient with the memory savers of `training.memory` (the same ones
@@ -298,12 +295,10 @@ impl SftTrainer {
             (batch.prompt_width - 1, batch.completion_width),
             self.cfg.training.memory,
             |logits, range| {
-                let logits = logits.to_dtype(DType::F32)?;
                 let targets = batch.targets.narrow(1, range.start, range.len())?;
                 let mask = batch.mask.narrow(1, range.start, range.len())?;
-                hits += to_f64(&(logits.argmax(D::Minus1)?.eq(&targets)?.to_dtype(DType::F32)? * &mask)?.sum_all()?)?;
-                let logp = answer_token_logprobs(&logits, &targets)?;
-                let loss = ((logp * &mask)?.sum_all()? * (-1.0 / denominator))?;
+                let (loss, chunk_hits) = answer_loss(&logits.to_dtype(DType::F32)?, &targets, &mask, denominator)?;
+                hits += chunk_hits;
                 loss_sum += to_f64(&loss)?;
                 Ok(loss)
             },
@@ -328,8 +323,7 @@ impl SftTrainer {
             let (value, hits) = if memory.enabled() {
                 self.bounded_micro_batch(&batch, denominator, &mut acc)?
             } else {
-                let (logp, hits) = self.answer_logprobs(&batch)?;
-                let loss = ((logp * &batch.mask)?.sum_all()? * (-1.0 / denominator))?;
+                let (loss, hits) = answer_loss(&self.answer_logits(&batch)?, &batch.targets, &batch.mask, denominator)?;
                 let grads = loss.backward()?;
                 acc.add(&grads, self.optimizer.params())?;
                 (to_f64(&loss)?, hits)
@@ -446,13 +440,14 @@ impl SftTrainer {
     }
 }
 
-/// `log p(target)` per position `[n, c]` from logits `[n, c, vocab]` (with the graph). Unlike
-/// [`crate::grpo::token_logprobs`] no entropy is computed: SFT has no use for it and it costs an
-/// `exp` over the whole vocabulary.
-fn answer_token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let idx = targets.to_dtype(DType::U32)?.contiguous()?.unsqueeze(2)?;
-    Ok(logsm.gather(&idx, D::Minus1)?.squeeze(2)?)
+/// The SFT loss of some answer positions, `-Σ mask · log p(target) / denominator` (a scalar with
+/// the graph), and how many of them have the target as the top-1 prediction. `logits` are
+/// `[n, c, vocab]`, `targets` and `mask` `[n, c]`; the plain update calls it once per
+/// micro-batch, the bounded one once per logits chunk.
+fn answer_loss(logits: &Tensor, targets: &Tensor, mask: &Tensor, denominator: f64) -> Result<(Tensor, f64)> {
+    let hits = to_f64(&(logits.argmax(D::Minus1)?.eq(targets)?.to_dtype(DType::F32)? * mask)?.sum_all()?)?;
+    let logp = token_logprobs(logits, targets)?;
+    Ok((((logp * mask)?.sum_all()? * (-1.0 / denominator))?, hits))
 }
 
 /// The run directory of the SFT stage of `sigmaforge run` (`<run>/sft`).
