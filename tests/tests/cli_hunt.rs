@@ -104,6 +104,35 @@ fn the_cache_is_written_then_reused_and_a_damaged_cache_is_rebuilt() {
     std::fs::remove_dir_all(&work).ok();
 }
 
+/// A rule set that reads only Sysmon events leaves the EVTX files without a Sysmon record
+/// unparsed, and still reports what a hunt over every parsed event (the cache path) reports.
+#[test]
+fn evtx_files_of_channels_no_rule_reads_are_not_parsed_and_change_nothing() {
+    let data = sigmaforge_data::for_tests();
+    let rule = data.join("sigma/rules/windows/image_load/image_load_susp_unsigned_dll.yml");
+    let events = data.join("evtx");
+    let work = temp_dir("channels");
+    let cache = work.join("corpus.cache");
+    let base = ["--json", "--rules", rule.to_str().unwrap(), "--events", events.to_str().unwrap()];
+    let (code, pruned, err) = hunt(&base);
+    assert_eq!(code, 0, "{err}");
+    let summary = err.lines().find(|l| l.starts_with("events:")).unwrap_or_else(|| panic!("no summary in {err}"));
+    let unread: usize = summary
+        .split("; ")
+        .find_map(|part| part.strip_suffix(" files hold no channel these rules read and were not parsed"))
+        .unwrap_or_else(|| panic!("no unread files in: {summary}"))
+        .parse()
+        .unwrap();
+    assert!(unread > 100, "{summary}");
+    // With a cache every file is parsed (the cache must hold every event).
+    let (code, full, err) = hunt(&[&base[..], &["--cache", cache.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("were not parsed"), "{err}");
+    assert!(!json_lines(&full).is_empty(), "the image_load rule fires on the corpus");
+    assert_eq!(pruned, full);
+    std::fs::remove_dir_all(&work).ok();
+}
+
 #[test]
 fn missing_events_is_a_usage_error() {
     let (rule, _) = fixture();

@@ -20,8 +20,8 @@ use serde_json::json;
 use sigma_engine::CompileOptions;
 use sigma_engine::cache::{CacheError, SourceStamp};
 use sigma_engine::check::check_file;
-use sigma_engine::corpus::{Corpus, SourceFile, collect_event_files, load_event_file};
-use sigma_engine::hunt::{Hunter, RuleSet};
+use sigma_engine::corpus::{ChannelFilter, Corpus, SourceFile, collect_event_files, load_event_file_if};
+use sigma_engine::hunt::{Hunter, Passes, RuleSet};
 
 use super::hunt_report::{Format, Report, Selection, Summary};
 
@@ -61,6 +61,11 @@ pub struct Args {
     threads: Option<usize>,
 }
 
+/// From this many rules on, the literal index pays for its pass over all events.
+const MIN_RULES_FOR_INDEX: usize = 16;
+/// Events per parallel scan task.
+const SCAN_CHUNK: u32 = 2048;
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let started = Instant::now();
     if let Some(n) = args.threads {
@@ -85,7 +90,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("no event files found under {}", args.events.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let loading = Instant::now();
-    let corpus = load_corpus(&sources, args.cache.as_deref())?;
+    // Without a cache, EVTX files of channels no rule reads are not parsed at all (a cache must
+    // hold every event, so it is written from all files).
+    let channels = if args.cache.is_none() { map.channels_of(rules.rules.iter().map(|r| &r.rule.logsource)) } else { None };
+    let filter = channels.as_deref().and_then(ChannelFilter::new);
+    let (corpus, unread) = load_corpus(&sources, args.cache.as_deref(), filter.as_ref())?;
     let load_time = loading.elapsed();
     report_damaged_files(&corpus, args.json);
 
@@ -93,18 +102,35 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // hunt, so they match nothing and the few rules that use them still run their other selections.
     let hunter = Hunter::new(&corpus, &map, CompileOptions::for_events());
     let bar = progress(rules.rules.len() as u64, "rules");
-    let evaluated: Vec<_> = rules
-        .rules
-        .par_iter()
-        .map(|r| {
-            let prepared = hunter.prepare(&r.rule);
-            let matches = prepared.as_ref().map(|p| hunter.evaluate(p)).unwrap_or_default();
-            bar.inc(1);
-            (prepared, matches)
-        })
-        .collect();
+    let prepared: Vec<_> = rules.rules.par_iter().map(|r| hunter.prepare(&r.rule)).collect();
+    let matches: Vec<Vec<u32>> = if prepared.len() >= MIN_RULES_FOR_INDEX {
+        // Many rules: one literal pass over the events finds, per rule, the few events worth
+        // testing (the pass costs about what a dozen rules cost without it).
+        let index = hunter.index(&prepared.iter().map(|p| p.as_ref().ok()).collect::<Vec<_>>());
+        let n = corpus.len() as u32;
+        let ranges: Vec<_> = (0..n).step_by(SCAN_CHUNK as usize).map(|start| start..(start + SCAN_CHUNK).min(n)).collect();
+        let mut passes = Passes::default();
+        for p in ranges.into_par_iter().map(|r| hunter.scan(&index, r)).collect::<Vec<_>>() {
+            passes.append(p);
+        }
+        prepared
+            .par_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                bar.inc(1);
+                p.as_ref().map(|p| hunter.evaluate_indexed(p, &index, &passes, i)).unwrap_or_default()
+            })
+            .collect()
+    } else {
+        prepared
+            .par_iter()
+            .map(|p| {
+                bar.inc(1);
+                p.as_ref().map(|p| hunter.evaluate(p)).unwrap_or_default()
+            })
+            .collect()
+    };
     bar.finish_and_clear();
-    let (prepared, matches): (Vec<_>, Vec<_>) = evaluated.into_iter().unzip();
     let outcome = hunter.finish(&rules, &prepared, matches);
     for s in &outcome.skipped {
         eprintln!("skipped: {}: {}: {}", s.file, s.title, s.reason);
@@ -130,8 +156,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     drop(out);
 
-    let summary =
-        Summary { rules: &rules, outcome: &outcome, corpus: &corpus, files: sources.len(), matches: total, load_time, total_time: started.elapsed() };
+    let summary = Summary {
+        rules: &rules,
+        outcome: &outcome,
+        corpus: &corpus,
+        files: sources.len(),
+        unread,
+        matches: total,
+        load_time,
+        total_time: started.elapsed(),
+    };
     if args.json || args.csv {
         eprintln!("{summary}");
     } else {
@@ -171,14 +205,15 @@ fn report_damaged_files(corpus: &Corpus, json: bool) {
 
 /// Loads the corpus from the cache when it is fresh, else parses the files (in parallel) and,
 /// with a cache path, writes the cache for next time.
-fn load_corpus(sources: &[SourceFile], cache: Option<&Path>) -> Result<Corpus> {
+/// Also says how many files `filter` left unread.
+fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&ChannelFilter>) -> Result<(Corpus, usize)> {
     let stamps = match cache {
         Some(_) => sources.iter().map(SourceStamp::of).collect::<std::io::Result<Vec<_>>>().context("reading event file metadata")?,
         None => Vec::new(),
     };
     if let Some(path) = cache {
         match Corpus::read_cache(path, Some(&stamps)) {
-            Ok(corpus) => return Ok(corpus),
+            Ok(corpus) => return Ok((corpus, 0)),
             Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => eprintln!("note: cache {}: {e}; parsing the event files again", path.display()),
         }
@@ -187,14 +222,15 @@ fn load_corpus(sources: &[SourceFile], cache: Option<&Path>) -> Result<Corpus> {
     let loaded: Vec<_> = sources
         .par_iter()
         .map(|s| {
-            let l = load_event_file(s);
+            let l = load_event_file_if(s, filter);
             bar.inc(1);
             l
         })
         .collect();
     bar.finish_and_clear();
+    let unread = loaded.iter().filter(|l| l.is_none()).count();
     let mut builder = Corpus::builder();
-    for l in loaded {
+    for l in loaded.into_iter().flatten() {
         builder.add(l);
     }
     let (corpus, warnings) = builder.finish();
@@ -207,7 +243,7 @@ fn load_corpus(sources: &[SourceFile], cache: Option<&Path>) -> Result<Corpus> {
             Err(e) => eprintln!("warning: could not write the cache {}: {e}", path.display()),
         }
     }
-    Ok(corpus)
+    Ok((corpus, unread))
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {

@@ -302,6 +302,8 @@ pub struct Summary<'a> {
     pub outcome: &'a HuntOutcome,
     pub corpus: &'a Corpus,
     pub files: usize,
+    /// Files left unread because they hold no channel the rules read.
+    pub unread: usize,
     pub matches: usize,
     pub load_time: Duration,
     pub total_time: Duration,
@@ -321,7 +323,10 @@ impl std::fmt::Display for Summary<'_> {
             self.rules.failed_files,
             self.outcome.skipped.len()
         )?;
-        write!(f, "events:  {} from {} files (loaded in {:.2?})", self.corpus.len(), self.files, self.load_time)?;
+        write!(f, "events:  {} from {} files (loaded in {:.2?})", self.corpus.len(), self.files - self.unread, self.load_time)?;
+        if self.unread > 0 {
+            write!(f, "; {} files hold no channel these rules read and were not parsed", self.unread)?;
+        }
         let damaged = self.corpus.damaged_files();
         if !damaged.is_empty() {
             let total = |count: fn(&sigma_engine::corpus::FileIntegrity) -> u64| damaged.iter().map(count).sum::<u64>();

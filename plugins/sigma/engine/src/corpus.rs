@@ -95,12 +95,60 @@ pub fn load_event_file(source: &SourceFile) -> LoadedFile {
             return loaded;
         }
     };
+    load_bytes(source, bytes)
+}
+
+fn load_bytes(source: &SourceFile, bytes: Vec<u8>) -> LoadedFile {
     let format =
         EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") { EventFormat::Evtx } else { EventFormat::Json });
     match format {
         EventFormat::Evtx => crate::evtx::load_evtx_bytes(&source.name, bytes),
         EventFormat::Json => crate::json_events::load_json_bytes(&source.name, &bytes),
     }
+}
+
+/// Which EVTX files can be left unread because no rule can match their events: a file none of
+/// whose bytes spell one of the wanted channel names cannot hold a record of those channels.
+///
+/// Why the test is exact: an EVTX chunk is self-contained (its records' templates and strings
+/// live in the chunk), and a record's Channel is stored as UTF-16LE text there (ANSI strings are
+/// searched too, in case a writer used them). Names are compared without ASCII case, as the
+/// logsource index compares channels lowercased.
+pub struct ChannelFilter {
+    names: aho_corasick::AhoCorasick,
+}
+
+impl ChannelFilter {
+    /// A filter for these channels (lowercase); `None` when a name is not ASCII (the byte test
+    /// only folds ASCII case) or there are none to look for.
+    pub fn new(channels: &[String]) -> Option<ChannelFilter> {
+        if channels.is_empty() || channels.iter().any(|c| c.is_empty() || !c.is_ascii()) {
+            return None;
+        }
+        let mut needles: Vec<Vec<u8>> = channels.iter().map(|c| c.encode_utf16().flat_map(u16::to_le_bytes).collect()).collect();
+        needles.extend(channels.iter().map(|c| c.as_bytes().to_vec()));
+        let names = aho_corasick::AhoCorasick::builder().ascii_case_insensitive(true).build(&needles).ok()?;
+        Some(ChannelFilter { names })
+    }
+
+    /// Whether the file must be read: it may hold events of a wanted channel, or it is not an
+    /// intact EVTX file (JSON events may spell channels any way; a damaged file is read so that
+    /// its damage is reported).
+    pub fn may_hold(&self, source: &SourceFile, bytes: &[u8]) -> bool {
+        let format =
+            EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") { EventFormat::Evtx } else { EventFormat::Json });
+        format != EventFormat::Evtx || self.names.is_match(bytes) || !crate::evtx::is_intact(bytes)
+    }
+}
+
+/// [`load_event_file`], except that an EVTX file `filter` rules out is not parsed (`None`).
+pub fn load_event_file_if(source: &SourceFile, filter: Option<&ChannelFilter>) -> Option<LoadedFile> {
+    let Some(filter) = filter else { return Some(load_event_file(source)) };
+    let bytes = match std::fs::read(&source.path) {
+        Ok(b) => b,
+        Err(_) => return Some(load_event_file(source)),
+    };
+    filter.may_hold(source, &bytes).then(|| load_bytes(source, bytes))
 }
 
 /// The sentinel key of field names no event in the corpus has: no event holds it, so a rule that

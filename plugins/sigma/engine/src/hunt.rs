@@ -13,13 +13,15 @@
 //! (Channel, EventID) index picks them before any field is read.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 
 use crate::check::{CheckedFile, check_text, keep_valid};
 use crate::corpus::Corpus;
 use crate::detection::compile::{CompileOptions, CompiledRule, compile};
 use crate::event::FieldKey;
 use crate::logsource::{LogsourceMap, describe_logsource};
+pub use crate::prefilter::Passes;
+use crate::prefilter::Prefilter;
 use crate::rule::{Correlation, CorrelationType, Document, Filter, Rule, apply_filter};
 
 /// A rule ready to run: one compiled detection per logsource variant.
@@ -154,6 +156,49 @@ impl<'a> Hunter<'a> {
         for ((entry, variant, compiled), narrowed) in rule.units.iter().zip(&rule.narrowed) {
             let candidates = narrowed.as_ref().unwrap_or(&self.candidates[*entry][*variant]);
             out.extend(candidates.iter().copied().filter(|&i| compiled.matches(&events[i as usize])));
+        }
+        if rule.units.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+
+    /// A literal index over `rules` (in order; `None` for a rule that did not compile), so that
+    /// [`Hunter::evaluate_indexed`] runs each rule only on events that contain one of its
+    /// literals. See [`crate::prefilter`].
+    pub fn index(&self, rules: &[Option<&PreparedRule>]) -> RuleIndex {
+        let mut offsets = Vec::with_capacity(rules.len());
+        let mut units: Vec<&CompiledRule> = Vec::new();
+        for rule in rules {
+            offsets.push(units.len());
+            units.extend(rule.iter().flat_map(|r| r.units.iter().map(|(_, _, c)| c)));
+        }
+        RuleIndex { prefilter: Prefilter::new(units.into_iter().map(Some)), offsets }
+    }
+
+    /// Runs the corpus events in `events` through `index` (all events: `0..corpus().len()`).
+    pub fn scan(&self, index: &RuleIndex, events: Range<u32>) -> Passes {
+        index.prefilter.scan(&self.corpus, events)
+    }
+
+    /// [`Hunter::evaluate`] for the rule at `position` of the indexed rules, on only the
+    /// candidates the index passed. Gives exactly `evaluate`'s result.
+    pub fn evaluate_indexed(&self, rule: &PreparedRule, index: &RuleIndex, passes: &Passes, position: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        let events = self.corpus.events();
+        let first = index.offsets[position];
+        for (k, ((entry, variant, compiled), narrowed)) in rule.units.iter().zip(&rule.narrowed).enumerate() {
+            let candidates = narrowed.as_ref().unwrap_or(&self.candidates[*entry][*variant]);
+            let matches = |i: &u32| compiled.matches(&events[*i as usize]);
+            match passes.of(first + k) {
+                None => out.extend(candidates.iter().copied().filter(matches)),
+                // Walk the shorter list and look its events up in the longer one.
+                Some(passed) if passed.len() <= candidates.len() => {
+                    out.extend(passed.iter().copied().filter(|i| candidates.binary_search(i).is_ok() && matches(i)))
+                }
+                Some(passed) => out.extend(candidates.iter().copied().filter(|i| passed.binary_search(i).is_ok() && matches(i))),
+            }
         }
         if rule.units.len() > 1 {
             out.sort_unstable();
@@ -306,7 +351,10 @@ impl<'a> Hunter<'a> {
     /// ascending within a rule.
     pub fn hunt(&self, rules: &RuleSet) -> HuntOutcome {
         let prepared: Vec<Result<PreparedRule, String>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
-        let matches: Vec<Vec<u32>> = prepared.iter().map(|p| p.as_ref().map(|p| self.evaluate(p)).unwrap_or_default()).collect();
+        let index = self.index(&prepared.iter().map(|p| p.as_ref().ok()).collect::<Vec<_>>());
+        let passes = self.scan(&index, 0..self.corpus.len() as u32);
+        let matches: Vec<Vec<u32>> =
+            prepared.iter().enumerate().map(|(i, p)| p.as_ref().map(|p| self.evaluate_indexed(p, &index, &passes, i)).unwrap_or_default()).collect();
         self.finish(rules, &prepared, matches)
     }
 
@@ -390,6 +438,20 @@ fn intersect_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
         }
     }
     out
+}
+
+/// A literal index over prepared rules: see [`Hunter::index`].
+pub struct RuleIndex {
+    prefilter: Prefilter,
+    /// Per rule: the number of its first unit (compiled logsource variant) in the prefilter.
+    offsets: Vec<usize>,
+}
+
+impl RuleIndex {
+    /// How many compiled units (rule × logsource variant) have a literal set, of how many.
+    pub fn filtered_units(&self) -> (usize, usize) {
+        (self.prefilter.filtered_units(), self.prefilter.units())
+    }
 }
 
 /// A rule that could not run, and why.
@@ -548,6 +610,56 @@ mod tests {
         let out = h.hunt(&rules(WHOAMI));
         let ids: Vec<u64> = out.rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1, 2]);
+    }
+
+    /// The literal index only skips events a rule cannot match: for rules whose literal sets come
+    /// from `and`, `or`, keywords, `cased`, `all` and absent fields, and rules without one (`not`,
+    /// regex, a non-ASCII cased value), one indexed hunt gives each rule's unindexed result.
+    #[test]
+    fn the_literal_index_never_changes_what_a_rule_matches() {
+        let c = corpus(&[
+            sysmon1(1, "C:\\\\Windows\\\\System32\\\\whoami.exe", "2020-01-01T00:00:00Z", "NT AUTHORITY\\\\SYSTEM"),
+            sec4688(2, "C:\\\\Windows\\\\System32\\\\WHOAMI.EXE"),
+            sysmon1(3, "C:\\\\Tools\\\\Äpfel.exe", "2020-01-01T00:00:01Z", "admin"),
+            sysmon1(4, "C:\\\\Windows\\\\cmd.exe", "2020-01-01T00:00:02Z", "Administrator"),
+            sec4688(5, "C:\\\\x\\\\net.exe"),
+        ]);
+        let rule = |n: usize, detection: &str| {
+            format!("title: r{n}\nlogsource: {{product: windows, category: process_creation}}\ndetection:\n{detection}\n")
+        };
+        let texts = [
+            rule(0, "  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel"),
+            rule(1, "  sel:\n    Image|endswith: 'cmd.exe'\n  condition: not sel"),
+            rule(2, "  keywords:\n    - 'WHOAMI'\n  condition: keywords"),
+            rule(3, "  sel:\n    Image|cased|contains: 'Äpfel'\n  condition: sel"),
+            rule(4, "  sel:\n    Image|re: '.*\\\\(cmd|net)\\.exe'\n  sel2:\n    User|contains: 'ADM'\n  condition: sel and sel2"),
+            rule(5, "  sel:\n    Image|re: '.*net.*'\n  sel2:\n    User|contains: 'adm'\n  condition: sel or sel2"),
+            rule(6, "  sel:\n    NoSuchField: 'x'\n  condition: sel"),
+            rule(7, "  sel:\n    Image|contains|all: ['windows', 'system32']\n  condition: sel"),
+            rule(8, "  sel:\n    Image|cased|endswith: '\\WHOAMI.EXE'\n  condition: sel"),
+            rule(9, "  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel"),
+        ];
+        let set = rules(&texts.join("---\n"));
+        assert_eq!(set.rules.len(), texts.len());
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let prepared: Vec<PreparedRule> = set.rules.iter().map(|r| h.prepare(&r.rule).unwrap()).collect();
+        let index = h.index(&prepared.iter().map(Some).collect::<Vec<_>>());
+        // Two variants per rule; rules 1, 3, 4 (the Sysmon side has a literal via sel2 only),
+        // 5 have none on some variant.
+        let (filtered, units) = index.filtered_units();
+        assert_eq!(units, 2 * texts.len());
+        assert!(filtered >= 12, "only {filtered} of {units} units have literals");
+        // Scanned in two ranges, as the CLI does in parallel.
+        let mut passes = h.scan(&index, 0..2);
+        passes.append(h.scan(&index, 2..c.len() as u32));
+        let ids = |events: &[u32]| events.iter().map(|&i| c.event(i).record_id).collect::<Vec<_>>();
+        let indexed: Vec<Vec<u64>> = prepared.iter().enumerate().map(|(i, p)| ids(&h.evaluate_indexed(p, &index, &passes, i))).collect();
+        let plain: Vec<Vec<u64>> = prepared.iter().map(|p| ids(&h.evaluate(p))).collect();
+        assert_eq!(indexed, plain);
+        let expected: [&[u64]; 10] = [&[1, 2], &[1, 2, 3, 5], &[1, 2], &[3], &[4], &[3, 4, 5], &[], &[1, 2], &[2], &[1, 2]];
+        assert_eq!(indexed, expected.map(|e| e.to_vec()).to_vec());
+        assert_eq!(h.hunt(&set).rule_matches.iter().map(|m| ids(m)).collect::<Vec<_>>(), plain);
     }
 
     /// Sysmon's IntegrityLevel "High" is 4688's MandatoryLabel S-1-16-12288 (sigma-spec.md I3).

@@ -67,3 +67,4 @@ pub mod hunt;
 pub mod json_events;
 pub mod loaded_file;
 pub mod logsource;
+pub mod prefilter;

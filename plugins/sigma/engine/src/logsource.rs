@@ -112,6 +112,27 @@ impl LogsourceMap {
         self.lookup_index(product, category, service).map(|i| &self.entries[i])
     }
 
+    /// The channels (lowercase) that rules with these logsources can read, or `None` when one of
+    /// them can read any channel (a variant without a Channel condition). A logsource without
+    /// an entry reads nothing (its rule cannot run) and adds no channel.
+    pub fn channels_of<'r>(&self, logsources: impl IntoIterator<Item = &'r crate::rule::Logsource>) -> Option<Vec<String>> {
+        let mut seen = vec![false; self.entries.len()];
+        let mut out: Vec<String> = Vec::new();
+        for ls in logsources {
+            let Some(i) = self.lookup_index(ls.product.as_deref(), ls.category.as_deref(), ls.service.as_deref()) else { continue };
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            for variant in &self.entries[i].variants {
+                let channel = variant.conditions.iter().find(|c| c.field == "Channel")?;
+                out.extend(channel.values.iter().cloned());
+            }
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
+    }
+
     /// Like [`LogsourceMap::lookup`], giving the entry's position in [`LogsourceMap::entries`].
     pub fn lookup_index(&self, product: Option<&str>, category: Option<&str>, service: Option<&str>) -> Option<usize> {
         let same = |a: &Option<String>, b: Option<&str>| match (a.as_deref(), b) {

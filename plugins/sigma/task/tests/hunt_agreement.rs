@@ -130,3 +130,36 @@ fn all_of_star_with_an_underscore_selection_matches_what_hunt_matches() {
     assert!(n > 0);
     assert_eq!(iou_counts(&scores.iter().find(|c| c.name == "iou").unwrap().detail), (n, n, n));
 }
+
+/// `sigmaforge hunt` with many rules runs them through one literal index (each rule then reads
+/// only events holding one of its literals); over every SigmaHQ rule and the real corpus, each
+/// rule's indexed matches are its matches without the index.
+#[test]
+fn one_indexed_hunt_over_every_sigmahq_rule_gives_each_rule_its_own_matches() {
+    let t = task();
+    let hunter = t.hunter();
+    let root = sigmaforge_data::for_tests().join("sigma");
+    let checked: Vec<_> = ["rules", "rules-emerging-threats", "rules-threat-hunting"]
+        .iter()
+        .flat_map(|d| sigma_engine::rule_files(&root.join(d)).unwrap())
+        .map(|f| check_file(&f, &CompileOptions::default()))
+        .collect();
+    let set = RuleSet::from_checked(checked);
+    let prepared: Vec<_> = set.rules.iter().map(|r| hunter.prepare(&r.rule).ok()).collect();
+    let index = hunter.index(&prepared.iter().map(Option::as_ref).collect::<Vec<_>>());
+    let (filtered, units) = index.filtered_units();
+    assert!(filtered * 10 >= units * 8, "only {filtered} of {units} compiled rule variants have a literal set");
+    let passes = hunter.scan(&index, 0..t.corpus().len() as u32);
+    let (mut firing, mut differ) = (0, Vec::new());
+    for (i, p) in prepared.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let plain = hunter.evaluate(p);
+        firing += usize::from(!plain.is_empty());
+        if hunter.evaluate_indexed(p, &index, &passes, i) != plain {
+            differ.push(set.rules[i].file.clone());
+        }
+    }
+    eprintln!("{} rules, {filtered} of {units} variants indexed, {firing} fire", set.rules.len());
+    assert!(firing > 200, "only {firing} rules fire");
+    assert!(differ.is_empty(), "{} rules match differently with the index: {differ:?}", differ.len());
+}

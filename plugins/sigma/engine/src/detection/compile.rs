@@ -81,6 +81,47 @@ impl CompiledRule {
     }
 }
 
+/// Where a [`RequiredLiteral`] must occur: one field's values, or (for keywords) any value.
+pub type LiteralField = Option<FieldKey>;
+
+/// A literal (lowercase) that must occur in the lowercased text of a field's value for a
+/// detection to match: see [`CompiledRule::required_literals`].
+pub type RequiredLiteral<'a> = (LiteralField, &'a str);
+
+impl CompiledRule {
+    /// Literals of which at least one occurs in every event the detection matches, each in the
+    /// lowercased text ([`Value::lower`]) of some value of its field (of any field for `None`):
+    /// a set an index can test for many rules at once (one Aho-Corasick pass per field value)
+    /// before any rule runs. `None` when some way of matching needs no literal (a regex, a
+    /// number comparison, `not`, an absent field, a `*` value, ...). For an `and`, the most
+    /// selective side's set is kept; for an `or`, the union of every side's.
+    pub fn required_literals(&self) -> Option<Vec<RequiredLiteral<'_>>> {
+        self.condition.literals(&self.searches)
+    }
+}
+
+/// How selective a literal set looks: its shortest literal (longer is rarer), then fewer
+/// literals. Field literals beat keywords, which every value of an event is searched for.
+fn selectivity(set: &[RequiredLiteral<'_>]) -> (usize, usize, std::cmp::Reverse<usize>) {
+    let shortest = set.iter().map(|(_, l)| l.len()).min().unwrap_or(0).min(12);
+    let on_fields = set.iter().all(|(f, _)| f.is_some()) as usize;
+    (shortest, on_fields, std::cmp::Reverse(set.len()))
+}
+
+/// The literal set of an `and`: the most selective side's (any side's set is necessary).
+fn best_of<'a>(sets: impl Iterator<Item = Option<Vec<RequiredLiteral<'a>>>>) -> Option<Vec<RequiredLiteral<'a>>> {
+    sets.flatten().max_by_key(|s| selectivity(s))
+}
+
+/// The literal set of an `or`: every side's, or `None` when some side has none.
+fn all_of<'a>(sets: impl Iterator<Item = Option<Vec<RequiredLiteral<'a>>>>) -> Option<Vec<RequiredLiteral<'a>>> {
+    let mut out = Vec::new();
+    for s in sets {
+        out.extend(s?);
+    }
+    Some(out)
+}
+
 /// Intersection of optional value sets (`None` = unconstrained).
 fn intersect(a: Option<Vec<String>>, b: Option<Vec<String>>) -> Option<Vec<String>> {
     match (a, b) {
@@ -193,6 +234,14 @@ impl CompiledSearch {
         }
     }
 
+    fn literals(&self) -> Option<Vec<RequiredLiteral<'_>>> {
+        match self {
+            CompiledSearch::AllOf(items) => best_of(items.iter().map(CompiledItem::literals)),
+            CompiledSearch::AnyOf(v) => all_of(v.iter().map(CompiledSearch::literals)),
+            CompiledSearch::Item(i) => i.literals(),
+        }
+    }
+
     fn eval(&self, event: &Event) -> bool {
         match self {
             CompiledSearch::AllOf(items) => items.iter().all(|i| i.eval(event)),
@@ -230,6 +279,15 @@ impl Expr {
             Expr::Not(_) => None,
             Expr::And(v) => v.iter().map(|e| e.required(searches, key)).fold(None, intersect),
             Expr::Or(v) => union(v.iter().map(|e| e.required(searches, key))),
+        }
+    }
+
+    fn literals<'a>(&self, searches: &'a [CompiledSearch]) -> Option<Vec<RequiredLiteral<'a>>> {
+        match self {
+            Expr::Search(i) => searches[*i].literals(),
+            Expr::Not(_) => None,
+            Expr::And(v) => best_of(v.iter().map(|e| e.literals(searches))),
+            Expr::Or(v) => all_of(v.iter().map(|e| e.literals(searches))),
         }
     }
 
@@ -332,6 +390,26 @@ impl CompiledItem {
             (Test::Strings { any, cased: false }, Some(k), false) if k == key => {
                 any.exact_values().map(|v| v.into_iter().map(str::to_string).collect())
             }
+            _ => None,
+        }
+    }
+
+    /// See [`CompiledRule::required_literals`]: only plain (not negated) string tests have them.
+    fn literals(&self) -> Option<Vec<RequiredLiteral<'_>>> {
+        if self.negate {
+            return None;
+        }
+        // `cased` values are matched against the original text; an ASCII literal found there
+        // is also found, lowercased, in the lowercased text. Other cased literals are left out.
+        let usable = |cased: bool, l: &str| !cased || l.is_ascii();
+        let field = self.field;
+        fn of(any: &AnyOf, cased: bool, field: LiteralField, usable: impl Fn(bool, &str) -> bool) -> Option<Vec<RequiredLiteral<'_>>> {
+            let lits = any.required_literals()?;
+            lits.into_iter().map(|l| usable(cased, l).then_some((field, l))).collect()
+        }
+        match &self.test {
+            Test::Strings { any, cased } => of(any, *cased, field, usable),
+            Test::StringsAll { each, cased } => best_of(each.iter().map(|a| of(a, *cased, field, usable))),
             _ => None,
         }
     }

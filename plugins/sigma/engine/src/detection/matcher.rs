@@ -97,6 +97,29 @@ impl StrMatcher {
     }
 }
 
+impl StrMatcher {
+    /// A literal that every text this matcher accepts contains (the longest one it knows), or
+    /// `None` when it accepts texts without a common literal (`*`, the empty value, a regex).
+    pub fn required_literal(&self) -> Option<&str> {
+        let lit = match self {
+            StrMatcher::Any | StrMatcher::Regex(_) => return None,
+            StrMatcher::Exact(s) | StrMatcher::Prefix(s) | StrMatcher::Suffix(s) => &**s,
+            StrMatcher::Contains(f) => std::str::from_utf8(f.needle()).ok()?,
+            StrMatcher::Glob(g) => {
+                let mut best: &str = &g.prefix;
+                for m in &g.middles {
+                    let m = std::str::from_utf8(m.needle()).ok()?;
+                    if m.len() > best.len() {
+                        best = m;
+                    }
+                }
+                if g.suffix.len() > best.len() { &g.suffix } else { best }
+            }
+        };
+        (!lit.is_empty()).then_some(lit)
+    }
+}
+
 /// A `*` glob: the middles are found in order, without overlapping, between prefix and suffix.
 #[derive(Clone, Debug)]
 pub struct Glob {
@@ -240,6 +263,8 @@ fn without_redundant_needles(needles: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 #[derive(Clone, Debug)]
 pub struct AnyOf {
     contains: Option<AhoCorasick>,
+    /// The automaton's needles (the automaton does not give them back).
+    needles: Vec<Box<str>>,
     /// Long lists of exact values (hashes, user names, …) as one hash lookup.
     exact: Option<HashSet<Box<str>>>,
     others: Vec<StrMatcher>,
@@ -268,7 +293,7 @@ impl AnyOf {
         };
         let n_contains = matchers.iter().filter(|m| matches!(m, StrMatcher::Contains(_))).count();
         if n_contains < AHO_CORASICK_MIN {
-            return AnyOf { contains: None, exact, others: matchers };
+            return AnyOf { contains: None, needles: Vec::new(), exact, others: matchers };
         }
         let mut needles: Vec<Vec<u8>> = Vec::new();
         let mut others = Vec::new();
@@ -282,10 +307,14 @@ impl AnyOf {
         // A contiguous NFA builds several times faster than the DFA the builder would pick for
         // short lists and searches nearly as fast; build time matters when loading 3,000 rules.
         match AhoCorasick::builder().kind(Some(AhoCorasickKind::ContiguousNFA)).build(&needles) {
-            Ok(ac) => AnyOf { contains: Some(ac), exact, others },
+            Ok(ac) => {
+                // Needles come from `&str` patterns, so they are UTF-8.
+                let needles = needles.into_iter().map(|n| String::from_utf8_lossy(&n).into()).collect();
+                AnyOf { contains: Some(ac), needles, exact, others }
+            }
             Err(_) => {
                 others.extend(needles.iter().map(|n| StrMatcher::Contains(Box::new(Finder::new(n).into_owned()))));
-                AnyOf { contains: None, exact, others }
+                AnyOf { contains: None, needles: Vec::new(), exact, others }
             }
         }
     }
@@ -302,6 +331,23 @@ impl AnyOf {
                 StrMatcher::Exact(s) => out.push(s),
                 _ => return None,
             }
+        }
+        Some(out)
+    }
+
+    /// Literals of which every text this set accepts contains at least one (one per value), or
+    /// `None` when some value accepts texts without a literal (`*`, an empty value, a regex).
+    /// Lets a caller skip texts that contain none of them without running the matchers.
+    pub fn required_literals(&self) -> Option<Vec<&str>> {
+        let mut out: Vec<&str> = self.needles.iter().map(|n| &**n).collect();
+        for e in self.exact.iter().flatten() {
+            if e.is_empty() {
+                return None;
+            }
+            out.push(e);
+        }
+        for m in &self.others {
+            out.push(m.required_literal()?);
         }
         Some(out)
     }

@@ -93,6 +93,17 @@ impl Records<'_> {
     }
 }
 
+/// Whether `bytes` are a whole, undamaged EVTX file: a valid header, every announced chunk
+/// present with matching checksums. Only such a file may be left unread by a filter, so that a
+/// damaged file is always read and reported.
+pub fn is_intact(bytes: &[u8]) -> bool {
+    let Some(header) = EvtxFileHeader::from_bytes(bytes).ok().filter(|h| h.validate_checksum()) else { return false };
+    let announced = u64::from(header.chunk_count);
+    let complete = bytes.len().saturating_sub(FILE_HEADER_SIZE) / CHUNK_SIZE;
+    (complete as u64) >= announced
+        && (0..).map_while(|n| ChunkSlot::read(bytes, n)).filter(|s| !(s.is_blank() && s.number >= announced)).all(|s| s.is_intact())
+}
+
 fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool) {
     let header = EvtxFileHeader::from_bytes(&bytes).ok();
     let slots: Vec<ChunkSlot> = (0..).map_while(|n| ChunkSlot::read(&bytes, n)).collect();

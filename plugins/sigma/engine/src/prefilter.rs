@@ -1,0 +1,161 @@
+//! A literal index over many rules: which events could each rule match, found in one pass over
+//! the events instead of one pass per rule.
+//!
+//! Most detections can only match an event whose field values contain one of a few literals
+//! (`Image|endswith: '\whoami.exe'` needs `\whoami.exe` in `Image`; see
+//! [`CompiledRule::required_literals`]). The index merges the literals of every rule into one
+//! Aho-Corasick automaton per field (and one for keywords), runs each event's values through
+//! them once, and records, per rule, the events where one of its literals occurred. A rule then
+//! runs only on those events. A rule without such a literal set runs on all its candidates, as
+//! before, so the index never changes a result, only how many events each rule touches.
+//!
+//! The pass is split by event range ([`Prefilter::scan`]) so that a caller with threads (the
+//! CLI) can scan ranges in parallel and [`Passes::append`] the results in order.
+
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+use crate::corpus::ABSENT_FIELD;
+use crate::corpus::Corpus;
+use crate::detection::compile::{CompiledRule, LiteralField};
+use crate::event::FieldKey;
+
+/// One automaton over the literals of one field (or of keywords), with the units each literal
+/// belongs to.
+struct FieldScan {
+    automaton: AhoCorasick,
+    /// Per pattern id: the units that need this literal.
+    units: Vec<Vec<u32>>,
+}
+
+/// The merged literal sets of many compiled detections ("units"), numbered in the order given.
+pub struct Prefilter {
+    /// Indexed by `FieldKey.0`.
+    by_field: Vec<Option<FieldScan>>,
+    keywords: Option<FieldScan>,
+    /// Per unit: whether it has a literal set (else it runs on every candidate).
+    filtered: Vec<bool>,
+}
+
+/// Per unit: the events (ascending) where one of its literals occurred, or `None` for a unit
+/// without literals.
+#[derive(Debug, Default)]
+pub struct Passes {
+    lists: Vec<Option<Vec<u32>>>,
+}
+
+impl Passes {
+    /// Appends the passes of the next event range (ranges must be appended in order).
+    pub fn append(&mut self, next: Passes) {
+        if self.lists.is_empty() {
+            self.lists = next.lists;
+            return;
+        }
+        for (mine, theirs) in self.lists.iter_mut().zip(next.lists) {
+            if let (Some(m), Some(t)) = (mine.as_mut(), theirs) {
+                m.extend(t);
+            }
+        }
+    }
+
+    /// The events unit `unit` may match (ascending), or `None` when it was not filtered.
+    pub fn of(&self, unit: usize) -> Option<&[u32]> {
+        self.lists[unit].as_deref()
+    }
+}
+
+impl Prefilter {
+    /// Builds the index over `units` (one compiled detection each; `None` for a unit that must
+    /// run everywhere).
+    pub fn new<'a>(units: impl IntoIterator<Item = Option<&'a CompiledRule>>) -> Prefilter {
+        // (field, lowercase literal) -> units, in first-seen order.
+        let mut literals: Vec<(LiteralField, String, Vec<u32>)> = Vec::new();
+        let mut seen: std::collections::HashMap<(LiteralField, String), usize> = std::collections::HashMap::new();
+        let mut filtered = Vec::new();
+        for (unit, rule) in units.into_iter().enumerate() {
+            let set = rule.and_then(CompiledRule::required_literals);
+            filtered.push(set.is_some());
+            for (field, literal) in set.into_iter().flatten() {
+                // Uncased literals are lowercase already; cased ones are ASCII (see
+                // `required_literals`), so ASCII lowercasing matches `Value::lower`.
+                let key = (field, literal.to_ascii_lowercase());
+                let at = *seen.entry(key.clone()).or_insert_with(|| {
+                    literals.push((key.0, key.1, Vec::new()));
+                    literals.len() - 1
+                });
+                let units = &mut literals[at].2;
+                if units.last() != Some(&(unit as u32)) {
+                    units.push(unit as u32);
+                }
+            }
+        }
+        let mut grouped: std::collections::BTreeMap<LiteralField, (Vec<String>, Vec<Vec<u32>>)> = Default::default();
+        for (field, literal, units) in literals {
+            let g = grouped.entry(field).or_default();
+            g.0.push(literal);
+            g.1.push(units);
+        }
+        let mut by_field: Vec<Option<FieldScan>> = Vec::new();
+        let mut keywords = None;
+        for (field, (patterns, units)) in grouped {
+            // Overlapping search needs the standard match semantics.
+            let automaton = AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .build(&patterns)
+                .expect("literal automaton: the patterns are bounded by the rules' own limits");
+            let scan = FieldScan { automaton, units };
+            match field {
+                None => keywords = Some(scan),
+                // No event has the field, so its literals never occur: leave them out.
+                Some(ABSENT_FIELD) => {}
+                Some(FieldKey(k)) => {
+                    let k = k as usize;
+                    if by_field.len() <= k {
+                        by_field.resize_with(k + 1, || None);
+                    }
+                    by_field[k] = Some(scan);
+                }
+            }
+        }
+        Prefilter { by_field, keywords, filtered }
+    }
+
+    /// How many units the index was built over.
+    pub fn units(&self) -> usize {
+        self.filtered.len()
+    }
+
+    /// How many units have a literal set.
+    pub fn filtered_units(&self) -> usize {
+        self.filtered.iter().filter(|f| **f).count()
+    }
+
+    /// Runs the events in `events` through the index.
+    pub fn scan(&self, corpus: &Corpus, events: Range<u32>) -> Passes {
+        let mut lists: Vec<Option<Vec<u32>>> = self.filtered.iter().map(|f| f.then(Vec::new)).collect();
+        // The last event each unit was recorded for, so a unit is recorded once per event.
+        let mut last: Vec<u32> = vec![u32::MAX; self.filtered.len()];
+        let mut record = |scan: &FieldScan, text: &str, index: u32, lists: &mut Vec<Option<Vec<u32>>>| {
+            for m in scan.automaton.find_overlapping_iter(text) {
+                for &unit in &scan.units[m.pattern().as_usize()] {
+                    if last[unit as usize] != index {
+                        last[unit as usize] = index;
+                        lists[unit as usize].as_mut().expect("units with literals are filtered").push(index);
+                    }
+                }
+            }
+        };
+        for index in events {
+            for (key, value) in corpus.event(index).fields() {
+                if let Some(Some(scan)) = self.by_field.get(key.0 as usize) {
+                    record(scan, value.lower(), index, &mut lists);
+                }
+                if let Some(scan) = &self.keywords {
+                    record(scan, value.lower(), index, &mut lists);
+                }
+            }
+        }
+        Passes { lists }
+    }
+}
