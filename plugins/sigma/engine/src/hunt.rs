@@ -452,6 +452,11 @@ impl RuleIndex {
     pub fn filtered_units(&self) -> (usize, usize) {
         (self.prefilter.filtered_units(), self.prefilter.units())
     }
+
+    /// Heap bytes held by the index's automata.
+    pub fn memory_usage(&self) -> usize {
+        self.prefilter.memory_usage()
+    }
 }
 
 /// A rule that could not run, and why.

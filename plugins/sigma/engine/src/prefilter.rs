@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 use crate::corpus::ABSENT_FIELD;
 use crate::corpus::Corpus;
@@ -99,9 +99,11 @@ impl Prefilter {
         let mut by_field: Vec<Option<FieldScan>> = Vec::new();
         let mut keywords = None;
         for (field, (patterns, units)) in grouped {
-            // Overlapping search needs the standard match semantics.
+            // Overlapping search needs the standard match semantics. A contiguous NFA: a DFA
+            // over thousands of literals costs ~100 MB to build for little search speed here.
             let automaton = AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
                 .build(&patterns)
                 .expect("literal automaton: the patterns are bounded by the rules' own limits");
             let scan = FieldScan { automaton, units };
@@ -119,6 +121,11 @@ impl Prefilter {
             }
         }
         Prefilter { by_field, keywords, filtered }
+    }
+
+    /// Heap bytes held by the automata (the unit lists not counted).
+    pub fn memory_usage(&self) -> usize {
+        self.by_field.iter().flatten().chain(&self.keywords).map(|s| s.automaton.memory_usage()).sum()
     }
 
     /// How many units the index was built over.
