@@ -171,6 +171,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         println!("{summary}");
     }
+    // The process ends here: freeing millions of event values one by one would cost a fifth of
+    // a single-rule hunt's time, and the OS takes the memory back at once.
+    std::mem::forget(hunter);
+    std::mem::forget((prepared, outcome, corpus, rules));
     Ok(ExitCode::SUCCESS)
 }
 
