@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use sigmaforge_eval::compare::{load_report, markdown_table};
+use sigmaforge_eval::compare::{load_report, load_task_scores, markdown_paired, markdown_table, paired_differences};
 use sigmaforge_eval::local::{LocalOptions, LocalPolicy};
 use sigmaforge_eval::openai::{OpenAiOptions, OpenAiPolicy};
 use sigmaforge_eval::tools::ToolRunner;
@@ -298,7 +298,18 @@ pub struct CompareArgs {
 
 pub fn run_compare(args: CompareArgs) -> Result<ExitCode> {
     let reports = args.reports.iter().map(|p| load_report(p)).collect::<Result<Vec<_>>>()?;
-    let table = markdown_table(&reports);
+    let mut table = markdown_table(&reports);
+    // With eval directories (not bare report.json files), each model is also compared with the
+    // one before it, task by task.
+    let mut per_task = Vec::new();
+    for (path, report) in args.reports.iter().zip(&reports) {
+        if let Some(scores) = load_task_scores(path)? {
+            per_task.push((report.model.clone(), scores));
+        }
+    }
+    if per_task.len() == reports.len() && reports.len() > 1 {
+        table.push_str(&markdown_paired(&paired_differences(&per_task)));
+    }
     print!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(out, &table).with_context(|| format!("cannot write {}", out.display()))?;
