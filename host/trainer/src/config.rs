@@ -391,6 +391,8 @@ mod tests {
         // stage, and the memory savers that keep both stages under 4 GB.
         assert_eq!(d.finetune, FinetuneMode::Full);
         assert!(d.sft.as_ref().is_some_and(|s| s.steps > 0));
+        // Answers that do not fit are left out, not cut: a cut answer never shows where a rule ends.
+        assert!(d.sft.as_ref().is_some_and(|s| s.long_answers == LongAnswers::Skip));
         assert!(d.training.memory.activation_checkpointing && d.training.memory.logits_chunk > 0);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         for entry in std::fs::read_dir(&root).unwrap() {
