@@ -129,6 +129,41 @@ fn batch_scores_every_line_in_order() {
     assert_eq!(totals, [1.0, 0.0, 1.0, 1.0]);
     assert_eq!(out[2]["task"], "ref.json");
     assert_eq!(out[3]["task"], "md5-hash");
+    // The one-line path form of "reference" still works, with a pointer to its replacement.
+    assert!(err.contains("batch line 3: a one-line \"reference\" is read as a file path") && err.contains("\"reference_file\""), "{err}");
+}
+
+/// Batch lines are the score requests of `POST /v1/score`: `reference` is text, a path goes in
+/// `reference_file`, `id` is echoed, and a bad line is an error naming the line and the problem.
+#[test]
+fn batch_lines_follow_the_score_request_schema() {
+    let dir = sigmaforge_e2e::scratch_dir("regex-batch-schema");
+    let reference = json!({"positive": ["ab"], "negative": ["b"]}).to_string();
+    std::fs::write(dir.join("ref.json"), &reference).unwrap();
+    let lines = [
+        json!({"reference_file": "ref.json", "completion": "ab", "id": 1}),
+        json!({"reference": reference.clone() + "\n", "completion": "ab", "id": "inline"}),
+        json!({"task": "md5-hash", "completion": "[0-9a-f]{32}", "completoin": "x"}),
+        json!({"task": "md5-hash", "reference_file": "ref.json", "completion": "x"}),
+        json!({"reference_file": "missing.json", "completion": "ab", "id": {"row": 5}}),
+        json!({"task": "md5-hash", "completion": "[0-9a-f]{32}", "id": null}),
+    ];
+    let batch = dir.join("batch.jsonl");
+    std::fs::write(&batch, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    let (code, out, err) = sigmaforge(&["score", "--plugins", &plugin(), "--batch", batch.to_str().unwrap(), "--json"], None);
+    assert_eq!(code, 1, "three lines are refused: {err}");
+    assert!(!err.contains("deprecated"), "no line uses the old path form: {err}");
+    let out: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(out.len(), lines.len(), "one answer per line");
+    assert_eq!((&out[0]["id"], &out[0]["task"], &out[0]["total"]), (&json!(1), &json!("ref.json"), &json!(1.0)), "{}", out[0]);
+    assert_eq!((&out[1]["id"], &out[1]["task"], &out[1]["total"]), (&json!("inline"), &json!("reference"), &json!(1.0)), "{}", out[1]);
+    let error = |i: usize| out[i]["error"].as_str().unwrap_or_else(|| panic!("line {} should fail: {}", i + 1, out[i])).to_string();
+    assert_eq!(error(2), "batch line 3: unknown key \"completoin\" (known: task, reference, reference_file, completion, id)");
+    assert_eq!(error(3), "batch line 4: give exactly one of \"task\", \"reference\" and \"reference_file\"");
+    assert!(error(4).starts_with("batch line 5: reading reference ") && error(4).contains("missing.json"), "{}", out[4]);
+    assert_eq!(out[4]["id"], json!({"row": 5}), "the id is echoed on errors too");
+    assert!(out[5]["error"].is_null() && out[5]["total"] == 1.0, "{}", out[5]);
+    assert!(out[5].as_object().unwrap().contains_key("id") && out[5]["id"].is_null(), "an explicit null id is echoed: {}", out[5]);
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //!   `reference-task-plugin`) for a train task's reference answer, on the same pooled,
 //!   time-limited call path; 0.1.0 plugins load too (0.1.x names match as semver-compatible)
 //!   and report [`TaskPlugin::has_references`] false.
+//! * [`wire`] is the JSON form of a score request and its answer, the one schema that
+//!   `sigmaforge score --batch` and the reward server's `POST /v1/score` both read and print.
 //!
 //! Library choices: wasmtime 48.0.8 + wasmtime-wasi (p2, sync API) are the newest that build
 //! on Rust 1.95 (see wasm-notes); the lean feature set (no component-model-async) cuts
@@ -33,6 +35,7 @@ mod pool;
 mod sandbox;
 pub mod types;
 mod validate;
+pub mod wire;
 
 pub use bindings::Level;
 pub use config::{DataMount, Limits, PluginConfig, PluginsConfig};
@@ -40,3 +43,4 @@ pub use contract::{HOST_WIT_VERSION, Version, World};
 pub use log::LogSink;
 pub use plugin::{Inspection, LoadedPlugin, PluginSet, Runtime, RuntimeOptions, SplitCount, TaskPlugin, ToolPlugin};
 pub use types::{ComponentScore, Message, PluginInfo, ScoreResult, Task, TaskRef, ToolSpec};
+pub use wire::{ReferenceFiles, ScoreAnswer, ScoreRequest, Target};

@@ -8,7 +8,8 @@
 //! Endpoints:
 //! - `POST /v1/score`: body a JSON array (or `{"items": [...]}`) of
 //!   `{"task": id | "reference": rule text, "completion": text, "id"?: any}`; answer a JSON
-//!   array of `{"id"?, "task", "total", "components": [...], "error"}`.
+//!   array of `{"id"?, "task", "total", "components": [...], "error"}`. Both are the
+//!   [`sigmaforge_runtime::wire`] types, less `reference_file` (the server reads no files).
 //! - `POST /openrlhf`: OpenRLHF's remote reward protocol (`--remote_rm_url`):
 //!   `{"query": [...], "prompts": [...], "labels": [...]}` → `{"rewards": [...], "scores": [...]}`;
 //!   `labels` are task ids and the completion is `query` with its prompt prefix removed.
@@ -42,9 +43,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
 use serde_json::{Value, json};
-use sigmaforge_runtime::{ScoreResult, TaskPlugin, TaskRef};
+use sigmaforge_runtime::{ReferenceFiles, ScoreAnswer, ScoreRequest, ScoreResult, TaskPlugin, TaskRef};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -217,15 +217,8 @@ impl Drop for WaitingGuard {
     }
 }
 
-/// One parsed request item.
-struct Item {
-    id: Option<Value>,
-    task_label: String,
-    task: TaskRef,
-    completion: String,
-}
-
-fn parse_items(body: &[u8], max_batch: usize) -> Result<Vec<Item>, ApiError> {
+/// The items of a `/v1/score` body: an array, or `{"items": [...]}`, of [`ScoreRequest`]s.
+fn parse_items(body: &[u8], max_batch: usize) -> Result<Vec<ScoreRequest>, ApiError> {
     let bad = |msg: String| ApiError(StatusCode::BAD_REQUEST, msg);
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("request body is not JSON: {e}")))?;
     let list = match value {
@@ -241,28 +234,7 @@ fn parse_items(body: &[u8], max_batch: usize) -> Result<Vec<Item>, ApiError> {
     }
     list.into_iter()
         .enumerate()
-        .map(|(i, v)| {
-            let Value::Object(mut obj) = v else {
-                return Err(bad(format!("item {i}: expected an object with \"task\" (or \"reference\") and \"completion\"")));
-            };
-            let completion = match obj.remove("completion") {
-                Some(Value::String(s)) => s,
-                Some(_) => return Err(bad(format!("item {i}: \"completion\" must be a string"))),
-                None => return Err(bad(format!("item {i}: missing \"completion\""))),
-            };
-            let id = obj.remove("id");
-            let (task_label, task) = match (obj.remove("task"), obj.remove("reference")) {
-                (Some(Value::String(t)), None) => (t.clone(), TaskRef::Id(t)),
-                (None, Some(Value::String(r))) => ("reference".to_string(), TaskRef::Reference(r)),
-                (Some(_), Some(_)) => return Err(bad(format!("item {i}: give either \"task\" or \"reference\", not both"))),
-                (None, None) => return Err(bad(format!("item {i}: missing \"task\" (a task id) or \"reference\" (a reference text)"))),
-                _ => return Err(bad(format!("item {i}: \"task\" and \"reference\" must be strings"))),
-            };
-            if let Some(key) = obj.keys().next() {
-                return Err(bad(format!("item {i}: unknown key \"{key}\" (known: task, reference, completion, id)")));
-            }
-            Ok(Item { id, task_label, task, completion })
-        })
+        .map(|(i, v)| ScoreRequest::from_value(v, ReferenceFiles::Refused).map_err(|e| bad(format!("item {i}: {e}"))))
         .collect()
 }
 
@@ -341,15 +313,6 @@ async fn score_items(state: &Arc<AppState>, items: Vec<(TaskRef, String)>) -> Re
     Ok(result)
 }
 
-#[derive(Serialize)]
-struct ScoredItem<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a Value>,
-    task: &'a str,
-    #[serde(flatten)]
-    result: &'a ScoreResult,
-}
-
 async fn score(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let items = match parse_items(&body, state.options.max_batch) {
@@ -359,10 +322,13 @@ async fn score(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             return e.into_response();
         }
     };
-    let (meta, work): (Vec<_>, Vec<_>) = items.into_iter().map(|it| ((it.id, it.task_label), (it.task, it.completion))).unzip();
+    // Reference files were refused while parsing, so every item has a task ref.
+    let work: Vec<(TaskRef, String)> =
+        items.iter().map(|it| (it.target.task_ref().expect("no reference_file reaches the server"), it.completion.clone())).collect();
     match score_items(&state, work).await {
         Ok(results) => {
-            let out: Vec<ScoredItem> = meta.iter().zip(&results).map(|((id, task), result)| ScoredItem { id: id.as_ref(), task, result }).collect();
+            let out: Vec<ScoreAnswer> =
+                items.iter().zip(&results).map(|(it, result)| ScoreAnswer { id: it.id.as_ref(), task: it.target.label(), result }).collect();
             axum::Json(out).into_response()
         }
         Err(e) => e.into_response(),

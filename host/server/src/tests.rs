@@ -103,7 +103,12 @@ fn malformed_requests_get_400_naming_the_problem() {
         (json!([{"task": "t"}]), "item 0: missing \"completion\""),
         (json!([{"completion": "c"}]), "missing \"task\""),
         (json!([{"task": "t", "completion": 3}]), "must be a string"),
-        (json!([{"task": "t", "completion": "c", "extra": 1}]), "unknown key \"extra\""),
+        (
+            json!([{"task": "t", "completion": "c", "extra": 1}]),
+            "item 0: unknown key \"extra\" (known: task, reference, reference_file, completion, id)",
+        ),
+        (json!([{"task": "t", "completion": "c"}, {"task": "t", "reference": "r", "completion": "c"}]), "item 1: give exactly one of"),
+        (json!([{"reference_file": "/etc/passwd", "completion": "c"}]), "item 0: \"reference_file\" is for `sigmaforge score --batch` only"),
     ] {
         let (status, resp) = post(&url, &body);
         assert_eq!(status, 400, "{body} -> {resp}");

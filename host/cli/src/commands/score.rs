@@ -4,19 +4,22 @@
 //! sigmaforge score --plugins sigma.wasm (--task <id> | --reference <rule.yml>) --completion <file|-> [--json]
 //! sigmaforge score --plugins sigma.wasm --batch <file.jsonl|-> [--json]
 //! ```
-//! Batch lines are `{"task": id, "completion": text}` or `{"reference": path, "completion": text}`;
-//! one score object is printed per line, in order. A line that can't be read scores 0 with an
-//! `error` naming the line, so the output stays aligned with the input. A completion that is not
-//! UTF-8 text is a bad completion, not a failure: every component scores 0 with a detail saying
-//! so (the plugin contract carries text only).
+//! Batch lines are score requests as `POST /v1/score` takes them ([`sigmaforge_runtime::wire`]):
+//! `{"task": id | "reference": text | "reference_file": path, "completion": text, "id"?: any}`,
+//! with `reference_file` relative to the batch file. For batch files written before
+//! `reference_file` existed, a `reference` with no newline in it is still read as a path
+//! (deprecated, with a warning on stderr). One score object is printed per line, in order. A
+//! line that can't be read scores 0 with an `error` naming the line, so the output stays aligned
+//! with the input. A completion that is not UTF-8 text is a bad completion, not a failure: every
+//! component scores 0 with a detail saying so (the plugin contract carries text only).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
-use sigmaforge_runtime::{ComponentScore, ScoreResult, TaskRef};
+use serde_json::Value;
+use sigmaforge_runtime::{ComponentScore, ReferenceFiles, ScoreAnswer, ScoreRequest, ScoreResult, Target, TaskRef};
 
 use super::plugin::PluginSource;
 
@@ -33,7 +36,7 @@ pub struct Args {
     /// The completion: a file, or `-` for stdin.
     #[arg(long)]
     completion: Option<PathBuf>,
-    /// JSON Lines of {"task"|"reference", "completion"}: a file, or `-` for stdin.
+    /// JSON Lines of {"task"|"reference"|"reference_file", "completion", "id"?} (docs/serve.md): a file, or `-` for stdin.
     #[arg(long, conflicts_with_all = ["task", "reference", "completion"])]
     batch: Option<PathBuf>,
     /// Print {"task", "total", "components": [{"name","value","weight","detail"}], "error"}.
@@ -41,30 +44,21 @@ pub struct Args {
     json: bool,
 }
 
-/// One printed score.
-#[derive(Serialize)]
-struct Output<'a> {
-    task: &'a str,
-    total: f64,
-    components: &'a [ComponentScore],
-    error: Option<&'a str>,
+/// One input to score, in input order.
+struct Input {
+    /// The answer's `task`: the task id, the reference's label, or `line N` for a line that
+    /// could not be read.
+    label: String,
+    /// The request's `id`, echoed back.
+    id: Option<Value>,
+    /// What to score and the completion (its text, or why it is not text), or why the input
+    /// is unreadable.
+    work: Result<(TaskRef, Result<String, String>), String>,
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchLine {
-    task: Option<String>,
-    reference: Option<String>,
-    completion: String,
-}
-
-/// One input to score: its label and (task or reference, completion), or why it is unreadable.
-/// The completion is its text, or why it is not text.
-type BatchItem = (String, Result<(TaskRef, Result<String, String>), String>);
 
 pub fn run(args: Args) -> Result<ExitCode> {
     // Read the inputs before loading the plugin, so a typo fails fast.
-    let items: Vec<BatchItem> = match &args.batch {
+    let inputs: Vec<Input> = match &args.batch {
         Some(path) => read_batch(path)?,
         None => {
             let completion_path = args.completion.as_ref().context("--completion <file|-> is required (or use --batch)")?;
@@ -74,23 +68,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 (None, Some(path)) => (path.display().to_string(), TaskRef::Reference(read_text(path, "reference")?)),
                 _ => bail!("give either --task <id> or --reference <file>"),
             };
-            vec![(label, Ok((task, completion)))]
+            vec![Input { label, id: None, work: Ok((task, completion)) }]
         }
     };
     let set = args.source.load()?;
     let plugin = PluginSource::task_plugin(&set, &args.source.plugins)?;
 
-    let batch: Vec<(TaskRef, String)> = items
+    let batch: Vec<(TaskRef, String)> = inputs
         .iter()
-        .filter_map(|(_, r)| match r {
+        .filter_map(|input| match &input.work {
             Ok((task, Ok(text))) => Some((task.clone(), text.clone())),
             _ => None,
         })
         .collect();
     let mut scored = plugin.score_batch(&batch).into_iter();
     let mut failures = 0;
-    for (label, item) in &items {
-        let result = match item {
+    for input in &inputs {
+        let result = match &input.work {
             Ok((_, Ok(_))) => scored.next().expect("one score per valid input"),
             Ok((_, Err(why))) => ScoreResult::from_components(
                 plugin
@@ -104,18 +98,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if result.error.is_some() {
             failures += 1;
         }
-        print_score(label, &result, args.json)?;
+        print_score(input, &result, args.json)?;
     }
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn print_score(label: &str, r: &ScoreResult, json: bool) -> Result<()> {
+fn print_score(input: &Input, r: &ScoreResult, json: bool) -> Result<()> {
     if json {
-        let out = Output { task: label, total: r.total, components: &r.components, error: r.error.as_deref() };
-        println!("{}", serde_json::to_string(&out)?);
+        let answer = ScoreAnswer { id: input.id.as_ref(), task: &input.label, result: r };
+        println!("{}", serde_json::to_string(&answer)?);
         return Ok(());
     }
-    println!("{label}: total {:.3}", r.total);
+    println!("{}: total {:.3}", input.label, r.total);
     for c in &r.components {
         println!("  {:<20} {:.3} x {:<5} {}", c.name, c.value, c.weight, c.detail);
     }
@@ -125,45 +119,67 @@ fn print_score(label: &str, r: &ScoreResult, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Reads the batch; each line becomes (label, Ok(input)) or (label, Err(why)).
-fn read_batch(path: &Path) -> Result<Vec<BatchItem>> {
+/// Reads the batch: one [`Input`] per non-blank line; a line that cannot be read becomes an
+/// input that scores 0 with an error naming the line.
+fn read_batch(path: &Path) -> Result<Vec<Input>> {
     let bytes = read_bytes(path)?;
     let base = if path == Path::new("-") { PathBuf::from(".") } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
-    let mut items = Vec::new();
+    let mut inputs = Vec::new();
+    let mut path_references = Vec::new();
     for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let lineno = n + 1;
+        let unreadable = |why: String| Input { label: format!("line {lineno}"), id: None, work: Err(format!("batch line {lineno}: {why}")) };
         // A line that is not UTF-8 costs only itself.
         let Ok(line) = std::str::from_utf8(line) else {
-            items.push((format!("line {lineno}"), Err(format!("batch line {lineno}: not UTF-8 text"))));
+            inputs.push(unreadable("not UTF-8 text".to_string()));
             continue;
         };
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Result<BatchLine, _> = serde_json::from_str(line);
-        let item = match parsed {
-            Err(e) => (format!("line {lineno}"), Err(format!("batch line {lineno}: not a {{\"task\"|\"reference\", \"completion\"}} object: {e}"))),
-            Ok(BatchLine { task: Some(id), reference: None, completion }) => (id.clone(), Ok((TaskRef::Id(id), Ok(completion)))),
-            Ok(BatchLine { task: None, reference: Some(r), completion }) => match reference_text(&r, &base) {
-                Ok((label, text)) => (label, Ok((TaskRef::Reference(text), Ok(completion)))),
-                Err(e) => (r.clone(), Err(format!("batch line {lineno}: {e:#}"))),
-            },
-            Ok(_) => (format!("line {lineno}"), Err(format!("batch line {lineno}: give exactly one of \"task\" and \"reference\""))),
+        let request = serde_json::from_str::<Value>(line)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(|v| ScoreRequest::from_value(v, ReferenceFiles::Allowed));
+        let request = match request {
+            Ok(r) => r,
+            Err(why) => {
+                inputs.push(unreadable(why));
+                continue;
+            }
         };
-        items.push(item);
+        let file = match &request.target {
+            Target::ReferenceFile(file) => Some(file.as_str()),
+            Target::Reference(text) if !text.contains('\n') => {
+                path_references.push(lineno);
+                Some(text.as_str())
+            }
+            _ => None,
+        };
+        let label = file.unwrap_or(request.target.label()).to_string();
+        let task = match file {
+            Some(file) => read_reference_file(file, &base).map(TaskRef::Reference).map_err(|e| format!("batch line {lineno}: {e:#}")),
+            None => Ok(request.target.task_ref().expect("not a reference file")),
+        };
+        inputs.push(Input { label, id: request.id, work: task.map(|t| (t, Ok(request.completion))) });
     }
-    Ok(items)
+    if let Some(first) = path_references.first() {
+        let more = match path_references.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        eprintln!(
+            "warning: batch line {first}{more}: a one-line \"reference\" is read as a file path; this is deprecated, \
+             use \"reference_file\" for a path (\"reference\" is the reference text, as in POST /v1/score)"
+        );
+    }
+    Ok(inputs)
 }
 
-/// A batch `reference` is a path to a file (relative to the batch file); a value spanning
-/// several lines is taken as the reference text itself.
-fn reference_text(value: &str, base: &Path) -> Result<(String, String)> {
-    if value.contains('\n') {
-        return Ok(("<inline reference>".to_string(), value.to_string()));
-    }
+/// A `reference_file`, relative to the batch file's folder.
+fn read_reference_file(value: &str, base: &Path) -> Result<String> {
     let path = if Path::new(value).is_absolute() { PathBuf::from(value) } else { base.join(value) };
-    Ok((value.to_string(), read_text(&path, "reference")?))
+    read_text(&path, "reference")
 }
 
 fn read_text(path: &Path, what: &str) -> Result<String> {

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -65,25 +64,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     runtime.block_on(async move {
         let (listener, local) = bind(args.addr).await?;
         eprintln!("listening on http://{local} (plugin {}; POST /v1/score, GET /health, GET /metrics)", plugin.name());
-        let app = router(Arc::new(PluginArc(plugin)), options);
+        let app = router(plugin, options);
         serve(listener, app, limits, shutdown_signal()).await?;
         eprintln!("server stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The loaded plugin is shared through an `Arc`; the server wants a `Scorer`.
-struct PluginArc(Arc<sigmaforge_runtime::TaskPlugin>);
-
-impl sigmaforge_server::Scorer for PluginArc {
-    fn score_batch(&self, items: &[(sigmaforge_runtime::TaskRef, String)]) -> Vec<sigmaforge_runtime::ScoreResult> {
-        self.0.score_batch(items)
-    }
-    fn name(&self) -> String {
-        self.0.name().to_string()
-    }
-    fn components(&self) -> Vec<(String, f64)> {
-        self.0.components().to_vec()
-    }
 }
