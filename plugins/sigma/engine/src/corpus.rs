@@ -45,6 +45,11 @@ impl EventFormat {
             _ => None,
         }
     }
+
+    /// The format of a file: by its extension, else an EVTX signature, else JSON.
+    pub fn of(source: &SourceFile, bytes: &[u8]) -> EventFormat {
+        EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") { EventFormat::Evtx } else { EventFormat::Json })
+    }
 }
 
 /// One file to load: where it is, and the name events report (relative to the root it was
@@ -87,24 +92,27 @@ pub fn collect_event_files(root: &Path) -> std::io::Result<Vec<SourceFile>> {
 /// Reads and parses one event file. Never fails: an unreadable or corrupt file gives warnings
 /// and whatever events could be read.
 pub fn load_event_file(source: &SourceFile) -> LoadedFile {
+    load_event_file_if(source, None).expect("without a filter every file is read")
+}
+
+/// [`load_event_file`], except that an EVTX file `filter` rules out is not parsed (`None`).
+pub fn load_event_file_if(source: &SourceFile, filter: Option<&ChannelFilter>) -> Option<LoadedFile> {
     let bytes = match std::fs::read(&source.path) {
         Ok(b) => b,
         Err(err) => {
             let mut loaded = LoadedFile::new(&source.name);
             loaded.warn(format!("cannot read the file ({err}); skipped"));
-            return loaded;
+            return Some(loaded);
         }
     };
-    load_bytes(source, bytes)
-}
-
-fn load_bytes(source: &SourceFile, bytes: Vec<u8>) -> LoadedFile {
-    let format =
-        EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") { EventFormat::Evtx } else { EventFormat::Json });
-    match format {
+    let format = EventFormat::of(source, &bytes);
+    if filter.is_some_and(|f| !f.may_hold(format, &bytes)) {
+        return None;
+    }
+    Some(match format {
         EventFormat::Evtx => crate::evtx::load_evtx_bytes(&source.name, bytes),
         EventFormat::Json => crate::json_events::load_json_bytes(&source.name, &bytes),
-    }
+    })
 }
 
 /// Which EVTX files can be left unread because no rule can match their events: a file none of
@@ -131,24 +139,12 @@ impl ChannelFilter {
         Some(ChannelFilter { names })
     }
 
-    /// Whether the file must be read: it may hold events of a wanted channel, or it is not an
-    /// intact EVTX file (JSON events may spell channels any way; a damaged file is read so that
-    /// its damage is reported).
-    pub fn may_hold(&self, source: &SourceFile, bytes: &[u8]) -> bool {
-        let format =
-            EventFormat::from_extension(&source.path).unwrap_or(if bytes.starts_with(b"ElfFile\0") { EventFormat::Evtx } else { EventFormat::Json });
+    /// Whether a file of `format` with these bytes must be read: it may hold events of a wanted
+    /// channel, or it is not an intact EVTX file (JSON events may spell channels any way; a
+    /// damaged file is read so that its damage is reported).
+    pub fn may_hold(&self, format: EventFormat, bytes: &[u8]) -> bool {
         format != EventFormat::Evtx || self.names.is_match(bytes) || !crate::evtx::is_intact(bytes)
     }
-}
-
-/// [`load_event_file`], except that an EVTX file `filter` rules out is not parsed (`None`).
-pub fn load_event_file_if(source: &SourceFile, filter: Option<&ChannelFilter>) -> Option<LoadedFile> {
-    let Some(filter) = filter else { return Some(load_event_file(source)) };
-    let bytes = match std::fs::read(&source.path) {
-        Ok(b) => b,
-        Err(_) => return Some(load_event_file(source)),
-    };
-    filter.may_hold(source, &bytes).then(|| load_bytes(source, bytes))
 }
 
 /// The sentinel key of field names no event in the corpus has: no event holds it, so a rule that

@@ -151,30 +151,20 @@ impl<'a> Hunter<'a> {
 
     /// The events (ascending corpus indices) a prepared rule matches.
     pub fn evaluate(&self, rule: &PreparedRule) -> Vec<u32> {
-        let mut out = Vec::new();
-        let events = self.corpus.events();
-        for ((entry, variant, compiled), narrowed) in rule.units.iter().zip(&rule.narrowed) {
-            let candidates = narrowed.as_ref().unwrap_or(&self.candidates[*entry][*variant]);
-            out.extend(candidates.iter().copied().filter(|&i| compiled.matches(&events[i as usize])));
-        }
-        if rule.units.len() > 1 {
-            out.sort_unstable();
-            out.dedup();
-        }
-        out
+        self.evaluate_passed(rule, |_| None)
     }
 
     /// A literal index over `rules` (in order; `None` for a rule that did not compile), so that
     /// [`Hunter::evaluate_indexed`] runs each rule only on events that contain one of its
     /// literals. See [`crate::prefilter`].
-    pub fn index(&self, rules: &[Option<&PreparedRule>]) -> RuleIndex {
-        let mut offsets = Vec::with_capacity(rules.len());
+    pub fn index<'r>(&self, rules: impl IntoIterator<Item = Option<&'r PreparedRule>>) -> RuleIndex {
+        let mut offsets = Vec::new();
         let mut units: Vec<&CompiledRule> = Vec::new();
         for rule in rules {
             offsets.push(units.len());
             units.extend(rule.iter().flat_map(|r| r.units.iter().map(|(_, _, c)| c)));
         }
-        RuleIndex { prefilter: Prefilter::new(units.into_iter().map(Some)), offsets }
+        RuleIndex { prefilter: Prefilter::new(units), offsets }
     }
 
     /// Runs the corpus events in `events` through `index` (all events: `0..corpus().len()`).
@@ -185,13 +175,19 @@ impl<'a> Hunter<'a> {
     /// [`Hunter::evaluate`] for the rule at `position` of the indexed rules, on only the
     /// candidates the index passed. Gives exactly `evaluate`'s result.
     pub fn evaluate_indexed(&self, rule: &PreparedRule, index: &RuleIndex, passes: &Passes, position: usize) -> Vec<u32> {
+        let first = index.offsets[position];
+        self.evaluate_passed(rule, |unit| passes.of(first + unit))
+    }
+
+    /// Evaluates each unit of `rule` on its candidates, or on those of them in `passed(unit)`
+    /// when that gives a list (ascending).
+    fn evaluate_passed<'p>(&self, rule: &PreparedRule, passed: impl Fn(usize) -> Option<&'p [u32]>) -> Vec<u32> {
         let mut out = Vec::new();
         let events = self.corpus.events();
-        let first = index.offsets[position];
         for (k, ((entry, variant, compiled), narrowed)) in rule.units.iter().zip(&rule.narrowed).enumerate() {
             let candidates = narrowed.as_ref().unwrap_or(&self.candidates[*entry][*variant]);
             let matches = |i: &u32| compiled.matches(&events[*i as usize]);
-            match passes.of(first + k) {
+            match passed(k) {
                 None => out.extend(candidates.iter().copied().filter(matches)),
                 // Walk the shorter list and look its events up in the longer one.
                 Some(passed) if passed.len() <= candidates.len() => {
@@ -351,7 +347,7 @@ impl<'a> Hunter<'a> {
     /// ascending within a rule.
     pub fn hunt(&self, rules: &RuleSet) -> HuntOutcome {
         let prepared: Vec<Result<PreparedRule, String>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
-        let index = self.index(&prepared.iter().map(|p| p.as_ref().ok()).collect::<Vec<_>>());
+        let index = self.index(prepared.iter().map(|p| p.as_ref().ok()));
         let passes = self.scan(&index, 0..self.corpus.len() as u32);
         let matches: Vec<Vec<u32>> =
             prepared.iter().enumerate().map(|(i, p)| p.as_ref().map(|p| self.evaluate_indexed(p, &index, &passes, i)).unwrap_or_default()).collect();
@@ -649,7 +645,7 @@ mod tests {
         let map = LogsourceMap::builtin().unwrap();
         let h = Hunter::new(&c, &map, CompileOptions::default());
         let prepared: Vec<PreparedRule> = set.rules.iter().map(|r| h.prepare(&r.rule).unwrap()).collect();
-        let index = h.index(&prepared.iter().map(Some).collect::<Vec<_>>());
+        let index = h.index(prepared.iter().map(Some));
         // Two variants per rule; rules 1, 3, 4 (the Sysmon side has a literal via sel2 only),
         // 5 have none on some variant.
         let (filtered, units) = index.filtered_units();

@@ -12,6 +12,7 @@
 //! The pass is split by event range ([`Prefilter::scan`]) so that a caller with threads (the
 //! CLI) can scan ranges in parallel and [`Passes::append`] the results in order.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
@@ -66,35 +67,30 @@ impl Passes {
 }
 
 impl Prefilter {
-    /// Builds the index over `units` (one compiled detection each; `None` for a unit that must
-    /// run everywhere).
-    pub fn new<'a>(units: impl IntoIterator<Item = Option<&'a CompiledRule>>) -> Prefilter {
-        // (field, lowercase literal) -> units, in first-seen order.
-        let mut literals: Vec<(LiteralField, String, Vec<u32>)> = Vec::new();
-        let mut seen: std::collections::HashMap<(LiteralField, String), usize> = std::collections::HashMap::new();
+    /// Builds the index over `units` (one compiled detection each); a unit without a literal set
+    /// runs everywhere.
+    pub fn new<'a>(units: impl IntoIterator<Item = &'a CompiledRule>) -> Prefilter {
+        // Per field: its distinct lowercase literals and, for each, the units that need it.
+        let mut grouped: BTreeMap<LiteralField, (Vec<String>, Vec<Vec<u32>>)> = BTreeMap::new();
+        let mut seen: HashMap<(LiteralField, String), usize> = HashMap::new();
         let mut filtered = Vec::new();
         for (unit, rule) in units.into_iter().enumerate() {
-            let set = rule.and_then(CompiledRule::required_literals);
+            let set = rule.required_literals();
             filtered.push(set.is_some());
             for (field, literal) in set.into_iter().flatten() {
                 // Uncased literals are lowercase already; cased ones are ASCII (see
                 // `required_literals`), so ASCII lowercasing matches `Value::lower`.
-                let key = (field, literal.to_ascii_lowercase());
-                let at = *seen.entry(key.clone()).or_insert_with(|| {
-                    literals.push((key.0, key.1, Vec::new()));
-                    literals.len() - 1
+                let literal = literal.to_ascii_lowercase();
+                let (patterns, units) = grouped.entry(field).or_default();
+                let at = *seen.entry((field, literal.clone())).or_insert_with(|| {
+                    patterns.push(literal);
+                    units.push(Vec::new());
+                    units.len() - 1
                 });
-                let units = &mut literals[at].2;
-                if units.last() != Some(&(unit as u32)) {
-                    units.push(unit as u32);
+                if units[at].last() != Some(&(unit as u32)) {
+                    units[at].push(unit as u32);
                 }
             }
-        }
-        let mut grouped: std::collections::BTreeMap<LiteralField, (Vec<String>, Vec<Vec<u32>>)> = Default::default();
-        for (field, literal, units) in literals {
-            let g = grouped.entry(field).or_default();
-            g.0.push(literal);
-            g.1.push(units);
         }
         let mut by_field: Vec<Option<FieldScan>> = Vec::new();
         let mut keywords = None;

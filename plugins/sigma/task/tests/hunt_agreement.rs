@@ -146,7 +146,7 @@ fn one_indexed_hunt_over_every_sigmahq_rule_gives_each_rule_its_own_matches() {
         .collect();
     let set = RuleSet::from_checked(checked);
     let prepared: Vec<_> = set.rules.iter().map(|r| hunter.prepare(&r.rule).ok()).collect();
-    let index = hunter.index(&prepared.iter().map(Option::as_ref).collect::<Vec<_>>());
+    let index = hunter.index(prepared.iter().map(Option::as_ref));
     let (filtered, units) = index.filtered_units();
     assert!(filtered * 10 >= units * 8, "only {filtered} of {units} compiled rule variants have a literal set");
     let passes = hunter.scan(&index, 0..t.corpus().len() as u32);

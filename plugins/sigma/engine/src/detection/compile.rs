@@ -401,15 +401,12 @@ impl CompiledItem {
         }
         // `cased` values are matched against the original text; an ASCII literal found there
         // is also found, lowercased, in the lowercased text. Other cased literals are left out.
-        let usable = |cased: bool, l: &str| !cased || l.is_ascii();
-        let field = self.field;
-        fn of(any: &AnyOf, cased: bool, field: LiteralField, usable: impl Fn(bool, &str) -> bool) -> Option<Vec<RequiredLiteral<'_>>> {
-            let lits = any.required_literals()?;
-            lits.into_iter().map(|l| usable(cased, l).then_some((field, l))).collect()
+        fn of(any: &AnyOf, cased: bool, field: LiteralField) -> Option<Vec<RequiredLiteral<'_>>> {
+            any.required_literals()?.into_iter().map(|l| (!cased || l.is_ascii()).then_some((field, l))).collect()
         }
         match &self.test {
-            Test::Strings { any, cased } => of(any, *cased, field, usable),
-            Test::StringsAll { each, cased } => best_of(each.iter().map(|a| of(a, *cased, field, usable))),
+            Test::Strings { any, cased } => of(any, *cased, self.field),
+            Test::StringsAll { each, cased } => best_of(each.iter().map(|a| of(a, *cased, self.field))),
             _ => None,
         }
     }
