@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sigma_task::fixtures::reference_answer;
-use sigmaforge_eval::tools::Toolbox;
 use sigmaforge_model::episode::ToolsSection;
 use sigmaforge_model::episode::{ToolUse, run_episodes};
 use sigmaforge_model::load::ChatMessage;
 use sigmaforge_model::model::Family;
 use sigmaforge_model::testing::{ScriptedPolicy, chatml_byte_tokenizer};
+use sigmaforge_reward::Toolbox;
 use sigmaforge_runtime::{PluginConfig, PluginsConfig, Runtime, RuntimeOptions, TaskRef};
 
 #[test]

@@ -24,7 +24,7 @@ use sigmaforge_model::model::{AdapterMode, CausalLm};
 use sigmaforge_runtime::Message;
 
 use crate::policy::{Completion, Failure, Outcome, Policy, Trace, Usage};
-use crate::tools::Toolbox;
+use sigmaforge_reward::Toolbox;
 
 pub struct LocalOptions {
     /// 0 = greedy.
@@ -210,10 +210,10 @@ mod tests {
     /// back to the model, and the answer after it is the final answer.
     #[test]
     fn eval_toolbox_serves_the_trainer_episode_loop() {
-        use crate::tools::ToolRunner;
         use sigmaforge_model::episode::SegmentGenerator;
         use sigmaforge_model::model::Family;
         use sigmaforge_model::testing::{ScriptedPolicy, chatml_byte_tokenizer};
+        use sigmaforge_reward::ToolRunner;
         use sigmaforge_toolcall::ToolSpec;
 
         struct Lookup;

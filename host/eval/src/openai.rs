@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sigmaforge_runtime::Message;
 
 use crate::policy::{Completion, Failure, Outcome, Policy, Trace, Usage};
-use crate::tools::Toolbox;
+use sigmaforge_reward::Toolbox;
 
 /// Client settings (the `eval` flags).
 #[derive(Debug, Clone)]

@@ -60,7 +60,7 @@ pub fn paraphrase_prompts(paraphraser: &dyn Policy, prompts: &mut [Vec<Message>]
 mod tests {
     use super::*;
     use crate::policy::{Completion, Failure, Outcome, Trace};
-    use crate::tools::Toolbox;
+    use sigmaforge_reward::Toolbox;
 
     /// Upper-cases requests; fails those that mention "fail"; answers "" to "empty".
     struct Shouty;

@@ -45,7 +45,7 @@ fn bars(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str, 
 }
 
 pub fn plot_report(report: &Report, path: &Path) -> Result<()> {
-    let with_text = sigmaforge_trainer::metrics::register_font();
+    let with_text = sigmaforge_plot::register_font();
     let root = BitMapBackend::new(path, (1400, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(900);
@@ -66,7 +66,7 @@ pub fn plot_report(report: &Report, path: &Path) -> Result<()> {
 /// Several reports side by side (e.g. base → SFT → GRPO): for the reward and each component, one
 /// bar per report, in the order given; the reward bars carry their 95 % bootstrap interval.
 pub fn plot_comparison(reports: &[Report], path: &Path) -> Result<()> {
-    let with_text = sigmaforge_trainer::metrics::register_font();
+    let with_text = sigmaforge_plot::register_font();
     let Some(first) = reports.first() else { return Err(anyhow!("no reports to plot")) };
     let mut groups: Vec<String> = vec!["reward".into()];
     groups.extend(first.ordered_components().into_iter().map(|(k, _)| k.to_string()));

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use sigmaforge_runtime::Message;
 
-use crate::tools::Toolbox;
+use sigmaforge_reward::Toolbox;
 
 /// Tokens a sample used, summed over every request it made (tool turns included).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

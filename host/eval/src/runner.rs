@@ -15,7 +15,7 @@ use crate::paraphrase::{Paraphrased, paraphrase_prompts};
 use crate::policy::{Outcome, Policy};
 use crate::prices::Prices;
 use crate::report::{ParaphraseSummary, Report, ReportContext, SampleRecord};
-use crate::tools::Toolbox;
+use sigmaforge_reward::Toolbox;
 
 pub struct EvalOptions {
     pub split: String,
@@ -116,7 +116,7 @@ pub fn run_eval(plugin: &TaskPlugin, policy: &dyn Policy, tools: Option<&Toolbox
     // Score every answered sample in one batch.
     let answered: Vec<(TaskRef, String)> =
         entries.iter().filter_map(|e| e.outcome.as_ref().ok().map(|c| (TaskRef::Id(e.task_id.clone()), c.text.clone()))).collect();
-    let mut scores = plugin.score_batch(&answered).into_iter();
+    let mut scores = sigmaforge_reward::score_checked(plugin, &answered).into_iter();
 
     let samples: Vec<SampleRecord> = tasks
         .into_iter()

@@ -44,7 +44,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sigmaforge_runtime::{ReferenceFiles, ScoreAnswer, ScoreRequest, ScoreResult, TaskPlugin, TaskRef};
+use sigmaforge_runtime::{ReferenceFiles, ScoreAnswer, ScoreRequest, ScoreResult, TaskRef};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -55,27 +55,9 @@ pub use metrics::Metrics;
 /// or disconnected) stops after the chunk in progress instead of scoring the whole batch.
 pub const CANCEL_CHECK_ITEMS: usize = 64;
 
-/// What the server scores with. Implemented by the runtime's [`TaskPlugin`]; tests use fakes.
-pub trait Scorer: Send + Sync + 'static {
-    /// Scores every item, in order; never fails as a whole (a bad item scores 0 with an error).
-    fn score_batch(&self, items: &[(TaskRef, String)]) -> Vec<ScoreResult>;
-    /// Plugin name, for `/health`.
-    fn name(&self) -> String;
-    /// Reward component names and weights, for `/health`.
-    fn components(&self) -> Vec<(String, f64)>;
-}
-
-impl Scorer for TaskPlugin {
-    fn score_batch(&self, items: &[(TaskRef, String)]) -> Vec<ScoreResult> {
-        TaskPlugin::score_batch(self, items)
-    }
-    fn name(&self) -> String {
-        TaskPlugin::name(self).to_string()
-    }
-    fn components(&self) -> Vec<(String, f64)> {
-        TaskPlugin::components(self).to_vec()
-    }
-}
+/// What the server scores with: a task plugin (the reward crate implements it for
+/// [`TaskPlugin`](sigmaforge_runtime::TaskPlugin)); tests use fakes.
+pub use sigmaforge_reward::Scorer;
 
 /// Limits of one server process.
 #[derive(Debug, Clone)]
@@ -255,7 +237,7 @@ fn score_until_cancelled(scorer: &dyn Scorer, items: &[(TaskRef, String)], cance
         if cancelled.load(Ordering::SeqCst) {
             return None;
         }
-        results.extend(scorer.score_batch(chunk));
+        results.extend(sigmaforge_reward::score_checked(scorer, chunk));
     }
     Some(results)
 }

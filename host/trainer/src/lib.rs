@@ -8,12 +8,13 @@
 //! - `serde_norway`: the YAML run config (maintained fork of the archived serde_yaml; the plugin
 //!   runtime uses the same parser).
 //! - `indicatif`: the progress bar of `sigmaforge run`.
-//! - `plotters` (bitmap backend only; text via `ab_glyph` with a system font found at run time):
-//!   the PNG of the training curves, without pulling in fontconfig.
+//! - `sigmaforge-plot`: the PNG of the training curves.
+//!
+//! Tasks and rewards come from a `sigmaforge_reward::TaskEnvironment`; the trainer knows nothing
+//! about WebAssembly.
 
 pub mod checkpoint;
 pub mod config;
-pub mod environment;
 pub mod grpo;
 pub mod metrics;
 pub mod optim;

@@ -488,5 +488,5 @@ pub fn plot(all: &[SftMetrics], path: &Path) -> Result<()> {
         ("grad norm", series("grad_norm", |m| m.grad_norm)),
         ("tokens / s", series("tokens_per_s", |m| m.tokens_per_s)),
     ];
-    metrics::plot_panels(&steps, &panels, (1, 4), (1600, 400), path)
+    sigmaforge_plot::plot_panels(&steps, &panels, (1, 4), (1600, 400), path)
 }

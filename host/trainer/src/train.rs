@@ -18,7 +18,6 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FORMAT_VERSION};
 use crate::config::RunConfig;
-use crate::environment::{RewardScore, TaskEnvironment, TaskPrompt, score_checked};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
 use crate::metrics::{self, MeanStd, StepMetrics};
 use crate::optim::{AdamW, GradAccumulator, LrSchedule};
@@ -30,6 +29,7 @@ use sigmaforge_model::generate::{FinishReason, SamplingConfig};
 use sigmaforge_model::load::Tokenizer;
 use sigmaforge_model::model::{AdapterMode, CausalLm, streamed_logits};
 use sigmaforge_model::rng::SamplerRng;
+use sigmaforge_reward::{ComponentScore, ScoreResult, TaskEnvironment, TaskPrompt, TaskRef, score_checked};
 
 /// What one step produced besides its metrics.
 pub struct StepOutcome {
@@ -319,11 +319,11 @@ impl Trainer {
         // generates, so slow rewards overlap with the model's work.
         let per_call = self.cfg.generation.prompts_per_call;
         let env = Arc::clone(&self.env);
-        let (tx, rx) = mpsc::channel::<(usize, Vec<(String, String)>)>();
+        let (tx, rx) = mpsc::channel::<(usize, Vec<(TaskRef, String)>)>();
         let scorer = std::thread::Builder::new()
             .name("sigmaforge-reward".into())
             .spawn(move || {
-                let mut out: Vec<(usize, Vec<RewardScore>)> = Vec::new();
+                let mut out: Vec<(usize, Vec<ScoreResult>)> = Vec::new();
                 let mut busy = Duration::ZERO;
                 for (offset, items) in rx {
                     let t = Instant::now();
@@ -355,8 +355,10 @@ impl Trainer {
                 gen_time += t.elapsed();
                 ensure!(out.len() == chunk.len() * g, "generation returned {} rollouts for {} prompts × {g}", out.len(), chunk.len());
                 let first = chunk_no * per_call;
-                let items =
-                    out.iter().map(|r| (self.tasks[task_idx[first + r.prompt_index]].id.clone(), r.reward_text(reward_on).to_string())).collect();
+                let items = out
+                    .iter()
+                    .map(|r| (TaskRef::Id(self.tasks[task_idx[first + r.prompt_index]].id.clone()), r.reward_text(reward_on).to_string()))
+                    .collect();
                 for r in &mut out {
                     r.prompt_index += first;
                 }
@@ -372,13 +374,13 @@ impl Trainer {
         let reward_wait = wait_start.elapsed();
         gen_result?;
         let (scored, reward_busy) = joined.map_err(|_| anyhow::anyhow!("the reward thread panicked"))?;
-        let mut scores: Vec<Option<RewardScore>> = vec![None; rollouts.len()];
+        let mut scores: Vec<Option<ScoreResult>> = vec![None; rollouts.len()];
         for (offset, chunk) in scored {
             for (i, s) in chunk.into_iter().enumerate() {
                 scores[offset + i] = Some(s);
             }
         }
-        let scores: Vec<RewardScore> = scores.into_iter().map(|s| s.unwrap_or_else(|| RewardScore::failed("no score came back"))).collect();
+        let scores: Vec<ScoreResult> = scores.into_iter().map(|s| s.unwrap_or_else(|| ScoreResult::failed("no score came back"))).collect();
 
         // Advantages per group.
         let totals: Vec<f64> = scores.iter().map(|s| s.total).collect();
@@ -469,7 +471,7 @@ impl Trainer {
         Ok(StepOutcome { metrics, reward_errors })
     }
 
-    fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Episode], scores: &[RewardScore], adv: &[f64]) -> Result<()> {
+    fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Episode], scores: &[ScoreResult], adv: &[f64]) -> Result<()> {
         #[derive(Serialize)]
         struct Line<'a> {
             step: u64,
@@ -487,7 +489,8 @@ impl Trainer {
             #[serde(skip_serializing_if = "Option::is_none")]
             transcript: Option<&'a str>,
             reward: f64,
-            components: &'a [(String, f64)],
+            /// Each component's `name`, `value`, `weight` and the plugin's `detail` (why it scored so).
+            components: &'a [ComponentScore],
             error: Option<&'a str>,
             advantage: f64,
             finish: FinishReason,
@@ -921,7 +924,7 @@ impl RolloutRow {
 
     /// Rows of [total, length, truncated, failed, called_tool, tool_calls, tool_errors,
     /// tool_seconds, components…], flattened.
-    fn table(rollouts: &[Episode], scores: &[RewardScore], names: &[String]) -> Vec<f64> {
+    fn table(rollouts: &[Episode], scores: &[ScoreResult], names: &[String]) -> Vec<f64> {
         let flag = |b: bool| f64::from(u8::from(b));
         let mut out = Vec::with_capacity(rollouts.len() * Self::cols(names));
         for (r, s) in rollouts.iter().zip(scores) {
@@ -929,7 +932,7 @@ impl RolloutRow {
             out.extend([s.total, r.generated_tokens() as f64, flag(r.finish_reason == FinishReason::Length), flag(s.error.is_some())]);
             out.extend([flag(tool.called), tool.calls as f64, tool.errors as f64, tool.seconds]);
             for name in names {
-                out.push(s.components.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v));
+                out.push(s.components.iter().find(|c| &c.name == name).map_or(0.0, |c| c.value));
             }
         }
         out

@@ -11,7 +11,7 @@ use common::*;
 use sigmaforge_model::load::ChatMessage;
 use sigmaforge_model::model::{CausalLm, ModelConfig};
 use sigmaforge_model::testing::{CHATML_BYTE_VOCAB, FAKE_SEARCH_HIT, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
-use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
+use sigmaforge_reward::{ComponentScore, ScoreResult, Scorer, TaskEnvironment, TaskPrompt, TaskRef};
 use sigmaforge_trainer::train::Trainer;
 
 /// Reward 1 when the scored text names EventID 4688, else 0; records what it was asked to score.
@@ -21,21 +21,32 @@ struct NeedsTheEventId {
 }
 
 impl TaskEnvironment for NeedsTheEventId {
-    fn component_names(&self) -> Vec<String> {
-        vec!["event_id".into()]
-    }
     fn tasks(&self) -> anyhow::Result<Vec<TaskPrompt>> {
         Ok((0..2)
             .map(|i| TaskPrompt { id: format!("t{i}"), messages: vec![ChatMessage::new("user", format!("Rule {i} for process creation."))] })
             .collect())
     }
-    fn score_batch(&self, items: &[(String, String)]) -> Vec<RewardScore> {
+}
+
+impl Scorer for NeedsTheEventId {
+    fn name(&self) -> String {
+        "needs-the-event-id".into()
+    }
+    fn components(&self) -> Vec<(String, f64)> {
+        vec![("event_id".into(), 1.0)]
+    }
+    fn score_batch(&self, items: &[(TaskRef, String)]) -> Vec<ScoreResult> {
         self.scored.lock().unwrap().extend(items.iter().map(|(_, c)| c.clone()));
         items
             .iter()
             .map(|(_, c)| {
                 let v = if c.contains("EventID: 4688") { 1.0 } else { 0.0 };
-                RewardScore { total: v, components: vec![("event_id".into(), v)], error: None }
+                let detail = if v == 1.0 { "names EventID 4688" } else { "no EventID 4688" };
+                ScoreResult {
+                    total: v,
+                    components: vec![ComponentScore { name: "event_id".into(), value: v, weight: 1.0, detail: detail.into() }],
+                    error: None,
+                }
             })
             .collect()
     }
@@ -105,6 +116,9 @@ fn a_training_step_with_tool_calls() {
     assert!(called["transcript"].as_str().unwrap().contains(&format!("<tool_response>\nquery: process creation\n{FAKE_SEARCH_HIT}")));
     assert_eq!(called["final_answer"], "detection:\n  sel:\n    EventID: 4688");
     assert_eq!(called["reward"], 1.0);
+    // ... and each component as the reward gave it, with its weight and why it scored so.
+    assert_eq!(called["components"], serde_json::json!([{ "name": "event_id", "value": 1.0, "weight": 1.0, "detail": "names EventID 4688" }]));
+    assert_eq!(lines[2]["components"][0]["detail"], "no EventID 4688");
     assert!(lines[1]["tool_calls"][0]["result"].as_str().unwrap().starts_with("Error: the tool call is not valid JSON"));
     assert!(lines[2].get("tool_calls").is_none() && lines[2].get("transcript").is_none());
 

@@ -20,8 +20,8 @@ use anyhow::{Context, Result, bail};
 use sigmaforge_eval::compare::{load_report, load_task_scores, markdown_paired, markdown_table, paired_differences};
 use sigmaforge_eval::local::{LocalOptions, LocalPolicy};
 use sigmaforge_eval::openai::{OpenAiOptions, OpenAiPolicy};
-use sigmaforge_eval::tools::ToolRunner;
-use sigmaforge_eval::{EvalKey, EvalOptions, Journal, Policy, PolicySpec, Prices, Toolbox, output, run_eval};
+use sigmaforge_eval::{EvalKey, EvalOptions, Journal, Policy, PolicySpec, Prices, output, run_eval};
+use sigmaforge_reward::{ToolRunner, Toolbox};
 use sigmaforge_runtime::{PluginConfig, PluginsConfig};
 
 use super::plugin::{data_dir, new_runtime};

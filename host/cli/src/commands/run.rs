@@ -25,13 +25,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use sigmaforge_distributed::{Backend, LaunchEnv};
-use sigmaforge_eval::tools::Toolbox;
-use sigmaforge_model::load::{self, ChatMessage, LoadOptions, Tokenizer};
+use sigmaforge_model::load::{self, LoadOptions, Tokenizer};
 use sigmaforge_model::model::CausalLm;
-use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, TaskRef, ToolPlugin};
+use sigmaforge_reward::{PluginEnvironment, Toolbox};
+use sigmaforge_runtime::{PluginConfig, PluginsConfig, TaskPlugin, ToolPlugin};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
-use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
 use sigmaforge_trainer::parallel::DataParallel;
 use sigmaforge_trainer::sft::{self, SftTrainer};
 use sigmaforge_trainer::train::Trainer;
@@ -209,7 +208,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         total as f64 / 1e6,
         trainable as f64 / 1e6,
         env.task_count(),
-        env.plugin.name(),
+        env.plugin().name(),
         run_dir.display()
     );
     let summary = trainer.run(true, None)?;
@@ -329,49 +328,6 @@ pub(super) fn load_plugins(
         },
     };
     Ok((task?, tools))
-}
-
-/// The plugin runtime as the trainer's task environment.
-struct PluginEnvironment {
-    plugin: Arc<TaskPlugin>,
-    tasks: Vec<TaskPrompt>,
-}
-
-impl PluginEnvironment {
-    fn new(plugin: Arc<TaskPlugin>, split: &str) -> Result<Self> {
-        let tasks = plugin
-            .list_tasks(split)?
-            .into_iter()
-            .map(|t| TaskPrompt { id: t.id, messages: t.prompt.into_iter().map(|m| ChatMessage::new(m.role, m.content)).collect() })
-            .collect::<Vec<_>>();
-        if tasks.is_empty() {
-            bail!("plugin `{}` has no tasks in split `{split}`", plugin.name());
-        }
-        Ok(Self { plugin, tasks })
-    }
-
-    fn task_count(&self) -> usize {
-        self.tasks.len()
-    }
-}
-
-impl TaskEnvironment for PluginEnvironment {
-    fn component_names(&self) -> Vec<String> {
-        self.plugin.components().iter().map(|(n, _)| n.clone()).collect()
-    }
-
-    fn tasks(&self) -> Result<Vec<TaskPrompt>> {
-        Ok(self.tasks.clone())
-    }
-
-    fn score_batch(&self, items: &[(String, String)]) -> Vec<RewardScore> {
-        let batch: Vec<(TaskRef, String)> = items.iter().map(|(id, c)| (TaskRef::Id(id.clone()), c.clone())).collect();
-        self.plugin
-            .score_batch(&batch)
-            .into_iter()
-            .map(|s| RewardScore { total: s.total, components: s.components.into_iter().map(|c| (c.name, c.value)).collect(), error: s.error })
-            .collect()
-    }
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, for default run directory names.

@@ -10,8 +10,8 @@ use candle_core::{DType, Device};
 use sigmaforge_model::load::ChatMessage;
 use sigmaforge_model::model::{CausalLm, ModelConfig};
 use sigmaforge_model::testing::tiny_tokenizer;
+use sigmaforge_reward::{ComponentScore, ScoreResult, Scorer, TaskEnvironment, TaskPrompt, TaskRef};
 use sigmaforge_trainer::config::RunConfig;
-use sigmaforge_trainer::environment::{RewardScore, TaskEnvironment, TaskPrompt};
 use sigmaforge_trainer::train::Trainer;
 
 /// Toy verifiable task: reward = share of the `max_new_tokens` completion slots filled with a
@@ -22,17 +22,23 @@ pub struct TargetWords {
 }
 
 impl TaskEnvironment for TargetWords {
-    fn component_names(&self) -> Vec<String> {
-        vec!["target_share".into()]
-    }
-
     fn tasks(&self) -> anyhow::Result<Vec<TaskPrompt>> {
         Ok((0..16)
             .map(|i| TaskPrompt { id: format!("task-{i}"), messages: vec![ChatMessage::new("user", format!("w{} w{}", 20 + i, 40 + (i * 7) % 20))] })
             .collect())
     }
+}
 
-    fn score_batch(&self, items: &[(String, String)]) -> Vec<RewardScore> {
+impl Scorer for TargetWords {
+    fn name(&self) -> String {
+        "target-words".into()
+    }
+
+    fn components(&self) -> Vec<(String, f64)> {
+        vec![("target_share".into(), 1.0)]
+    }
+
+    fn score_batch(&self, items: &[(TaskRef, String)]) -> Vec<ScoreResult> {
         items
             .iter()
             .map(|(_, text)| {
@@ -41,7 +47,8 @@ impl TaskEnvironment for TargetWords {
                     .filter(|w| w.strip_prefix('w').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| (4..16).contains(&n)))
                     .count();
                 let v = hits as f64 / self.max_new_tokens as f64;
-                RewardScore { total: v, components: vec![("target_share".into(), v)], error: None }
+                let share = ComponentScore { name: "target_share".into(), value: v, weight: 1.0, detail: format!("{hits} target words") };
+                ScoreResult { total: v, components: vec![share], error: None }
             })
             .collect()
     }

@@ -1,7 +1,7 @@
 //! Tool plugins as a model sees them: offered to hosted models in the OpenAI function-calling
-//! format, and (through the trainer's `ToolBox` trait) to the trainer's episode loop, which both
+//! format, and (through the model crate's `ToolBox` trait) to the episode loop, which both
 //! `sigmaforge run` and local-model evals use. The one adapter between the runtime's tool plugins
-//! and the trainer lives here.
+//! and the models lives here.
 
 use std::sync::Arc;
 
