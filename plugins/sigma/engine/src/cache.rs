@@ -29,7 +29,6 @@
 //! the cache records each source file's path, size and modification time; [`CacheError::Stale`]
 //! tells the caller to re-parse (content hashing would cost as much as parsing).
 
-use std::fmt;
 use std::path::Path;
 
 use crate::corpus::{Corpus, SourceFile};
@@ -58,41 +57,22 @@ impl SourceStamp {
 }
 
 /// Why a cache could not be used.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    Io(std::io::Error),
+    #[error("cannot read the cache: {0}")]
+    Io(#[from] std::io::Error),
     /// Not a SigmaForge corpus cache at all.
+    #[error("not a SigmaForge corpus cache (wrong magic bytes)")]
     NotACache,
     /// Written by another version of the format.
-    Version {
-        found: u32,
-    },
+    #[error("cache format version {found}, this SigmaForge reads version {FORMAT_VERSION}")]
+    Version { found: u32 },
     /// Damaged: truncated, checksum mismatch, or inconsistent content.
+    #[error("the cache is damaged: {0}")]
     Corrupt(String),
     /// Valid, but built from other source files (or older versions of them).
+    #[error("the cache is out of date: {0}")]
     Stale(String),
-}
-
-impl fmt::Display for CacheError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CacheError::Io(e) => write!(f, "cannot read the cache: {e}"),
-            CacheError::NotACache => write!(f, "not a SigmaForge corpus cache (wrong magic bytes)"),
-            CacheError::Version { found } => {
-                write!(f, "cache format version {found}, this SigmaForge reads version {FORMAT_VERSION}")
-            }
-            CacheError::Corrupt(why) => write!(f, "the cache is damaged: {why}"),
-            CacheError::Stale(why) => write!(f, "the cache is out of date: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for CacheError {}
-
-impl From<std::io::Error> for CacheError {
-    fn from(e: std::io::Error) -> Self {
-        CacheError::Io(e)
-    }
 }
 
 /// A fast 64-bit hash over 8-byte words (FxHash-style multiply-rotate); it only has to catch

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{BaseRule, HuntOutcome, Hunter, PreparedRule, RuleSet, Skipped};
+use super::{BaseRule, HuntError, HuntOutcome, Hunter, PreparedRule, RuleSet, Skipped};
 use crate::rule::{Correlation, CorrelationType};
 
 /// One base-rule match in a correlation: (timestamp, rule position, event, group key, value of
@@ -14,15 +14,14 @@ impl Hunter<'_> {
     /// Evaluates a correlation over the matches of its base rules. `base` looks a referenced rule
     /// up by id or name and gives its prepared form and matches. Returns the events that take
     /// part in a triggering group/window (ascending), or why the correlation cannot run.
-    pub fn correlate<'r>(&self, correlation: &Correlation, base: &dyn Fn(&str) -> Option<BaseRule<'r>>) -> Result<Vec<u32>, String> {
+    pub fn correlate<'r>(&self, correlation: &Correlation, base: &dyn Fn(&str) -> Option<BaseRule<'r>>) -> Result<Vec<u32>, HuntError> {
         if correlation.kind == CorrelationType::ValuePercentile {
-            return Err("value_percentile correlations are not supported".into());
+            return Err(HuntError::UnsupportedCorrelation);
         }
         let span_us = i64::try_from(correlation.timespan_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
         let mut rows: Vec<CorrelationRow> = Vec::new();
         for (pos, reference) in correlation.rules.iter().enumerate() {
-            let (rule, prepared, matches) = base(reference)
-                .ok_or_else(|| format!("references rule {reference}, which is not among the loaded rules (or is itself a correlation)"))?;
+            let (rule, prepared, matches) = base(reference).ok_or_else(|| HuntError::MissingBaseRule(reference.clone()))?;
             let alias_field = |name: &str| -> String {
                 correlation
                     .aliases
@@ -104,11 +103,11 @@ impl Hunter<'_> {
     }
 
     /// Applies correlations and `generate` to per-rule results (computed serially or in parallel).
-    pub fn finish(&self, rules: &RuleSet, prepared: &[Result<PreparedRule, String>], matches: Vec<Vec<u32>>) -> HuntOutcome {
+    pub fn finish(&self, rules: &RuleSet, prepared: &[Result<PreparedRule, HuntError>], matches: Vec<Vec<u32>>) -> HuntOutcome {
         let mut skipped = Vec::new();
         for (r, p) in rules.rules.iter().zip(prepared) {
             if let Err(why) = p {
-                skipped.push(Skipped { file: r.file.clone(), title: r.rule.title.clone(), reason: why.clone() });
+                skipped.push(Skipped { file: r.file.clone(), title: r.rule.title.clone(), reason: why.to_string() });
             }
         }
         let find =
@@ -127,7 +126,7 @@ impl Hunter<'_> {
             match self.correlate(&c.correlation, &base) {
                 Ok(events) => correlation_hits.push(events),
                 Err(why) => {
-                    skipped.push(Skipped { file: c.file.clone(), title: c.correlation.title.clone(), reason: why });
+                    skipped.push(Skipped { file: c.file.clone(), title: c.correlation.title.clone(), reason: why.to_string() });
                     correlation_hits.push(Vec::new());
                 }
             }

@@ -21,8 +21,9 @@ use std::ops::{Deref, Range};
 
 use crate::corpus::Corpus;
 use crate::detection::compile::{CompileOptions, CompiledRule, compile};
+use crate::diagnostic::Diagnostic;
 use crate::event::FieldKey;
-use crate::logsource::{LogsourceMap, describe_logsource};
+use crate::logsource::{LogsourceMap, UnknownLogsource, describe_logsource};
 pub use crate::prefilter::Passes;
 use crate::prefilter::Prefilter;
 use crate::rule::Rule;
@@ -31,6 +32,27 @@ mod correlation;
 mod rule_set;
 
 pub use rule_set::{LoadedCorrelation, LoadedRule, RuleSet};
+
+/// Why a rule or a correlation cannot run (reported as a skipped rule, or as a zero reward).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HuntError {
+    /// The rule's logsource is not in the mapping, so no event is a candidate; `unknown` names
+    /// the parts the mapping does not know, with near misses.
+    #[error("logsource {logsource} is not in the logsource mapping {mapping}, so the rule matches no event{}", hints(unknown))]
+    UnmappedLogsource { logsource: String, mapping: String, unknown: Vec<UnknownLogsource> },
+    /// The detection does not compile for one of the logsource's variants.
+    #[error(transparent)]
+    Compile(#[from] Diagnostic),
+    #[error("value_percentile correlations are not supported")]
+    UnsupportedCorrelation,
+    /// A correlation names a rule (by id or name) that is not a loaded detection rule.
+    #[error("references rule {0}, which is not among the loaded rules (or is itself a correlation)")]
+    MissingBaseRule(String),
+}
+
+fn hints(unknown: &[UnknownLogsource]) -> String {
+    unknown.iter().map(|u| format!("; {u}")).collect()
+}
 
 /// A rule ready to run: one compiled detection per logsource variant.
 #[derive(Debug)]
@@ -118,29 +140,28 @@ impl<'a> Hunter<'a> {
 
     /// The events (ascending corpus indices) one detection rule matches, exactly as a hunt over
     /// this corpus reports them for a rule file holding only `rule`; or why the rule cannot run.
-    pub fn match_rule(&self, rule: &Rule) -> Result<Vec<u32>, String> {
+    pub fn match_rule(&self, rule: &Rule) -> Result<Vec<u32>, HuntError> {
         self.prepare(rule).map(|p| self.evaluate(&p))
     }
 
     /// Compiles `rule` for every variant of its logsource. An error says why the rule cannot run:
     /// its logsource has no mapping, or its detection does not compile.
-    pub fn prepare(&self, rule: &Rule) -> Result<PreparedRule, String> {
+    pub fn prepare(&self, rule: &Rule) -> Result<PreparedRule, HuntError> {
         let ls = &rule.logsource;
         let (p, c, s) = (ls.product.as_deref(), ls.category.as_deref(), ls.service.as_deref());
         let Some(entry_index) = self.map.lookup_index(p, c, s) else {
-            let hint = self.map.unknown_parts(p, c, s).iter().map(|u| format!("; {u}")).collect::<String>();
-            return Err(format!(
-                "logsource {} is not in the logsource mapping {}, so the rule matches no event{hint}",
-                describe_logsource(p, c, s),
-                self.map.origin
-            ));
+            return Err(HuntError::UnmappedLogsource {
+                logsource: describe_logsource(p, c, s),
+                mapping: self.map.origin.clone(),
+                unknown: self.map.unknown_parts(p, c, s),
+            });
         };
         let entry = &self.map.entries()[entry_index];
         let mut units = Vec::with_capacity(entry.variants.len());
         let mut narrowed = Vec::with_capacity(entry.variants.len());
         for (vi, variant) in entry.variants.iter().enumerate() {
             let rule = variant.map_values(rule);
-            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(&self.corpus, name)).map_err(|d| d.to_string())?;
+            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(&self.corpus, name))?;
             // A detection that pins EventID lets the index skip every other bucket.
             let event_id = variant.resolve(&self.corpus, "EventID");
             let pinned = if self.narrow_by_event_id { compiled.required_values(event_id) } else { None };
@@ -258,7 +279,7 @@ impl<'a> Hunter<'a> {
     /// Runs every rule and correlation, serially. Matches come back in rule order, events
     /// ascending within a rule.
     pub fn hunt(&self, rules: &RuleSet) -> HuntOutcome {
-        let prepared: Vec<Result<PreparedRule, String>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
+        let prepared: Vec<Result<PreparedRule, HuntError>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
         let index = self.index(prepared.iter().map(|p| p.as_ref().ok()));
         let passes = self.scan(&index, 0..self.corpus.len() as u32);
         let matches: Vec<Vec<u32>> =
