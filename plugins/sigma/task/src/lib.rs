@@ -97,7 +97,7 @@ impl SigmaTask {
     /// Loads the corpus and the train split from `data_dir` (laid out like the project's shared
     /// data directory). `log` receives progress and skipped rules.
     pub fn load(data_dir: &Path, config: TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Self, String> {
-        let corpus = corpus_cache::load(data_dir, &config, log)?;
+        let corpus = corpus_cache::load(data_dir, &config, log).map_err(|e| e.to_string())?;
         let map = LogsourceMap::builtin().map_err(|e| format!("the built-in logsource mapping is invalid: {e}"))?;
         let hunter = Hunter::owning(corpus, map, CompileOptions::for_events());
         let rules_dir = data_dir.join(&config.rules_dir);

@@ -26,10 +26,17 @@
 //!
 //! Integrity: the header's length and checksum reject truncated or damaged files, and every read
 //! is bounds-checked, so a corrupt cache is an error ([`CacheError`]), never a panic. Freshness:
-//! the cache records each source file's path, size and modification time; [`CacheError::Stale`]
-//! tells the caller to re-parse (content hashing would cost as much as parsing).
+//! the cache records each source file's name, size and modification time ([`SourceStamp`]);
+//! [`CacheError::Stale`] tells the caller to re-parse (content hashing would cost as much as
+//! parsing).
+//!
+//! [`CorpusLoader`] (in `loader.rs`) is the one way callers load a corpus through a cache: it
+//! decides when a cache may be used, parses otherwise and writes the cache back.
 
 use std::path::Path;
+
+mod loader;
+pub use loader::{CacheStatus, CorpusLoader, LoadError, LoadedCorpus, ParseFn, parse_serially};
 
 use crate::corpus::{Corpus, SourceFile};
 use crate::event::{Event, FieldKey, FieldTable, FileId, Value, ValueKind};
@@ -39,7 +46,17 @@ const MAGIC: &[u8; 8] = b"SFEVTC\r\n";
 pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 
-/// Identity of one source file at the time it was parsed.
+/// Identity of one source file at the time it was parsed: the cache's staleness key.
+///
+/// `path` is the file's name relative to the folder it was found under ([`SourceFile::name`],
+/// the name its events report), not its absolute path. The cache must stay valid when the same
+/// files are seen at another place: the Wasm reward plugin sees the data directory at `/data`,
+/// while `sigmaforge data cache` wrote the cache from the directory's real path, and absolute
+/// paths would make the plugin re-parse the whole corpus at every start. Relative names plus
+/// size and modification time (ns) still catch any file added, removed, renamed or rewritten
+/// below the folder. What they cannot tell apart is another folder with files of the same names,
+/// sizes and times, which in practice is a copy of the same files (`cp -p`, a second checkout
+/// of an archive); the `hunt` CLI uses the same key, so moving an event folder keeps its cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceStamp {
     pub path: String,
@@ -52,7 +69,7 @@ impl SourceStamp {
     pub fn of(source: &SourceFile) -> std::io::Result<SourceStamp> {
         let meta = std::fs::metadata(&source.path)?;
         let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i64);
-        Ok(SourceStamp { path: source.path.display().to_string(), size: meta.len(), mtime_ns })
+        Ok(SourceStamp { path: source.name.clone(), size: meta.len(), mtime_ns })
     }
 }
 
