@@ -27,7 +27,7 @@ fn run_turn(format: ToolFormat, reply: &str) -> (Vec<ToolResult>, String) {
     let results: Vec<ToolResult> = parse_tool_calls(format, reply, &tools)
         .into_iter()
         .map(|attempt| match attempt.result {
-            Ok(call) => ToolResult::from_invoke(&call, search().invoke(&call.arguments_json())),
+            Ok(call) => ToolResult::from_invoke(&call, search().invoke(&call.arguments_json()).map_err(|e| e.to_string())),
             Err(err) => ToolResult::error(&err),
         })
         .collect();

@@ -26,8 +26,9 @@ enum Loaded {
 
 static TOOL: OnceLock<Loaded> = OnceLock::new();
 
+/// The WIT contract's errors are strings: the typed errors of the library end here.
 fn configuration() -> Result<SearchConfig, String> {
-    SearchConfig::from_lookup(config)
+    SearchConfig::from_lookup(config).map_err(|e| e.to_string())
 }
 
 struct Component;
@@ -48,7 +49,7 @@ impl PluginGuest for Component {
         let started = Instant::now();
         let config = configuration()?;
         if config.endpoint.is_some() {
-            let remote = RemoteTool::new(config)?;
+            let remote = RemoteTool::new(config).map_err(|e| e.to_string())?;
             let e = remote.endpoint();
             log(Level::Info, &format!("forwarding queries to http://{}:{}{}", e.host, e.port, e.path));
             let _ = TOOL.set(Loaded::Remote(remote));
@@ -90,8 +91,8 @@ impl ToolGuest for Component {
 
     fn invoke(arguments: String) -> Result<String, String> {
         match TOOL.get() {
-            Some(Loaded::Local(tool)) => tool.invoke(&arguments),
-            Some(Loaded::Remote(tool)) => tool.invoke(&arguments),
+            Some(Loaded::Local(tool)) => tool.invoke(&arguments).map_err(|e| e.to_string()),
+            Some(Loaded::Remote(tool)) => tool.invoke(&arguments).map_err(|e| e.to_string()),
             None => Err("the search plugin is not initialised (the host must call init first)".to_owned()),
         }
     }

@@ -31,6 +31,37 @@ impl fmt::Display for LoadWarning {
     }
 }
 
+/// Why a corpus directory cannot be used (bad lines are warnings, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    #[error("cannot read corpus directory {}: {source}", dir.display())]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot list corpus directory {}: {source}", dir.display())]
+    ListDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "corpus directory {} has no *.jsonl files (expected one JSON document per line with \"id\", \"title\", \"text\", \"source_url\")",
+        dir.display()
+    )]
+    NoFiles { dir: PathBuf },
+    #[error("cannot read corpus file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every line was skipped (see the warnings of [`parse_jsonl`]).
+    #[error("corpus directory {} holds no valid documents ({skipped} lines skipped)", dir.display())]
+    NoDocuments { dir: PathBuf, skipped: usize },
+}
+
 /// Documents of a corpus and the lines that were skipped.
 #[derive(Debug, Default)]
 pub struct Corpus {
@@ -43,31 +74,28 @@ pub struct Corpus {
 /// Reads every `*.jsonl` file directly in `dir`, in file-name order (so document order, and ties
 /// in ranking, do not depend on the filesystem). Errors name the directory or file; bad lines
 /// are warnings and the rest loads.
-pub fn load_dir(dir: &Path) -> Result<Corpus, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read corpus directory {}: {e}", dir.display()))?;
+pub fn load_dir(dir: &Path) -> Result<Corpus, CorpusError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| CorpusError::ReadDir { dir: dir.to_path_buf(), source })?;
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| format!("cannot list corpus directory {}: {e}", dir.display()))?.path();
+        let path = entry.map_err(|source| CorpusError::ListDir { dir: dir.to_path_buf(), source })?.path();
         if path.extension().is_some_and(|x| x == "jsonl") && path.is_file() {
             files.push(path);
         }
     }
     if files.is_empty() {
-        return Err(format!(
-            "corpus directory {} has no *.jsonl files (expected one JSON document per line with \"id\", \"title\", \"text\", \"source_url\")",
-            dir.display()
-        ));
+        return Err(CorpusError::NoFiles { dir: dir.to_path_buf() });
     }
     files.sort();
     let mut corpus = Corpus::default();
     for path in &files {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read corpus file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| CorpusError::ReadFile { path: path.clone(), source })?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         parse_jsonl(&name, &text, &mut corpus);
     }
     corpus.files = files;
     if corpus.documents.is_empty() {
-        return Err(format!("corpus directory {} holds no valid documents ({} lines skipped)", dir.display(), corpus.warnings.len()));
+        return Err(CorpusError::NoDocuments { dir: dir.to_path_buf(), skipped: corpus.warnings.len() });
     }
     Ok(corpus)
 }
@@ -113,14 +141,15 @@ mod tests {
 
     #[test]
     fn missing_or_empty_directories_are_errors() {
-        let err = load_dir(Path::new("/nonexistent/corpus")).unwrap_err();
+        let err = load_dir(Path::new("/nonexistent/corpus")).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/corpus"), "{err}");
         let dir = std::env::temp_dir().join(format!("search-empty-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = load_dir(&dir).unwrap_err();
-        assert!(err.contains("no *.jsonl files"), "{err}");
+        assert!(matches!(err, CorpusError::NoFiles { .. }));
+        assert!(err.to_string().contains("no *.jsonl files"), "{err}");
         std::fs::write(dir.join("bad.jsonl"), "nope\n").unwrap();
-        let err = load_dir(&dir).unwrap_err();
+        let err = load_dir(&dir).unwrap_err().to_string();
         assert!(err.contains("no valid documents (1 lines skipped)"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

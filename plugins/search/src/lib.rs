@@ -15,8 +15,9 @@
 //! which a wasm32-wasip2 sandbox does not offer, and they are large. The corpus is 7 MB, so a
 //! hand-written in-memory index loads from the raw JSONL in well under the 1 s budget (see
 //! BENCHMARKS.md) and needs no prebuilt index file to keep in sync with the corpus.
-//! Dependencies: serde + serde_json (the corpus and the tool arguments are JSON); wit-bindgen for
-//! the component only.
+//! Dependencies: serde + serde_json (the corpus and the tool arguments are JSON), thiserror (the
+//! errors, which the component turns into the WIT contract's strings); wit-bindgen for the
+//! component only.
 
 pub mod corpus;
 pub mod index;
@@ -28,7 +29,7 @@ pub mod tool;
 #[cfg(target_family = "wasm")]
 mod component;
 
-pub use corpus::{Corpus, Document, LoadWarning, load_dir};
+pub use corpus::{Corpus, CorpusError, Document, LoadWarning, load_dir};
 pub use index::{Bm25fParams, Hit, Index};
-pub use remote::{Endpoint, RemoteTool};
-pub use tool::{SearchConfig, SearchTool, Spec, TOOL_NAME, spec};
+pub use remote::{Endpoint, EndpointError, RemoteError, RemoteTool, ResponseError, SearchError};
+pub use tool::{ArgumentError, ConfigError, SearchConfig, SearchTool, Spec, TOOL_NAME, spec};

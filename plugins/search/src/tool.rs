@@ -2,12 +2,14 @@
 //! result text the model reads. Shared by the wasm component and native callers (tests, benches).
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 
-use crate::corpus::{LoadWarning, load_dir};
+use crate::corpus::{CorpusError, LoadWarning, load_dir};
 use crate::index::{Bm25fParams, Index};
+use crate::remote::EndpointError;
 use crate::snippet::best_passage;
 use crate::tokenize::terms;
 
@@ -18,6 +20,43 @@ specification with logsource field lists. Returns the best-matching documents as
 and source URL.";
 /// Longest query accepted, in characters: a tool call is not a place for a whole document.
 const MAX_QUERY_CHARS: usize = 2000;
+
+/// A configuration value that cannot be used; the message names the key and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config corpus_dir is empty")]
+    EmptyCorpusDir,
+    #[error("config {key} = {raw:?} is not a whole number")]
+    NotANumber { key: String, raw: String },
+    #[error("config {key} = {value} is out of range {}..={}", range.start(), range.end())]
+    OutOfRange { key: String, value: usize, range: RangeInclusive<usize> },
+    #[error("config default_k = {default_k} is larger than max_k = {max_k}")]
+    DefaultAboveMax { default_k: usize, max_k: usize },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+}
+
+/// Why a tool call's arguments are refused: a message for the model naming the argument and the
+/// problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgumentError {
+    #[error("arguments are not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("arguments must be a JSON object like {{\"query\": \"...\"}}, got {0}")]
+    NotAnObject(Value),
+    #[error("unknown argument \"{0}\"; expected \"query\" and optionally \"k\"")]
+    Unknown(String),
+    #[error("missing required argument \"query\" (a string)")]
+    MissingQuery,
+    #[error("argument \"query\" must be a string, got {0}")]
+    QueryNotAString(Value),
+    #[error("argument \"query\" is empty; say what to look up")]
+    EmptyQuery,
+    #[error("argument \"query\" is longer than {MAX_QUERY_CHARS} characters")]
+    QueryTooLong,
+    #[error("argument \"k\" must be a whole number from 1 to {max}, got {got}")]
+    BadK { max: usize, got: Value },
+}
 
 /// Plugin configuration (`plugins.search.config` in the run configuration).
 #[derive(Debug, Clone, PartialEq)]
@@ -55,26 +94,26 @@ impl SearchConfig {
     /// Reads the keys `corpus_dir`, `default_k`, `max_k`, `snippet_chars`, `description` and `endpoint`
     /// through `get` (the host's `config` import); unset keys keep their defaults. Errors name
     /// the key and the bad value.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<SearchConfig, String> {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<SearchConfig, ConfigError> {
         let mut config = SearchConfig::default();
         if let Some(dir) = get("corpus_dir") {
             if dir.trim().is_empty() {
-                return Err("config corpus_dir is empty".to_owned());
+                return Err(ConfigError::EmptyCorpusDir);
             }
             config.corpus_dir = PathBuf::from(dir.trim());
         }
-        let number = |key: &str, default: usize, range: std::ops::RangeInclusive<usize>| -> Result<usize, String> {
+        let number = |key: &str, default: usize, range: RangeInclusive<usize>| -> Result<usize, ConfigError> {
             let Some(raw) = get(key) else { return Ok(default) };
-            let value: usize = raw.trim().parse().map_err(|_| format!("config {key} = {raw:?} is not a whole number"))?;
+            let Ok(value) = raw.trim().parse::<usize>() else { return Err(ConfigError::NotANumber { key: key.to_owned(), raw }) };
             if !range.contains(&value) {
-                return Err(format!("config {key} = {value} is out of range {}..={}", range.start(), range.end()));
+                return Err(ConfigError::OutOfRange { key: key.to_owned(), value, range });
             }
             Ok(value)
         };
         config.max_k = number("max_k", config.max_k, 1..=100)?;
         config.default_k = number("default_k", config.default_k.min(config.max_k), 1..=100)?;
         if config.default_k > config.max_k {
-            return Err(format!("config default_k = {} is larger than max_k = {}", config.default_k, config.max_k));
+            return Err(ConfigError::DefaultAboveMax { default_k: config.default_k, max_k: config.max_k });
         }
         config.snippet_chars = number("snippet_chars", config.snippet_chars, 40..=5000)?;
         if let Some(description) = get("description") {
@@ -128,7 +167,7 @@ pub struct SearchTool {
 impl SearchTool {
     /// Loads the corpus named by the configuration. Lines that could not be read are returned as
     /// warnings (the caller logs them); an unreadable or empty corpus is an error.
-    pub fn load(config: SearchConfig) -> Result<(SearchTool, Vec<LoadWarning>), String> {
+    pub fn load(config: SearchConfig) -> Result<(SearchTool, Vec<LoadWarning>), CorpusError> {
         let corpus = load_dir(&config.corpus_dir)?;
         let index = Index::build(corpus.documents, Bm25fParams::default());
         Ok((SearchTool { index, config }, corpus.warnings))
@@ -153,7 +192,7 @@ impl SearchTool {
 
     /// Runs one call. `arguments` is the JSON object of the call; an `Err` is a message for the
     /// model naming the argument and the problem.
-    pub fn invoke(&self, arguments: &str) -> Result<String, String> {
+    pub fn invoke(&self, arguments: &str) -> Result<String, ArgumentError> {
         let request = parse_arguments(arguments, &self.config)?;
         Ok(self.run(&request.query, request.k).to_string())
     }
@@ -187,38 +226,37 @@ pub(crate) struct Request {
 }
 
 /// Checks a call's arguments against the spec; errors are messages for the model.
-pub(crate) fn parse_arguments(arguments: &str, config: &SearchConfig) -> Result<Request, String> {
-    let value: Value = serde_json::from_str(arguments).map_err(|e| format!("arguments are not valid JSON: {e}"))?;
+pub(crate) fn parse_arguments(arguments: &str, config: &SearchConfig) -> Result<Request, ArgumentError> {
+    let value: Value = serde_json::from_str(arguments).map_err(ArgumentError::NotJson)?;
     let Value::Object(args) = value else {
-        return Err(format!("arguments must be a JSON object like {{\"query\": \"...\"}}, got {value}"));
+        return Err(ArgumentError::NotAnObject(value));
     };
     if let Some(unknown) = args.keys().find(|k| !matches!(k.as_str(), "query" | "k")) {
-        return Err(format!("unknown argument \"{unknown}\"; expected \"query\" and optionally \"k\""));
+        return Err(ArgumentError::Unknown(unknown.clone()));
     }
     let query = match args.get("query") {
-        None => return Err("missing required argument \"query\" (a string)".to_owned()),
+        None => return Err(ArgumentError::MissingQuery),
         Some(Value::String(q)) => q.trim().to_owned(),
-        Some(other) => return Err(format!("argument \"query\" must be a string, got {other}")),
+        Some(other) => return Err(ArgumentError::QueryNotAString(other.clone())),
     };
     if query.is_empty() {
-        return Err("argument \"query\" is empty; say what to look up".to_owned());
+        return Err(ArgumentError::EmptyQuery);
     }
     if query.chars().count() > MAX_QUERY_CHARS {
-        return Err(format!("argument \"query\" is longer than {MAX_QUERY_CHARS} characters"));
+        return Err(ArgumentError::QueryTooLong);
     }
     let k = parse_k(&args, config)?;
     Ok(Request { query, k })
 }
 
-fn parse_k(args: &Map<String, Value>, config: &SearchConfig) -> Result<usize, String> {
+fn parse_k(args: &Map<String, Value>, config: &SearchConfig) -> Result<usize, ArgumentError> {
     let max = config.max_k;
     match args.get("k") {
         None | Some(Value::Null) => Ok(config.default_k),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(other) => match other.as_u64() {
             Some(k) if (1..=max as u64).contains(&k) => Ok(k as usize),
-            _ => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {n}")),
+            _ => Err(ArgumentError::BadK { max, got: other.clone() }),
         },
-        Some(other) => Err(format!("argument \"k\" must be a whole number from 1 to {max}, got {other}")),
     }
 }
 
@@ -253,7 +291,7 @@ mod tests {
     #[test]
     fn bad_arguments_are_clear_errors() {
         let t = tool();
-        let err = |args: &str| t.invoke(args).unwrap_err();
+        let err = |args: &str| t.invoke(args).unwrap_err().to_string();
         assert_eq!(err("{}"), "missing required argument \"query\" (a string)");
         assert_eq!(err(r#"{"query": 42}"#), "argument \"query\" must be a string, got 42");
         assert_eq!(err(r#"{"query": "   "}"#), "argument \"query\" is empty; say what to look up");
@@ -292,10 +330,11 @@ mod tests {
         assert_eq!(cfg(&[]).unwrap(), SearchConfig::default());
         let c = cfg(&[("corpus_dir", "/data/mine"), ("max_k", "20"), ("default_k", "8")]).unwrap();
         assert_eq!((c.corpus_dir.to_str().unwrap(), c.max_k, c.default_k), ("/data/mine", 20, 8));
-        assert_eq!(cfg(&[("max_k", "ten")]).unwrap_err(), "config max_k = \"ten\" is not a whole number");
-        assert_eq!(cfg(&[("max_k", "3"), ("default_k", "4")]).unwrap_err(), "config default_k = 4 is larger than max_k = 3");
-        assert!(cfg(&[("snippet_chars", "5")]).unwrap_err().contains("out of range 40..=5000"));
-        assert!(cfg(&[("endpoint", "https://search.example")]).unwrap_err().contains("must start with http://"));
+        assert_eq!(cfg(&[("max_k", "ten")]).unwrap_err().to_string(), "config max_k = \"ten\" is not a whole number");
+        assert_eq!(cfg(&[("max_k", "3"), ("default_k", "4")]).unwrap_err().to_string(), "config default_k = 4 is larger than max_k = 3");
+        assert!(cfg(&[("snippet_chars", "5")]).unwrap_err().to_string().contains("out of range 40..=5000"));
+        assert!(matches!(cfg(&[("endpoint", "https://search.example")]).unwrap_err(), ConfigError::Endpoint(EndpointError::NotHttp { .. })));
+        assert!(cfg(&[("endpoint", "https://search.example")]).unwrap_err().to_string().contains("must start with http://"));
         assert_eq!(cfg(&[("endpoint", "http://127.0.0.1:7700/q")]).unwrap().endpoint.as_deref(), Some("http://127.0.0.1:7700/q"));
         // a small max_k lowers the default k with it
         assert_eq!(cfg(&[("max_k", "3")]).unwrap().default_k, 3);

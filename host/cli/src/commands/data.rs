@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 fn write_caches(data: &std::path::Path) -> Result<()> {
     let config = sigma_task::TaskConfig::default();
     let started = std::time::Instant::now();
-    let (path, events) = sigma_task::corpus_cache::write(data, &config).map_err(anyhow::Error::msg)?;
+    let (path, events) = sigma_task::corpus_cache::write(data, &config)?;
     eprintln!("wrote {} ({events} events) in {:.1} s", path.display(), started.elapsed().as_secs_f64());
     let started = std::time::Instant::now();
     let task = sigma_task::SigmaTask::load(data, config, &|_, _| {}).map_err(anyhow::Error::msg)?;

@@ -18,9 +18,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 use sigma_engine::CompileOptions;
-use sigma_engine::cache::{CacheError, SourceStamp};
+use sigma_engine::cache::{CacheStatus, CorpusLoader};
 use sigma_engine::check::check_file;
-use sigma_engine::corpus::{ChannelFilter, Corpus, SourceFile, collect_event_files, load_event_file_if};
+use sigma_engine::corpus::{ChannelFilter, Corpus, LoadedFile, SourceFile, collect_event_files, load_event_file_if};
 use sigma_engine::hunt::{Hunter, Passes, RuleSet};
 
 use super::hunt_report::{Format, Report, Selection, Summary};
@@ -90,9 +90,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("no event files found under {}", args.events.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let loading = Instant::now();
-    // Without a cache, EVTX files of channels no rule reads are not parsed at all (a cache must
-    // hold every event, so it is written from all files).
-    let channels = if args.cache.is_none() { map.channels_of(rules.rules.iter().map(|r| &r.rule.logsource)) } else { None };
+    // EVTX files of channels no rule reads are not parsed at all; the loader applies this only
+    // without a cache (a cache must hold every event, so it is written from all files).
+    let channels = map.channels_of(rules.rules.iter().map(|r| &r.rule.logsource));
     let filter = channels.as_deref().and_then(ChannelFilter::new);
     let (corpus, unread) = load_corpus(&sources, args.cache.as_deref(), filter.as_ref())?;
     let load_time = loading.elapsed();
@@ -211,19 +211,27 @@ fn report_damaged_files(corpus: &Corpus, json: bool) {
 /// with a cache path, writes the cache for next time.
 /// Also says how many files `filter` left unread.
 fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&ChannelFilter>) -> Result<(Corpus, usize)> {
-    let stamps = match cache {
-        Some(_) => sources.iter().map(SourceStamp::of).collect::<std::io::Result<Vec<_>>>().context("reading event file metadata")?,
-        None => Vec::new(),
-    };
-    if let Some(path) = cache {
-        match Corpus::read_cache(path, Some(&stamps)) {
-            Ok(corpus) => return Ok((corpus, 0)),
-            Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!("note: cache {}: {e}; parsing the event files again", path.display()),
-        }
+    let loader = CorpusLoader::new(sources).cache(cache).write_back(true).filter(filter).parser(&parse_in_parallel);
+    let loaded = loader
+        .load(&mut |status| {
+            if let (CacheStatus::Rejected(e), Some(path)) = (status, cache) {
+                eprintln!("note: cache {}: {e}; parsing the event files again", path.display());
+            }
+        })
+        .context("reading event file metadata")?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
     }
+    if let (Some(e), Some(path)) = (&loaded.write_error, cache) {
+        eprintln!("warning: could not write the cache {}: {e}", path.display());
+    }
+    Ok((loaded.corpus, loaded.unread))
+}
+
+/// The loader's parser for the CLI: files in parallel, with a progress bar on a terminal.
+fn parse_in_parallel(sources: &[SourceFile], filter: Option<&ChannelFilter>) -> Vec<Option<LoadedFile>> {
     let bar = progress(sources.len() as u64, "event files");
-    let loaded: Vec<_> = sources
+    let loaded = sources
         .par_iter()
         .map(|s| {
             let l = load_event_file_if(s, filter);
@@ -232,22 +240,7 @@ fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&Cha
         })
         .collect();
     bar.finish_and_clear();
-    let unread = loaded.iter().filter(|l| l.is_none()).count();
-    let mut builder = Corpus::builder();
-    for l in loaded.into_iter().flatten() {
-        builder.add(l);
-    }
-    let (corpus, warnings) = builder.finish();
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    if let Some(path) = cache {
-        match corpus.write_cache(path, &stamps) {
-            Ok(()) => {}
-            Err(e) => eprintln!("warning: could not write the cache {}: {e}", path.display()),
-        }
-    }
-    Ok((corpus, unread))
+    loaded
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {

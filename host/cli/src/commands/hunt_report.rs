@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use sigma_engine::corpus::Corpus;
-use sigma_engine::hunt::{HuntOutcome, Hunter, PreparedRule, RuleSet, detection_fields};
+use sigma_engine::hunt::{HuntError, HuntOutcome, Hunter, PreparedRule, RuleSet, detection_fields};
 
 /// The System elements of a Windows event, as the engine flattens them (`Tag` and
 /// `Tag_Attribute`); every other field is event data.
@@ -62,7 +62,7 @@ impl Selection {
 /// Everything needed to print a hunt's matches.
 pub struct Report<'a> {
     pub rules: &'a RuleSet,
-    pub prepared: &'a [Result<PreparedRule, String>],
+    pub prepared: &'a [Result<PreparedRule, HuntError>],
     pub outcome: &'a HuntOutcome,
     pub hunter: &'a Hunter<'a>,
     pub selection: &'a Selection,

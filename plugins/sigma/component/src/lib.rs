@@ -2,7 +2,8 @@
 //! tasks, reward, and the reference answers of train tasks for `sigmaforge sft`).
 //!
 //! A thin adapter: every decision lives in the `sigma-task` crate, which is tested natively;
-//! this file only converts between the WIT types and that crate's types. The host grants the
+//! this file only converts between the WIT types and that crate's types (its typed errors become
+//! the `string` errors of the WIT contract here). The host grants the
 //! data directory read-only at `/data` (config key `data_dir` overrides the guest path).
 
 wit_bindgen::generate!({ path: "../../../wit", world: "reference-task-plugin" });
@@ -53,7 +54,7 @@ impl PluginGuest for SigmaPlugin {
         }
         let config = TaskConfig::from_lookup(host::config).map_err(|e| e.to_string())?;
         let data_dir = host::config("data_dir").unwrap_or_else(|| "/data".to_string());
-        let loaded = SigmaTask::load(Path::new(&data_dir), config, &log)?;
+        let loaded = SigmaTask::load(Path::new(&data_dir), config, &log).map_err(|e| e.to_string())?;
         let _ = TASK.set(loaded);
         Ok(())
     }
@@ -65,7 +66,7 @@ impl TasksGuest for SigmaPlugin {
     }
 
     fn list_tasks(split: String) -> Result<Vec<Task>, String> {
-        let tasks = task()?.list_tasks(&split)?;
+        let tasks = task()?.list_tasks(&split).map_err(|e| e.to_string())?;
         Ok(tasks
             .into_iter()
             .map(|t| Task {
@@ -93,14 +94,14 @@ impl RewardGuest for SigmaPlugin {
             TaskRef::Id(id) => sigma_task::TaskRef::Id(id),
             TaskRef::Reference(yaml) => sigma_task::TaskRef::Reference(yaml),
         };
-        let scores = t.score(r, &completion)?;
+        let scores = t.score(r, &completion).map_err(|e| e.to_string())?;
         Ok(scores.into_iter().map(|c| ComponentScore { name: c.name, value: c.value, weight: c.weight, detail: c.detail }).collect())
     }
 }
 
 impl ReferencesGuest for SigmaPlugin {
     fn reference_answer(task_id: String) -> Result<Option<String>, String> {
-        task()?.reference_answer(&task_id)
+        task()?.reference_answer(&task_id).map_err(|e| e.to_string())
     }
 }
 

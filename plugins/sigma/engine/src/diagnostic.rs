@@ -95,3 +95,5 @@ impl fmt::Display for Diagnostic {
         write!(f, ": {}: {} [{}]", self.severity.as_str(), self.message, self.code)
     }
 }
+
+impl std::error::Error for Diagnostic {}

@@ -35,19 +35,35 @@ impl FlatEvent {
     }
 }
 
+/// Why a JSON value (or an EVTX record rendered to JSON) is not a Windows event. Loaders count
+/// these and report the first; they never stop a file from loading.
+#[derive(Debug, thiserror::Error)]
+pub enum EventParseError {
+    /// The rendered record is not JSON at all.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("not a Windows event: no \"Event\" object with a \"System\" part")]
+    NotAnEvent,
+    /// `Event` is there but is not an object (`kind` says what it is: "a list", "null", ...).
+    #[error("\"Event\" is {kind}, not an object")]
+    EventNotAnObject { kind: &'static str },
+    #[error("the event has no \"System\" object")]
+    NoSystem,
+}
+
 /// Flattens one event in evtx_dump JSON shape, either the whole document (`{"Event": …}`) or the
 /// `Event` object itself. Errors say what is missing.
-pub fn flatten_event(root: &Json, table: &mut FieldTable) -> Result<FlatEvent, String> {
+pub fn flatten_event(root: &Json, table: &mut FieldTable) -> Result<FlatEvent, EventParseError> {
     let event = match root.get("Event") {
         Some(e) => e,
         None if root.get("System").is_some() => root,
-        None => return Err("not a Windows event: no \"Event\" object with a \"System\" part".into()),
+        None => return Err(EventParseError::NotAnEvent),
     };
     let Some(parts) = event.as_object() else {
-        return Err(format!("\"Event\" is {}, not an object", json_kind(event)));
+        return Err(EventParseError::EventNotAnObject { kind: json_kind(event) });
     };
     if !parts.get("System").is_some_and(Json::is_object) {
-        return Err("the event has no \"System\" object".into());
+        return Err(EventParseError::NoSystem);
     }
     let mut out = Flattener { table, fields: Vec::with_capacity(32) };
     for (name, part) in parts {

@@ -58,21 +58,14 @@ impl Default for TaskConfig {
     }
 }
 
-/// A configuration value that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A configuration value that could not be used: which key, its value, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}` = {value:?}: {problem}")]
 pub struct ConfigError {
     pub key: String,
     pub value: String,
     pub problem: String,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config key `{}` = {:?}: {}", self.key, self.value, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl TaskConfig {
     /// Reads every key through `get`; unset keys keep their defaults.
@@ -88,14 +81,14 @@ impl TaskConfig {
             for (name, w) in obj {
                 let idx = component_index(&name).ok_or_else(|| err(format!("unknown component `{name}` (known: {})", COMPONENTS.join(", "))))?;
                 let w = w.as_f64().ok_or_else(|| err(format!("weight of `{name}` is not a number")))?;
-                c.weights[idx] = check_weight(w).map_err(err)?;
+                c.weights[idx] = check_weight(w).map_err(|problem| err(problem.to_string()))?;
             }
         }
         for (i, name) in COMPONENTS.iter().enumerate() {
             let key = format!("weight.{name}");
             if let Some(v) = get(&key) {
                 let w = parse::<f64>(&key, &v)?;
-                c.weights[i] = check_weight(w).map_err(|problem| ConfigError { key: key.clone(), value: v.clone(), problem })?;
+                c.weights[i] = check_weight(w).map_err(|problem| ConfigError { key: key.clone(), value: v.clone(), problem: problem.to_string() })?;
             }
         }
         if let Some(v) = get("seed") {
@@ -141,8 +134,9 @@ pub fn component_index(name: &str) -> Option<usize> {
     COMPONENTS.iter().position(|c| *c == name)
 }
 
-fn check_weight(w: f64) -> Result<f64, String> {
-    if w.is_finite() && w >= 0.0 { Ok(w) } else { Err("a weight must be a finite number ≥ 0".into()) }
+/// A usable weight, or the problem (the caller names the key).
+fn check_weight(w: f64) -> Result<f64, &'static str> {
+    if w.is_finite() && w >= 0.0 { Ok(w) } else { Err("a weight must be a finite number ≥ 0") }
 }
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>

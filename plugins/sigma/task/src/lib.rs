@@ -10,8 +10,8 @@
 //! - [`config`]: configuration keys (weights, seed, lists, limits).
 //! - [`corpus_cache`]: the event corpus from the engine's cache file, or from EVTX.
 //!
-//! Dependencies: only the engine and serde/serde_json (task metadata is JSON text in the WIT
-//! contract). Randomness is a hand-written SplitMix64 ([`rng`]) rather than the `rand` crate,
+//! Dependencies: only the engine, serde/serde_json (task metadata is JSON text in the WIT
+//! contract) and thiserror (the errors; the component turns them into the WIT's strings). Randomness is a hand-written SplitMix64 ([`rng`]) rather than the `rand` crate,
 //! because prompts must stay byte-identical for a seed across crate upgrades and targets.
 
 pub mod config;
@@ -31,11 +31,51 @@ use std::sync::{Mutex, OnceLock};
 use sigma_engine::CompileOptions;
 use sigma_engine::corpus::Corpus;
 use sigma_engine::hunt::Hunter;
-use sigma_engine::logsource::LogsourceMap;
+use sigma_engine::logsource::{LogsourceMap, MappingError};
 
 pub use config::{COMPONENTS, ConfigError, TaskConfig};
+pub use corpus_cache::CorpusError;
 pub use score::ComponentScore;
-use tasks::ReferenceRule;
+use tasks::{ReferenceError, ReferenceRule, RuleListError};
+
+/// Why the task cannot load, or cannot answer a call.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    #[error("the built-in logsource mapping is invalid: {0}")]
+    Logsources(#[source] MappingError),
+    #[error(transparent)]
+    RuleList(#[from] RuleListError),
+    #[error("no rule of the train list {list} matches any event of the corpus")]
+    NoTrainRule { list: String },
+    #[error("unknown split `{split}` (this plugin has: {})", SPLITS.join(", "))]
+    UnknownSplit { split: String },
+    #[error("task id `{id}`: `{n}` after '#' is not a request number")]
+    BadRequestNumber { id: String, n: String },
+    #[error("task id `{id}`: request {n} does not exist (requests_per_rule is {requests_per_rule})")]
+    NoSuchRequest { id: String, n: usize, requests_per_rule: usize },
+    #[error("unknown task id `{id}`: no rule `{key}` in the train or test split")]
+    UnknownTask { id: String, key: String },
+    /// Reference answers teach; a test task's would leak the test split.
+    #[error("task `{id}` is in the test split; reference answers of test tasks are never returned (only train tasks teach)")]
+    TestAnswerWithheld { id: String },
+    /// A reference rule given inline (`TaskRef::Reference`) is not usable.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The splits the task offers.
 pub const SPLITS: [&str; 2] = ["train", "test"];
@@ -89,16 +129,16 @@ pub struct SigmaTask {
     train: Vec<ReferenceRule>,
     /// Derived (or read) on first use: deriving evaluates many SigmaHQ rules, and most runs
     /// (training, scoring a train task) never need it.
-    test: OnceLock<Result<Vec<ReferenceRule>, String>>,
-    adhoc: Mutex<HashMap<u64, Result<ReferenceRule, String>>>,
+    test: OnceLock<Result<Vec<ReferenceRule>, RuleListError>>,
+    adhoc: Mutex<HashMap<u64, Result<ReferenceRule, ReferenceError>>>,
 }
 
 impl SigmaTask {
     /// Loads the corpus and the train split from `data_dir` (laid out like the project's shared
     /// data directory). `log` receives progress and skipped rules.
-    pub fn load(data_dir: &Path, config: TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Self, String> {
+    pub fn load(data_dir: &Path, config: TaskConfig, log: &dyn Fn(LogLevel, &str)) -> Result<Self, TaskError> {
         let corpus = corpus_cache::load(data_dir, &config, log)?;
-        let map = LogsourceMap::builtin().map_err(|e| format!("the built-in logsource mapping is invalid: {e}"))?;
+        let map = LogsourceMap::builtin().map_err(TaskError::Logsources)?;
         let hunter = Hunter::owning(corpus, map, CompileOptions::for_events());
         let rules_dir = data_dir.join(&config.rules_dir);
         let train_list = tasks::read_rule_list(&data_dir.join(&config.train_rules))?;
@@ -107,7 +147,7 @@ impl SigmaTask {
             log(LogLevel::Warn, &format!("train rule skipped: {}", s.reason));
         }
         if train.is_empty() {
-            return Err(format!("no rule of the train list {} matches any event of the corpus", config.train_rules));
+            return Err(TaskError::NoTrainRule { list: config.train_rules.clone() });
         }
         log(LogLevel::Info, &format!("train split: {} of {} listed rules fire on the corpus", train.len(), train_list.len()));
         Ok(SigmaTask { config, data_dir: data_dir.to_path_buf(), rules_dir, hunter, train, test: OnceLock::new(), adhoc: Mutex::new(HashMap::new()) })
@@ -132,16 +172,16 @@ impl SigmaTask {
     }
 
     /// The reference rules of a split.
-    pub fn references(&self, split: &str) -> Result<&[ReferenceRule], String> {
+    pub fn references(&self, split: &str) -> Result<&[ReferenceRule], TaskError> {
         match split {
             "train" => Ok(&self.train),
             "test" => self.test_split().map(|v| v.as_slice()),
-            other => Err(format!("unknown split `{other}` (this plugin has: {})", SPLITS.join(", "))),
+            other => Err(TaskError::UnknownSplit { split: other.to_string() }),
         }
     }
 
     /// Every task of a split, in a deterministic order (rule list order, then request number).
-    pub fn list_tasks(&self, split: &str) -> Result<Vec<Task>, String> {
+    pub fn list_tasks(&self, split: &str) -> Result<Vec<Task>, TaskError> {
         let refs = self.references(split)?;
         let mut out = Vec::with_capacity(refs.len() * self.config.requests_per_rule);
         for r in refs {
@@ -177,7 +217,7 @@ impl SigmaTask {
     }
 
     /// Scores one completion. `Err` only when the task itself is unusable.
-    pub fn score(&self, task: TaskRef<'_>, completion: &str) -> Result<Vec<ComponentScore>, String> {
+    pub fn score(&self, task: TaskRef<'_>, completion: &str) -> Result<Vec<ComponentScore>, TaskError> {
         let scorer = score::Scorer { weights: self.config.weights, max_completion_bytes: self.config.max_completion_bytes, hunter: &self.hunter };
         match task {
             TaskRef::Id(id) => {
@@ -195,26 +235,24 @@ impl SigmaTask {
     /// reference rule's `logsource` and `detection` in a ```yaml fence, the output form of
     /// [`persona::SYSTEM_PROMPT`]. A test-split task is refused (test references are never
     /// returned), as is an unknown id.
-    pub fn reference_answer(&self, task_id: &str) -> Result<Option<String>, String> {
+    pub fn reference_answer(&self, task_id: &str) -> Result<Option<String>, TaskError> {
         let key = self.rule_key(task_id)?;
         if let Some(r) = self.train.iter().find(|r| r.key == key) {
             return Ok(Some(r.answer.clone()));
         }
         if self.test_split()?.iter().any(|r| r.key == key) {
-            return Err(format!(
-                "task `{task_id}` is in the test split; reference answers of test tasks are never returned (only train tasks teach)"
-            ));
+            return Err(TaskError::TestAnswerWithheld { id: task_id.to_string() });
         }
-        Err(format!("unknown task id `{task_id}`: no rule `{key}` in the train or test split"))
+        Err(TaskError::UnknownTask { id: task_id.to_string(), key: key.to_string() })
     }
 
     /// The rule key of a task id (`<rule id>#<n>` or the bare rule id), with `n` checked.
-    fn rule_key<'a>(&self, id: &'a str) -> Result<&'a str, String> {
+    fn rule_key<'a>(&self, id: &'a str) -> Result<&'a str, TaskError> {
         match id.rsplit_once('#') {
             Some((key, n)) => {
-                let n: usize = n.parse().map_err(|_| format!("task id `{id}`: `{n}` after '#' is not a request number"))?;
+                let n: usize = n.parse().map_err(|_| TaskError::BadRequestNumber { id: id.to_string(), n: n.to_string() })?;
                 if n >= self.config.requests_per_rule {
-                    return Err(format!("task id `{id}`: request {n} does not exist (requests_per_rule is {})", self.config.requests_per_rule));
+                    return Err(TaskError::NoSuchRequest { id: id.to_string(), n, requests_per_rule: self.config.requests_per_rule });
                 }
                 Ok(key)
             }
@@ -222,16 +260,16 @@ impl SigmaTask {
         }
     }
 
-    fn find(&self, id: &str) -> Result<&ReferenceRule, String> {
+    fn find(&self, id: &str) -> Result<&ReferenceRule, TaskError> {
         let key = self.rule_key(id)?;
         if let Some(r) = self.train.iter().find(|r| r.key == key) {
             return Ok(r);
         }
         let test = self.test_split()?;
-        test.iter().find(|r| r.key == key).ok_or_else(|| format!("unknown task id `{id}`: no rule `{key}` in the train or test split"))
+        test.iter().find(|r| r.key == key).ok_or_else(|| TaskError::UnknownTask { id: id.to_string(), key: key.to_string() })
     }
 
-    fn adhoc_reference(&self, yaml: &str) -> Result<ReferenceRule, String> {
+    fn adhoc_reference(&self, yaml: &str) -> Result<ReferenceRule, ReferenceError> {
         let key = rng::fnv1a(0xcbf2_9ce4_8422_2325, yaml.as_bytes());
         let mut cache = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = cache.get(&key) {
@@ -245,11 +283,11 @@ impl SigmaTask {
         result
     }
 
-    fn test_split(&self) -> Result<&Vec<ReferenceRule>, String> {
-        self.test.get_or_init(|| self.build_test_split()).as_ref().map_err(|e| e.clone())
+    fn test_split(&self) -> Result<&Vec<ReferenceRule>, TaskError> {
+        self.test.get_or_init(|| self.build_test_split()).as_ref().map_err(|e| TaskError::RuleList(e.clone()))
     }
 
-    fn build_test_split(&self) -> Result<Vec<ReferenceRule>, String> {
+    fn build_test_split(&self) -> Result<Vec<ReferenceRule>, RuleListError> {
         if let Some(list) = &self.config.test_rules {
             let paths = tasks::read_rule_list(&self.data_dir.join(list))?;
             let (test, _) = tasks::load_listed(&self.rules_dir, &paths, &self.hunter)?;
@@ -278,11 +316,11 @@ impl SigmaTask {
 
     /// Writes the derived test split as a rule list to `derived_test_rules` (native use, before
     /// starting the plugin: deriving runs hundreds of rules, too slow for one plugin call).
-    pub fn write_derived_test_split(&self) -> Result<(PathBuf, usize), String> {
+    pub fn write_derived_test_split(&self) -> Result<(PathBuf, usize), TaskError> {
         let test = self.derive_test_split();
         let path = self.data_dir.join(&self.config.derived_test_rules);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| TaskError::CreateDir { dir: dir.to_path_buf(), source })?;
         }
         let mut text = format!(
             "# Sigma test split derived by SigmaForge: SigmaHQ rules that fire on the corpus and are not in {}.\n# Paths relative to {}/. Regenerate with `sigmaforge data cache`.\n",
@@ -292,7 +330,7 @@ impl SigmaTask {
             text.push_str(&r.path);
             text.push('\n');
         }
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(|source| TaskError::Write { path: path.clone(), source })?;
         Ok((path, test.len()))
     }
 }

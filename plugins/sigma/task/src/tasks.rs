@@ -2,15 +2,57 @@
 //! a test split that never shares a rule with the train split.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use sigma_engine::hunt::Hunter;
-use sigma_engine::{CompileOptions, Document, Rule};
+use sigma_engine::hunt::{HuntError, Hunter};
+use sigma_engine::{CompileOptions, Diagnostic, Document, Rule};
 
 use crate::meta;
 use crate::persona::RuleMeta;
 use crate::rng::fnv1a;
 use crate::score::{EventSet, LogsourceKey, Reference};
+
+/// Why a rule list cannot be used. Cloneable (I/O causes are shared) because the test split
+/// keeps its outcome for every later call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuleListError {
+    #[error("cannot read rule list {}: {source}", list.display())]
+    Read {
+        list: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The list names a rule file that cannot be read: the list is wrong.
+    #[error("rule list names {rule}, which cannot be read ({}): {source}", file.display())]
+    MissingRule {
+        rule: String,
+        file: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("the test rule list shares a rule with the train list: {test} (train: {train})")]
+    SharesRule { test: String, train: String },
+}
+
+/// Why a rule text is not a usable reference rule (`origin` names it: a path, or "reference rule").
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReferenceError {
+    /// The engine's check (the one `sigmaforge check` runs) found an error.
+    #[error(transparent)]
+    Invalid(#[from] Diagnostic),
+    #[error("{origin}: not a detection rule (a correlation or filter rule, or an empty file)")]
+    NotARule { origin: String },
+    #[error("{origin}: the rule cannot be run: {source}")]
+    CannotRun {
+        origin: String,
+        #[source]
+        source: HuntError,
+    },
+    /// A reference must match at least one event, or IoU against it means nothing.
+    #[error("{origin}: the rule matches no event of the corpus, so IoU against it is undefined")]
+    MatchesNothing { origin: String },
+}
 
 /// One reference rule that fires on the corpus: the source of `requests_per_rule` tasks.
 #[derive(Debug, Clone)]
@@ -35,33 +77,34 @@ pub struct Skipped {
 }
 
 /// Reads a rule list: one path per line, relative to the rules folder; `#` starts a comment.
-pub fn read_rule_list(list_file: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(list_file).map_err(|e| format!("cannot read rule list {}: {e}", list_file.display()))?;
+pub fn read_rule_list(list_file: &Path) -> Result<Vec<String>, RuleListError> {
+    let text = std::fs::read_to_string(list_file).map_err(|e| RuleListError::Read { list: list_file.to_path_buf(), source: Arc::new(e) })?;
     Ok(text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(|l| l.to_string()).collect())
 }
 
 /// Loads the listed rules; a listed file that is missing is an error (the list is wrong), a rule
 /// that does not parse or matches nothing is skipped with a reason.
-pub fn load_listed(rules_dir: &Path, paths: &[String], hunter: &Hunter<'_>) -> Result<(Vec<ReferenceRule>, Vec<Skipped>), String> {
+pub fn load_listed(rules_dir: &Path, paths: &[String], hunter: &Hunter<'_>) -> Result<(Vec<ReferenceRule>, Vec<Skipped>), RuleListError> {
     let mut kept = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
         let file = rules_dir.join(path);
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("rule list names {path}, which cannot be read ({}): {e}", file.display()))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| RuleListError::MissingRule { rule: path.clone(), file, source: Arc::new(e) })?;
         match reference_from_text(&text, path, hunter) {
             Ok(r) => kept.push(r),
-            Err(reason) => skipped.push(Skipped { path: path.clone(), reason }),
+            Err(reason) => skipped.push(Skipped { path: path.clone(), reason: reason.to_string() }),
         }
     }
     Ok((kept, skipped))
 }
 
 /// A reference from rule text: it must be a valid detection rule that matches ≥ 1 event.
-pub fn reference_from_text(text: &str, origin: &str, hunter: &Hunter<'_>) -> Result<ReferenceRule, String> {
+pub fn reference_from_text(text: &str, origin: &str, hunter: &Hunter<'_>) -> Result<ReferenceRule, ReferenceError> {
     let rule = parse_rule(text, origin)?;
-    let events = EventSet::from_hunt(hunter.match_rule(&rule).map_err(|e| format!("{origin}: the rule cannot be run: {e}"))?);
+    let matched = hunter.match_rule(&rule).map_err(|source| ReferenceError::CannotRun { origin: origin.to_string(), source })?;
+    let events = EventSet::from_hunt(matched);
     if events.is_empty() {
-        return Err(format!("{origin}: the rule matches no event of the corpus, so IoU against it is undefined"));
+        return Err(ReferenceError::MatchesNothing { origin: origin.to_string() });
     }
     Ok(ReferenceRule {
         key: rule.id.clone().unwrap_or_else(|| origin.to_string()),
@@ -120,10 +163,10 @@ fn trim_blank_tail(lines: &mut Vec<&str>) {
 
 /// Parses one detection rule, or says why the text is not one: the engine's check, the same
 /// `sigmaforge check` and `hunt` apply.
-pub fn parse_rule(text: &str, origin: &str) -> Result<Rule, String> {
-    let parsed = sigma_engine::check::check_text(text, origin, &CompileOptions::default()).parsed;
-    if let Some(err) = parsed.diagnostics.iter().find(|d| d.is_error()) {
-        return Err(err.to_string());
+pub fn parse_rule(text: &str, origin: &str) -> Result<Rule, ReferenceError> {
+    let mut parsed = sigma_engine::check::check_text(text, origin, &CompileOptions::default()).parsed;
+    if let Some(i) = parsed.diagnostics.iter().position(|d| d.is_error()) {
+        return Err(ReferenceError::Invalid(parsed.diagnostics.swap_remove(i)));
     }
     parsed
         .documents
@@ -132,7 +175,7 @@ pub fn parse_rule(text: &str, origin: &str) -> Result<Rule, String> {
             Document::Rule(r) => Some(r),
             _ => None,
         })
-        .ok_or_else(|| format!("{origin}: not a detection rule (a correlation or filter rule, or an empty file)"))
+        .ok_or_else(|| ReferenceError::NotARule { origin: origin.to_string() })
 }
 
 /// Every `.yml` file below `dirs` (relative to `rules_dir`), as paths relative to `rules_dir`,
@@ -181,10 +224,10 @@ pub fn derive_test_split(
 }
 
 /// Rejects a user-given test list that shares rules with the train split.
-pub fn check_disjoint(train: &[ReferenceRule], test: &[ReferenceRule]) -> Result<(), String> {
+pub fn check_disjoint(train: &[ReferenceRule], test: &[ReferenceRule]) -> Result<(), RuleListError> {
     for t in test {
         if let Some(tr) = train.iter().find(|r| r.key == t.key || r.path == t.path) {
-            return Err(format!("the test rule list shares a rule with the train list: {} (train: {})", t.path, tr.path));
+            return Err(RuleListError::SharesRule { test: t.path.clone(), train: tr.path.clone() });
         }
     }
     Ok(())

@@ -64,6 +64,7 @@ fn reward_and_hunt_agree_on_every_sigmahq_windows_rule() {
             }
             Ok(_) => firing += 1,
             Err(e) if expected.is_empty() => {
+                let e = e.to_string();
                 assert!(e.contains("matches no event") || e.contains("cannot be run") || hunted.is_none(), "{rel}: {e}");
                 silent += 1;
                 continue;

@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use regex::Regex;
 
 use super::condition::Condition;
-use super::matcher::{AnyOf, StrMatcher, build_regex, check_regex_syntax, compile_pattern};
+use super::matcher::{AnyOf, RegexError, StrMatcher, build_regex, check_regex_syntax, compile_pattern};
 use super::modifier::Modifier;
-use super::pattern::{Pattern, Tok, Utf16};
+use super::pattern::{EncodeError, Pattern, Tok, Utf16};
 use super::timestamp::DateTime;
 use super::{Detection, Item, RawKind, SearchBody};
 use crate::diagnostic::{Diagnostic, Pos};
@@ -153,6 +153,29 @@ pub const MAX_VALUES_PER_FIELD: usize = 100_000;
 /// values (`base64offset` triples them, `windash` gives up to five variants, `wide` doubles…).
 pub const MAX_PATTERN_CHARS: usize = 8 << 20;
 
+/// Why one value of a search item cannot be compiled (the item's key and position are added by
+/// the caller).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Regex(#[from] RegexError),
+    #[error("'{0}' is not a valid CIDR network (e.g. 10.0.0.0/8 or fe80::/10)")]
+    CidrAddress(String),
+    #[error("'{value}': the prefix length must be 0 to {max}")]
+    CidrPrefix { value: String, max: u8 },
+    /// An `expand` placeholder with no configured values (under [`PlaceholderPolicy::Error`]).
+    #[error(
+        "placeholder '%{0}%' has no configured values; give its values in the placeholder configuration (or choose to let unknown placeholders match nothing)"
+    )]
+    UnknownPlaceholder(String),
+    #[error(
+        "the detection compiles to more than {MAX_PATTERN_CHARS} pattern characters once its modifiers are applied (the limit per rule); split the rule or shorten its value lists"
+    )]
+    OverPatternBudget,
+}
+
 /// What is left of a rule's [`MAX_PATTERN_CHARS`] while its items are built.
 pub(crate) struct PatternBudget {
     left: usize,
@@ -163,14 +186,9 @@ impl PatternBudget {
         PatternBudget { left: MAX_PATTERN_CHARS }
     }
 
-    fn charge(&mut self, patterns: &[Pattern]) -> Result<(), String> {
+    fn charge(&mut self, patterns: &[Pattern]) -> Result<(), ValueError> {
         let chars: usize = patterns.iter().map(|p| p.0.len()).sum();
-        self.left = self.left.checked_sub(chars).ok_or_else(|| {
-            format!(
-                "the detection compiles to more than {MAX_PATTERN_CHARS} pattern characters once its modifiers are applied \
-                 (the limit per rule); split the rule or shorten its value lists"
-            )
-        })?;
+        self.left = self.left.checked_sub(chars).ok_or(ValueError::OverPatternBudget)?;
         Ok(())
     }
 }
@@ -477,16 +495,16 @@ struct Cidr {
 }
 
 impl Cidr {
-    fn parse(s: &str) -> Result<Cidr, String> {
+    fn parse(s: &str) -> Result<Cidr, ValueError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("'{s}' is not a valid CIDR network (e.g. 10.0.0.0/8 or fe80::/10)"))?;
+        let addr: IpAddr = addr.trim().parse().map_err(|_| ValueError::CidrAddress(s.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| ValueError::CidrPrefix { value: s.to_string(), max })?,
         };
         Ok(Cidr { addr, prefix })
     }
@@ -547,17 +565,17 @@ pub(crate) fn build_item(
             if options.is_none() {
                 // Validation pass: syntax only. Compiling Unicode-heavy patterns costs up to
                 // ~70 ms each, so it is done once, by `compile`.
-                check_regex_syntax(&v.text).map_err(|e| err(v.pos, e))?;
+                check_regex_syntax(&v.text).map_err(|e| err(v.pos, e.to_string()))?;
                 continue;
             }
             let r = build_regex(&v.text, has(Modifier::IgnoreCase), has(Modifier::Multiline), has(Modifier::DotAll));
-            regexes.push(r.map_err(|e| err(v.pos, e))?);
+            regexes.push(r.map_err(|e| err(v.pos, e.to_string()))?);
         }
         Test::Regex { regexes, all }
     } else if has(Modifier::Cidr) {
         let mut nets = Vec::new();
         for v in &item.values {
-            nets.push(Cidr::parse(&v.text).map_err(|e| err(v.pos, e))?);
+            nets.push(Cidr::parse(&v.text).map_err(|e| err(v.pos, e.to_string()))?);
         }
         Test::Cidr { nets, all }
     } else if let Some(part) = mods.iter().copied().find(|m| m.is_time_part()) {
@@ -586,8 +604,8 @@ pub(crate) fn build_item(
     } else {
         let mut per_value = Vec::with_capacity(item.values.len());
         for v in &item.values {
-            let patterns = transform(item, v, options).map_err(|e| err(v.pos, e))?;
-            budget.charge(&patterns).map_err(|e| err(v.pos, e))?;
+            let patterns = transform(item, v, options).map_err(|e| err(v.pos, e.to_string()))?;
+            budget.charge(&patterns).map_err(|e| err(v.pos, e.to_string()))?;
             // The validation pass (no options) only needs the transformation's errors; building
             // matchers cannot fail, so it is skipped there.
             if options.is_some() {
@@ -628,7 +646,7 @@ fn numbers(item: &Item, key: &str) -> Result<Vec<f64>, (Pos, String)> {
 
 /// Applies the value-transforming modifiers in the order written and returns the patterns the
 /// value stands for (several after `base64offset`, `expand`).
-fn transform(item: &Item, v: &super::RawValue, options: Option<&CompileOptions>) -> Result<Vec<Pattern>, String> {
+fn transform(item: &Item, v: &super::RawValue, options: Option<&CompileOptions>) -> Result<Vec<Pattern>, ValueError> {
     let base = match v.kind {
         RawKind::String => Pattern::parse(&v.text),
         _ => Pattern::literal(&v.text),
@@ -681,13 +699,13 @@ fn transform(item: &Item, v: &super::RawValue, options: Option<&CompileOptions>)
     Ok(patterns)
 }
 
-fn utf16_all(patterns: Vec<Pattern>, enc: Utf16) -> Result<Vec<Pattern>, String> {
+fn utf16_all(patterns: Vec<Pattern>, enc: Utf16) -> Result<Vec<Pattern>, EncodeError> {
     patterns.into_iter().map(|p| p.utf16(enc)).collect()
 }
 
 /// Replaces each `%name%` with every configured value of `name` (all combinations when a value
 /// holds several placeholders).
-fn expand_placeholders(p: Pattern, options: &CompileOptions) -> Result<Vec<Pattern>, String> {
+fn expand_placeholders(p: Pattern, options: &CompileOptions) -> Result<Vec<Pattern>, ValueError> {
     let toks = &p.0;
     let mut i = 0;
     while i < toks.len() {
@@ -705,11 +723,7 @@ fn expand_placeholders(p: Pattern, options: &CompileOptions) -> Result<Vec<Patte
                 let values: &[String] = match options.placeholders.get(&name) {
                     Some(v) => v,
                     None if options.unknown_placeholder == PlaceholderPolicy::MatchNothing => &[],
-                    None => {
-                        return Err(format!(
-                            "placeholder '%{name}%' has no configured values; give its values in the placeholder configuration (or choose to let unknown placeholders match nothing)"
-                        ));
-                    }
+                    None => return Err(ValueError::UnknownPlaceholder(name)),
                 };
                 // Expand the rest first, so that text inside a substituted value is never
                 // mistaken for another placeholder.

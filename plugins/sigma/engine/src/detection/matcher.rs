@@ -20,8 +20,18 @@ use super::pattern::{DASHES, Pattern, Tok};
 pub const REGEX_SIZE_LIMIT: usize = 8 << 20;
 const REGEX_NEST_LIMIT: u32 = 100;
 
+/// Why a user regex (`re` modifier) is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegexError {
+    #[error("the regular expression is too large (it would use more than 8 MiB compiled; check repetition counts such as {{1000}})")]
+    TooLarge,
+    /// A syntax error, with the regex crate's explanation on one line.
+    #[error("invalid regular expression: {0}")]
+    Invalid(String),
+}
+
 /// Builds a user regex (`re` modifier) with the engine's limits.
-pub fn build_regex(pattern: &str, ignore_case: bool, multi_line: bool, dot_all: bool) -> Result<Regex, String> {
+pub fn build_regex(pattern: &str, ignore_case: bool, multi_line: bool, dot_all: bool) -> Result<Regex, RegexError> {
     regex::RegexBuilder::new(pattern)
         .case_insensitive(ignore_case)
         .multi_line(multi_line)
@@ -31,22 +41,20 @@ pub fn build_regex(pattern: &str, ignore_case: bool, multi_line: bool, dot_all: 
         .nest_limit(REGEX_NEST_LIMIT)
         .build()
         .map_err(|e| match e {
-            regex::Error::CompiledTooBig(_) => {
-                "the regular expression is too large (it would use more than 8 MiB compiled; check repetition counts such as {1000})".to_string()
-            }
-            other => format!("invalid regular expression: {}", one_line(&other.to_string())),
+            regex::Error::CompiledTooBig(_) => RegexError::TooLarge,
+            other => RegexError::Invalid(one_line(&other.to_string())),
         })
 }
 
 /// Checks a user regex's syntax without compiling it (the parse-time validation; compiling is
 /// what `compile` does, and it also enforces the size limit).
-pub fn check_regex_syntax(pattern: &str) -> Result<(), String> {
+pub fn check_regex_syntax(pattern: &str) -> Result<(), RegexError> {
     regex_syntax::ParserBuilder::new()
         .nest_limit(REGEX_NEST_LIMIT)
         .build()
         .parse(pattern)
         .map(|_| ())
-        .map_err(|e| format!("invalid regular expression: {}", one_line(&e.to_string())))
+        .map_err(|e| RegexError::Invalid(one_line(&e.to_string())))
 }
 
 fn one_line(s: &str) -> String {
@@ -459,9 +467,10 @@ mod tests {
     fn huge_regex_repetition_is_refused_quickly() {
         let t = std::time::Instant::now();
         let e = build_regex("a{1000}{1000}", false, false, false).unwrap_err();
-        assert!(e.contains("too large"), "{e}");
+        assert_eq!(e, RegexError::TooLarge);
+        assert!(e.to_string().contains("too large"), "{e}");
         assert!(t.elapsed().as_secs() < 2);
-        assert!(build_regex("(unclosed", false, false, false).unwrap_err().contains("invalid regular expression"));
+        assert!(build_regex("(unclosed", false, false, false).unwrap_err().to_string().contains("invalid regular expression"));
         assert!(build_regex("abc", true, false, false).unwrap().is_match("xABCx"));
     }
 }

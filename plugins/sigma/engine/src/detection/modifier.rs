@@ -2,6 +2,24 @@
 
 use std::fmt;
 
+/// Why a modifier name or a modifier chain is not accepted. The rule parser reports the two
+/// kinds under different diagnostic codes (`unknown-modifier`, `bad-modifier-combination`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModifierError {
+    #[error("empty modifier (two '|' in a row, or a trailing '|')")]
+    Empty,
+    /// A Hayabusa-only modifier, with the Sigma spelling to use instead.
+    #[error("'{name}' is a Hayabusa extension, not a Sigma modifier; {instead}")]
+    Hayabusa { name: String, instead: &'static str },
+    #[error("modifier '{name}' must be written in lowercase ('{}')", name.to_lowercase())]
+    NotLowercase { name: String },
+    #[error("unknown modifier '{0}'")]
+    Unknown(String),
+    /// Known modifiers that have no meaning together (the message says which and why).
+    #[error("{0}")]
+    Combination(String),
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Modifier {
     Contains,
@@ -42,7 +60,7 @@ pub enum Modifier {
 
 impl Modifier {
     /// Parses one modifier name as written in a rule (case-sensitive, like pySigma).
-    pub fn parse(name: &str) -> Result<Modifier, String> {
+    pub fn parse(name: &str) -> Result<Modifier, ModifierError> {
         use Modifier::*;
         Ok(match name {
             "contains" => Contains,
@@ -76,22 +94,21 @@ impl Modifier {
             "week" => Week,
             "month" => Month,
             "year" => Year,
-            "" => return Err("empty modifier (two '|' in a row, or a trailing '|')".into()),
+            "" => return Err(ModifierError::Empty),
             "equalsfield" | "endswithfield" | "fieldrefstartswith" | "fieldrefendswith" | "fieldrefcontains" => {
-                return Err(format!(
-                    "'{name}' is a Hayabusa extension, not a Sigma modifier; use 'fieldref' (combined with startswith/endswith/contains)"
-                ));
+                return Err(ModifierError::Hayabusa {
+                    name: name.to_string(),
+                    instead: "use 'fieldref' (combined with startswith/endswith/contains)",
+                });
             }
             "reignorecase" | "remultiline" | "resingleline" => {
-                return Err(format!("'{name}' is a Hayabusa extension, not a Sigma modifier; write 're|i', 're|m' or 're|s'"));
+                return Err(ModifierError::Hayabusa { name: name.to_string(), instead: "write 're|i', 're|m' or 're|s'" });
             }
-            "allOnly" => {
-                return Err("'allOnly' is a Hayabusa extension, not a Sigma modifier; use a keyword map '|all'".into());
-            }
+            "allOnly" => return Err(ModifierError::Hayabusa { name: name.to_string(), instead: "use a keyword map '|all'" }),
             other if other != other.to_lowercase() && Modifier::parse(&other.to_lowercase()).is_ok() => {
-                return Err(format!("modifier '{other}' must be written in lowercase ('{}')", other.to_lowercase()));
+                return Err(ModifierError::NotLowercase { name: other.to_string() });
             }
-            other => return Err(format!("unknown modifier '{other}'")),
+            other => return Err(ModifierError::Unknown(other.to_string())),
         })
     }
 
@@ -157,83 +174,84 @@ impl fmt::Display for Modifier {
 
 /// Checks that a modifier chain is one a Sigma engine can give a meaning to. `is_keyword` is true
 /// for keyword items (no field name).
-pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), String> {
+pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), ModifierError> {
     use Modifier::*;
+    let invalid = |message: String| Err(ModifierError::Combination(message));
     let has = |m: Modifier| mods.contains(&m);
     for (i, m) in mods.iter().enumerate() {
         if mods[..i].contains(m) {
-            return Err(format!("modifier '{m}' is given twice"));
+            return invalid(format!("modifier '{m}' is given twice"));
         }
     }
     let positions: Vec<_> = mods.iter().filter(|m| m.is_position()).collect();
     if positions.len() > 1 {
-        return Err(format!("modifiers '{}' and '{}' cannot be combined: pick one", positions[0], positions[1]));
+        return invalid(format!("modifiers '{}' and '{}' cannot be combined: pick one", positions[0], positions[1]));
     }
     let others = |allowed: &[Modifier]| mods.iter().find(|m| !allowed.contains(m)).copied();
 
     if let Some(pos) = mods.iter().position(|m| m.is_regex_flag())
         && (!has(Re) || mods.iter().position(|m| *m == Re).unwrap() > pos)
     {
-        return Err(format!("modifier '{}' is a regular-expression flag and must follow 're' (e.g. 're|i')", mods[pos]));
+        return invalid(format!("modifier '{}' is a regular-expression flag and must follow 're' (e.g. 're|i')", mods[pos]));
     }
     if has(Re)
         && let Some(m) = others(&[Re, IgnoreCase, Multiline, DotAll, All, Neq])
     {
-        return Err(format!("'re' takes the value as a regular expression and cannot be combined with '{m}'"));
+        return invalid(format!("'re' takes the value as a regular expression and cannot be combined with '{m}'"));
     }
     if has(Cidr) {
         if is_keyword {
-            return Err("'cidr' needs a field name".into());
+            return invalid("'cidr' needs a field name".into());
         }
         if let Some(m) = others(&[Cidr, All, Neq]) {
-            return Err(format!("'cidr' cannot be combined with '{m}'"));
+            return invalid(format!("'cidr' cannot be combined with '{m}'"));
         }
     }
     if has(Exists) {
         if is_keyword {
-            return Err("'exists' needs a field name".into());
+            return invalid("'exists' needs a field name".into());
         }
         if let Some(m) = others(&[Exists]) {
-            return Err(format!("'exists' cannot be combined with other modifiers (found '{m}')"));
+            return invalid(format!("'exists' cannot be combined with other modifiers (found '{m}')"));
         }
     }
     if has(FieldRef) {
         if is_keyword {
-            return Err("'fieldref' needs a field name".into());
+            return invalid("'fieldref' needs a field name".into());
         }
         if let Some(m) = others(&[FieldRef, Contains, StartsWith, EndsWith, Neq, All, Cased]) {
-            return Err(format!("'fieldref' cannot be combined with '{m}'"));
+            return invalid(format!("'fieldref' cannot be combined with '{m}'"));
         }
     }
     let comparisons: Vec<_> = mods.iter().filter(|m| m.is_numeric_comparison()).collect();
     if comparisons.len() > 1 {
-        return Err(format!("'{}' and '{}' cannot be combined on one value; use two selections", comparisons[0], comparisons[1]));
+        return invalid(format!("'{}' and '{}' cannot be combined on one value; use two selections", comparisons[0], comparisons[1]));
     }
     let time_parts: Vec<_> = mods.iter().filter(|m| m.is_time_part()).collect();
     if time_parts.len() > 1 {
-        return Err(format!("only one time modifier per value (found '{}' and '{}')", time_parts[0], time_parts[1]));
+        return invalid(format!("only one time modifier per value (found '{}' and '{}')", time_parts[0], time_parts[1]));
     }
     if (!comparisons.is_empty() || !time_parts.is_empty()) && is_keyword {
-        return Err("numeric and time modifiers need a field name".into());
+        return invalid("numeric and time modifiers need a field name".into());
     }
     if let Some(t) = time_parts.first() {
         let t_at = mods.iter().position(|m| m == *t).unwrap();
         if let Some(m) = others(&[**t, Gt, Gte, Lt, Lte, Neq, All]) {
-            return Err(format!("time modifier '{t}' cannot be combined with '{m}'"));
+            return invalid(format!("time modifier '{t}' cannot be combined with '{m}'"));
         }
         if let Some(c) = comparisons.first()
             && mods.iter().position(|m| m == *c).unwrap() < t_at
         {
-            return Err(format!("'{c}' must come after the time modifier '{t}'"));
+            return invalid(format!("'{c}' must come after the time modifier '{t}'"));
         }
     } else if let Some(c) = comparisons.first()
         && let Some(m) = others(&[**c, Neq, All])
     {
-        return Err(format!("numeric comparison '{c}' cannot be combined with '{m}'"));
+        return invalid(format!("numeric comparison '{c}' cannot be combined with '{m}'"));
     }
     let encoders = [Base64, Base64Offset];
     if mods.iter().filter(|m| encoders.contains(m)).count() > 1 {
-        return Err("'base64' and 'base64offset' cannot be combined".into());
+        return invalid("'base64' and 'base64offset' cannot be combined".into());
     }
     Ok(())
 }
@@ -242,7 +260,7 @@ pub fn check_combination(mods: &[Modifier], is_keyword: bool) -> Result<(), Stri
 mod tests {
     use super::*;
 
-    fn chain(s: &str) -> Result<(), String> {
+    fn chain(s: &str) -> Result<(), ModifierError> {
         let mods: Result<Vec<_>, _> = s.split('|').map(Modifier::parse).collect();
         check_combination(&mods?, false)
     }
@@ -288,17 +306,17 @@ mod tests {
             ("contains|contains", "twice"),
             ("fieldref|base64", "fieldref"),
         ] {
-            let e = chain(c).unwrap_err();
+            let e = chain(c).unwrap_err().to_string();
             assert!(e.contains(needle), "{c}: {e}");
         }
     }
 
     #[test]
     fn unknown_and_hayabusa_modifiers_are_rejected() {
-        assert!(Modifier::parse("conatins").unwrap_err().contains("unknown modifier"));
-        assert!(Modifier::parse("equalsfield").unwrap_err().contains("Hayabusa"));
-        assert!(Modifier::parse("reignorecase").unwrap_err().contains("re|i"));
-        assert!(Modifier::parse("Contains").unwrap_err().contains("lowercase"));
+        assert!(Modifier::parse("conatins").unwrap_err().to_string().contains("unknown modifier"));
+        assert!(Modifier::parse("equalsfield").unwrap_err().to_string().contains("Hayabusa"));
+        assert!(Modifier::parse("reignorecase").unwrap_err().to_string().contains("re|i"));
+        assert!(Modifier::parse("Contains").unwrap_err().to_string().contains("lowercase"));
         assert_eq!(Modifier::parse("ignorecase"), Ok(Modifier::IgnoreCase));
     }
 }

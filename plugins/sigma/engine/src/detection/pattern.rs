@@ -3,6 +3,16 @@
 //! A value is kept as a sequence of [`Tok`]s so that transformations (windash, UTF-16, base64,
 //! contains/startswith/endswith) never confuse a literal `*` with a wildcard.
 
+/// Why a value cannot be encoded by `utf16*`/`wide` or `base64*`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("UTF-16 encoding cannot follow windash; put windash after it")]
+    Utf16AfterWindash,
+    /// The value still has wildcards or windash positions, which have no byte encoding.
+    #[error("{modifier} cannot encode wildcards or windash positions; escape '*' and '?' as '\\*' and '\\?' or drop the wildcard")]
+    NotLiteral { modifier: &'static str },
+}
+
 /// One element of a Sigma string value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tok {
@@ -120,7 +130,7 @@ impl Pattern {
     /// UTF-16 encodings (`utf16le`/`wide`, `utf16be`, `utf16` with a little-endian BOM): each
     /// literal character becomes its code units' bytes, kept as Latin-1 characters so that later
     /// modifiers (base64) see the bytes.
-    pub fn utf16(self, encoding: Utf16) -> Result<Pattern, String> {
+    pub fn utf16(self, encoding: Utf16) -> Result<Pattern, EncodeError> {
         let mut out = Vec::new();
         if encoding == Utf16::WithBom {
             out.push(Tok::Lit('\u{FF}'));
@@ -137,7 +147,7 @@ impl Pattern {
                         out.push(Tok::Lit(b as char));
                     }
                 }
-                Tok::Dash => return Err("UTF-16 encoding cannot follow windash; put windash after it".into()),
+                Tok::Dash => return Err(EncodeError::Utf16AfterWindash),
                 other => out.push(other),
             }
         }
@@ -145,11 +155,9 @@ impl Pattern {
     }
 
     /// The bytes of a wildcard-free value.
-    fn bytes(&self, modifier: &str) -> Result<Vec<u8>, String> {
+    fn bytes(&self, modifier: &'static str) -> Result<Vec<u8>, EncodeError> {
         let Some(text) = self.literal_text() else {
-            return Err(format!(
-                "{modifier} cannot encode wildcards or windash positions; escape '*' and '?' as '\\*' and '\\?' or drop the wildcard"
-            ));
+            return Err(EncodeError::NotLiteral { modifier });
         };
         match self.1 {
             Encoding::Bytes => Ok(text.chars().map(|c| c as u8).collect()),
@@ -158,14 +166,14 @@ impl Pattern {
     }
 
     /// `base64`: the standard padded encoding of the value.
-    pub fn base64(&self) -> Result<Pattern, String> {
+    pub fn base64(&self) -> Result<Pattern, EncodeError> {
         Ok(Pattern::literal(&base64_encode(&self.bytes("base64")?)))
     }
 
     /// `base64offset`: the three encodings of the value at byte offsets 0, 1 and 2 of a longer
     /// base64 text, with the characters that depend on neighbouring bytes cut off (pySigma's
     /// algorithm).
-    pub fn base64offset(&self) -> Result<Vec<Pattern>, String> {
+    pub fn base64offset(&self) -> Result<Vec<Pattern>, EncodeError> {
         let bytes = self.bytes("base64offset")?;
         let start = [0usize, 2, 3];
         let end_trim = [0usize, 3, 2];

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use evtx::{EvtxChunkData, EvtxFileHeader, EvtxParser, HeaderFlags, ParserSettings};
 
 use crate::corpus::LoadedFile;
-use crate::json_events::flatten_event;
+use crate::json_events::{EventParseError, flatten_event};
 use crate::loaded_file::{Checksum, ChunkDamage};
 use chunk::{CHUNK_SIZE, ChunkSlot, FILE_HEADER_SIZE};
 
@@ -73,7 +73,7 @@ struct Records<'l> {
 impl Records<'_> {
     /// Flattens one rendered record; returns whether it gave an event (a duplicate counts).
     fn add(&mut self, header_id: u64, json: &[u8]) -> bool {
-        let flat = serde_json::from_slice(json).map_err(|e| e.to_string()).and_then(|json| flatten_event(&json, &mut self.loaded.table));
+        let flat = serde_json::from_slice(json).map_err(EventParseError::from).and_then(|json| flatten_event(&json, &mut self.loaded.table));
         match flat {
             Ok(flat) => {
                 self.loaded.push(flat);

@@ -26,11 +26,17 @@
 //!
 //! Integrity: the header's length and checksum reject truncated or damaged files, and every read
 //! is bounds-checked, so a corrupt cache is an error ([`CacheError`]), never a panic. Freshness:
-//! the cache records each source file's path, size and modification time; [`CacheError::Stale`]
-//! tells the caller to re-parse (content hashing would cost as much as parsing).
+//! the cache records each source file's name, size and modification time ([`SourceStamp`]);
+//! [`CacheError::Stale`] tells the caller to re-parse (content hashing would cost as much as
+//! parsing).
+//!
+//! [`CorpusLoader`] (in `loader.rs`) is the one way callers load a corpus through a cache: it
+//! decides when a cache may be used, parses otherwise and writes the cache back.
 
-use std::fmt;
 use std::path::Path;
+
+mod loader;
+pub use loader::{CacheStatus, CorpusLoader, LoadError, LoadedCorpus, ParseFn, parse_serially};
 
 use crate::corpus::{Corpus, SourceFile};
 use crate::event::{Event, FieldKey, FieldTable, FileId, Value, ValueKind};
@@ -40,7 +46,17 @@ const MAGIC: &[u8; 8] = b"SFEVTC\r\n";
 pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 
-/// Identity of one source file at the time it was parsed.
+/// Identity of one source file at the time it was parsed: the cache's staleness key.
+///
+/// `path` is the file's name relative to the folder it was found under ([`SourceFile::name`],
+/// the name its events report), not its absolute path. The cache must stay valid when the same
+/// files are seen at another place: the Wasm reward plugin sees the data directory at `/data`,
+/// while `sigmaforge data cache` wrote the cache from the directory's real path, and absolute
+/// paths would make the plugin re-parse the whole corpus at every start. Relative names plus
+/// size and modification time (ns) still catch any file added, removed, renamed or rewritten
+/// below the folder. What they cannot tell apart is another folder with files of the same names,
+/// sizes and times, which in practice is a copy of the same files (`cp -p`, a second checkout
+/// of an archive); the `hunt` CLI uses the same key, so moving an event folder keeps its cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceStamp {
     pub path: String,
@@ -53,46 +69,27 @@ impl SourceStamp {
     pub fn of(source: &SourceFile) -> std::io::Result<SourceStamp> {
         let meta = std::fs::metadata(&source.path)?;
         let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i64);
-        Ok(SourceStamp { path: source.path.display().to_string(), size: meta.len(), mtime_ns })
+        Ok(SourceStamp { path: source.name.clone(), size: meta.len(), mtime_ns })
     }
 }
 
 /// Why a cache could not be used.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    Io(std::io::Error),
+    #[error("cannot read the cache: {0}")]
+    Io(#[from] std::io::Error),
     /// Not a SigmaForge corpus cache at all.
+    #[error("not a SigmaForge corpus cache (wrong magic bytes)")]
     NotACache,
     /// Written by another version of the format.
-    Version {
-        found: u32,
-    },
+    #[error("cache format version {found}, this SigmaForge reads version {FORMAT_VERSION}")]
+    Version { found: u32 },
     /// Damaged: truncated, checksum mismatch, or inconsistent content.
+    #[error("the cache is damaged: {0}")]
     Corrupt(String),
     /// Valid, but built from other source files (or older versions of them).
+    #[error("the cache is out of date: {0}")]
     Stale(String),
-}
-
-impl fmt::Display for CacheError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CacheError::Io(e) => write!(f, "cannot read the cache: {e}"),
-            CacheError::NotACache => write!(f, "not a SigmaForge corpus cache (wrong magic bytes)"),
-            CacheError::Version { found } => {
-                write!(f, "cache format version {found}, this SigmaForge reads version {FORMAT_VERSION}")
-            }
-            CacheError::Corrupt(why) => write!(f, "the cache is damaged: {why}"),
-            CacheError::Stale(why) => write!(f, "the cache is out of date: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for CacheError {}
-
-impl From<std::io::Error> for CacheError {
-    fn from(e: std::io::Error) -> Self {
-        CacheError::Io(e)
-    }
 }
 
 /// A fast 64-bit hash over 8-byte words (FxHash-style multiply-rotate); it only has to catch

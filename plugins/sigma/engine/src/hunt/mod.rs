@@ -8,21 +8,51 @@
 //! one rule), the CLI runs [`Hunter::prepare`] and [`Hunter::evaluate`] for many rules on a
 //! thread pool and then [`Hunter::finish`] (correlations, `generate`).
 //!
+//! The module's parts: this file prepares rules and evaluates them over the corpus (with the
+//! literal index of [`crate::prefilter`]); `correlation.rs` evaluates correlation rules over
+//! those matches and applies `generate`; `rule_set.rs` is the set of rules a hunt runs, loaded the
+//! way `check` judges them.
+//!
 //! A rule is compiled once per variant of its logsource (see [`crate::logsource`]), with that
 //! variant's field renames, and evaluated only on the variant's candidate events: the
 //! (Channel, EventID) index picks them before any field is read.
 
-use std::collections::{HashMap, HashSet};
 use std::ops::{Deref, Range};
 
-use crate::check::{CheckedFile, check_text, keep_valid};
 use crate::corpus::Corpus;
 use crate::detection::compile::{CompileOptions, CompiledRule, compile};
+use crate::diagnostic::Diagnostic;
 use crate::event::FieldKey;
-use crate::logsource::{LogsourceMap, describe_logsource};
+use crate::logsource::{LogsourceMap, UnknownLogsource, describe_logsource};
 pub use crate::prefilter::Passes;
 use crate::prefilter::Prefilter;
-use crate::rule::{Correlation, CorrelationType, Document, Filter, Rule, apply_filter};
+use crate::rule::Rule;
+
+mod correlation;
+mod rule_set;
+
+pub use rule_set::{LoadedCorrelation, LoadedRule, RuleSet};
+
+/// Why a rule or a correlation cannot run (reported as a skipped rule, or as a zero reward).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HuntError {
+    /// The rule's logsource is not in the mapping, so no event is a candidate; `unknown` names
+    /// the parts the mapping does not know, with near misses.
+    #[error("logsource {logsource} is not in the logsource mapping {mapping}, so the rule matches no event{}", hints(unknown))]
+    UnmappedLogsource { logsource: String, mapping: String, unknown: Vec<UnknownLogsource> },
+    /// The detection does not compile for one of the logsource's variants.
+    #[error(transparent)]
+    Compile(#[from] Diagnostic),
+    #[error("value_percentile correlations are not supported")]
+    UnsupportedCorrelation,
+    /// A correlation names a rule (by id or name) that is not a loaded detection rule.
+    #[error("references rule {0}, which is not among the loaded rules (or is itself a correlation)")]
+    MissingBaseRule(String),
+}
+
+fn hints(unknown: &[UnknownLogsource]) -> String {
+    unknown.iter().map(|u| format!("; {u}")).collect()
+}
 
 /// A rule ready to run: one compiled detection per logsource variant.
 #[derive(Debug)]
@@ -72,9 +102,6 @@ impl<T> Deref for Held<'_, T> {
 /// A base rule of a correlation: the rule, its prepared form and its matching events.
 pub type BaseRule<'r> = (&'r Rule, &'r PreparedRule, &'r [u32]);
 
-/// One base-rule match in a correlation: (timestamp, rule position, event, group key, value of
-/// `condition.field`).
-type CorrelationRow = (i64, usize, u32, Vec<String>, Option<String>);
 impl Hunter<'static> {
     /// A hunter that owns its corpus and mapping (the reward keeps one for its whole life).
     pub fn owning(corpus: Corpus, map: LogsourceMap, options: CompileOptions) -> Self {
@@ -113,29 +140,28 @@ impl<'a> Hunter<'a> {
 
     /// The events (ascending corpus indices) one detection rule matches, exactly as a hunt over
     /// this corpus reports them for a rule file holding only `rule`; or why the rule cannot run.
-    pub fn match_rule(&self, rule: &Rule) -> Result<Vec<u32>, String> {
+    pub fn match_rule(&self, rule: &Rule) -> Result<Vec<u32>, HuntError> {
         self.prepare(rule).map(|p| self.evaluate(&p))
     }
 
     /// Compiles `rule` for every variant of its logsource. An error says why the rule cannot run:
     /// its logsource has no mapping, or its detection does not compile.
-    pub fn prepare(&self, rule: &Rule) -> Result<PreparedRule, String> {
+    pub fn prepare(&self, rule: &Rule) -> Result<PreparedRule, HuntError> {
         let ls = &rule.logsource;
         let (p, c, s) = (ls.product.as_deref(), ls.category.as_deref(), ls.service.as_deref());
         let Some(entry_index) = self.map.lookup_index(p, c, s) else {
-            let hint = self.map.unknown_parts(p, c, s).iter().map(|u| format!("; {u}")).collect::<String>();
-            return Err(format!(
-                "logsource {} is not in the logsource mapping {}, so the rule matches no event{hint}",
-                describe_logsource(p, c, s),
-                self.map.origin
-            ));
+            return Err(HuntError::UnmappedLogsource {
+                logsource: describe_logsource(p, c, s),
+                mapping: self.map.origin.clone(),
+                unknown: self.map.unknown_parts(p, c, s),
+            });
         };
         let entry = &self.map.entries()[entry_index];
         let mut units = Vec::with_capacity(entry.variants.len());
         let mut narrowed = Vec::with_capacity(entry.variants.len());
         for (vi, variant) in entry.variants.iter().enumerate() {
             let rule = variant.map_values(rule);
-            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(&self.corpus, name)).map_err(|d| d.to_string())?;
+            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(&self.corpus, name))?;
             // A detection that pins EventID lets the index skip every other bucket.
             let event_id = variant.resolve(&self.corpus, "EventID");
             let pinned = if self.narrow_by_event_id { compiled.required_values(event_id) } else { None };
@@ -250,149 +276,15 @@ impl<'a> Hunter<'a> {
         }
         out
     }
-
-    /// Evaluates a correlation over the matches of its base rules. `base` looks a referenced rule
-    /// up by id or name and gives its prepared form and matches. Returns the events that take
-    /// part in a triggering group/window (ascending), or why the correlation cannot run.
-    pub fn correlate<'r>(&self, correlation: &Correlation, base: &dyn Fn(&str) -> Option<BaseRule<'r>>) -> Result<Vec<u32>, String> {
-        if correlation.kind == CorrelationType::ValuePercentile {
-            return Err("value_percentile correlations are not supported".into());
-        }
-        let span_us = i64::try_from(correlation.timespan_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
-        let mut rows: Vec<CorrelationRow> = Vec::new();
-        for (pos, reference) in correlation.rules.iter().enumerate() {
-            let (rule, prepared, matches) = base(reference)
-                .ok_or_else(|| format!("references rule {reference}, which is not among the loaded rules (or is itself a correlation)"))?;
-            let alias_field = |name: &str| -> String {
-                correlation
-                    .aliases
-                    .iter()
-                    .find(|a| a.name == name)
-                    .and_then(|a| a.per_rule.iter().find(|(r, _)| Some(r.as_str()) == rule.id.as_deref() || Some(r.as_str()) == rule.name.as_deref()))
-                    .map_or_else(|| name.to_string(), |(_, f)| f.clone())
-            };
-            let value_of = |index: u32, field: &str| -> Option<String> {
-                let key = self.field_for_event(prepared, index, &alias_field(field));
-                self.corpus.event(index).values(key).next().map(|v| v.text().to_string())
-            };
-            for &index in matches {
-                let Some(ts) = self.corpus.event(index).timestamp_us else { continue };
-                let group = correlation.group_by.iter().map(|g| value_of(index, g).unwrap_or_default()).collect();
-                let value = correlation.condition.as_ref().and_then(|c| c.field.as_deref()).and_then(|f| value_of(index, f));
-                rows.push((ts, pos, index, group, value));
-            }
-        }
-        let mut groups: HashMap<Vec<String>, Vec<usize>> = HashMap::new();
-        rows.sort_by_key(|r| (r.0, r.2));
-        for (i, row) in rows.iter().enumerate() {
-            groups.entry(row.3.clone()).or_default().push(i);
-        }
-        let nrules = correlation.rules.len();
-        let holds = |n: f64| correlation.condition.as_ref().is_none_or(|c| c.holds(n));
-        let mut hit: HashSet<u32> = HashSet::new();
-        for members in groups.values() {
-            let at = |k: usize| &rows[members[k]];
-            let mut end = 0usize;
-            for start in 0..members.len() {
-                while end < members.len() && at(end).0 - at(start).0 <= span_us {
-                    end += 1;
-                }
-                let window = start..end;
-                let fires = match correlation.kind {
-                    CorrelationType::EventCount => holds(window.len() as f64),
-                    CorrelationType::ValueCount => {
-                        let distinct: HashSet<&str> = window.clone().filter_map(|k| at(k).4.as_deref()).collect();
-                        holds(distinct.len() as f64)
-                    }
-                    CorrelationType::ValueSum | CorrelationType::ValueAvg => {
-                        let nums: Vec<f64> = window.clone().filter_map(|k| at(k).4.as_deref().and_then(crate::event::parse_number)).collect();
-                        let sum: f64 = nums.iter().sum();
-                        let v = if correlation.kind == CorrelationType::ValueSum || nums.is_empty() { sum } else { sum / nums.len() as f64 };
-                        !nums.is_empty() && holds(v)
-                    }
-                    CorrelationType::Temporal => {
-                        let distinct: HashSet<usize> = window.clone().map(|k| at(k).1).collect();
-                        match &correlation.condition {
-                            Some(_) => holds(distinct.len() as f64),
-                            None => distinct.len() == nrules,
-                        }
-                    }
-                    CorrelationType::TemporalOrdered => {
-                        // Rules must appear in the listed order, starting at this window's first event.
-                        let mut next = 0usize;
-                        for k in window.clone() {
-                            if next < nrules && at(k).1 == next {
-                                next += 1;
-                            }
-                        }
-                        at(start).1 == 0
-                            && match &correlation.condition {
-                                Some(_) => holds(next as f64),
-                                None => next == nrules,
-                            }
-                    }
-                    CorrelationType::ValuePercentile => false,
-                };
-                if fires {
-                    hit.extend(window.map(|k| at(k).2));
-                }
-            }
-        }
-        let mut out: Vec<u32> = hit.into_iter().collect();
-        out.sort_unstable();
-        Ok(out)
-    }
-
     /// Runs every rule and correlation, serially. Matches come back in rule order, events
     /// ascending within a rule.
     pub fn hunt(&self, rules: &RuleSet) -> HuntOutcome {
-        let prepared: Vec<Result<PreparedRule, String>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
+        let prepared: Vec<Result<PreparedRule, HuntError>> = rules.rules.iter().map(|r| self.prepare(&r.rule)).collect();
         let index = self.index(prepared.iter().map(|p| p.as_ref().ok()));
         let passes = self.scan(&index, 0..self.corpus.len() as u32);
         let matches: Vec<Vec<u32>> =
             prepared.iter().enumerate().map(|(i, p)| p.as_ref().map(|p| self.evaluate_indexed(p, &index, &passes, i)).unwrap_or_default()).collect();
         self.finish(rules, &prepared, matches)
-    }
-
-    /// Applies correlations and `generate` to per-rule results (computed serially or in parallel).
-    pub fn finish(&self, rules: &RuleSet, prepared: &[Result<PreparedRule, String>], matches: Vec<Vec<u32>>) -> HuntOutcome {
-        let mut skipped = Vec::new();
-        for (r, p) in rules.rules.iter().zip(prepared) {
-            if let Err(why) = p {
-                skipped.push(Skipped { file: r.file.clone(), title: r.rule.title.clone(), reason: why.clone() });
-            }
-        }
-        let find =
-            |reference: &str| rules.rules.iter().position(|r| r.rule.id.as_deref() == Some(reference) || r.rule.name.as_deref() == Some(reference));
-        let base = |reference: &str| {
-            let i = find(reference)?;
-            let p = prepared[i].as_ref().ok()?;
-            Some((&rules.rules[i].rule, p, matches[i].as_slice()))
-        };
-        let mut hidden = HashSet::new();
-        let mut correlation_hits = Vec::new();
-        for c in &rules.correlations {
-            if !c.correlation.generate {
-                hidden.extend(c.correlation.rules.iter().filter_map(|r| find(r)));
-            }
-            match self.correlate(&c.correlation, &base) {
-                Ok(events) => correlation_hits.push(events),
-                Err(why) => {
-                    skipped.push(Skipped { file: c.file.clone(), title: c.correlation.title.clone(), reason: why });
-                    correlation_hits.push(Vec::new());
-                }
-            }
-        }
-        // A rule referenced only by `generate: false` correlations reports nothing on its own.
-        for c in rules.correlations.iter().filter(|c| c.correlation.generate) {
-            for r in &c.correlation.rules {
-                if let Some(i) = find(r) {
-                    hidden.remove(&i);
-                }
-            }
-        }
-        let rule_matches = matches.into_iter().enumerate().map(|(i, m)| if hidden.contains(&i) { Vec::new() } else { m }).collect();
-        HuntOutcome { rule_matches, correlation_matches: correlation_hits, skipped }
     }
 }
 
@@ -471,123 +363,30 @@ pub struct HuntOutcome {
     pub skipped: Vec<Skipped>,
 }
 
-/// A detection rule and the file it came from (as the user named it).
-#[derive(Clone, Debug)]
-pub struct LoadedRule {
-    pub file: String,
-    pub rule: Rule,
-}
-
-#[derive(Clone, Debug)]
-pub struct LoadedCorrelation {
-    pub file: String,
-    pub correlation: Correlation,
-}
-
-/// The rules of a hunt, with Sigma filters already applied to the rules they name.
-#[derive(Clone, Debug, Default)]
-pub struct RuleSet {
-    pub rules: Vec<LoadedRule>,
-    pub correlations: Vec<LoadedCorrelation>,
-    pub filters: Vec<(String, Filter)>,
-    /// Problems that stopped a rule from loading, as `file:line:col: error: message`.
-    pub errors: Vec<String>,
-    /// Rule files with at least one document that failed to load.
-    pub failed_files: usize,
-}
-
-impl RuleSet {
-    /// Loads checked files (see [`crate::check`]) the way `check` judges them: a document
-    /// `check` reports an error for (in its file, or across files: a duplicate id, a correlation
-    /// cycle) is left out with that error, everything else loads; then filters are applied.
-    pub fn from_checked(mut files: Vec<CheckedFile>) -> RuleSet {
-        let across = keep_valid(&mut files);
-        let mut set = RuleSet::default();
-        let mut failed: HashSet<String> = HashSet::new();
-        for f in files {
-            if f.parsed.has_errors() {
-                failed.insert(f.origin.clone());
-            }
-            set.add_parsed(f.parsed, &f.origin);
-        }
-        for d in across.iter().filter(|d| d.is_error()) {
-            if failed.insert(d.origin.clone()) {
-                set.failed_files += 1;
-            }
-            set.errors.push(d.to_string());
-        }
-        set.apply_filters();
-        set
-    }
-
-    /// Adds the documents of one rule file, checked on its own ([`check_text`]; cross-file
-    /// checks need [`RuleSet::from_checked`]). Documents with errors are left out and their
-    /// errors recorded; the others load. Call [`RuleSet::apply_filters`] after the last file.
-    pub fn add_file(&mut self, text: &str, file: &str) {
-        self.add_parsed(check_text(text, file, &CompileOptions::default()).parsed, file);
-    }
-
-    /// Like [`RuleSet::add_file`] for a file parsed elsewhere.
-    pub fn add_parsed(&mut self, parsed: crate::rule::ParsedFile, file: &str) {
-        let errors: Vec<_> = parsed.diagnostics.iter().filter(|d| d.is_error()).collect();
-        if !errors.is_empty() {
-            self.failed_files += 1;
-            self.errors.extend(errors.iter().map(|d| d.to_string()));
-        }
-        for doc in parsed.documents {
-            match doc {
-                Document::Rule(rule) => self.rules.push(LoadedRule { file: file.to_string(), rule }),
-                Document::Correlation(correlation) => self.correlations.push(LoadedCorrelation { file: file.to_string(), correlation }),
-                Document::Filter(filter) => self.filters.push((file.to_string(), filter)),
-            }
-        }
-    }
-
-    /// Applies every loaded filter to the rules it names. A filter that does not fit a rule it
-    /// names is reported as an error.
-    pub fn apply_filters(&mut self) {
-        for (file, filter) in &self.filters {
-            for loaded in &mut self.rules {
-                if filter.applies_to(&loaded.rule) {
-                    match apply_filter(&loaded.rule, filter) {
-                        Ok(r) => loaded.rule = r,
-                        Err(d) => self.errors.push(format!("{file}: filter {:?}: {d}", filter.title)),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Number of detection rules plus correlations that loaded.
-    pub fn loaded(&self) -> usize {
-        self.rules.len() + self.correlations.len()
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::json_events::load_json_bytes;
 
-    fn corpus(lines: &[String]) -> Corpus {
+    pub(super) fn corpus(lines: &[String]) -> Corpus {
         let mut b = Corpus::builder();
         b.add(load_json_bytes("t.jsonl", lines.join("\n").as_bytes()));
         b.finish().0
     }
 
-    fn sysmon1(id: u64, image: &str, time: &str, user: &str) -> String {
+    pub(super) fn sysmon1(id: u64, image: &str, time: &str, user: &str) -> String {
         format!(
             r##"{{"Event":{{"System":{{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":1,"EventRecordID":{id},"TimeCreated":{{"#attributes":{{"SystemTime":"{time}"}}}}}},"EventData":{{"Image":"{image}","User":"{user}"}}}}}}"##
         )
     }
 
-    fn sec4688(id: u64, image: &str) -> String {
+    pub(super) fn sec4688(id: u64, image: &str) -> String {
         format!(
             r##"{{"Event":{{"System":{{"Channel":"Security","EventID":"4688","EventRecordID":{id}}},"EventData":{{"NewProcessName":"{image}"}}}}}}"##
         )
     }
 
-    fn rules(text: &str) -> RuleSet {
+    pub(super) fn rules(text: &str) -> RuleSet {
         let mut set = RuleSet::default();
         set.add_file(text, "r.yml");
         set.apply_filters();
@@ -595,7 +394,7 @@ mod tests {
         set
     }
 
-    const WHOAMI: &str = "title: Whoami\nid: 11111111-1111-4111-8111-111111111111\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel\n";
+    pub(super) const WHOAMI: &str = "title: Whoami\nid: 11111111-1111-4111-8111-111111111111\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel\n";
 
     #[test]
     fn process_creation_matches_sysmon_and_renamed_4688_only() {
@@ -692,22 +491,6 @@ mod tests {
         let ids: Vec<u64> = h.hunt(&set).rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1]);
     }
-
-    #[test]
-    fn rules_check_rejects_stay_out_of_the_hunt() {
-        let checked = |texts: &[&str]| -> Vec<CheckedFile> {
-            texts.iter().enumerate().map(|(i, t)| check_text(t, &format!("r{i}.yml"), &CompileOptions::default())).collect()
-        };
-        // The same id twice: the first loads, the second is an error, as `check` says.
-        let set = RuleSet::from_checked(checked(&[WHOAMI, WHOAMI]));
-        assert_eq!(set.rules.len(), 1);
-        assert_eq!((set.failed_files, set.errors.len()), (1, 1), "{:?}", set.errors);
-        assert!(set.errors[0].starts_with("r1.yml:1:1: error: rule id"), "{:?}", set.errors);
-        // A placeholder without values: valid (a warning for `check`), so it loads.
-        let set = RuleSet::from_checked(checked(&[&WHOAMI.replace("Image|endswith: '\\whoami.exe'", "Image|expand: '%tools%'")]));
-        assert_eq!((set.rules.len(), set.errors.len()), (1, 0), "{:?}", set.errors);
-    }
-
     #[test]
     fn a_matched_event_is_shown_with_the_field_names_the_rule_reads() {
         let c = corpus(&[sysmon1(1, "C:\\\\x\\\\whoami.exe", "2020-01-01T00:00:00Z", "a"), sec4688(2, "C:\\\\x\\\\whoami.exe")]);
@@ -771,67 +554,5 @@ mod tests {
         let out = h.hunt(&set);
         let ids: Vec<u64> = out.rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1]);
-    }
-
-    fn correlation_corpus() -> Corpus {
-        corpus(&[
-            sysmon1(1, "C:\\\\whoami.exe", "2020-01-01T00:00:00Z", "alice"),
-            sysmon1(2, "C:\\\\whoami.exe", "2020-01-01T00:00:30Z", "alice"),
-            sysmon1(3, "C:\\\\whoami.exe", "2020-01-01T00:00:50Z", "alice"),
-            sysmon1(4, "C:\\\\whoami.exe", "2020-01-01T00:00:10Z", "bob"),
-            sysmon1(5, "C:\\\\whoami.exe", "2020-01-01T01:00:00Z", "alice"),
-            sysmon1(6, "C:\\\\net.exe", "2020-01-01T00:00:20Z", "bob"),
-            sysmon1(7, "C:\\\\net.exe", "2020-01-01T00:00:05Z", "alice"),
-        ])
-    }
-
-    const NET: &str = "title: Net\nname: net\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\net.exe'\n  condition: sel\n";
-
-    fn correlate(corr: &str) -> (Vec<u64>, HuntOutcome, Corpus) {
-        let c = correlation_corpus();
-        let map = LogsourceMap::builtin().unwrap();
-        let h = Hunter::new(&c, &map, CompileOptions::default());
-        let set = rules(&format!("{WHOAMI}---\n{NET}---\n{corr}"));
-        let out = h.hunt(&set);
-        let ids = out.correlation_matches[0].iter().map(|&i| c.event(i).record_id).collect();
-        (ids, out, c)
-    }
-
-    #[test]
-    fn event_count_per_group_within_timespan() {
-        let (ids, out, _) = correlate(
-            "title: Many whoami\ncorrelation:\n  type: event_count\n  rules: [11111111-1111-4111-8111-111111111111]\n  group-by: [User]\n  timespan: 1m\n  condition: {gte: 3}\n",
-        );
-        // alice has 3 within a minute (1, 2, 3); event 5 is an hour later; bob has one.
-        assert_eq!(ids, [1, 2, 3]);
-        assert!(out.rule_matches[0].is_empty(), "generate: false hides the base rule's own matches");
-        assert_eq!(out.rule_matches[1].len(), 2, "a rule no correlation references still reports");
-    }
-
-    #[test]
-    fn value_count_temporal_and_temporal_ordered() {
-        let (ids, _, _) = correlate(
-            "title: Users\ncorrelation:\n  type: value_count\n  rules: [net]\n  group-by: [Image]\n  timespan: 1m\n  condition: {field: User, gte: 2}\n",
-        );
-        assert_eq!(ids, [6, 7]);
-        let (ids, _, _) = correlate(
-            "title: Both\ncorrelation:\n  type: temporal\n  rules: [net, 11111111-1111-4111-8111-111111111111]\n  group-by: [User]\n  timespan: 15s\n",
-        );
-        // alice: net at :05 and whoami at :00 (within 15 s); bob: whoami :10 and net :20.
-        assert_eq!(ids, [1, 4, 6, 7]);
-        let (ids, _, _) = correlate(
-            "title: Net then whoami\ncorrelation:\n  type: temporal_ordered\n  rules: [net, 11111111-1111-4111-8111-111111111111]\n  group-by: [User]\n  timespan: 30s\n",
-        );
-        // Only alice has net (:05) followed by whoami (:30) within 30 s; bob's order is reversed.
-        assert_eq!(ids, [2, 7]);
-    }
-
-    #[test]
-    fn correlation_of_a_missing_rule_is_skipped() {
-        let (ids, out, _) = correlate(
-            "title: Ghost\ncorrelation:\n  type: event_count\n  rules: [ghost]\n  group-by: [User]\n  timespan: 1m\n  condition: {gte: 1}\n",
-        );
-        assert!(ids.is_empty());
-        assert!(out.skipped.iter().any(|s| s.reason.contains("ghost")));
     }
 }
