@@ -126,7 +126,16 @@ fn run_with_an_sft_section_warm_starts_then_runs_grpo_and_resumes_either_stage()
     for r in &rollouts {
         assert!(r["task"].as_str().is_some_and(|t| t.contains('#')), "{r}");
         assert!(r["request"].as_str().is_some_and(|q| q.len() > 10), "{r}");
+        // ... and keeps each reward component as the plugin gave it: weight and why.
+        let parts: Vec<(&str, f64)> =
+            r["components"].as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap(), c["weight"].as_f64().unwrap())).collect();
+        assert_eq!(parts, [("yaml_valid", 0.1), ("logsource_correct", 0.3), ("iou", 0.7)], "{r}");
+        assert!(r["components"].as_array().unwrap().iter().all(|c| c["detail"].is_string()), "{r}");
     }
+    assert!(
+        rollouts.iter().flat_map(|r| r["components"].as_array().unwrap()).any(|c| !c["detail"].as_str().unwrap().is_empty()),
+        "no component detail in rollouts.jsonl"
+    );
     assert!(run_dir.join("export/merged/model.safetensors").is_file());
     assert!(run_dir.join("export/adapter/adapter_model.safetensors").is_file());
 

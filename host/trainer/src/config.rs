@@ -12,6 +12,7 @@ use crate::optim::{AdamWParams, ScheduleKind};
 use sigmaforge_model::episode::ToolsSection;
 use sigmaforge_model::lora::LoraConfig;
 use sigmaforge_model::model::MemoryOptions;
+use sigmaforge_runtime::PluginConfig;
 
 /// The configuration built into the binary: SmolLM2-135M-Instruct with LoRA on a CPU.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../../configs/smollm2-cpu.yaml");
@@ -38,10 +39,11 @@ pub struct RunConfig {
     /// How tool plugins (if any are loaded) are offered during rollouts.
     #[serde(default)]
     pub tools: ToolsSection,
-    /// Plugins to load, in the plugin runtime's format (see docs/runtime); the runtime
-    /// validates this section. `--plugins` on the command line adds to it.
+    /// Plugins to load, by name, in the plugin runtime's format (docs/plugins.md): parsed and
+    /// checked for unknown keys with the rest of the config. `--plugins` on the command line
+    /// adds to it.
     #[serde(default)]
-    pub plugins: BTreeMap<String, serde_json::Value>,
+    pub plugins: BTreeMap<String, PluginConfig>,
     /// Supervised warm start on the task plugin's reference answers (`sigmaforge sft`, and the
     /// first stage of `sigmaforge run` when `sft.steps` > 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -426,6 +428,18 @@ mod tests {
         let text = DEFAULT_CONFIG_YAML.replace("max_new_tokens:", "max_new_tokenz:");
         let err = format!("{:#}", RunConfig::from_yaml(&text, "test.yaml").unwrap_err());
         assert!(err.contains("max_new_tokenz") && err.contains("test.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_plugins_section_is_typed_and_a_wrong_plugin_key_is_named_at_load() {
+        let with = |plugin: &str| format!("{DEFAULT_CONFIG_YAML}\nplugins:\n  sigma:\n{plugin}");
+        let cfg =
+            RunConfig::from_yaml(&with("    path: sigma.wasm\n    limits: { memory_mib: 256 }\n    config: { weights: 1 }\n"), "run.yaml").unwrap();
+        let sigma = &cfg.plugins["sigma"];
+        assert_eq!((sigma.path.as_path(), sigma.limits.memory_mib), (Path::new("sigma.wasm"), 256));
+        assert_eq!(sigma.config["weights"], "1", "scalars reach the plugin as text");
+        let err = format!("{:#}", RunConfig::from_yaml(&with("    path: sigma.wasm\n    limitz: {}\n"), "run.yaml").unwrap_err());
+        assert!(err.contains("limitz") && err.contains("run.yaml"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod grpo;
+pub mod job;
 pub mod metrics;
 pub mod optim;
 pub mod parallel;

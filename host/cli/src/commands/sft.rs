@@ -21,9 +21,10 @@ use sigmaforge_model::load::ChatMessage;
 use sigmaforge_runtime::TaskPlugin;
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
+use sigmaforge_trainer::job::load_policy;
 use sigmaforge_trainer::sft::{SftExample, SftTrainer};
 
-use super::run::{load_plugins, load_policy};
+use super::run::load_plugins;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
