@@ -15,31 +15,27 @@ mod rollout;
 mod state;
 mod update;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 
 use crate::config::RunConfig;
-use crate::grpo;
-use crate::metrics::{self, MeanStd, StepMetrics};
+use crate::metrics::{self, StepMetrics};
 use crate::optim::{AdamW, LrSchedule};
 use crate::parallel::{DataParallel, generation_seed, text_checksum};
 use crate::sampler::TaskSampler;
-use sigmaforge_model::episode::{self, Episode, ModelPolicy, SegmentGenerator, ToolBox, ToolStats, ToolUse};
+use sigmaforge_model::episode::{SegmentGenerator, ToolBox, ToolUse};
 use sigmaforge_model::export;
 use sigmaforge_model::load::Tokenizer;
-use sigmaforge_model::model::{AdapterMode, CausalLm};
+use sigmaforge_model::model::CausalLm;
 use sigmaforge_model::rng::SamplerRng;
-use sigmaforge_reward::{ScoreResult, TaskEnvironment, TaskPrompt, TaskRef, score_checked};
+use sigmaforge_reward::{TaskEnvironment, TaskPrompt};
 
-use record::RolloutRow;
 pub(crate) use update::{MicroBatch, to_f64};
-use update::{UpdateMode, UpdateStats};
 
 /// What one step produced besides its metrics.
 pub struct StepOutcome {
@@ -209,167 +205,22 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepOutcome> {
         let step_start = Instant::now();
         let b = self.cfg.training.prompts_per_step;
-        let g = self.cfg.training.rollouts_per_prompt;
         // Every rank draws the same prompts and keeps its share (all of them in one process).
         let all_tasks = self.sampler.next_batch(b);
         let local = self.dp.local_prompts(b);
-        let task_idx: Vec<usize> = all_tasks[local.clone()].to_vec();
-        let prompts: Vec<Vec<u32>> = task_idx.iter().map(|&t| self.prompt_tokens(t)).collect::<Result<_>>()?;
-        let sampling = self.sampling_config();
-
-        // Generate group after group; the scoring thread works on group i while group i+1
-        // generates, so slow rewards overlap with the model's work.
-        let per_call = self.cfg.generation.prompts_per_call;
-        let env = Arc::clone(&self.env);
-        let (tx, rx) = mpsc::channel::<(usize, Vec<(TaskRef, String)>)>();
-        let scorer = std::thread::Builder::new()
-            .name("sigmaforge-reward".into())
-            .spawn(move || {
-                let mut out: Vec<(usize, Vec<ScoreResult>)> = Vec::new();
-                let mut busy = Duration::ZERO;
-                for (offset, items) in rx {
-                    let t = Instant::now();
-                    out.push((offset, score_checked(env.as_ref(), &items)));
-                    busy += t.elapsed();
-                }
-                (out, busy)
-            })
-            .context("cannot start the reward thread")?;
-        let mut rollouts: Vec<Episode> = Vec::with_capacity(task_idx.len() * g);
-        let mut gen_time = Duration::ZERO;
-        let reward_on = self.cfg.tools.reward_on;
-        let gen_result: Result<()> = (|| {
-            for (chunk_no, chunk) in prompts.chunks(per_call).enumerate() {
-                let t = Instant::now();
-                let mut out = match &mut self.segment_generator {
-                    Some(generator) => episode::run_episodes(generator.as_mut(), &self.tokenizer, chunk, g, self.tools.as_ref())?,
-                    None => {
-                        let mut policy = ModelPolicy {
-                            model: &self.model,
-                            tokenizer: &self.tokenizer,
-                            sampling: &sampling,
-                            rng: &mut self.rng,
-                            adapters: AdapterMode::Enabled,
-                        };
-                        episode::run_episodes(&mut policy, &self.tokenizer, chunk, g, self.tools.as_ref())?
-                    }
-                };
-                gen_time += t.elapsed();
-                ensure!(out.len() == chunk.len() * g, "generation returned {} rollouts for {} prompts × {g}", out.len(), chunk.len());
-                let first = chunk_no * per_call;
-                let items = out
-                    .iter()
-                    .map(|r| (TaskRef::Id(self.tasks[task_idx[first + r.prompt_index]].id.clone()), r.reward_text(reward_on).to_string()))
-                    .collect();
-                for r in &mut out {
-                    r.prompt_index += first;
-                }
-                let offset = rollouts.len();
-                rollouts.extend(out);
-                tx.send((offset, items)).map_err(|_| anyhow::anyhow!("the reward thread stopped"))?;
-            }
-            Ok(())
-        })();
-        drop(tx);
-        let wait_start = Instant::now();
-        let joined = scorer.join();
-        let reward_wait = wait_start.elapsed();
-        gen_result?;
-        let (scored, reward_busy) = joined.map_err(|_| anyhow::anyhow!("the reward thread panicked"))?;
-        let mut scores: Vec<Option<ScoreResult>> = vec![None; rollouts.len()];
-        for (offset, chunk) in scored {
-            for (i, s) in chunk.into_iter().enumerate() {
-                scores[offset + i] = Some(s);
-            }
-        }
-        let scores: Vec<ScoreResult> = scores.into_iter().map(|s| s.unwrap_or_else(|| ScoreResult::failed("no score came back"))).collect();
-
-        // Advantages per group.
-        let totals: Vec<f64> = scores.iter().map(|s| s.total).collect();
-        let advantages = grpo::group_advantages(&totals, g, self.cfg.grpo.scale_rewards)?;
-        let zero_var = grpo::zero_variance_groups(&totals, g);
-        let samples: Vec<Sample> = rollouts
-            .iter()
-            .zip(&advantages)
-            .enumerate()
-            .filter(|(i, _)| !(self.cfg.grpo.drop_zero_variance_groups && zero_var[i / g]))
-            .map(|(_, (r, &a))| Sample {
-                prompt: r.prompt_ids.clone(),
-                completion: r.completion_ids.clone(),
-                sample_logp: r.logprobs.clone(),
-                policy_mask: r.policy_mask.clone(),
-                advantage: a,
-            })
-            .collect();
+        let scored = self.generate_and_score(all_tasks[local.clone()].to_vec())?;
+        let (advantages, samples) = self.grpo_samples(&scored)?;
 
         let lr = self.schedule.lr(self.step);
         let update_start = Instant::now();
-        // A data-parallel rank whose groups were all dropped still takes part in the update's
-        // collectives; `update` finds out whether any rank has samples.
-        let update =
-            if samples.is_empty() && !self.dp.is_distributed() { UpdateStats::default() } else { self.update(&samples, lr, UpdateMode::Step)? };
+        let update = self.step_update(&samples, lr)?;
         let update_time = update_start.elapsed();
         self.step += 1;
 
-        self.log_rollouts(&task_idx, &rollouts, &scores, &advantages)?;
-        let mut reward_errors = Vec::new();
-        for (r, s) in rollouts.iter().zip(&scores) {
-            if let Some(e) = &s.error {
-                reward_errors.push(format!("task {}: {e}", self.tasks[task_idx[r.prompt_index]].id));
-            }
-        }
-        // Metrics cover every rank's rollouts: one row per rollout, gathered in rank order.
-        let names = self.env.component_names();
-        let rows = RolloutRow::table(&rollouts, &scores, &names);
-        let rows = self.dp.gather_rows(&rows, RolloutRow::cols(&names), local.start * g, b * g, "the rollouts' metrics")?;
-        let rows: Vec<RolloutRow> = rows.chunks_exact(RolloutRow::cols(&names)).map(RolloutRow::from_slice).collect();
-        let totals: Vec<f64> = rows.iter().map(|r| r.total).collect();
-        let components: BTreeMap<String, MeanStd> = names
-            .iter()
-            .enumerate()
-            .map(|(k, name)| (name.clone(), MeanStd::of(&rows.iter().map(|r| r.components[k]).collect::<Vec<_>>())))
-            .collect();
-        // Generated tokens only: inserted tool turns are not the policy's output.
-        let lengths: Vec<f64> = rows.iter().map(|r| r.length).collect();
-        let tool_stats = ToolStats::over(rows.iter().map(|r| r.tool));
-        let generated: f64 = lengths.iter().sum();
-        // The step waits for the slowest rank, so its times are the ones reported.
-        let local_times = [gen_time.as_secs_f64(), reward_busy.as_secs_f64(), reward_wait.as_secs_f64(), update_time.as_secs_f64()];
-        let times = self.dp.gather_per_rank(&local_times, "the step timings")?;
-        let slowest = |k: usize| times.iter().map(|t| t[k]).fold(0.0, f64::max);
-        let tokens = update.stats.tokens.max(1.0);
-        let metrics = StepMetrics {
-            step: self.step,
-            lr,
-            reward: MeanStd::of(&totals),
-            reward_components: components,
-            reward_errors: rows.iter().filter(|r| r.failed).count(),
-            loss: update.loss,
-            kl: update.stats.kl_sum / tokens,
-            entropy: update.entropy,
-            clip_fraction: (update.stats.clipped_low + update.stats.clipped_high) / tokens,
-            clip_fraction_low: update.stats.clipped_low / tokens,
-            clip_fraction_high: update.stats.clipped_high / tokens,
-            grad_norm: update.grad_norm,
-            completion_length: MeanStd::of(&lengths),
-            truncated: rows.iter().filter(|r| r.truncated).count(),
-            groups: b,
-            rollouts: rows.len(),
-            zero_variance_groups: grpo::zero_variance_groups(&totals, g).iter().filter(|z| **z).count(),
-            logprob_mismatch: update.mismatch,
-            time_generation_s: slowest(0),
-            time_reward_s: slowest(1),
-            time_reward_wait_s: slowest(2),
-            time_update_s: slowest(3),
-            time_step_s: step_start.elapsed().as_secs_f64(),
-            generation_tokens_per_s: if slowest(0) == 0.0 { 0.0 } else { generated / slowest(0) },
-            tool_call_fraction: tool_stats.call_fraction,
-            tool_calls: tool_stats.calls,
-            tool_errors: tool_stats.errors,
-            reward_with_tool: tool_stats.reward_with_tool,
-            reward_without_tool: tool_stats.reward_without_tool,
-            time_tool_s: tool_stats.seconds,
-        };
+        self.log_rollouts(&scored, &advantages)?;
+        let reward_errors = self.reward_errors(&scored);
+        let first_row = local.start * self.cfg.training.rollouts_per_prompt;
+        let metrics = self.step_metrics(&scored, &update, lr, first_row, update_time, step_start)?;
         Ok(StepOutcome { metrics, reward_errors })
     }
 

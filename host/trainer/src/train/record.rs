@@ -1,11 +1,18 @@
 //! What a step leaves behind: its rollouts, one JSON line each, in this rank's rollouts.jsonl,
-//! and the per-rollout numbers the step's metrics are computed from (gathered across ranks).
+//! its reward failures, and its metrics, computed from per-rollout rows gathered across ranks.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::Trainer;
-use sigmaforge_model::episode::{self, Episode, RolloutToolUse};
+use super::rollout::ScoredRollouts;
+use super::update::UpdateStats;
+use crate::grpo;
+use crate::metrics::{MeanStd, StepMetrics};
+use sigmaforge_model::episode::{self, Episode, RolloutToolUse, ToolStats};
 use sigmaforge_model::generate::FinishReason;
 use sigmaforge_reward::{ComponentScore, ScoreResult};
 
@@ -15,7 +22,8 @@ impl Trainer {
         if self.dp.is_distributed() { format!("rollouts-rank-{}.jsonl", self.dp.rank()) } else { "rollouts.jsonl".to_string() }
     }
 
-    pub(super) fn log_rollouts(&self, task_idx: &[usize], rollouts: &[Episode], scores: &[ScoreResult], adv: &[f64]) -> Result<()> {
+    /// Appends the step's rollouts to this rank's rollouts file, one JSON line each.
+    pub(super) fn log_rollouts(&self, scored: &ScoredRollouts, adv: &[f64]) -> Result<()> {
         #[derive(Serialize)]
         struct Line<'a> {
             step: u64,
@@ -40,6 +48,7 @@ impl Trainer {
             finish: FinishReason,
         }
         use std::io::Write;
+        let (task_idx, rollouts, scores) = (&scored.task_idx, &scored.rollouts, &scored.scores);
         // Each rank logs the rollouts it generated.
         let path = self.run_dir.join(self.rollouts_file());
         let mut f = std::io::BufWriter::new(
@@ -67,30 +76,111 @@ impl Trainer {
         f.flush()?;
         Ok(())
     }
+
+    /// The step's reward failures, as "task <id>: <error>".
+    pub(super) fn reward_errors(&self, scored: &ScoredRollouts) -> Vec<String> {
+        let (task_idx, rollouts, scores) = (&scored.task_idx, &scored.rollouts, &scored.scores);
+        let mut reward_errors = Vec::new();
+        for (r, s) in rollouts.iter().zip(scores) {
+            if let Some(e) = &s.error {
+                reward_errors.push(format!("task {}: {e}", self.tasks[task_idx[r.prompt_index]].id));
+            }
+        }
+        reward_errors
+    }
+
+    /// The step's metrics (call after `self.step` counts the step), over every rank's
+    /// rollouts; this rank's are rows `first_row..` of the step's rollouts.
+    pub(super) fn step_metrics(
+        &mut self,
+        scored: &ScoredRollouts,
+        update: &UpdateStats,
+        lr: f64,
+        first_row: usize,
+        update_time: Duration,
+        step_start: Instant,
+    ) -> Result<StepMetrics> {
+        let b = self.cfg.training.prompts_per_step;
+        let g = self.cfg.training.rollouts_per_prompt;
+        let (rollouts, scores) = (&scored.rollouts, &scored.scores);
+        let (gen_time, reward_busy, reward_wait) = (scored.gen_time, scored.reward_busy, scored.reward_wait);
+        // Metrics cover every rank's rollouts: one row per rollout, gathered in rank order.
+        let names = self.env.component_names();
+        let rows = RolloutRow::table(rollouts, scores, &names);
+        let rows = self.dp.gather_rows(&rows, RolloutRow::cols(&names), first_row, b * g, "the rollouts' metrics")?;
+        let rows: Vec<RolloutRow> = rows.chunks_exact(RolloutRow::cols(&names)).map(RolloutRow::from_slice).collect();
+        let totals: Vec<f64> = rows.iter().map(|r| r.total).collect();
+        let components: BTreeMap<String, MeanStd> = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| (name.clone(), MeanStd::of(&rows.iter().map(|r| r.components[k]).collect::<Vec<_>>())))
+            .collect();
+        // Generated tokens only: inserted tool turns are not the policy's output.
+        let lengths: Vec<f64> = rows.iter().map(|r| r.length).collect();
+        let tool_stats = ToolStats::over(rows.iter().map(|r| r.tool));
+        let generated: f64 = lengths.iter().sum();
+        // The step waits for the slowest rank, so its times are the ones reported.
+        let local_times = [gen_time.as_secs_f64(), reward_busy.as_secs_f64(), reward_wait.as_secs_f64(), update_time.as_secs_f64()];
+        let times = self.dp.gather_per_rank(&local_times, "the step timings")?;
+        let slowest = |k: usize| times.iter().map(|t| t[k]).fold(0.0, f64::max);
+        let tokens = update.stats.tokens.max(1.0);
+        Ok(StepMetrics {
+            step: self.step,
+            lr,
+            reward: MeanStd::of(&totals),
+            reward_components: components,
+            reward_errors: rows.iter().filter(|r| r.failed).count(),
+            loss: update.loss,
+            kl: update.stats.kl_sum / tokens,
+            entropy: update.entropy,
+            clip_fraction: (update.stats.clipped_low + update.stats.clipped_high) / tokens,
+            clip_fraction_low: update.stats.clipped_low / tokens,
+            clip_fraction_high: update.stats.clipped_high / tokens,
+            grad_norm: update.grad_norm,
+            completion_length: MeanStd::of(&lengths),
+            truncated: rows.iter().filter(|r| r.truncated).count(),
+            groups: b,
+            rollouts: rows.len(),
+            zero_variance_groups: grpo::zero_variance_groups(&totals, g).iter().filter(|z| **z).count(),
+            logprob_mismatch: update.mismatch,
+            time_generation_s: slowest(0),
+            time_reward_s: slowest(1),
+            time_reward_wait_s: slowest(2),
+            time_update_s: slowest(3),
+            time_step_s: step_start.elapsed().as_secs_f64(),
+            generation_tokens_per_s: if slowest(0) == 0.0 { 0.0 } else { generated / slowest(0) },
+            tool_call_fraction: tool_stats.call_fraction,
+            tool_calls: tool_stats.calls,
+            tool_errors: tool_stats.errors,
+            reward_with_tool: tool_stats.reward_with_tool,
+            reward_without_tool: tool_stats.reward_without_tool,
+            time_tool_s: tool_stats.seconds,
+        })
+    }
 }
 
 /// What the step's metrics need of one rollout, as numbers that a data-parallel job gathers.
-pub(super) struct RolloutRow {
-    pub(super) total: f64,
+struct RolloutRow {
+    total: f64,
     /// In `TaskEnvironment::component_names` order; a failed score counts 0 in each.
-    pub(super) components: Vec<f64>,
+    components: Vec<f64>,
     /// Tokens the policy generated (inserted tool turns not counted).
-    pub(super) length: f64,
-    pub(super) truncated: bool,
-    pub(super) failed: bool,
-    pub(super) tool: RolloutToolUse,
+    length: f64,
+    truncated: bool,
+    failed: bool,
+    tool: RolloutToolUse,
 }
 
 impl RolloutRow {
     const FIXED: usize = 8;
 
-    pub(super) fn cols(names: &[String]) -> usize {
+    fn cols(names: &[String]) -> usize {
         Self::FIXED + names.len()
     }
 
     /// Rows of [total, length, truncated, failed, called_tool, tool_calls, tool_errors,
     /// tool_seconds, components…], flattened.
-    pub(super) fn table(rollouts: &[Episode], scores: &[ScoreResult], names: &[String]) -> Vec<f64> {
+    fn table(rollouts: &[Episode], scores: &[ScoreResult], names: &[String]) -> Vec<f64> {
         let flag = |b: bool| f64::from(u8::from(b));
         let mut out = Vec::with_capacity(rollouts.len() * Self::cols(names));
         for (r, s) in rollouts.iter().zip(scores) {
@@ -104,7 +194,7 @@ impl RolloutRow {
         out
     }
 
-    pub(super) fn from_slice(row: &[f64]) -> Self {
+    fn from_slice(row: &[f64]) -> Self {
         Self {
             total: row[0],
             length: row[1],

@@ -5,6 +5,7 @@
 use anyhow::{Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 
+use super::rollout::ScoredRollouts;
 use super::{Sample, Trainer};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
 use crate::optim::GradAccumulator;
@@ -12,6 +13,38 @@ use crate::parallel::StepGradients;
 use sigmaforge_model::model::{AdapterMode, CausalLm, streamed_logits};
 
 impl Trainer {
+    /// The samples the update trains on, with every rollout's group-relative advantage (for
+    /// rollouts.jsonl). Groups whose rewards are all equal carry no signal and are left out under
+    /// `grpo.drop_zero_variance_groups`.
+    pub(super) fn grpo_samples(&self, scored: &ScoredRollouts) -> Result<(Vec<f64>, Vec<Sample>)> {
+        let g = self.cfg.training.rollouts_per_prompt;
+        let (rollouts, scores) = (&scored.rollouts, &scored.scores);
+        let totals: Vec<f64> = scores.iter().map(|s| s.total).collect();
+        let advantages = grpo::group_advantages(&totals, g, self.cfg.grpo.scale_rewards)?;
+        let zero_var = grpo::zero_variance_groups(&totals, g);
+        let samples: Vec<Sample> = rollouts
+            .iter()
+            .zip(&advantages)
+            .enumerate()
+            .filter(|(i, _)| !(self.cfg.grpo.drop_zero_variance_groups && zero_var[i / g]))
+            .map(|(_, (r, &a))| Sample {
+                prompt: r.prompt_ids.clone(),
+                completion: r.completion_ids.clone(),
+                sample_logp: r.logprobs.clone(),
+                policy_mask: r.policy_mask.clone(),
+                advantage: a,
+            })
+            .collect();
+        Ok((advantages, samples))
+    }
+
+    /// The step's update of the policy at learning rate `lr`.
+    pub(super) fn step_update(&mut self, samples: &[Sample], lr: f64) -> Result<UpdateStats> {
+        // A data-parallel rank whose groups were all dropped still takes part in the update's
+        // collectives; `update` finds out whether any rank has samples.
+        if samples.is_empty() && !self.dp.is_distributed() { Ok(UpdateStats::default()) } else { self.update(samples, lr, UpdateMode::Step) }
+    }
+
     /// The gradient of the GRPO loss of one pass over `samples` (this rank's share of the batch),
     /// summed over the ranks and before clipping: what the first optimizer step of an update
     /// would use. Changes no weights. For checking data parallelism (tests) and debugging.
@@ -26,7 +59,7 @@ impl Trainer {
 
     /// `passes_per_batch` optimizer steps over `samples`, each accumulating gradients over
     /// micro-batches.
-    pub(super) fn update(&mut self, samples: &[Sample], lr: f64, mode: UpdateMode) -> Result<UpdateStats> {
+    fn update(&mut self, samples: &[Sample], lr: f64, mode: UpdateMode) -> Result<UpdateStats> {
         let mb = self.cfg.training.micro_batch_size;
         let params = LossParams {
             epsilon_low: self.cfg.grpo.epsilon_low,
@@ -299,7 +332,7 @@ pub(super) struct UpdateStats {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum UpdateMode {
+enum UpdateMode {
     /// Update the weights (`passes_per_batch` optimizer steps).
     Step,
     /// Stop after the first pass's gradient (no clipping, no step).
