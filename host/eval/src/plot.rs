@@ -63,6 +63,14 @@ pub fn plot_report(report: &Report, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// "100 tasks each", or each report's count in order ("100 / 300 / 300 tasks") when they differ.
+fn task_counts(reports: &[Report]) -> String {
+    match reports.first() {
+        Some(first) if reports.iter().all(|r| r.samples == first.samples) => format!("{} tasks each", first.samples),
+        _ => format!("{} tasks", reports.iter().map(|r| r.samples.to_string()).collect::<Vec<_>>().join(" / ")),
+    }
+}
+
 /// Several reports side by side (e.g. base → SFT → GRPO): for the reward and each component, one
 /// bar per report, in the order given; the reward bars carry their 95 % bootstrap interval.
 pub fn plot_comparison(reports: &[Report], path: &Path) -> Result<()> {
@@ -77,7 +85,7 @@ pub fn plot_comparison(reports: &[Report], path: &Path) -> Result<()> {
     let mut builder = ChartBuilder::on(&root);
     builder.margin(16);
     if with_text {
-        let title = format!("{} — {} split, {} tasks each", first.plugin, first.split, first.samples);
+        let title = format!("{} — {} split, {}", first.plugin, first.split, task_counts(reports));
         builder.caption(title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(48);
     }
     let mut chart = builder.build_cartesian_2d(0f64..groups.len() as f64, 0f64..y_max).map_err(err)?;
