@@ -26,7 +26,6 @@ use crate::metrics;
 use crate::optim::{AdamW, GradAccumulator, LrSchedule};
 use crate::sampler::TaskSampler;
 use crate::train::{MicroBatch, Sample, to_f64};
-use sigmaforge_model::export;
 use sigmaforge_model::load::{ChatMessage, Tokenizer};
 use sigmaforge_model::model::{AdapterMode, CausalLm, token_logprobs};
 
@@ -429,14 +428,7 @@ impl SftTrainer {
     /// Writes the exports the config asks for: `<run>/export/merged` (Hugging Face directory)
     /// and, for LoRA, `<run>/export/adapter` (PEFT).
     pub fn export(&self) -> Result<()> {
-        let dir = self.run_dir.join("export");
-        if self.cfg.export.merged {
-            export::merged_hf_dir(&self.model, &self.tokenizer, &dir.join("merged"))?;
-        }
-        if self.cfg.export.lora_adapter && self.model.lora_config().is_some() {
-            export::peft_adapter(&self.model, &dir.join("adapter"))?;
-        }
-        Ok(())
+        crate::train::write_exports(&self.cfg.export, &self.model, &self.tokenizer, &self.run_dir)
     }
 }
 

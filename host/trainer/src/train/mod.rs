@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 
-use crate::config::RunConfig;
+use crate::config::{ExportSection, RunConfig};
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{AdamW, LrSchedule};
 use crate::parallel::{DataParallel, generation_seed, text_checksum};
@@ -292,15 +292,21 @@ impl Trainer {
 
     /// Writes the exports the config asks for under `<run>/export/`.
     pub fn export(&self) -> Result<()> {
-        let dir = self.run_dir.join("export");
-        if self.cfg.export.merged {
-            export::merged_hf_dir(&self.model, &self.tokenizer, &dir.join("merged"))?;
-        }
-        if self.cfg.export.lora_adapter && self.model.lora_config().is_some() {
-            export::peft_adapter(&self.model, &dir.join("adapter"))?;
-        }
-        Ok(())
+        write_exports(&self.cfg.export, &self.model, &self.tokenizer, &self.run_dir)
     }
+}
+
+/// The exports `export:` asks for, under `<run>/export/`: `merged` (a Hugging Face directory)
+/// and, for a LoRA model, `adapter` (PEFT). Both stages end with it.
+pub(crate) fn write_exports(cfg: &ExportSection, model: &CausalLm, tokenizer: &Tokenizer, run_dir: &Path) -> Result<()> {
+    let dir = run_dir.join("export");
+    if cfg.merged {
+        export::merged_hf_dir(model, tokenizer, &dir.join("merged"))?;
+    }
+    if cfg.lora_adapter && model.lora_config().is_some() {
+        export::peft_adapter(model, &dir.join("adapter"))?;
+    }
+    Ok(())
 }
 
 pub struct RunSummary {
