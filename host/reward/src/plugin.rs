@@ -41,14 +41,6 @@ impl PluginEnvironment {
         }
         Ok(Self { plugin, tasks })
     }
-
-    pub fn task_count(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn plugin(&self) -> &TaskPlugin {
-        &self.plugin
-    }
 }
 
 impl Scorer for PluginEnvironment {

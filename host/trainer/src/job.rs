@@ -40,8 +40,9 @@ pub struct JobRequest {
 /// Where a run starts from.
 enum Start {
     Fresh,
-    /// Killed in its SFT stage: no GRPO checkpoint yet; the stage resumes from its own.
-    InSftStage,
+    /// Killed in its SFT stage (this run directory): no GRPO checkpoint yet; the stage resumes
+    /// from its own.
+    InSftStage(PathBuf),
     /// A GRPO checkpoint (its weights already hold the SFT stage's result).
     GrpoCheckpoint(PathBuf),
 }
@@ -61,11 +62,10 @@ impl TrainingJob {
     /// Resolves the config (and what a resume may change), joins the other ranks when launched
     /// as one of several, picks this rank's device and the run directory every rank shares.
     pub fn prepare(request: &JobRequest) -> Result<Self> {
-        let resume_in_sft = request.resume.as_deref().filter(|dir| stopped_in_sft_stage(dir));
-        let start = match (resume_in_sft, &request.resume) {
-            (Some(_), _) => Start::InSftStage,
-            (None, Some(dir)) => Start::GrpoCheckpoint(checkpoint::resolve(dir)?),
-            (None, None) => Start::Fresh,
+        let start = match &request.resume {
+            Some(dir) if stopped_in_sft_stage(dir) => Start::InSftStage(dir.clone()),
+            Some(dir) => Start::GrpoCheckpoint(checkpoint::resolve(dir)?),
+            None => Start::Fresh,
         };
         let (mut cfg, config_base) = resolve_config(&start, request)?;
         if let Some(steps) = request.steps {
@@ -80,10 +80,10 @@ impl TrainingJob {
         let mut dp = DataParallel::new(comm);
 
         let run_dir = match (&start, &request.out) {
-            (Start::InSftStage | Start::GrpoCheckpoint(_), Some(_)) => {
+            (Start::InSftStage(_) | Start::GrpoCheckpoint(_), Some(_)) => {
                 bail!("--out cannot be combined with --resume: a resumed run continues in its own directory")
             }
-            (Start::InSftStage, None) => resume_in_sft.expect("in the SFT stage").to_path_buf(),
+            (Start::InSftStage(dir), None) => dir.clone(),
             (Start::GrpoCheckpoint(ckpt), None) => {
                 ckpt.parent().and_then(Path::parent).context("checkpoint directory has no run directory above it")?.to_path_buf()
             }
@@ -123,11 +123,6 @@ impl TrainingJob {
         &self.run_dir
     }
 
-    /// Whether this process is rank 0 (the one that reports and writes the run's files).
-    pub fn is_primary(&self) -> bool {
-        self.dp.rank() == 0
-    }
-
     /// Loads the model, runs the SFT stage (unless GRPO has begun) and then GRPO to the end.
     /// `sft_examples` is asked for the reference answers only when the SFT stage has work to
     /// do. Returns the GRPO summary on rank 0 and `None` on the other ranks.
@@ -148,7 +143,7 @@ impl TrainingJob {
 
         // The SFT warm start, unless GRPO has already begun (its checkpoints hold the weights).
         let (model, tokenizer) = match (&cfg.sft, &start) {
-            (Some(s), Start::Fresh | Start::InSftStage) if s.steps > 0 => {
+            (Some(s), Start::Fresh | Start::InSftStage(_)) if s.steps > 0 => {
                 ensure!(
                     !dp.is_distributed(),
                     "the sft stage runs in one process: run `sigmaforge sft` first, then the data-parallel job with model.path set to its export/merged"
@@ -162,7 +157,6 @@ impl TrainingJob {
         // GRPO.
         let steps = cfg.training.steps;
         let world = dp.world_size();
-        let task_count = env.tasks()?.len();
         let plugin = env.name();
         let mut trainer = Trainer::data_parallel(cfg, model, tokenizer, env, &run_dir, dp)?.with_tools(toolbox)?;
         if let Some(t) = trainer.tools() {
@@ -194,10 +188,11 @@ impl TrainingJob {
             eprintln!("data-parallel job of {world} ranks, {sharding} (rank 0 writes metrics, checkpoints and exports)");
         }
         eprintln!(
-            "training {} ({:.1}M parameters, {:.2}M trainable) on {task_count} tasks of plugin `{plugin}`; run directory {}",
+            "training {} ({:.1}M parameters, {:.2}M trainable) on {} tasks of plugin `{plugin}`; run directory {}",
             model_path.display(),
             total as f64 / 1e6,
             trainable as f64 / 1e6,
+            trainer.task_count(),
             run_dir.display()
         );
         let summary = trainer.run(true, None)?;
@@ -215,8 +210,7 @@ impl TrainingJob {
 fn resolve_config(start: &Start, request: &JobRequest) -> Result<(RunConfig, PathBuf)> {
     let cwd = || std::env::current_dir().context("cannot read the current directory");
     match (start, &request.config) {
-        (Start::InSftStage, explicit) => {
-            let dir = request.resume.as_deref().expect("resuming");
+        (Start::InSftStage(dir), explicit) => {
             ensure!(
                 explicit.is_none(),
                 "--config cannot be combined with --resume of a run in its SFT stage; it continues with {}/config.yaml",

@@ -181,6 +181,11 @@ impl Trainer {
         self.dp.rank()
     }
 
+    /// How many tasks the environment gave to train on.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
     pub fn step(&self) -> u64 {
         self.step
     }
