@@ -20,7 +20,7 @@ use sigmaforge_model::episode::ToolsSection;
 use sigmaforge_model::episode::{ModelPolicy, ToolUse, run_episodes};
 use sigmaforge_model::generate::{SamplerRng, SamplingConfig};
 use sigmaforge_model::load::{ChatMessage, LoadOptions, Tokenizer, load_model};
-use sigmaforge_model::model::{AdapterMode, CausalLm};
+use sigmaforge_model::model::{AdapterMode, BaseQuant, CausalLm};
 use sigmaforge_runtime::Message;
 
 use crate::policy::{Completion, Failure, Outcome, Policy, Trace, Usage};
@@ -59,8 +59,10 @@ impl LocalPolicy {
             path
         };
         let (device, _) = sigmaforge_model::device::select_device(&opts.device)?;
-        let loaded = load_model(path, &LoadOptions { dtype: DType::F32, device, lora: None, seed: opts.seed })
-            .with_context(|| format!("cannot load the local model {}", path.display()))?;
+        // Dequantised: eval scores the exact model, as the published tables were measured.
+        let load =
+            LoadOptions { dtype: DType::F32, device, seed: opts.seed, base_quant: BaseQuant::Dequantize, inference_only: true, ..Default::default() };
+        let loaded = load_model(path, &load).with_context(|| format!("cannot load the local model {}", path.display()))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
         LocalPolicy::new(name, path.display().to_string(), loaded.model, loaded.tokenizer, opts)
     }

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::model::AdapterMode;
+use crate::model::{AdapterMode, QuantMatmul};
 use crate::rng::SamplerRng;
 
 /// The linear modules of a transformer block that LoRA may target (Hugging Face / PEFT names).
@@ -95,12 +95,62 @@ pub struct LoraAdapter {
     pub scale: f64,
 }
 
+/// A linear layer's base weight: dense (trainable or frozen), or frozen in a GGUF quantisation.
+#[derive(Clone)]
+pub enum BaseWeight {
+    Dense(Param),
+    Quantized(QuantMatmul),
+}
+
+impl std::fmt::Debug for BaseWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BaseWeight::Dense(p) => f.debug_tuple("Dense").field(p).finish(),
+            BaseWeight::Quantized(q) => write!(f, "Quantized({:?}, {:?})", q.qtensor().dtype(), q.dims()),
+        }
+    }
+}
+
+impl BaseWeight {
+    /// The dense parameter, None for a quantised weight (never trainable).
+    pub fn param(&self) -> Option<&Param> {
+        match self {
+            BaseWeight::Dense(p) => Some(p),
+            BaseWeight::Quantized(_) => None,
+        }
+    }
+
+    /// The weight as a dense, detached tensor (a quantised one is dequantised to f32).
+    pub fn dense(&self) -> Result<Tensor> {
+        Ok(match self {
+            BaseWeight::Dense(p) => p.tensor().detach(),
+            BaseWeight::Quantized(q) => q.dequantize(&q.qtensor().device())?,
+        })
+    }
+
+    /// [out, in]
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            BaseWeight::Dense(p) => p.tensor().dims2()?,
+            BaseWeight::Quantized(q) => q.dims(),
+        })
+    }
+
+    /// x [rows, in] -> x Wᵀ [rows, out]
+    fn matmul_t(&self, x2: &Tensor) -> Result<Tensor> {
+        match self {
+            BaseWeight::Dense(p) => Ok(x2.matmul(&p.tensor().t()?)?),
+            BaseWeight::Quantized(q) => q.forward(x2),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// Hugging Face module path, e.g. "model.layers.0.self_attn.q_proj".
     pub name: String,
     /// [out, in]
-    pub weight: Param,
+    pub weight: BaseWeight,
     pub adapter: Option<LoraAdapter>,
 }
 
@@ -108,20 +158,38 @@ impl Linear {
     /// `weight` is [out, in]. With `lora` targeting this module an adapter is attached and the
     /// base weight is frozen; otherwise the weight is trainable iff `train_base`.
     pub fn new(name: String, weight: Tensor, lora: Option<&LoraConfig>, train_base: bool, rng: &mut SamplerRng) -> Result<Self> {
-        let module = name.rsplit('.').next().unwrap_or(&name);
-        let adapter = match lora {
+        let (out, inp) = weight.dims2()?;
+        let adapter = Self::adapter_for(&name, (out, inp), lora, weight.dtype(), weight.device(), rng)?;
+        let weight = BaseWeight::Dense(Param::new(weight, train_base && lora.is_none())?);
+        Ok(Self { name, weight, adapter })
+    }
+
+    /// A frozen, quantised base weight, with an adapter of `dtype` if `lora` targets the module.
+    pub fn quantized(name: String, weight: QuantMatmul, lora: Option<&LoraConfig>, dtype: DType, rng: &mut SamplerRng) -> Result<Self> {
+        let device = weight.qtensor().device();
+        let adapter = Self::adapter_for(&name, weight.dims(), lora, dtype, &device, rng)?;
+        Ok(Self { name, weight: BaseWeight::Quantized(weight), adapter })
+    }
+
+    fn adapter_for(
+        name: &str,
+        (out, inp): (usize, usize),
+        lora: Option<&LoraConfig>,
+        dtype: DType,
+        device: &Device,
+        rng: &mut SamplerRng,
+    ) -> Result<Option<LoraAdapter>> {
+        let module = name.rsplit('.').next().unwrap_or(name);
+        Ok(match lora {
             Some(cfg) if cfg.targets(module) => {
-                let (out, inp) = weight.dims2()?;
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a: Vec<f64> = (0..cfg.rank * inp).map(|_| (2.0 * rng.next_f64() - 1.0) * bound).collect();
-                let a = Tensor::from_vec(a, (cfg.rank, inp), &Device::Cpu)?.to_dtype(weight.dtype())?.to_device(weight.device())?;
-                let b = Tensor::zeros((out, cfg.rank), weight.dtype(), weight.device())?;
+                let a = Tensor::from_vec(a, (cfg.rank, inp), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+                let b = Tensor::zeros((out, cfg.rank), dtype, device)?;
                 Some(LoraAdapter { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: cfg.scale() })
             }
             _ => None,
-        };
-        let weight = Param::new(weight, train_base && lora.is_none())?;
-        Ok(Self { name, weight, adapter })
+        })
     }
 
     /// x [.., in] -> [.., out]
@@ -131,7 +199,7 @@ impl Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         // One 2-D GEMM is faster on candle's CPU backend than a broadcast batched matmul.
         let x2 = x.reshape((rows, inp))?;
-        let mut y = x2.matmul(&self.weight.tensor().t()?)?;
+        let mut y = self.weight.matmul_t(&x2)?;
         if let (Some(ad), AdapterMode::Enabled) = (&self.adapter, mode) {
             let low = x2.matmul(&ad.a.as_tensor().t()?)?;
             let up = low.matmul(&ad.b.as_tensor().t()?)?;
@@ -144,14 +212,22 @@ impl Linear {
 
     /// W + scale · B A (the weight a merged export ships).
     pub fn merged_weight(&self) -> Result<Tensor> {
-        let w = self.weight.tensor().detach();
+        let w = self.weight.dense()?;
         Ok(match &self.adapter {
-            Some(ad) => (w + (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?)?.detach(),
+            Some(ad) => {
+                let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?;
+                (w.to_dtype(delta.dtype())? + delta)?.detach()
+            }
             None => w,
         })
     }
 
+    /// The dtype of the layer's activations (a quantised base takes the model dtype).
     pub fn dtype(&self) -> DType {
-        self.weight.tensor().dtype()
+        match (&self.weight, &self.adapter) {
+            (BaseWeight::Dense(p), _) => p.tensor().dtype(),
+            (BaseWeight::Quantized(_), Some(ad)) => ad.a.dtype(),
+            (BaseWeight::Quantized(_), None) => DType::F32,
+        }
     }
 }

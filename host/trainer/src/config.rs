@@ -11,7 +11,7 @@ use crate::grpo::LossAggregation;
 use crate::optim::{AdamWParams, ScheduleKind};
 use sigmaforge_model::episode::ToolsSection;
 use sigmaforge_model::lora::LoraConfig;
-use sigmaforge_model::model::MemoryOptions;
+use sigmaforge_model::model::{BaseQuant, MemoryOptions};
 use sigmaforge_runtime::PluginConfig;
 
 /// The configuration built into the binary: SmolLM2-135M-Instruct with LoRA on a CPU.
@@ -73,6 +73,11 @@ pub struct ModelSection {
     /// `cpu`, `cuda` or `auto` (cuda when built with the `cuda` feature and a GPU is present).
     #[serde(default = "default_device")]
     pub device: String,
+    /// `keep` (default) or `dequantize`: whether the frozen base weights of a quantised GGUF
+    /// model stay quantised under LoRA (faster rollouts, less memory; the adapters' gradients
+    /// stay exact). Full fine-tuning always dequantises.
+    #[serde(default)]
+    pub base_quant: BaseQuant,
 }
 
 fn default_dtype() -> String {

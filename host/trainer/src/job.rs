@@ -312,7 +312,14 @@ pub fn load_policy(cfg: &RunConfig, device: &Device, what: &str, device_desc: &s
         Some(a) => eprintln!("{what} {} + adapter {} on {device_desc}", model_path.display(), a.display()),
         None => eprintln!("{what} {} on {device_desc}", model_path.display()),
     }
-    let opts = LoadOptions { dtype: cfg.dtype(), device: device.clone(), lora: cfg.lora().cloned(), seed: cfg.training.seed };
+    let opts = LoadOptions {
+        dtype: cfg.dtype(),
+        device: device.clone(),
+        lora: cfg.lora().cloned(),
+        seed: cfg.training.seed,
+        base_quant: cfg.model.base_quant,
+        inference_only: false,
+    };
     let loaded = load::load_model_with_adapter(&model_path, adapter, &opts).with_context(|| format!("cannot load model {}", model_path.display()))?;
     Ok((loaded, model_path))
 }

@@ -12,11 +12,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::{LoadOptions, LoadedModel, Tokenizer, hf::check_vocab};
-use crate::model::{CausalLm, Family, ModelConfig};
+use super::{LoadOptions, LoadedModel, Tokenizer, build_model, hf::check_vocab};
+use crate::model::{BaseQuant, Family, ModelConfig, permute_rows, quantizable};
 
 fn meta<'a>(c: &'a Content, key: &str) -> Result<&'a Value> {
     c.metadata.get(key).with_context(|| format!("GGUF metadata has no {key}"))
@@ -147,6 +148,27 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
     Ok(w.reshape((heads, hd / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
 }
 
+/// [`unpermute`] as a row order for [`permute_rows`]: new row (head, j, pair) is old row
+/// (head, pair, j).
+fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    let half = rows / heads / 2;
+    let mut order = Vec::with_capacity(rows);
+    for head in 0..heads {
+        for j in 0..2 {
+            for pair in 0..half {
+                order.push(head * 2 * half + pair * 2 + j);
+            }
+        }
+    }
+    order
+}
+
+/// A weight [`BaseQuant`] may keep in the file's blocks: a 2-D quantisable weight stored in a
+/// block quantisation (not F32/F16/BF16).
+fn block_quantized(hf: &str, q: &QTensor) -> bool {
+    quantizable(hf) && q.shape().rank() == 2 && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
 /// The inverse of [`unpermute`] (what llama.cpp's converter does), for writing test GGUFs.
 #[cfg(test)]
 pub fn permute_for_gguf(w: &Tensor, heads: usize) -> Result<Tensor> {
@@ -161,6 +183,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let content = Content::read(&mut reader).with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
     let cfg = config_from_gguf(&content).with_context(|| format!("in {}", path.display()))?;
     let mut tensors = HashMap::new();
+    let mut quantized = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
@@ -169,6 +192,20 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             continue;
         };
         let q = content.tensor(&mut reader, name, &Device::Cpu).with_context(|| format!("{}: reading tensor {name}", path.display()))?;
+        if opts.base_frozen() && opts.base_quant != BaseQuant::Dequantize && block_quantized(&hf, &q) {
+            // Kept in its blocks for now; `build_model` decides (BaseQuant) what stays so.
+            let q = match (cfg.family, name) {
+                (Family::Llama, n) if n.ends_with("attn_q.weight") => {
+                    permute_rows(&q, &unpermute_order(q.shape().dims()[0], cfg.num_attention_heads))?
+                }
+                (Family::Llama, n) if n.ends_with("attn_k.weight") => {
+                    permute_rows(&q, &unpermute_order(q.shape().dims()[0], cfg.num_key_value_heads))?
+                }
+                _ => q,
+            };
+            quantized.insert(hf, q);
+            continue;
+        }
         let mut t = q.dequantize(&Device::Cpu).with_context(|| format!("dequantizing {name}"))?;
         if cfg.family == Family::Llama {
             if name.ends_with("attn_q.weight") {
@@ -179,8 +216,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         }
         tensors.insert(hf, t);
     }
-    let model = CausalLm::from_tensors(&cfg, tensors, opts.lora.as_ref(), opts.seed, opts.dtype, &opts.device)
-        .with_context(|| format!("loading weights from {}", path.display()))?;
+    let model = build_model(&cfg, tensors, quantized, opts).with_context(|| format!("loading weights from {}", path.display()))?;
     let tokenizer = tokenizer_from_gguf(&content).with_context(|| format!("{}: rebuilding the tokenizer", path.display()))?;
     check_vocab(&tokenizer, &cfg)?;
     Ok(LoadedModel { model, tokenizer })

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use serde_json::Value;
 
 use super::{LoadOptions, LoadedModel, Tokenizer};
-use crate::model::{CausalLm, ModelConfig};
+use crate::model::ModelConfig;
 
 /// All tensors of the directory's safetensors file(s), on the CPU, in their stored dtype.
 pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
@@ -39,8 +39,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         .with_context(|| format!("{} is not a Hugging Face model directory: cannot read config.json", dir.display()))?;
     let cfg = ModelConfig::from_hf_config_json(&text).with_context(|| format!("in {}", cfg_path.display()))?;
     let tensors = read_safetensors_dir(dir)?;
-    let model = CausalLm::from_tensors(&cfg, tensors, opts.lora.as_ref(), opts.seed, opts.dtype, &opts.device)
-        .with_context(|| format!("loading weights from {}", dir.display()))?;
+    let model = super::build_model(&cfg, tensors, HashMap::new(), opts).with_context(|| format!("loading weights from {}", dir.display()))?;
     let mut tokenizer = Tokenizer::from_hf_dir(dir)?;
     tokenizer.add_eos_ids(&cfg.eos_token_ids);
     check_vocab(&tokenizer, &cfg)?;

@@ -18,7 +18,7 @@ pub use hf::{load_hf_dir, read_safetensors_dir};
 pub use tokenizer::{ChatMessage, Tokenizer};
 
 use crate::lora::LoraConfig;
-use crate::model::CausalLm;
+use crate::model::{BaseQuant, CausalLm, apply_base_quant, qtensor_to_device};
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -29,11 +29,22 @@ pub struct LoadOptions {
     pub lora: Option<LoraConfig>,
     /// Seeds the LoRA A initialisation.
     pub seed: u64,
+    /// Whether frozen weights of a quantised (GGUF) file stay quantised; see [`BaseQuant`].
+    pub base_quant: BaseQuant,
+    /// No weight will be trained (eval, benches): the base counts as frozen without LoRA too.
+    pub inference_only: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, lora: None, seed: 0 }
+        Self { dtype: DType::F32, device: Device::Cpu, lora: None, seed: 0, base_quant: BaseQuant::default(), inference_only: false }
+    }
+}
+
+impl LoadOptions {
+    /// Whether the base weights are frozen (LoRA or inference), so they may stay quantised.
+    pub fn base_frozen(&self) -> bool {
+        self.lora.is_some() || self.inference_only
     }
 }
 
@@ -71,6 +82,22 @@ pub fn load_model_with_adapter(path: &Path, adapter: Option<&Path>, opts: &LoadO
     let model = CausalLm::from_tensors(loaded.model.config(), merged, opts.lora.as_ref(), opts.seed, opts.dtype, &opts.device)
         .with_context(|| format!("merging the adapter {} into {}", adapter.display(), path.display()))?;
     Ok(LoadedModel { model, tokenizer: loaded.tokenizer })
+}
+
+/// The model from its weights as read (`dense`, and `quantized` GGUF blocks), with
+/// `opts.base_quant` applied to the frozen base.
+fn build_model(
+    cfg: &crate::model::ModelConfig,
+    dense: std::collections::HashMap<String, candle_core::Tensor>,
+    quantized: std::collections::HashMap<String, candle_core::quantized::QTensor>,
+    opts: &LoadOptions,
+) -> Result<CausalLm> {
+    let (dense, quantized) = apply_base_quant(opts.base_quant, opts.base_frozen(), dense, quantized)?;
+    let quantized = quantized
+        .into_iter()
+        .map(|(name, q)| Ok((name, qtensor_to_device(q, &opts.device)?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    CausalLm::from_quantized_tensors(cfg, dense, quantized, opts.lora.as_ref(), opts.seed, !opts.inference_only, opts.dtype, &opts.device)
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::gguf::permute_for_gguf;
 use super::*;
-use crate::model::{AdapterMode, CausalLm, Family, ModelConfig};
+use crate::lora::LoraConfig;
+use crate::model::{AdapterMode, BaseQuant, CausalLm, Family, ModelConfig};
 
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 const QWEN3_TEMPLATE: &str = include_str!("../../tests/fixtures/qwen3_chat_template.jinja");
@@ -117,6 +118,11 @@ fn bpe_vocab(n: usize) -> (Vec<String>, Vec<u32>, Vec<String>) {
 
 /// Write `model` as an F32 GGUF the way llama.cpp's converter lays it out.
 fn write_gguf(model: &CausalLm, path: &Path, pre: &str) {
+    write_gguf_as(model, path, pre, GgmlDType::F32)
+}
+
+/// [`write_gguf`] with the 2-D weights whose rows fit `dtype`'s blocks stored as `dtype`.
+fn write_gguf_as(model: &CausalLm, path: &Path, pre: &str, dtype: GgmlDType) {
     let cfg = model.config();
     let arch = cfg.family.hf_model_type();
     let (tokens, types, merges) = bpe_vocab(cfg.vocab_size);
@@ -178,7 +184,8 @@ fn write_gguf(model: &CausalLm, path: &Path, pre: &str) {
         if cfg.family == Family::Llama && name.ends_with("k_proj.weight") {
             t = permute_for_gguf(&t, cfg.num_key_value_heads).unwrap();
         }
-        qtensors.push((gguf_name(&name), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        let fits = t.rank() == 2 && t.dim(1).unwrap() % dtype.block_size() == 0;
+        qtensors.push((gguf_name(&name), QTensor::quantize(&t, if fits { dtype } else { GgmlDType::F32 }).unwrap()));
     }
     let md_refs: Vec<(&str, &GValue)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -265,6 +272,77 @@ fn quantized_gguf_weights_dequantize_close_to_the_originals() {
     let back = q.dequantize(&Device::Cpu).unwrap();
     let rel = max_diff(&back, &padded) / padded.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(rel < 0.01, "{rel}");
+}
+
+/// A Llama with every linear dimension a multiple of 32 (Q8_0/Q4_0 blocks) and a tied head.
+fn block_sized_llama() -> ModelConfig {
+    ModelConfig {
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        ..ModelConfig::tiny_llama()
+    }
+}
+
+/// top-1 agreement and mean KL(p_ref || p) of two [B, T, V] logits tensors.
+fn agreement_and_kl(reference: &Tensor, other: &Tensor) -> (f64, f64) {
+    let v = reference.dim(2).unwrap();
+    let r = reference.reshape(((), v)).unwrap().to_vec2::<f32>().unwrap();
+    let o = other.reshape(((), v)).unwrap().to_vec2::<f32>().unwrap();
+    let (mut agree, mut kl) = (0usize, 0.0f64);
+    let log_softmax = |x: &[f32]| {
+        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = x.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln() + m;
+        x.iter().map(|&z| z as f64 - lse).collect::<Vec<f64>>()
+    };
+    let argmax = |x: &[f32]| x.iter().enumerate().fold(0, |b, (i, &z)| if z > x[b] { i } else { b });
+    for (a, b) in r.iter().zip(&o) {
+        agree += (argmax(a) == argmax(b)) as usize;
+        let (la, lb) = (log_softmax(a), log_softmax(b));
+        kl += la.iter().zip(&lb).map(|(x, y)| x.exp() * (x - y)).sum::<f64>();
+    }
+    (agree as f64 / r.len() as f64, kl / r.len() as f64)
+}
+
+/// A frozen base stays in the GGUF's blocks (keep) or becomes Q8_0 (q8_0); either way the
+/// model computes what the dequantised file computes, up to the kernels' 8-bit activations,
+/// Llama's q/k row permutation included (a wrong one would scramble the attention).
+#[test]
+fn a_quantised_gguf_base_stays_quantised_and_matches_the_dequantised_model() {
+    let cfg = block_sized_llama();
+    let original = CausalLm::random(&cfg, None, 29, DType::F32, &Device::Cpu).unwrap();
+    let dir = scratch("quant-base");
+    let lora = LoraConfig { rank: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into()] };
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+        let path = dir.join(format!("{dtype:?}.gguf"));
+        write_gguf_as(&original, &path, "smollm", dtype);
+        let exact = load_model(&path, &LoadOptions { base_quant: BaseQuant::Dequantize, inference_only: true, ..Default::default() }).unwrap();
+        assert_eq!(exact.model.quantized_weight_count(), 0);
+        let reference = logits(&exact.model);
+        for mode in [BaseQuant::Keep, BaseQuant::Q8_0] {
+            let opts = LoadOptions { base_quant: mode, lora: Some(lora.clone()), ..Default::default() };
+            let kept = load_model(&path, &opts).unwrap();
+            // 7 linears per layer and the tied head's projection.
+            assert_eq!(kept.model.quantized_weight_count(), 7 * cfg.num_hidden_layers + 1, "{dtype:?} {mode:?}");
+            let (agree, kl) = agreement_and_kl(&reference, &logits(&kept.model));
+            assert!(agree >= 0.9 && kl < 2e-3, "{dtype:?} {mode:?}: top-1 agreement {agree}, KL {kl}");
+            // A fresh adapter leaves the model unchanged; disabled adapters give the same base.
+            let ids = Tensor::new(&[[1u32, 5, 9, 30]], &Device::Cpu).unwrap();
+            let mask = Tensor::ones((1, 4), DType::U32, &Device::Cpu).unwrap();
+            let on = kept.model.forward(&ids, &mask, None, AdapterMode::Enabled).unwrap();
+            let off = kept.model.forward(&ids, &mask, None, AdapterMode::Disabled).unwrap();
+            assert!(max_diff(&on, &off) < 1e-6);
+        }
+        // Full fine-tuning trains the base: it is dequantised whatever base_quant says.
+        let full = load_model(&path, &LoadOptions { base_quant: BaseQuant::Keep, ..Default::default() }).unwrap();
+        assert_eq!(full.model.quantized_weight_count(), 0);
+        assert!(max_diff(&reference, &logits(&full.model)) < 1e-6);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

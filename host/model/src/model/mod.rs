@@ -12,10 +12,12 @@ mod kv_cache;
 mod memory;
 mod offload;
 mod ops;
+mod quant;
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
+use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Tensor, Var};
 
 pub use config::{Family, ModelConfig};
@@ -23,6 +25,7 @@ pub use kv_cache::KvCache;
 pub use memory::MemoryOptions;
 pub use offload::streamed_logits;
 pub use ops::{token_entropy, token_logprobs};
+pub use quant::{BaseQuant, QuantMatmul, apply_base_quant, permute_rows, qtensor_to_device, quantizable};
 
 use crate::lora::{Linear, LoraConfig, Param};
 use crate::rng::SamplerRng;
@@ -66,6 +69,9 @@ pub struct CausalLm {
     norm: Param,
     /// None when the head is tied to the embeddings.
     lm_head: Option<Linear>,
+    /// A frozen tied head kept quantised (the GGUF embedding matrix): the vocabulary projection
+    /// of every decode step reads it instead of the dense embeddings.
+    tied_head_quant: Option<QuantMatmul>,
     /// RoPE tables [max_positions, head_dim / 2].
     rope_cos: Tensor,
     rope_sin: Tensor,
@@ -91,7 +97,7 @@ impl CausalLm {
             };
             tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
         }
-        Self::build(cfg, tensors, lora, rng.next_u64(), true, dtype, device)
+        Self::build(cfg, tensors, HashMap::new(), lora, rng.next_u64(), true, dtype, device)
     }
 
     /// Build from Hugging Face-named tensors. Without `lora` every weight is trainable (full
@@ -105,7 +111,25 @@ impl CausalLm {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        Self::build(cfg, tensors, lora, seed, true, dtype, device)
+        Self::build(cfg, tensors, HashMap::new(), lora, seed, true, dtype, device)
+    }
+
+    /// [`Self::from_tensors`] where some weights stay quantised (`quantized`, HF names; see
+    /// [`BaseQuant`]). Those must be frozen: linear weights under LoRA or with `train_base`
+    /// false (inference), and the embeddings of a tied head, which are then also kept dense
+    /// for the token lookup. A quantised weight that would be trained is an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_quantized_tensors(
+        cfg: &ModelConfig,
+        tensors: HashMap<String, Tensor>,
+        quantized: HashMap<String, QTensor>,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+        train_base: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(cfg, tensors, quantized, lora, seed, train_base, dtype, device)
     }
 
     /// A copy with no trainable parameters and no adapters, holding the current merged
@@ -118,12 +142,14 @@ impl CausalLm {
     /// by layer, see [`Self::hidden_streamed`]); tensors are copied one at a time.
     pub fn frozen_copy_on(&self, device: &Device) -> Result<Self> {
         let tensors = self.merged_weights()?.into_iter().collect();
-        Self::build(&self.cfg, tensors, None, 0, false, self.dtype, device)
+        Self::build(&self.cfg, tensors, HashMap::new(), None, 0, false, self.dtype, device)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         cfg: &ModelConfig,
         mut tensors: HashMap<String, Tensor>,
+        mut quantized: HashMap<String, QTensor>,
         lora: Option<&LoraConfig>,
         seed: u64,
         train_base: bool,
@@ -141,6 +167,17 @@ impl CausalLm {
         let mut take = |name: &str| take_tensor(&mut tensors, &expected, name, dtype, device);
         // Norm weights and embeddings are trained only under full fine-tuning.
         let train_plain = train_base && lora.is_none();
+        if train_plain && let Some(name) = quantized.keys().next() {
+            bail!("model weights: {name} is quantised but would be trained (full fine-tuning); dequantize it (model.base_quant: dequantize)");
+        }
+        let mut take_quantized = |name: &str| -> Result<Option<QTensor>> {
+            let Some(q) = quantized.remove(name) else { return Ok(None) };
+            let shape = &expected.iter().find(|(n, _)| n == name).with_context(|| format!("model weights: unexpected quantised tensor {name}"))?.1;
+            if q.shape().dims() != shape.as_slice() {
+                bail!("model weights: tensor {name} has shape {:?}, the config implies {:?}", q.shape().dims(), shape);
+            }
+            Ok(Some(q))
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -149,8 +186,11 @@ impl CausalLm {
                 ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
             {
                 let name = format!("{p}.{sub}");
-                let w = take(&format!("{name}.weight"))?;
-                linears.push(Linear::new(name, w, lora, train_base, &mut rng)?);
+                let linear = match take_quantized(&format!("{name}.weight"))? {
+                    Some(q) => Linear::quantized(name, QuantMatmul::new(q)?, lora, dtype, &mut rng)?,
+                    None => Linear::new(name.clone(), take(&format!("{name}.weight"))?, lora, train_base, &mut rng)?,
+                };
+                linears.push(linear);
             }
             let [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]: [Linear; 7] =
                 linears.try_into().map_err(|_| anyhow::anyhow!("seven linears per layer"))?;
@@ -176,14 +216,26 @@ impl CausalLm {
                 down_proj,
             });
         }
-        let embed_tokens = Param::new(take("model.embed_tokens.weight")?, train_plain)?;
+        let (embed_tokens, tied_head_quant) = match take_quantized("model.embed_tokens.weight")? {
+            // The lookup needs dense rows; a tied head projects through the quantised matrix.
+            Some(q) => {
+                let dense = q.dequantize(device)?.to_dtype(dtype)?;
+                let head = cfg.tie_word_embeddings.then(|| QuantMatmul::new(q)).transpose()?;
+                (Param::new(dense, false)?, head)
+            }
+            None => (Param::new(take("model.embed_tokens.weight")?, train_plain)?, None),
+        };
         let norm = Param::new(take("model.norm.weight")?, train_plain)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
             // The head is not a LoRA target (PEFT's usual setting); it trains under full FT.
-            Some(Linear::new("lm_head".into(), take("lm_head.weight")?, None, train_plain, &mut rng)?)
+            Some(match take_quantized("lm_head.weight")? {
+                Some(q) => Linear::quantized("lm_head".into(), QuantMatmul::new(q)?, None, dtype, &mut rng)?,
+                None => Linear::new("lm_head".into(), take("lm_head.weight")?, None, train_plain, &mut rng)?,
+            })
         };
+        quantized.remove("lm_head.weight");
         // Tied checkpoints sometimes also ship lm_head.weight; HF's rotary_emb buffers are derived.
         tensors.retain(|name, _| !(name == "lm_head.weight" || name.contains("rotary_emb")));
         if !tensors.is_empty() {
@@ -197,7 +249,19 @@ impl CausalLm {
             );
         }
         let (rope_cos, rope_sin) = ops::rope_tables(cfg, dtype, device)?;
-        Ok(Self { cfg: cfg.clone(), lora: lora.cloned(), embed_tokens, layers, norm, lm_head, rope_cos, rope_sin, dtype, device: device.clone() })
+        Ok(Self {
+            cfg: cfg.clone(),
+            lora: lora.cloned(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            tied_head_quant,
+            rope_cos,
+            rope_sin,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -244,10 +308,11 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let ctx = self.prepare(input_ids, attention_mask, cache.as_deref())?;
         let mut x = self.embed(input_ids)?;
+        let inference = cache.is_some();
         for i in 0..self.layers.len() {
             x = self.block(i, &x, &ctx, cache.as_deref_mut(), adapters)?;
         }
-        ops::rms_norm(&x, self.norm.tensor(), self.cfg.rms_norm_eps)
+        ops::rms_norm_maybe_fused(&x, self.norm.tensor(), self.cfg.rms_norm_eps, inference)
     }
 
     /// Checks shapes against the cache and builds the additive mask and RoPE rows of a forward.
@@ -301,10 +366,12 @@ impl CausalLm {
         cache: Option<&mut KvCache>,
         adapters: AdapterMode,
     ) -> Result<Tensor> {
-        let attn_in = ops::rms_norm(x, layer.input_layernorm.tensor(), self.cfg.rms_norm_eps)?;
+        let inference = cache.is_some();
+        let eps = self.cfg.rms_norm_eps;
+        let attn_in = ops::rms_norm_maybe_fused(x, layer.input_layernorm.tensor(), eps, inference)?;
         let attn = self.attention(i, layer, &attn_in, &ctx.mask, &ctx.cos, &ctx.sin, cache, adapters)?;
         let x = (x + attn)?;
-        let mlp_in = ops::rms_norm(&x, layer.post_attention_layernorm.tensor(), self.cfg.rms_norm_eps)?;
+        let mlp_in = ops::rms_norm_maybe_fused(&x, layer.post_attention_layernorm.tensor(), eps, inference)?;
         let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&mlp_in, adapters)?)?;
         let up = layer.up_proj.forward(&mlp_in, adapters)?;
         Ok((x + layer.down_proj.forward(&(gate * up)?, adapters)?)?)
@@ -313,9 +380,10 @@ impl CausalLm {
     /// Vocabulary projection of final hidden states: [B, T, hidden] -> [B, T, vocab].
     pub fn logits(&self, hidden: &Tensor, adapters: AdapterMode) -> Result<Tensor> {
         let (b, t, h) = hidden.dims3()?;
-        Ok(match &self.lm_head {
-            Some(head) => head.forward(hidden, adapters)?,
-            None => hidden.reshape((b * t, h))?.matmul(&self.embed_tokens.tensor().t()?)?.reshape((b, t, self.cfg.vocab_size))?,
+        Ok(match (&self.lm_head, &self.tied_head_quant) {
+            (Some(head), _) => head.forward(hidden, adapters)?,
+            (None, Some(q)) => q.forward(&hidden.reshape((b * t, h))?)?.reshape((b, t, self.cfg.vocab_size))?,
+            (None, None) => hidden.reshape((b * t, h))?.matmul(&self.embed_tokens.tensor().t()?)?.reshape((b, t, self.cfg.vocab_size))?,
         })
     }
 
@@ -334,26 +402,38 @@ impl CausalLm {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
         let eps = self.cfg.rms_norm_eps;
+        // With a cache the forward serves generation, which needs no gradients: candle's fused
+        // kernels (no backward) replace the differentiable compositions there.
+        let inference = cache.is_some();
         let mut q = layer.q_proj.forward(x, adapters)?.reshape((b, t, nh, hd))?;
         let mut k = layer.k_proj.forward(x, adapters)?.reshape((b, t, nkv, hd))?;
         let v = layer.v_proj.forward(x, adapters)?.reshape((b, t, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = ops::rms_norm(&q, qn.tensor(), eps)?;
-            k = ops::rms_norm(&k, kn.tensor(), eps)?;
+            q = ops::rms_norm_maybe_fused(&q, qn.tensor(), eps, inference)?;
+            k = ops::rms_norm_maybe_fused(&k, kn.tensor(), eps, inference)?;
         }
-        let q = ops::apply_rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let k = ops::apply_rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let q = ops::apply_rope_maybe_fused(&q.transpose(1, 2)?.contiguous()?, cos, sin, inference)?;
+        let k = ops::apply_rope_maybe_fused(&k.transpose(1, 2)?.contiguous()?, cos, sin, inference)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             Some(c) => c.append(index, &k, &v)?,
             None => (k, v),
         };
-        let k = ops::repeat_kv(&k, nh / nkv)?;
-        let v = ops::repeat_kv(&v, nh / nkv)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-        // Generic softmax: softmax_last_dim has no backward in candle 0.11.
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        // Grouped-query attention without copying k/v per query head: the g = nh / nkv query
+        // heads that share a kv head become g·T rows of one matmul against it.
+        let g = nh / nkv;
+        let s = k.dim(2)?;
+        let q = q.reshape((b, nkv, g * t, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = scores.reshape((b, nkv, g, t, s))?.broadcast_add(&mask.unsqueeze(2)?)?;
+        let probs = if inference {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            // Generic softmax: softmax_last_dim has no backward in candle 0.11.
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        };
+        let out = probs.reshape((b, nkv, g * t, s))?.matmul(&v)?;
+        let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         layer.o_proj.forward(&out, adapters)
     }
 
@@ -366,27 +446,28 @@ impl CausalLm {
         out
     }
 
-    /// Every base weight under its HF name (tied head omitted), as stored (adapters not merged).
-    fn base_params(&self) -> Vec<(String, &Param)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+    /// Every base weight under its HF name (tied head omitted), as stored (adapters not merged);
+    /// None for a linear weight kept quantised (never trainable).
+    fn base_params(&self) -> Vec<(String, Option<&Param>)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), Some(&self.embed_tokens))];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), &l.input_layernorm));
+            out.push((format!("{p}.input_layernorm.weight"), Some(&l.input_layernorm)));
             for lin in [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj] {
-                out.push((format!("{}.weight", lin.name), &lin.weight));
+                out.push((format!("{}.weight", lin.name), lin.weight.param()));
             }
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                out.push((format!("{p}.self_attn.q_norm.weight"), qn));
-                out.push((format!("{p}.self_attn.k_norm.weight"), kn));
+                out.push((format!("{p}.self_attn.q_norm.weight"), Some(qn)));
+                out.push((format!("{p}.self_attn.k_norm.weight"), Some(kn)));
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm));
+            out.push((format!("{p}.post_attention_layernorm.weight"), Some(&l.post_attention_layernorm)));
             for lin in [&l.gate_proj, &l.up_proj, &l.down_proj] {
-                out.push((format!("{}.weight", lin.name), &lin.weight));
+                out.push((format!("{}.weight", lin.name), lin.weight.param()));
             }
         }
-        out.push(("model.norm.weight".to_string(), &self.norm));
+        out.push(("model.norm.weight".to_string(), Some(&self.norm)));
         if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), &h.weight));
+            out.push(("lm_head.weight".to_string(), h.weight.param()));
         }
         out
     }
@@ -394,7 +475,8 @@ impl CausalLm {
     /// Trainable parameters by stable name: HF names under full fine-tuning; under LoRA
     /// "<module>.lora_A.weight" ([r, in]) and "<module>.lora_B.weight" ([out, r]).
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
-        let mut out: Vec<(String, Var)> = self.base_params().into_iter().filter_map(|(n, p)| p.var().map(|v| (n, v.clone()))).collect();
+        let mut out: Vec<(String, Var)> =
+            self.base_params().into_iter().filter_map(|(n, p)| p.and_then(Param::var).map(|v| (n, v.clone()))).collect();
         for lin in self.linears() {
             if let Some(ad) = &lin.adapter {
                 out.push((format!("{}.lora_A.weight", lin.name), ad.a.clone()));
@@ -427,10 +509,20 @@ impl CausalLm {
         self.base_params()
             .into_iter()
             .map(|(n, p)| {
-                let t = merged.get(&n).cloned().unwrap_or_else(|| p.tensor().detach());
+                let t = match (merged.get(&n), p) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(p)) => p.tensor().detach(),
+                    (None, None) => bail!("{n}: a quantised weight outside the linear layers"),
+                };
                 Ok((n, t))
             })
             .collect()
+    }
+
+    /// Weights kept quantised ([`BaseQuant`]): linear layers, and a tied head's projection.
+    pub fn quantized_weight_count(&self) -> usize {
+        let linears = self.linears().into_iter().filter(|l| l.weight.param().is_none()).count();
+        linears + self.tied_head_quant.is_some() as usize
     }
 
     pub fn num_parameters(&self) -> usize {

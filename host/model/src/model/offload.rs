@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use candle_core::{Device, Tensor};
 
 use super::{AdapterMode, BlockInputs, CausalLm, Layer, ops};
-use crate::lora::{Linear, Param};
+use crate::lora::{BaseWeight, Linear, Param};
 
 fn frozen_on(p: &Param, device: &Device) -> Result<Param> {
     ensure!(p.var().is_none(), "only frozen weights are streamed");
@@ -17,7 +17,10 @@ fn frozen_on(p: &Param, device: &Device) -> Result<Param> {
 
 fn linear_on(l: &Linear, device: &Device) -> Result<Linear> {
     ensure!(l.adapter.is_none(), "{}: a layer with LoRA adapters is not streamed", l.name);
-    Ok(Linear { name: l.name.clone(), weight: frozen_on(&l.weight, device)?, adapter: None })
+    let BaseWeight::Dense(weight) = &l.weight else {
+        anyhow::bail!("{}: a quantised layer is not streamed (the streamed reference is a dense copy)", l.name);
+    };
+    Ok(Linear { name: l.name.clone(), weight: BaseWeight::Dense(frozen_on(weight, device)?), adapter: None })
 }
 
 impl Layer {
@@ -73,10 +76,10 @@ impl CausalLm {
     /// states: `hidden · headᵀ` ([`streamed_logits`]).
     pub fn head_on(&self, device: &Device) -> Result<Tensor> {
         let head = match &self.lm_head {
-            Some(h) => &h.weight,
-            None => &self.embed_tokens,
+            Some(h) => h.weight.dense()?,
+            None => self.embed_tokens.tensor().detach(),
         };
-        Ok(head.tensor().to_device(device)?)
+        Ok(head.to_device(device)?)
     }
 }
 

@@ -17,6 +17,23 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(normed.broadcast_mul(weight)?)
 }
 
+/// [`rms_norm`], or candle's fused kernel (no backward) when `fused`: the generation path.
+pub fn rms_norm_maybe_fused(x: &Tensor, weight: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if fused { Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?) } else { rms_norm(x, weight, eps) }
+}
+
+/// [`apply_rope`], or candle's fused rotate-half kernel (no backward) when `fused`.
+pub fn apply_rope_maybe_fused(x: &Tensor, cos: &Tensor, sin: &Tensor, fused: bool) -> Result<Tensor> {
+    if !fused {
+        return apply_rope(x, cos, sin);
+    }
+    // [B, 1, T, hd/2] -> [B, T, hd/2]: one row of positions per batch row.
+    let (b, _, t, half) = cos.dims4()?;
+    let cos = cos.reshape((b, t, half))?.contiguous()?;
+    let sin = sin.reshape((b, t, half))?.contiguous()?;
+    Ok(candle_nn::rotary_emb::rope(x, &cos, &sin)?)
+}
+
 /// cos/sin tables [max_position_embeddings, head_dim / 2], computed in f64.
 pub fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
@@ -44,15 +61,6 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
     let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
     Ok(Tensor::cat(&[&a, &b], D::Minus1)?)
-}
-
-/// [B, KV, S, hd] -> [B, KV * n_rep, S, hd] (grouped-query attention).
-pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n_rep, s, hd))?.reshape((b, kv * n_rep, s, hd))?)
 }
 
 /// From a [B, past + T] 0/1 attention mask: the additive causal + key-padding mask

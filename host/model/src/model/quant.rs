@@ -1,0 +1,236 @@
+//! Frozen base weights kept in their GGUF quantisation (the QLoRA idea).
+//!
+//! Under LoRA — and for inference (eval, the KL reference) — the base weights never change, so
+//! they can stay in the file's 4/8-bit blocks: a decode step then reads ~0.6 bytes per weight
+//! instead of 4, and candle's quantised CPU kernels (the same block dot products llama.cpp
+//! uses) do the matmul. Only the adapters train, and they need the gradient *through* the base
+//! (dL/dx = dL/dy · W): [`QuantMatmul`] is a custom op whose backward multiplies by the
+//! dequantised weight, so the adapters' gradients are exact for the quantised model
+//! (finite-difference test in this module). Full fine-tuning dequantises (`BaseQuant::Dequantize`).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// What happens to quantised (GGUF) base weights at load time: `model.base_quant` in a run
+/// config. Only frozen weights can stay quantised; a trained weight is always dequantised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseQuant {
+    /// Frozen linear weights (and a tied head's projection) stay in the file's quantisation.
+    /// Dense files stay dense. Fast where candle has kernels for the file's type (Q4_0, Q8_0 and
+    /// the K-quants on CPU; Q4_1 falls back to scalar code on CPU).
+    Keep,
+    /// Frozen linear weights become Q8_0 whatever the source (a GGUF type, or dense safetensors):
+    /// 8.5 bits per weight, AVX2 kernels on CPU, and the smallest loss against the source.
+    #[default]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// Every weight becomes a dense tensor of the model dtype (the exact pre-quantisation path).
+    Dequantize,
+}
+
+impl FromStr for BaseQuant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "keep" => Ok(Self::Keep),
+            "q8_0" => Ok(Self::Q8_0),
+            "dequantize" => Ok(Self::Dequantize),
+            other => bail!("base_quant must be \"keep\", \"q8_0\" or \"dequantize\", got {other:?}"),
+        }
+    }
+}
+
+/// `x [rows, in] -> x Wᵀ [rows, out]` with W [out, in] quantised. Differentiable in `x` only
+/// (W is frozen): the backward pass dequantises W for `grad · W`, which costs one dense copy of
+/// this one weight for the length of the op, never the whole model.
+#[derive(Clone)]
+pub struct QuantMatmul {
+    weight: Arc<QTensor>,
+}
+
+impl QuantMatmul {
+    pub fn new(weight: QTensor) -> Result<Self> {
+        if weight.rank() != 2 {
+            bail!("a quantised linear weight must be 2-D, got {:?}", weight.shape());
+        }
+        Ok(Self { weight: Arc::new(weight) })
+    }
+
+    /// [out, in]
+    pub fn dims(&self) -> (usize, usize) {
+        let d = self.weight.shape().dims();
+        (d[0], d[1])
+    }
+
+    pub fn qtensor(&self) -> &QTensor {
+        &self.weight
+    }
+
+    /// The weight as a dense f32 tensor on `device`.
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        Ok(self.weight.dequantize(device)?)
+    }
+
+    /// x [rows, in] (contiguous, f32) -> [rows, out].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(self.clone())))?)
+    }
+}
+
+impl CustomOp1 for QuantMatmul {
+    fn name(&self) -> &'static str {
+        "quant-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.weight.cpu_fwd(storage, layout)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.weight.cuda_fwd(storage, layout)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let w = self.weight.dequantize(arg.device())?.to_dtype(grad_res.dtype())?;
+        Ok(Some(grad_res.matmul(&w)?))
+    }
+}
+
+/// Whether `name` (HF naming) is a weight [`BaseQuant`] may keep quantised: the linear layers,
+/// a separate head, and the embeddings (whose quantised copy serves a tied head).
+pub fn quantizable(name: &str) -> bool {
+    name.ends_with("_proj.weight") || name == "lm_head.weight" || name == "model.embed_tokens.weight"
+}
+
+/// Applies `mode` to a model's weights as loaded: `dense` tensors and `quantized` ones (a GGUF
+/// file's block types). `frozen` says whether the base is frozen (LoRA, or inference); a
+/// trained base is always dense. Returns the (dense, quantised) split the model is built from.
+pub fn apply_base_quant(
+    mode: BaseQuant,
+    frozen: bool,
+    mut dense: HashMap<String, Tensor>,
+    quantized: HashMap<String, QTensor>,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, QTensor>)> {
+    let mut kept = HashMap::new();
+    for (name, q) in quantized {
+        let keep = frozen
+            && match mode {
+                BaseQuant::Keep => true,
+                BaseQuant::Q8_0 => q.dtype() == GgmlDType::Q8_0,
+                BaseQuant::Dequantize => false,
+            };
+        if keep {
+            kept.insert(name, q);
+        } else {
+            let t = q.dequantize(&Device::Cpu).with_context(|| format!("dequantizing {name}"))?;
+            dense.insert(name, t);
+        }
+    }
+    if frozen && mode == BaseQuant::Q8_0 {
+        let names: Vec<String> = dense.keys().filter(|n| quantizable(n)).cloned().collect();
+        for name in names {
+            let t = &dense[&name];
+            // Q8_0 blocks run along a row of 32 values.
+            if t.rank() != 2 || t.dim(1)? % GgmlDType::Q8_0.block_size() != 0 {
+                continue;
+            }
+            let q = QTensor::quantize(&t.to_dtype(DType::F32)?, GgmlDType::Q8_0).with_context(|| format!("quantising {name} to Q8_0"))?;
+            dense.remove(&name);
+            kept.insert(name, q);
+        }
+    }
+    Ok((dense, kept))
+}
+
+/// A CPU-loaded quantised tensor on `device`.
+pub fn qtensor_to_device(q: QTensor, device: &Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(q);
+    }
+    let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
+    Ok(QTensor::new(storage, q.shape().clone())?)
+}
+
+/// Reorders the rows of a quantised [rows, cols] weight: row `i` of the result is row `order[i]`
+/// of `w`. Quantisation blocks run along a row, so whole rows move as bytes, unchanged.
+pub fn permute_rows(w: &QTensor, order: &[usize]) -> Result<QTensor> {
+    let (rows, cols) = w.shape().dims2()?;
+    if order.len() != rows {
+        bail!("row order has {} entries for {rows} rows", order.len());
+    }
+    let dtype = w.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = w.data()?;
+    let mut out = Vec::with_capacity(data.len());
+    for &r in order {
+        out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+    }
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &w.device(), dtype)?;
+    Ok(QTensor::new(storage, (rows, cols))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+    use crate::rng::SamplerRng;
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
+        let mut rng = SamplerRng::new(seed);
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 * 0.5).collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn forward_matches_the_dequantised_weight_and_backward_is_exact() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
+            let w = QTensor::quantize(&random(24, 64, 1), dtype).unwrap();
+            let op = QuantMatmul::new(w).unwrap();
+            let dense = op.dequantize(&Device::Cpu).unwrap();
+            let x = Var::from_tensor(&random(3, 64, 2)).unwrap();
+            let y = op.forward(x.as_tensor()).unwrap();
+            let want = x.as_tensor().matmul(&dense.t().unwrap()).unwrap();
+            // The kernels quantise x to 8 bits per block: close, not equal.
+            let err = (&y - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 0.02 * scale, "{dtype:?}: forward error {err} (scale {scale})");
+            // d(sum(y * c))/dx = c · W: exact, through the dequantised weight.
+            let c = random(3, 24, 3);
+            let loss = (y * &c).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let gx = grads.get(x.as_tensor()).unwrap();
+            let want_gx = c.matmul(&dense).unwrap();
+            let gerr = (gx - want_gx).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(gerr < 1e-5, "{dtype:?}: gradient error {gerr}");
+        }
+    }
+
+    #[test]
+    fn permuting_rows_moves_whole_quantised_rows() {
+        let w = QTensor::quantize(&random(4, 64, 5), GgmlDType::Q4_0).unwrap();
+        let p = permute_rows(&w, &[2, 0, 3, 1]).unwrap();
+        let (a, b) = (w.dequantize(&Device::Cpu).unwrap(), p.dequantize(&Device::Cpu).unwrap());
+        for (i, &r) in [2usize, 0, 3, 1].iter().enumerate() {
+            assert_eq!(b.get(i).unwrap().to_vec1::<f32>().unwrap(), a.get(r).unwrap().to_vec1::<f32>().unwrap());
+        }
+        assert!(permute_rows(&w, &[0, 1]).is_err());
+    }
+
+    #[test]
+    fn base_quant_parses_its_three_values_only() {
+        assert_eq!("keep".parse::<BaseQuant>().unwrap(), BaseQuant::Keep);
+        assert_eq!("dequantize".parse::<BaseQuant>().unwrap(), BaseQuant::Dequantize);
+        assert_eq!("q8_0".parse::<BaseQuant>().unwrap(), BaseQuant::Q8_0);
+        assert_eq!(serde_json::to_string(&BaseQuant::Q8_0).unwrap(), "\"q8_0\"");
+        assert!("q4".parse::<BaseQuant>().unwrap_err().to_string().contains("\"q4\""));
+    }
+}
