@@ -158,6 +158,22 @@ pub struct GenerationSection {
     /// Prompts generated per call; rewards for one call are computed while the next generates.
     #[serde(default = "one")]
     pub prompts_per_call: usize,
+    /// Which weights sample the rollouts: `policy` (the trained weights themselves) or `q8_0`
+    /// (a copy quantised to Q8_0 at the start of each step: faster CPU decoding of a full
+    /// fine-tune, at a small sampler/trainer mismatch, reported as `mismatch` in metrics.jsonl).
+    /// Under LoRA with `model.base_quant` the policy's base is already quantised.
+    #[serde(default)]
+    pub rollout_weights: RolloutWeights,
+}
+
+/// See [`GenerationSection::rollout_weights`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutWeights {
+    #[default]
+    Policy,
+    #[serde(rename = "q8_0")]
+    Q8_0,
 }
 
 fn one_f() -> f64 {

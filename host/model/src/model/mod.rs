@@ -138,6 +138,18 @@ impl CausalLm {
         self.frozen_copy_on(&self.device)
     }
 
+    /// A frozen copy for sampling whose linear weights (and a tied head) are quantised to
+    /// `Q8_0` from the current merged weights: rollouts of a full fine-tune at the speed of a
+    /// quantised model (`generation.rollout_weights: q8_0`). Its samples come from a slightly
+    /// different model than the one trained; the trainer's `mismatch` metric shows how far.
+    pub fn quantized_copy(&self) -> Result<Self> {
+        let merged: HashMap<String, Tensor> =
+            self.merged_weights()?.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+        let (dense, quantized) = apply_base_quant(BaseQuant::Q8_0, true, merged, HashMap::new())?;
+        let quantized = quantized.into_iter().map(|(n, q)| Ok((n, qtensor_to_device(q, &self.device)?))).collect::<Result<_>>()?;
+        Self::build(&self.cfg, dense, quantized, None, 0, false, self.dtype, &self.device)
+    }
+
     /// [`Self::frozen_copy`] on `device` (host memory for a reference streamed to the GPU layer
     /// by layer, see [`Self::hidden_streamed`]); tensors are copied one at a time.
     pub fn frozen_copy_on(&self, device: &Device) -> Result<Self> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 
 use super::Trainer;
+use crate::config::RolloutWeights;
 use sigmaforge_model::episode::{self, Episode, ModelPolicy};
 use sigmaforge_model::generate::SamplingConfig;
 use sigmaforge_model::model::AdapterMode;
@@ -97,6 +98,13 @@ impl Trainer {
             .context("cannot start the reward thread")?;
         let mut rollouts: Vec<Episode> = Vec::with_capacity(task_idx.len() * g);
         let mut gen_time = Duration::ZERO;
+        // A quantised sampling copy of this step's weights (generation.rollout_weights).
+        let t = Instant::now();
+        let sampler = match (self.cfg.generation.rollout_weights, &self.segment_generator) {
+            (RolloutWeights::Q8_0, None) => Some(self.model.quantized_copy().context("cannot build the Q8_0 rollout copy of the policy")?),
+            _ => None,
+        };
+        gen_time += t.elapsed();
         let reward_on = self.cfg.tools.reward_on;
         let gen_result: Result<()> = (|| {
             for (chunk_no, chunk) in prompts.chunks(per_call).enumerate() {
@@ -105,7 +113,7 @@ impl Trainer {
                     Some(generator) => episode::run_episodes(generator.as_mut(), &self.tokenizer, chunk, g, self.tools.as_ref())?,
                     None => {
                         let mut policy = ModelPolicy {
-                            model: &self.model,
+                            model: sampler.as_ref().unwrap_or(&self.model),
                             tokenizer: &self.tokenizer,
                             sampling: &sampling,
                             rng: &mut self.rng,
