@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use sigmaforge_model::generate::{SamplingConfig, generate};
 use sigmaforge_model::load::{self, LoadOptions, Tokenizer};
 use sigmaforge_model::lora::LoraConfig;
-use sigmaforge_model::model::{AdapterMode, CausalLm, MemoryOptions, ModelConfig, token_logprobs};
+use sigmaforge_model::model::{AdapterMode, BaseQuant, CausalLm, MemoryOptions, ModelConfig, token_logprobs};
 use sigmaforge_model::rng::SamplerRng;
 use sigmaforge_model::testing::tiny_tokenizer;
 
@@ -140,16 +140,20 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("SIGMAFORGE_BENCH_SMOLLM2").is_some() {
         let path = load::default_models_dir().join(load::DEFAULT_MODEL_FILE);
         let lora = LoraConfig { rank: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] };
-        let start = Instant::now();
-        let loaded = load::load_model(&path, &LoadOptions { lora: Some(lora), ..Default::default() })?;
-        println!("smollm2-135m: loaded + dequantized in {:.1} s", start.elapsed().as_secs_f64());
-        report_fwd_bwd("smollm2-135m LoRA r16", 4, 128, fwd_bwd(&loaded.model, 4, 128, 3)?);
-        let (t, n) = decode(&loaded.model, &loaded.tokenizer, 8, 32, 95, 2)?;
-        println!(
-            "smollm2-135m decode: {n} tokens in {:.2} s -> {:.0} tok/s  [B=8, prompt 32, up to 95 new, greedy]",
-            t.as_secs_f64(),
-            n as f64 / t.as_secs_f64()
-        );
+        // The frozen base dense (f32) and kept quantised (model.base_quant), one after the other.
+        for base_quant in [BaseQuant::Dequantize, BaseQuant::Q8_0] {
+            let start = Instant::now();
+            let loaded = load::load_model(&path, &LoadOptions { lora: Some(lora.clone()), base_quant, ..Default::default() })?;
+            let label = format!("smollm2-135m LoRA r16, base {base_quant:?}");
+            println!("{label}: loaded in {:.1} s", start.elapsed().as_secs_f64());
+            report_fwd_bwd(&label, 4, 128, fwd_bwd(&loaded.model, 4, 128, 3)?);
+            let (t, n) = decode(&loaded.model, &loaded.tokenizer, 8, 32, 95, 2)?;
+            println!(
+                "{label} decode: {n} tokens in {:.2} s -> {:.0} tok/s  [B=8, prompt 32, up to 95 new, greedy]",
+                t.as_secs_f64(),
+                n as f64 / t.as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
