@@ -42,7 +42,7 @@ pub fn merged_hf_dir(model: &CausalLm, tokenizer: &Tokenizer, dir: &Path) -> Res
     write_dir_atomically(dir, |tmp| {
         let weights: HashMap<String, Tensor> = model.merged_weights()?.into_iter().collect();
         candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
-        let config = model.config().to_hf_config_json();
+        let config = model.hf_config_json();
         fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
         tokenizer.save_hf_files(tmp)?;
         Ok(())
@@ -64,7 +64,7 @@ pub fn peft_adapter(model: &CausalLm, dir: &Path) -> Result<()> {
             "r": lora.rank,
             "lora_alpha": lora.alpha,
             "lora_dropout": 0.0,
-            "target_modules": lora.expanded_targets(),
+            "target_modules": adapted_modules(model),
             "bias": "none",
             "fan_in_fan_out": false,
             "inference_mode": true,
@@ -73,6 +73,18 @@ pub fn peft_adapter(model: &CausalLm, dir: &Path) -> Result<()> {
         fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
         Ok(())
     })
+}
+
+/// The module names (e.g. "q_proj") that carry adapters, in LINEAR_MODULES order: what PEFT's target_modules
+/// should list. Read off the model rather than the LoRA config, so that "all-linear" lists only
+/// the modules this architecture has (GPT-OSS has no gate/up/down projections).
+fn adapted_modules(model: &CausalLm) -> Vec<String> {
+    let adapted: std::collections::HashSet<String> = model
+        .trainable_vars()
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_suffix(".lora_A.weight").and_then(|m| m.rsplit('.').next()).map(str::to_string))
+        .collect();
+    crate::lora::LINEAR_MODULES.iter().filter(|m| adapted.contains(**m)).map(|m| m.to_string()).collect()
 }
 
 /// Reads a PEFT adapter directory: its LoRA settings (as our [`crate::lora::LoraConfig`]) and

@@ -101,6 +101,8 @@ pub struct Linear {
     pub name: String,
     /// [out, in]
     pub weight: Param,
+    /// [out] (GPT-OSS's attention and router); frozen under LoRA, as PEFT's bias="none".
+    pub bias: Option<Param>,
     pub adapter: Option<LoraAdapter>,
 }
 
@@ -121,7 +123,24 @@ impl Linear {
             _ => None,
         };
         let weight = Param::new(weight, train_base && lora.is_none())?;
-        Ok(Self { name, weight, adapter })
+        Ok(Self { name, weight, bias: None, adapter })
+    }
+
+    /// Adds a bias [out], trainable iff `trainable`.
+    pub fn with_bias(mut self, bias: Tensor, trainable: bool) -> Result<Self> {
+        let out = self.weight.tensor().dim(0)?;
+        if bias.dims() != [out] {
+            bail!("{}.bias has shape {:?}, expected [{out}]", self.name, bias.dims());
+        }
+        self.bias = Some(Param::new(bias, trainable)?);
+        Ok(self)
+    }
+
+    /// The weight and bias under their checkpoint names ("<name>.weight", "<name>.bias").
+    pub fn params(&self) -> Vec<(String, &Param)> {
+        let mut out = vec![(format!("{}.weight", self.name), &self.weight)];
+        out.extend(self.bias.as_ref().map(|b| (format!("{}.bias", self.name), b)));
+        out
     }
 
     /// x [.., in] -> [.., out]
@@ -136,6 +155,9 @@ impl Linear {
             let low = x2.matmul(&ad.a.as_tensor().t()?)?;
             let up = low.matmul(&ad.b.as_tensor().t()?)?;
             y = (y + (up * ad.scale)?)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.tensor())?;
         }
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = y.dim(1)?;
