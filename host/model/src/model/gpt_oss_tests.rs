@@ -147,3 +147,30 @@ fn the_published_20b_config_implies_the_published_checkpoint() {
     // 20.9B parameters, as OpenAI's model card says.
     assert_eq!(cfg.num_parameters() / 100_000_000, 209);
 }
+
+/// A LoRA run's exports: the PEFT adapter lists only GPT-OSS's attention projections, and the
+/// merged directory keeps the experts packed and loads back to the same model.
+#[test]
+fn gpt_oss_exports_keep_experts_packed_and_reload() {
+    let cfg = ModelConfig::tiny_gpt_oss();
+    let (packed, _) = packed_and_dense(&CausalLm::random(&cfg, None, 5, DType::F32, &Device::Cpu).unwrap());
+    let model = CausalLm::from_tensors(&cfg, packed, Some(&all_linear(2)), 0, DType::F32, &Device::Cpu).unwrap();
+    randomize_lora_b(&model, 6);
+    let dir = std::env::temp_dir().join(format!("sf-gpt-oss-export-{}", std::process::id()));
+    crate::export::peft_adapter(&model, &dir.join("adapter")).unwrap();
+    let adapter: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["target_modules"], serde_json::json!(["q_proj", "k_proj", "v_proj", "o_proj"]));
+    let tokenizer = crate::testing::tiny_tokenizer(cfg.vocab_size).unwrap();
+    crate::export::merged_hf_dir(&model, &tokenizer, &dir.join("merged")).unwrap();
+    let saved = candle_core::safetensors::load(dir.join("merged/model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(saved["model.layers.0.mlp.experts.gate_up_proj_blocks"].dtype(), DType::U8);
+    let reloaded = crate::load::load_model(&dir.join("merged"), &crate::load::LoadOptions::default()).unwrap();
+    assert_eq!(reloaded.model.config(), &cfg);
+    let (input, mask) = batch();
+    let d = max_diff(
+        &reloaded.model.forward(&input, &mask, None, AdapterMode::Enabled).unwrap(),
+        &model.forward(&input, &mask, None, AdapterMode::Enabled).unwrap(),
+    );
+    assert!(d < 1e-4, "{d}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
