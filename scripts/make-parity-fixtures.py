@@ -18,13 +18,19 @@ and must give the same logits. reference.safetensors additionally holds an unpac
 packed blocks covering every byte value, scales over a wide exponent range, and transformers'
 dequantization of them.
 
+Each fixture also has adapter/: a LoRA adapter on the attention projections saved by peft itself,
+and reference.safetensors the logits with it applied ("logits_with_adapter"), so that reading PEFT
+adapters (the format SigmaForge also exports) is checked against peft.
+
 Run once, commit the output; rerun only when the fixtures must change:
     python3 -m venv /var/tmp/sf-torch-venv
-    /var/tmp/sf-torch-venv/bin/pip install torch==2.15.0 transformers==5.25.0 safetensors==0.8.0
+    /var/tmp/sf-torch-venv/bin/pip install torch==2.15.0 transformers==5.25.0 safetensors==0.8.0 peft==0.21.2
     /var/tmp/sf-torch-venv/bin/python scripts/make-parity-fixtures.py
-Made with torch 2.15.0, transformers 5.25.0, safetensors 0.8.0 (CPU, float32, eager attention).
+Made with torch 2.15.0, transformers 5.25.0, safetensors 0.8.0, peft 0.21.2 (CPU, float32, eager
+attention).
 """
 
+import copy
 import json
 import math
 import os
@@ -32,10 +38,11 @@ import shutil
 import sys
 import tempfile
 
+import peft
 import safetensors
 import torch
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     GptOssConfig,
@@ -127,6 +134,26 @@ def write_dir(name, model, extra_reference, ids, mask, pos, state=None, config_p
     return out, logits
 
 
+def add_peft_adapter(out, model, ids, mask, pos, gen):
+    """A PEFT LoRA adapter on the attention projections (B random, so it changes the model),
+    saved by peft itself under out/adapter, and the logits of the model with it applied."""
+    cfg = peft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, bias="none",
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    adapted = peft.get_peft_model(copy.deepcopy(model), cfg).eval()
+    with torch.no_grad():
+        for n, p in adapted.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    adapted.save_pretrained(os.path.join(out, "adapter"))
+    os.remove(os.path.join(out, "adapter", "README.md"))  # peft's model-card template
+    path = os.path.join(out, "reference.safetensors")
+    ref = load_file(path)
+    ref["logits_with_adapter"] = logits_of(adapted, ids, mask, pos).contiguous()
+    save_file(ref, path)
+    d = (ref["logits_with_adapter"] - ref["logits"]).abs().max().item()
+    print(f"{os.path.basename(out)}: PEFT adapter changes the logits by up to {d:.3f}")
+
+
 def qwen3(gen):
     cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
@@ -136,7 +163,8 @@ def qwen3(gen):
     model = Qwen3ForCausalLM(cfg).float().eval()
     randomize(model, gen)
     ids, mask, pos = batch(gen)
-    write_dir("qwen3", model, {}, ids, mask, pos)
+    out, _ = write_dir("qwen3", model, {}, ids, mask, pos)
+    add_peft_adapter(out, model, ids, mask, pos, gen)
 
 
 def llama(gen):
@@ -148,7 +176,8 @@ def llama(gen):
     model = LlamaForCausalLM(cfg).float().eval()
     randomize(model, gen)
     ids, mask, pos = batch(gen)
-    write_dir("llama", model, {}, ids, mask, pos)
+    out, _ = write_dir("llama", model, {}, ids, mask, pos)
+    add_peft_adapter(out, model, ids, mask, pos, gen)
 
 
 FP4_MAGNITUDES = torch.tensor([abs(v) for v in FP4_VALUES[:8]])
@@ -241,6 +270,7 @@ def gpt_oss(gen):
     print(f"gpt_oss: from_pretrained(MXFP4 checkpoint) vs in-memory reference: max |d logit| {diff:.2e}")
     if diff > 1e-6:
         sys.exit("transformers reads the MXFP4 checkpoint differently from the reference model")
+    add_peft_adapter(out, model, ids, mask, pos, gen)
 
 
 def clamp_fraction(model, ids, mask, pos):
@@ -260,7 +290,8 @@ def clamp_fraction(model, ids, mask, pos):
 
 
 def main():
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, safetensors {safetensors.__version__}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, safetensors {safetensors.__version__}, "
+          f"peft {peft.__version__}")
     torch.set_num_threads(1)  # deterministic reductions
     for name, make, seed in [("qwen3", qwen3, 1), ("llama", llama, 2), ("gpt_oss", gpt_oss, 3)]:
         gen = torch.Generator().manual_seed(seed)

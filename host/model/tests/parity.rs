@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use sigmaforge_model::load::{LoadOptions, load_model};
+use sigmaforge_model::load::{LoadOptions, load_model, load_model_with_adapter};
 use sigmaforge_model::lora::LoraConfig;
 use sigmaforge_model::model::{AdapterMode, CausalLm, mxfp4};
 
@@ -24,10 +24,14 @@ fn reference(arch: &str) -> std::collections::HashMap<String, Tensor> {
 
 /// max |our logit - transformers' logit| over the real positions of the reference batch.
 fn max_logit_diff(model: &CausalLm, arch: &str) -> f32 {
+    max_diff_to(model, arch, "logits")
+}
+
+fn max_diff_to(model: &CausalLm, arch: &str, key: &str) -> f32 {
     let r = reference(arch);
     let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
     let mask = r["attention_mask"].to_dtype(DType::U32).unwrap();
-    let want = &r["logits"];
+    let want = &r[key];
     let got = model.forward(&ids, &mask, None, AdapterMode::Enabled).unwrap();
     assert_eq!(got.dims(), want.dims(), "{arch}");
     let real = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
@@ -82,5 +86,50 @@ fn mxfp4_unpacking_matches_transformers() {
         let d = (ours.transpose(1, 2).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0, "{proj}");
         assert!(want.i(0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+}
+
+/// A LoRA adapter saved by peft itself (q/k/v/o, random B), read by our loader and merged into
+/// the base: the logits peft computes with it applied.
+#[test]
+fn peft_adapters_load_as_peft_applies_them() {
+    for arch in ["qwen3", "llama", "gpt_oss"] {
+        let dir = fixture(arch);
+        let loaded = load_model_with_adapter(&dir, Some(&dir.join("adapter")), &LoadOptions::default()).unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        let d = max_diff_to(&loaded.model, arch, "logits_with_adapter");
+        println!("{arch} + peft adapter: max |d logit| = {d:.3e}");
+        assert!(d <= TOLERANCE, "{arch}: logits with the adapter differ from peft's by {d}");
+    }
+}
+
+/// The other direction, which needs Python and so is not part of the test run:
+/// scripts/check-peft-export.py runs this (SIGMAFORGE_PEFT_CHECK=<dir>) to export a LoRA adapter
+/// of each fixture with our exporter, then applies it with peft to the transformers model and
+/// compares the logits with ours.
+#[test]
+#[ignore = "run by scripts/check-peft-export.py"]
+fn export_adapters_for_the_peft_check() {
+    let out = PathBuf::from(std::env::var("SIGMAFORGE_PEFT_CHECK").expect("SIGMAFORGE_PEFT_CHECK names the output directory"));
+    for arch in ["qwen3", "llama", "gpt_oss"] {
+        let lora = LoraConfig { rank: 3, alpha: 6.0, target_modules: vec!["all-linear".into()] };
+        let model = load_model(&fixture(arch), &LoadOptions { lora: Some(lora), seed: 5, ..LoadOptions::default() }).unwrap().model;
+        // Fresh adapters have B = 0 (no effect); give every B a value so the check means something.
+        let mut values = std::collections::HashMap::new();
+        for (i, (name, var)) in model.trainable_vars().into_iter().enumerate() {
+            let t = if name.contains("lora_B") {
+                (var.as_tensor().ones_like().unwrap() * (0.05 * (i % 7) as f64 - 0.15)).unwrap()
+            } else {
+                var.as_tensor().clone()
+            };
+            values.insert(name, t);
+        }
+        model.load_trainable(&values).unwrap();
+        sigmaforge_model::export::peft_adapter(&model, &out.join(arch)).unwrap();
+        let r = reference(arch);
+        let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+        let mask = r["attention_mask"].to_dtype(DType::U32).unwrap();
+        let logits = model.forward(&ids, &mask, None, AdapterMode::Enabled).unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("logits".to_string(), logits)]), out.join(arch).join("ours.safetensors"))
+            .unwrap();
     }
 }
