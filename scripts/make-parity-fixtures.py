@@ -134,11 +134,12 @@ def write_dir(name, model, extra_reference, ids, mask, pos, state=None, config_p
     return out, logits
 
 
-def add_peft_adapter(out, model, ids, mask, pos, gen):
-    """A PEFT LoRA adapter on the attention projections (B random, so it changes the model),
-    saved by peft itself under out/adapter, and the logits of the model with it applied."""
+def add_peft_adapter(out, model, ids, mask, pos, gen, target_parameters=None):
+    """A PEFT LoRA adapter on the attention projections (and, for GPT-OSS, the experts' weights
+    through target_parameters), B random so that it changes the model, saved by peft itself under
+    out/adapter, and the logits of the model with it applied."""
     cfg = peft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, bias="none",
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], target_parameters=target_parameters)
     adapted = peft.get_peft_model(copy.deepcopy(model), cfg).eval()
     with torch.no_grad():
         for n, p in adapted.named_parameters():
@@ -270,7 +271,7 @@ def gpt_oss(gen):
     print(f"gpt_oss: from_pretrained(MXFP4 checkpoint) vs in-memory reference: max |d logit| {diff:.2e}")
     if diff > 1e-6:
         sys.exit("transformers reads the MXFP4 checkpoint differently from the reference model")
-    add_peft_adapter(out, model, ids, mask, pos, gen)
+    add_peft_adapter(out, model, ids, mask, pos, gen, target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
 
 
 def clamp_fraction(model, ids, mask, pos):
@@ -294,6 +295,7 @@ def main():
           f"peft {peft.__version__}")
     torch.set_num_threads(1)  # deterministic reductions
     for name, make, seed in [("qwen3", qwen3, 1), ("llama", llama, 2), ("gpt_oss", gpt_oss, 3)]:
+        torch.manual_seed(seed)  # peft initialises LoRA A from the global generator
         gen = torch.Generator().manual_seed(seed)
         make(gen)
 

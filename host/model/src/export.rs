@@ -65,6 +65,7 @@ pub fn peft_adapter(model: &CausalLm, dir: &Path) -> Result<()> {
             "lora_alpha": lora.alpha,
             "lora_dropout": 0.0,
             "target_modules": adapted_modules(model),
+            "target_parameters": if lora.target_parameters.is_empty() { serde_json::Value::Null } else { serde_json::json!(lora.target_parameters) },
             "bias": "none",
             "fan_in_fan_out": false,
             "inference_mode": true,
@@ -99,11 +100,17 @@ pub fn read_peft_adapter(dir: &Path) -> Result<(crate::lora::LoraConfig, HashMap
     let rank = field("r")?.as_u64().with_context(|| format!("{}: r is not an integer", cfg_path.display()))? as usize;
     let alpha = field("lora_alpha")?.as_f64().with_context(|| format!("{}: lora_alpha is not a number", cfg_path.display()))?;
     let target_modules = match field("target_modules")? {
+        serde_json::Value::Null => vec![], // only target_parameters
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         _ => bail!("{}: target_modules must be a list of names", cfg_path.display()),
     };
-    let lora = crate::lora::LoraConfig { rank, alpha, target_modules };
+    let target_parameters = match cfg.get("target_parameters") {
+        None | Some(serde_json::Value::Null) => vec![],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => bail!("{}: target_parameters must be a list of names", cfg_path.display()),
+    };
+    let lora = crate::lora::LoraConfig { rank, alpha, target_modules, target_parameters };
     lora.validate().with_context(|| format!("{}", cfg_path.display()))?;
     let weights_path = dir.join("adapter_model.safetensors");
     let raw = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)

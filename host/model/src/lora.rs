@@ -16,6 +16,10 @@ use crate::rng::SamplerRng;
 /// The linear modules of a transformer block that LoRA may target (Hugging Face / PEFT names).
 pub const LINEAR_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
+/// The expert weights of a mixture-of-experts block (GPT-OSS) that LoRA may target: PEFT's
+/// `target_parameters`, one low-rank pair per expert.
+pub const EXPERT_PARAMETERS: [&str; 2] = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"];
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
@@ -23,11 +27,19 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// Module names from [`LINEAR_MODULES`], or `"all-linear"`.
     pub target_modules: Vec<String>,
+    /// Expert weights from [`EXPERT_PARAMETERS`] (PEFT's `target_parameters`); empty = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_parameters: Vec<String>,
 }
 
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
+    }
+
+    /// Whether the expert weight `param` (e.g. "mlp.experts.down_proj") gets adapters.
+    pub fn targets_parameter(&self, param: &str) -> bool {
+        self.target_parameters.iter().any(|t| t == param)
     }
 
     /// Whether the module whose last name component is `module` (e.g. "q_proj") gets an adapter.
@@ -42,8 +54,13 @@ impl LoraConfig {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             bail!("lora.alpha must be a positive number, got {}", self.alpha);
         }
-        if self.target_modules.is_empty() {
+        if self.target_modules.is_empty() && self.target_parameters.is_empty() {
             bail!("lora.target_modules is empty; name some of {LINEAR_MODULES:?} or \"all-linear\"");
+        }
+        for t in &self.target_parameters {
+            if !EXPERT_PARAMETERS.contains(&t.as_str()) {
+                bail!("lora.target_parameters: unknown parameter {t:?}; expected some of {EXPERT_PARAMETERS:?}");
+            }
         }
         for t in &self.target_modules {
             if t != "all-linear" && !LINEAR_MODULES.contains(&t.as_str()) {

@@ -62,7 +62,7 @@ fn llama_logits_match_transformers() {
 #[test]
 fn gpt_oss_logits_match_transformers_with_mxfp4_experts() {
     check("gpt_oss", None);
-    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] };
+    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()], target_parameters: vec![] };
     check("gpt_oss", Some(lora.clone()));
     let loaded = load_model(&fixture("gpt_oss"), &LoadOptions { lora: Some(lora), ..LoadOptions::default() }).unwrap();
     let names: Vec<String> = loaded.model.merged_weights().unwrap().into_iter().map(|(n, _)| n).collect();
@@ -89,8 +89,9 @@ fn mxfp4_unpacking_matches_transformers() {
     }
 }
 
-/// A LoRA adapter saved by peft itself (q/k/v/o, random B), read by our loader and merged into
-/// the base: the logits peft computes with it applied.
+/// A LoRA adapter saved by peft itself (q/k/v/o, and for GPT-OSS both expert weights through
+/// target_parameters; random B), read by our loader and merged into the base: the logits peft
+/// computes with it applied.
 #[test]
 fn peft_adapters_load_as_peft_applies_them() {
     for arch in ["qwen3", "llama", "gpt_oss"] {
@@ -111,7 +112,9 @@ fn peft_adapters_load_as_peft_applies_them() {
 fn export_adapters_for_the_peft_check() {
     let out = PathBuf::from(std::env::var("SIGMAFORGE_PEFT_CHECK").expect("SIGMAFORGE_PEFT_CHECK names the output directory"));
     for arch in ["qwen3", "llama", "gpt_oss"] {
-        let lora = LoraConfig { rank: 3, alpha: 6.0, target_modules: vec!["all-linear".into()] };
+        // GPT-OSS: its experts too (PEFT's target_parameters).
+        let target_parameters = if arch == "gpt_oss" { sigmaforge_model::lora::EXPERT_PARAMETERS.map(String::from).to_vec() } else { vec![] };
+        let lora = LoraConfig { rank: 3, alpha: 6.0, target_modules: vec!["all-linear".into()], target_parameters };
         let model = load_model(&fixture(arch), &LoadOptions { lora: Some(lora), seed: 5, ..LoadOptions::default() }).unwrap().model;
         // Fresh adapters have B = 0 (no effect); give every B a value so the check means something.
         let mut values = std::collections::HashMap::new();

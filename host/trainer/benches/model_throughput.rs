@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
 
     if std::env::var_os("SIGMAFORGE_BENCH_SMOLLM2").is_some() {
         let path = load::default_models_dir().join(load::DEFAULT_MODEL_FILE);
-        let lora = LoraConfig { rank: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] };
+        let lora = LoraConfig { rank: 16, alpha: 32.0, target_modules: vec!["all-linear".into()], target_parameters: vec![] };
         let start = Instant::now();
         let loaded = load::load_model(&path, &LoadOptions { lora: Some(lora), ..Default::default() })?;
         println!("smollm2-135m: loaded + dequantized in {:.1} s", start.elapsed().as_secs_f64());

@@ -89,7 +89,7 @@ fn sliding_layers_do_not_see_past_the_window() {
 #[test]
 fn gpt_oss_errors_name_the_input() {
     let cfg = ModelConfig::tiny_gpt_oss();
-    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["q_proj".into(), "up_proj".into()] };
+    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["q_proj".into(), "up_proj".into()], target_parameters: vec![] };
     let err = CausalLm::random(&cfg, Some(&lora), 0, DType::F32, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("up_proj") && err.contains("mixture of experts"), "{err}");
     let (mut packed, _) = packed_and_dense(&CausalLm::random(&cfg, None, 1, DType::F32, &Device::Cpu).unwrap());
@@ -220,4 +220,38 @@ fn gpt_oss_runs_in_bf16() {
     randomize_lora_b(&bf16_model, 1); // fresh adapters (B = 0) give A no gradient
     let grads = logprob_sum(&bf16_model, &input, &mask, AdapterMode::Enabled).unwrap().backward().unwrap();
     assert!(crate::gradcheck::missing_gradients(&bf16_model.trainable_vars(), &grads).unwrap().is_empty());
+}
+
+/// LoRA on the experts (PEFT's target_parameters) over packed MXFP4 experts: PEFT's names, only
+/// adapters train, and merging (dense experts, no quantization_config) keeps the logits.
+#[test]
+fn expert_lora_trains_over_packed_experts_and_merges() {
+    let cfg = ModelConfig::tiny_gpt_oss();
+    let (packed, _) = packed_and_dense(&CausalLm::random(&cfg, None, 8, DType::F32, &Device::Cpu).unwrap());
+    let lora = LoraConfig { target_parameters: crate::lora::EXPERT_PARAMETERS.map(String::from).to_vec(), ..all_linear(2) };
+    let model = CausalLm::from_tensors(&cfg, packed, Some(&lora), 0, DType::F32, &Device::Cpu).unwrap();
+    assert!(model.layers.iter().all(|l| matches!(&l.mlp, moe::FeedForward::Moe(m) if m.is_packed())));
+    let names: Vec<String> = model.trainable_vars().into_iter().map(|(n, v)| format!("{n} {:?}", v.dims())).collect();
+    // E = 4, rank 2: A [8, in], B [out, 8]; gate_up (in 32, out 64) nests under base_layer.
+    assert!(names.contains(&"model.layers.0.mlp.experts.base_layer.lora_A.weight [8, 32]".to_string()), "{names:?}");
+    assert!(names.contains(&"model.layers.0.mlp.experts.base_layer.lora_B.weight [64, 8]".to_string()), "{names:?}");
+    assert!(names.contains(&"model.layers.2.mlp.experts.lora_A.weight [8, 32]".to_string()), "{names:?}");
+    assert_eq!(names.len(), 3 * (4 + 2) * 2);
+    randomize_lora_b(&model, 9);
+    let (input, mask) = batch();
+    let enabled = model.forward(&input, &mask, None, AdapterMode::Enabled).unwrap();
+    let disabled = model.forward(&input, &mask, None, AdapterMode::Disabled).unwrap();
+    assert!(max_diff(&enabled, &disabled) > 1e-3);
+    let merged: HashMap<String, Tensor> = model.merged_weights().unwrap().into_iter().collect();
+    assert_eq!(merged["model.layers.1.mlp.experts.down_proj"].dims(), &[4, 32, 32]);
+    assert!(!merged.keys().any(|n| n.ends_with("_blocks")));
+    assert!(!model.hf_config_json().as_object().unwrap().contains_key("quantization_config"));
+    let merged = CausalLm::from_tensors(&cfg, merged, None, 0, DType::F32, &Device::Cpu).unwrap();
+    let d = max_diff(&merged.forward(&input, &mask, None, AdapterMode::Enabled).unwrap(), &enabled);
+    assert!(d < 1e-4, "{d}");
+    // Expert adapters on a dense model are an error naming the setting.
+    let err = CausalLm::random(&ModelConfig::tiny_qwen3(), Some(&lora), 0, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("target_parameters"), "{err}");
+    let bad = LoraConfig { target_parameters: vec!["mlp.experts.up_proj".into()], ..all_linear(2) };
+    assert!(bad.validate().unwrap_err().to_string().contains("mlp.experts.up_proj"));
 }

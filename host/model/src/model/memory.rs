@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn bounded_backward_gives_the_plain_gradients() {
-        let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] };
+        let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()], target_parameters: vec![] };
         for (cfg, lora) in [
             (ModelConfig::tiny_qwen3(), None),
             (ModelConfig::tiny_llama(), None),

@@ -447,6 +447,9 @@ impl CausalLm {
                 out.push((format!("{}.lora_B.weight", lin.name), ad.b.clone()));
             }
         }
+        for l in &self.layers {
+            out.extend(l.mlp.lora_vars());
+        }
         out
     }
 
@@ -470,13 +473,21 @@ impl CausalLm {
     pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
         let merged: HashMap<String, Tensor> =
             self.linears().into_iter().map(|l| Ok((format!("{}.weight", l.name), l.merged_weight()?))).collect::<Result<_>>()?;
-        self.base_params()
+        // Expert weights come from the feed-forward, which merges expert adapters.
+        let experts: std::collections::HashSet<String> = self.layers.iter().flat_map(|l| l.mlp.other_params()).map(|(n, _)| n).collect();
+        let mut out: Vec<(String, Tensor)> = self
+            .base_params()
             .into_iter()
+            .filter(|(n, _)| !experts.contains(n))
             .map(|(n, p)| {
                 let t = merged.get(&n).cloned().unwrap_or_else(|| p.tensor().detach());
-                Ok((n, t))
+                (n, t)
             })
-            .collect()
+            .collect();
+        for l in &self.layers {
+            out.extend(l.mlp.merged_other_params()?);
+        }
+        Ok(out)
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -504,6 +515,10 @@ impl Weights {
 
     fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
     }
 
     fn contains(&self, name: &str) -> bool {

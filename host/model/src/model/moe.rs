@@ -13,12 +13,17 @@
 //! The top-k choice is made on the host (it is not differentiable anyway); everything after it
 //! is on the autograd graph: the routing weights (through `gather`), the experts, the scatter
 //! back (`index_add`).
+//!
+//! LoRA on the experts follows PEFT's `target_parameters` (its `ParamWrapper`): per matrix one
+//! A [rank·E, in] and one B [out, rank·E]; expert e uses rows e·rank.. of A and the columns
+//! e, E + e, 2E + e… of B, and adds `scale · (x Aₑᵀ) Bₑᵀ` to its output, on top of the frozen
+//! (possibly packed) base.
 
 use anyhow::{Context, Result, bail};
-use candle_core::{D, DType, IndexOp, Tensor};
+use candle_core::{D, DType, IndexOp, Tensor, Var};
 
 use super::{AdapterMode, ModelConfig, Weights, mxfp4};
-use crate::lora::{Linear, LoraConfig, Param};
+use crate::lora::{EXPERT_PARAMETERS, Linear, LoraConfig, Param};
 use crate::rng::SamplerRng;
 
 pub(crate) enum FeedForward {
@@ -46,6 +51,58 @@ pub(crate) struct MoeBlock {
     limit: f64,
     alpha: f64,
     dtype: DType,
+    gate_up_lora: Option<ExpertLora>,
+    down_lora: Option<ExpertLora>,
+}
+
+/// LoRA on one expert matrix of every expert, in PEFT's layout (see the module docs).
+pub(crate) struct ExpertLora {
+    /// Trainable name prefix, e.g. "model.layers.0.mlp.experts.base_layer".
+    name: String,
+    /// [rank · E, in]
+    a: Var,
+    /// [out, rank · E]
+    b: Var,
+    rank: usize,
+    experts: usize,
+    scale: f64,
+}
+
+impl ExpertLora {
+    /// A like PEFT's default (uniform ±1/√in), B zero: a fresh adapter changes nothing.
+    fn new(name: String, shape: &[usize], lora: &LoraConfig, dtype: DType, device: &candle_core::Device, rng: &mut SamplerRng) -> Result<Self> {
+        let (experts, inp, out, r) = (shape[0], shape[1], shape[2], lora.rank);
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a: Vec<f64> = (0..r * experts * inp).map(|_| (2.0 * rng.next_f64() - 1.0) * bound).collect();
+        let a = Tensor::from_vec(a, (r * experts, inp), &candle_core::Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+        let b = Tensor::zeros((out, r * experts), dtype, device)?;
+        Ok(Self { name, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, rank: r, experts, scale: lora.scale() })
+    }
+
+    /// Expert e's factors: A [rank, in], B [out, rank].
+    fn factors(&self, e: usize) -> Result<(Tensor, Tensor)> {
+        let a = self.a.as_tensor().narrow(0, e * self.rank, self.rank)?;
+        let out = self.b.as_tensor().dim(0)?;
+        let b = self.b.as_tensor().reshape((out, self.rank, self.experts))?.i((.., .., e))?;
+        Ok((a, b))
+    }
+
+    /// The adapter's addition to expert e's output for its inputs x [m, in].
+    fn forward(&self, x: &Tensor, e: usize) -> Result<Tensor> {
+        let (a, b) = self.factors(e)?;
+        Ok((x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?)
+    }
+
+    /// scale · Aₑᵀ Bₑᵀ for every expert: [E, in, out].
+    fn delta(&self) -> Result<Tensor> {
+        let per_expert = (0..self.experts)
+            .map(|e| {
+                let (a, b) = self.factors(e)?;
+                Ok((a.t()?.matmul(&b.t()?)? * self.scale)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&per_expert, 0)?.detach())
+    }
 }
 
 impl FeedForward {
@@ -61,6 +118,9 @@ impl FeedForward {
     ) -> Result<Self> {
         let p = format!("{prefix}.mlp");
         let Some(moe) = &cfg.moe else {
+            if let Some(t) = lora.and_then(|l| l.target_parameters.first()) {
+                bail!("lora.target_parameters: {t:?} needs a mixture-of-experts model; {:?} has none", cfg.family);
+            }
             let mut lin = |sub: &str| -> Result<Linear> {
                 let name = format!("{p}.{sub}");
                 let weight = w.take(&format!("{name}.weight"))?;
@@ -75,6 +135,17 @@ impl FeedForward {
         let gate_up_bias = Param::new(w.take(&format!("{p}.experts.gate_up_proj_bias"))?, train_plain)?;
         let down = ExpertMatrix::load(w, &format!("{p}.experts.down_proj"), train_plain)?;
         let down_bias = Param::new(w.take(&format!("{p}.experts.down_proj_bias"))?, train_plain)?;
+        // PEFT nests the wrappers of one module's parameters in their declaration order, so with
+        // both targeted gate_up_proj's adapter sits under `experts.base_layer`.
+        let both = lora.is_some_and(|l| EXPERT_PARAMETERS.iter().all(|t| l.targets_parameter(t)));
+        let mut expert_lora = |param: &str, inner: bool| -> Result<Option<ExpertLora>> {
+            let Some(l) = lora.filter(|l| l.targets_parameter(&format!("mlp.experts.{param}"))) else { return Ok(None) };
+            let name = if inner { format!("{p}.experts.base_layer") } else { format!("{p}.experts") };
+            let shape = w.expected_shape(&format!("{p}.experts.{param}"))?.clone();
+            Ok(Some(ExpertLora::new(name, &shape, l, w.dtype(), w.device(), rng)?))
+        };
+        let gate_up_lora = expert_lora("gate_up_proj", both)?;
+        let down_lora = expert_lora("down_proj", false)?;
         Ok(FeedForward::Moe(MoeBlock {
             prefix: p,
             router,
@@ -86,6 +157,8 @@ impl FeedForward {
             limit: moe.swiglu_limit,
             alpha: moe.swiglu_alpha,
             dtype: w.dtype(),
+            gate_up_lora,
+            down_lora,
         }))
     }
 
@@ -126,9 +199,43 @@ impl FeedForward {
         out
     }
 
+    /// The expert adapters' trainable tensors under PEFT's names ("<..>.lora_A.weight", ...).
+    pub(crate) fn lora_vars(&self) -> Vec<(String, Var)> {
+        let FeedForward::Moe(m) = self else { return vec![] };
+        let mut out = Vec::new();
+        for l in [&m.gate_up_lora, &m.down_lora].into_iter().flatten() {
+            out.push((format!("{}.lora_A.weight", l.name), l.a.clone()));
+            out.push((format!("{}.lora_B.weight", l.name), l.b.clone()));
+        }
+        out
+    }
+
+    /// [`Self::other_params`] for an export: as stored, except that an expert matrix with an
+    /// adapter is merged (base + scale · A B per expert) and so written dense.
+    pub(crate) fn merged_other_params(&self) -> Result<Vec<(String, Tensor)>> {
+        let FeedForward::Moe(m) = self else { return Ok(vec![]) };
+        if m.gate_up_lora.is_none() && m.down_lora.is_none() {
+            return Ok(self.other_params().into_iter().map(|(n, p)| (n, p.tensor().detach())).collect());
+        }
+        let mut out = Vec::new();
+        for (name, matrix, bias, lora) in
+            [("gate_up_proj", &m.gate_up, &m.gate_up_bias, &m.gate_up_lora), ("down_proj", &m.down, &m.down_bias, &m.down_lora)]
+        {
+            let base = format!("{}.experts.{name}", m.prefix);
+            let dense = matrix.dense(m.dtype)?;
+            let merged = match lora {
+                Some(l) => (dense + l.delta()?)?,
+                None => dense,
+            };
+            out.push((base.clone(), merged));
+            out.push((format!("{base}_bias"), bias.tensor().detach()));
+        }
+        Ok(out)
+    }
+
     /// Whether expert weights are held MXFP4-packed.
     pub(crate) fn is_mxfp4(&self) -> bool {
-        matches!(self, FeedForward::Moe(m) if matches!(m.gate_up, ExpertMatrix::Mxfp4 { .. }))
+        matches!(self, FeedForward::Moe(m) if matches!(m.gate_up, ExpertMatrix::Mxfp4 { .. }) && m.gate_up_lora.is_none() && m.down_lora.is_none())
     }
 
     /// A frozen copy made by `linear_on`/`frozen_on` (host-streamed references, see `offload`).
@@ -138,6 +245,9 @@ impl FeedForward {
                 FeedForward::Dense { gate_proj: linear_on(gate_proj)?, up_proj: linear_on(up_proj)?, down_proj: linear_on(down_proj)? }
             }
             FeedForward::Moe(m) => {
+                if m.gate_up_lora.is_some() || m.down_lora.is_some() {
+                    bail!("{}: experts with LoRA adapters are not streamed", m.prefix);
+                }
                 let matrix_on = |x: &ExpertMatrix| -> Result<ExpertMatrix> {
                     Ok(match x {
                         ExpertMatrix::Dense(p) => ExpertMatrix::Dense(frozen_on(p)?),
@@ -155,6 +265,8 @@ impl FeedForward {
                     limit: m.limit,
                     alpha: m.alpha,
                     dtype: m.dtype,
+                    gate_up_lora: None,
+                    down_lora: None,
                 })
             }
         })
@@ -183,6 +295,14 @@ impl ExpertMatrix {
         Ok(ExpertMatrix::Mxfp4 { blocks: Param::Frozen(blocks), scales: Param::Frozen(scales) })
     }
 
+    /// Every expert's matrix [E, in, out] in `dtype` (detached).
+    fn dense(&self, dtype: DType) -> Result<Tensor> {
+        Ok(match self {
+            ExpertMatrix::Dense(p) => p.tensor().detach(),
+            ExpertMatrix::Mxfp4 { blocks, scales } => mxfp4::dequantize(blocks.tensor(), scales.tensor(), dtype)?.transpose(1, 2)?.contiguous()?,
+        })
+    }
+
     /// Expert `e`'s matrix [in, out] in `dtype`.
     fn expert(&self, e: usize, dtype: DType) -> Result<Tensor> {
         Ok(match self {
@@ -193,6 +313,12 @@ impl ExpertMatrix {
 }
 
 impl MoeBlock {
+    /// Whether the base expert weights are held MXFP4-packed (adapters or not).
+    #[cfg(test)]
+    pub(crate) fn is_packed(&self) -> bool {
+        matches!(self.gate_up, ExpertMatrix::Mxfp4 { .. }) && matches!(self.down, ExpertMatrix::Mxfp4 { .. })
+    }
+
     fn forward(&self, x: &Tensor, adapters: AdapterMode) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let n = b * t;
@@ -227,13 +353,19 @@ impl MoeBlock {
             let m = tokens[e].len();
             let idx = Tensor::new(tokens[e].as_slice(), x.device())?;
             let cur = xs.index_select(&idx, 0)?;
-            let gate_up = cur.matmul(&self.gate_up.expert(e, self.dtype)?)?.broadcast_add(&self.gate_up_bias.tensor().i(e)?)?;
+            let mut gate_up = cur.matmul(&self.gate_up.expert(e, self.dtype)?)?.broadcast_add(&self.gate_up_bias.tensor().i(e)?)?;
+            if let (Some(l), AdapterMode::Enabled) = (&self.gate_up_lora, adapters) {
+                gate_up = (gate_up + l.forward(&cur, e)?)?;
+            }
             let pairs = gate_up.reshape((m, gate_up.dim(1)? / 2, 2))?;
             let gate = pairs.narrow(2, 0, 1)?.squeeze(2)?.minimum(self.limit)?;
             let up = pairs.narrow(2, 1, 1)?.squeeze(2)?.clamp(-self.limit, self.limit)?;
             let glu = (&gate * candle_nn::ops::sigmoid(&(&gate * self.alpha)?)?)?;
             let act = ((up + 1.0)? * glu)?;
-            let y = act.matmul(&self.down.expert(e, self.dtype)?)?.broadcast_add(&self.down_bias.tensor().i(e)?)?;
+            let mut y = act.matmul(&self.down.expert(e, self.dtype)?)?.broadcast_add(&self.down_bias.tensor().i(e)?)?;
+            if let (Some(l), AdapterMode::Enabled) = (&self.down_lora, adapters) {
+                y = (y + l.forward(&act, e)?)?;
+            }
             let w = weights.index_select(&Tensor::new(slots[e].as_slice(), x.device())?, 0)?.unsqueeze(1)?;
             out = out.index_add(&idx, &y.broadcast_mul(&w)?, 0)?;
         }

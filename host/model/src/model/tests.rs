@@ -8,7 +8,7 @@ use crate::lora::LoraConfig;
 use crate::rng::SamplerRng;
 
 fn all_linear(rank: usize) -> LoraConfig {
-    LoraConfig { rank, alpha: 2.0 * rank as f64, target_modules: vec!["all-linear".into()] }
+    LoraConfig { rank, alpha: 2.0 * rank as f64, target_modules: vec!["all-linear".into()], target_parameters: vec![] }
 }
 
 fn ids(rows: &[&[u32]]) -> Tensor {
@@ -78,7 +78,7 @@ fn under_lora_only_the_adapters_train_and_all_get_gradients() {
     }
     // Only the targeted modules get adapters.
     let cfg = ModelConfig::tiny_qwen3();
-    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["q_proj".into(), "v_proj".into()] };
+    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["q_proj".into(), "v_proj".into()], target_parameters: vec![] };
     let model = CausalLm::random(&cfg, Some(&lora), 1, DType::F32, &Device::Cpu).unwrap();
     let names: Vec<String> = model.trainable_vars().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), 2 * 2 * cfg.num_hidden_layers);
@@ -97,6 +97,10 @@ fn finite_differences_agree_with_backprop_in_f64() {
         // Through the router's top-k softmax, the clamped SwiGLU experts and the sinks.
         (ModelConfig::tiny_gpt_oss(), None),
         (ModelConfig::tiny_gpt_oss(), Some(all_linear(2))),
+        (
+            ModelConfig::tiny_gpt_oss(),
+            Some(LoraConfig { target_parameters: crate::lora::EXPERT_PARAMETERS.map(String::from).to_vec(), ..all_linear(2) }),
+        ),
     ] {
         let model = CausalLm::random(&cfg, lora.as_ref(), 3, DType::F64, &Device::Cpu).unwrap();
         if lora.is_some() {
@@ -235,7 +239,7 @@ fn bad_weights_and_inputs_are_clear_errors() {
     let mut missing = HashMap::new();
     missing.insert("x".to_string(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
     assert!(model.load_trainable(&missing).unwrap_err().to_string().contains("missing trainable tensor"));
-    let bad_lora = LoraConfig { rank: 2, alpha: 1.0, target_modules: vec!["qproj".into()] };
+    let bad_lora = LoraConfig { rank: 2, alpha: 1.0, target_modules: vec!["qproj".into()], target_parameters: vec![] };
     let err = CausalLm::random(&cfg, Some(&bad_lora), 0, DType::F32, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("qproj"), "{err}");
 }
