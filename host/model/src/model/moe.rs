@@ -36,7 +36,7 @@ pub(crate) enum ExpertMatrix {
     /// [E, in, out] (transformers' parameter layout).
     Dense(Param),
     /// As stored: blocks [E, out, in/32, 16] and scales [E, out, in/32], u8, always frozen.
-    Mxfp4 { blocks: Param, scales: Param },
+    Mxfp4 { blocks: Param, scales: Param, tables: mxfp4::Tables },
 }
 
 pub(crate) struct MoeBlock {
@@ -189,7 +189,7 @@ impl FeedForward {
             let base = format!("{}.experts.{name}", m.prefix);
             match matrix {
                 ExpertMatrix::Dense(p) => out.push((base.clone(), p)),
-                ExpertMatrix::Mxfp4 { blocks, scales } => {
+                ExpertMatrix::Mxfp4 { blocks, scales, .. } => {
                     out.push((format!("{base}_blocks"), blocks));
                     out.push((format!("{base}_scales"), scales));
                 }
@@ -251,7 +251,11 @@ impl FeedForward {
                 let matrix_on = |x: &ExpertMatrix| -> Result<ExpertMatrix> {
                     Ok(match x {
                         ExpertMatrix::Dense(p) => ExpertMatrix::Dense(frozen_on(p)?),
-                        ExpertMatrix::Mxfp4 { blocks, scales } => ExpertMatrix::Mxfp4 { blocks: frozen_on(blocks)?, scales: frozen_on(scales)? },
+                        ExpertMatrix::Mxfp4 { blocks, scales, .. } => {
+                            let blocks = frozen_on(blocks)?;
+                            let tables = mxfp4::Tables::new(blocks.tensor().device())?;
+                            ExpertMatrix::Mxfp4 { blocks, scales: frozen_on(scales)?, tables }
+                        }
                     })
                 };
                 FeedForward::Moe(MoeBlock {
@@ -292,14 +296,17 @@ impl ExpertMatrix {
             let dense = mxfp4::dequantize(&blocks, &scales, DType::F32)?.transpose(1, 2)?.contiguous()?;
             return Ok(ExpertMatrix::Dense(Param::new(dense.to_dtype(w.dtype())?, true)?));
         }
-        Ok(ExpertMatrix::Mxfp4 { blocks: Param::Frozen(blocks), scales: Param::Frozen(scales) })
+        let tables = mxfp4::Tables::new(blocks.device())?;
+        Ok(ExpertMatrix::Mxfp4 { blocks: Param::Frozen(blocks), scales: Param::Frozen(scales), tables })
     }
 
     /// Every expert's matrix [E, in, out] in `dtype` (detached).
     fn dense(&self, dtype: DType) -> Result<Tensor> {
         Ok(match self {
             ExpertMatrix::Dense(p) => p.tensor().detach(),
-            ExpertMatrix::Mxfp4 { blocks, scales } => mxfp4::dequantize(blocks.tensor(), scales.tensor(), dtype)?.transpose(1, 2)?.contiguous()?,
+            ExpertMatrix::Mxfp4 { blocks, scales, tables } => {
+                mxfp4::dequantize_with(tables, blocks.tensor(), scales.tensor(), dtype)?.transpose(1, 2)?.contiguous()?
+            }
         })
     }
 
@@ -307,7 +314,9 @@ impl ExpertMatrix {
     fn expert(&self, e: usize, dtype: DType) -> Result<Tensor> {
         Ok(match self {
             ExpertMatrix::Dense(p) => p.tensor().i(e)?,
-            ExpertMatrix::Mxfp4 { blocks, scales } => mxfp4::dequantize(&blocks.tensor().i(e)?, &scales.tensor().i(e)?, dtype)?.t()?,
+            ExpertMatrix::Mxfp4 { blocks, scales, tables } => {
+                mxfp4::dequantize_with(tables, &blocks.tensor().i(e)?, &scales.tensor().i(e)?, dtype)?.t()?
+            }
         })
     }
 }

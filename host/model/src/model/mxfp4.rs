@@ -13,19 +13,34 @@ use candle_core::{DType, Device, Tensor};
 /// E2M1 values by 4-bit code (sign in bit 3).
 pub const FP4_VALUES: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
-/// Lookup tables on `device`: the value of each byte's low nibble, of its high nibble, and the
-/// scale 2^(byte - 127) of each exponent byte.
-fn tables(device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
-    let lo: Vec<f32> = (0..256).map(|b| FP4_VALUES[b & 0x0f]).collect();
-    let hi: Vec<f32> = (0..256).map(|b| FP4_VALUES[b >> 4]).collect();
-    // f32 2^(s-127): s = 255 gives inf (ldexp would keep 0.5 · 2^128 finite); real scales stay
-    // far from that end.
-    let exp: Vec<f32> = (0..256).map(|s: i32| 2f32.powi(s - 127)).collect();
-    Ok((Tensor::new(lo, device)?, Tensor::new(hi, device)?, Tensor::new(exp, device)?))
+/// Lookup tables on one device: the value of each byte's low nibble, of its high nibble, and the
+/// scale 2^(byte - 127) of each exponent byte. Kept by the model so that unpacking an expert
+/// does not copy them to the device each time.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    lo: Tensor,
+    hi: Tensor,
+    exp: Tensor,
+}
+
+impl Tables {
+    pub fn new(device: &Device) -> Result<Self> {
+        let lo: Vec<f32> = (0..256).map(|b| FP4_VALUES[b & 0x0f]).collect();
+        let hi: Vec<f32> = (0..256).map(|b| FP4_VALUES[b >> 4]).collect();
+        // f32 2^(s-127): s = 255 gives inf (ldexp would keep 0.5 · 2^128 finite); real scales
+        // stay far from that end.
+        let exp: Vec<f32> = (0..256).map(|s: i32| 2f32.powi(s - 127)).collect();
+        Ok(Self { lo: Tensor::new(lo, device)?, hi: Tensor::new(hi, device)?, exp: Tensor::new(exp, device)? })
+    }
 }
 
 /// blocks [..., G, 16] u8 and scales [..., G] u8 -> values [..., G · 32] in `dtype`.
 pub fn dequantize(blocks: &Tensor, scales: &Tensor, dtype: DType) -> Result<Tensor> {
+    dequantize_with(&Tables::new(blocks.device())?, blocks, scales, dtype)
+}
+
+/// [`dequantize`] with tables made once (on the blocks' device).
+pub fn dequantize_with(tables: &Tables, blocks: &Tensor, scales: &Tensor, dtype: DType) -> Result<Tensor> {
     if blocks.dtype() != DType::U8 || scales.dtype() != DType::U8 {
         bail!("MXFP4 blocks and scales must be u8, got {:?} and {:?}", blocks.dtype(), scales.dtype());
     }
@@ -34,7 +49,7 @@ pub fn dequantize(blocks: &Tensor, scales: &Tensor, dtype: DType) -> Result<Tens
         bail!("MXFP4 blocks {:?} and scales {:?} do not fit ([..., G, 16] and [..., G])", dims, scales.dims());
     }
     let n_blocks = scales.elem_count();
-    let (lo, hi, exp) = tables(blocks.device())?;
+    let Tables { lo, hi, exp } = tables;
     // As u32: candle's index_select maps the id type's maximum (u8 255) to zero (a padding id).
     let bytes = blocks.flatten_all()?.to_dtype(DType::U32)?;
     // [bytes, 2]: low nibble first, so a row of 16 bytes reads as 32 values in order.
