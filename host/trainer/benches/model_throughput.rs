@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
 
     if std::env::var_os("SIGMAFORGE_BENCH_SMOLLM2").is_some() {
         let path = load::default_models_dir().join(load::DEFAULT_MODEL_FILE);
-        let lora = LoraConfig { rank: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] };
+        let lora = LoraConfig { rank: 16, alpha: 32.0, target_modules: vec!["all-linear".into()], target_parameters: vec![] };
         // The frozen base dense (f32) and kept quantised (model.base_quant), one after the other.
         for base_quant in [BaseQuant::Dequantize, BaseQuant::Q8_0] {
             let start = Instant::now();

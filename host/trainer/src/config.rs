@@ -432,6 +432,14 @@ mod tests {
         let t = &reference.training;
         assert!(t.shard_optimizer_state && t.shard_gradients && t.memory.activation_checkpointing && t.memory.logits_chunk > 0, "{t:?}");
         assert_eq!(d.tools, ToolsSection::default());
+        // GPT-OSS-20B with LoRA (docs/memory-plan.md): B=8 x G=8, 120 steps, one search turn, the
+        // attention projections as targets, checkpointing (the experts are dequantised per layer).
+        let oss = RunConfig::from_file(&root.join("gpt-oss-20b-lora-8xa100.yaml")).unwrap();
+        assert_eq!((oss.training.steps, oss.training.prompts_per_step, oss.training.rollouts_per_prompt), (120, 8, 8));
+        assert_eq!(oss.finetune, FinetuneMode::Lora);
+        assert_eq!(oss.lora().unwrap().target_modules, ["q_proj", "k_proj", "v_proj", "o_proj"]);
+        assert_eq!(oss.tools.max_turns, 1);
+        assert!(oss.training.memory.activation_checkpointing && oss.training.memory.logits_chunk > 0);
     }
 
     #[test]

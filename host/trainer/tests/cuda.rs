@@ -68,7 +68,7 @@ fn gpu_logits_match_the_cpu_in_f32_and_bf16_stays_close() {
 #[test]
 fn every_parameter_gets_a_gradient_on_the_gpu_and_it_matches_the_cpu() {
     let gpu = gpu();
-    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] };
+    let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()], target_parameters: vec![] };
     for (cfg, lora) in [(ModelConfig::tiny_qwen3(), None), (ModelConfig::tiny_llama(), None), (ModelConfig::tiny_qwen3(), Some(&lora))] {
         let cpu_model = CausalLm::random(&cfg, lora, 5, DType::F32, &Device::Cpu).unwrap();
         let gpu_model = CausalLm::random(&cfg, lora, 5, DType::F32, &gpu).unwrap();

@@ -109,6 +109,7 @@ fn config_from_gguf(c: &Content) -> Result<ModelConfig> {
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         bos_token_id: opt_usize(c, "tokenizer.ggml.bos_token_id").map(|x| x as u32),
         eos_token_ids: eos,
+        ..ModelConfig::dense_defaults()
     })
 }
 

@@ -316,14 +316,14 @@ fn a_quantised_gguf_base_stays_quantised_and_matches_the_dequantised_model() {
     let cfg = block_sized_llama();
     let original = CausalLm::random(&cfg, None, 29, DType::F32, &Device::Cpu).unwrap();
     let dir = scratch("quant-base");
-    let lora = LoraConfig { rank: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into()] };
+    let lora = LoraConfig { rank: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into()], target_parameters: vec![] };
     for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
         let path = dir.join(format!("{dtype:?}.gguf"));
         write_gguf_as(&original, &path, "smollm", dtype);
         let exact = load_model(&path, &LoadOptions { base_quant: BaseQuant::Dequantize, inference_only: true, ..Default::default() }).unwrap();
         assert_eq!(exact.model.quantized_weight_count(), 0);
         let reference = logits(&exact.model);
-        for mode in [BaseQuant::Keep, BaseQuant::Q8_0] {
+        for mode in [BaseQuant::Auto, BaseQuant::Keep, BaseQuant::Q8_0] {
             let opts = LoadOptions { base_quant: mode, lora: Some(lora.clone()), ..Default::default() };
             let kept = load_model(&path, &opts).unwrap();
             // 7 linears per layer and the tied head's projection.
@@ -341,6 +341,15 @@ fn a_quantised_gguf_base_stays_quantised_and_matches_the_dequantised_model() {
         let full = load_model(&path, &LoadOptions { base_quant: BaseQuant::Keep, ..Default::default() }).unwrap();
         assert_eq!(full.model.quantized_weight_count(), 0);
         assert!(max_diff(&reference, &logits(&full.model)) < 1e-6);
+    }
+    // A dense (safetensors) base stays exact by default; q8_0 asks for it to be quantised.
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    let tok = load_model(&dir.join("Q8_0.gguf"), &LoadOptions::default()).unwrap().tokenizer;
+    write_hf_dir(&original, &tok, &hf, false);
+    for (mode, count) in [(BaseQuant::Auto, 0), (BaseQuant::Q8_0, 7 * cfg.num_hidden_layers + 1)] {
+        let loaded = load_model(&hf, &LoadOptions { base_quant: mode, lora: Some(lora.clone()), ..Default::default() }).unwrap();
+        assert_eq!(loaded.model.quantized_weight_count(), count, "{mode:?}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -245,8 +245,14 @@ mod tests {
 
     #[test]
     fn bounded_backward_gives_the_plain_gradients() {
-        let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] };
-        for (cfg, lora) in [(ModelConfig::tiny_qwen3(), None), (ModelConfig::tiny_llama(), None), (ModelConfig::tiny_llama(), Some(&lora))] {
+        let lora = LoraConfig { rank: 2, alpha: 4.0, target_modules: vec!["all-linear".into()], target_parameters: vec![] };
+        for (cfg, lora) in [
+            (ModelConfig::tiny_qwen3(), None),
+            (ModelConfig::tiny_llama(), None),
+            (ModelConfig::tiny_llama(), Some(&lora)),
+            (ModelConfig::tiny_gpt_oss(), None),
+            (ModelConfig::tiny_gpt_oss(), Some(&lora)),
+        ] {
             let model = CausalLm::random(&cfg, lora, 9, DType::F64, &Device::Cpu).unwrap();
             if lora.is_some() {
                 // Fresh adapters have B = 0, where A gets a zero gradient; make B non-zero.

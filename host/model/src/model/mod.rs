@@ -1,18 +1,24 @@
-//! Qwen3 (dense) and Llama/SmolLM2 causal language models written from candle's primitive ops,
-//! so that every parameter is on the autograd graph.
+//! Qwen3 (dense), Llama/SmolLM2 and GPT-OSS (mixture of experts) causal language models written
+//! from candle's primitive ops, so that every parameter is on the autograd graph.
 //!
 //! Why not candle-transformers: its fused softmax/rms_norm/rope, CPU flash attention and KV caches
 //! are called through `apply_op*_no_bwd` or `detach()`, so `backward()` silently reaches only the
 //! LM head; it also has no padding mask (see shared/reference/trainer-notes.md, B1). Here:
 //! generic `softmax`, a manual RMSNorm, RoPE by narrow/cat, matmul attention with an additive
 //! causal + key-padding mask, GQA by repeating k/v heads, and Hugging Face weight names.
+//! GPT-OSS's additions live in their own modules: `moe` (experts and router), `mxfp4` (packed
+//! expert weights), `local_attention` (sliding window, sinks), `rope_scaling` (YaRN).
 
 mod config;
 mod kv_cache;
+mod local_attention;
 mod memory;
+mod moe;
+pub mod mxfp4;
 mod offload;
 mod ops;
 mod quant;
+mod rope_scaling;
 
 use std::collections::HashMap;
 
@@ -20,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Tensor, Var};
 
-pub use config::{Family, ModelConfig};
+pub use config::{Family, ModelConfig, MoeConfig, Yarn};
 pub use kv_cache::KvCache;
 pub use memory::MemoryOptions;
 pub use offload::streamed_logits;
@@ -46,16 +52,20 @@ struct Layer {
     o_proj: Linear,
     q_norm: Option<Param>,
     k_norm: Option<Param>,
+    /// GPT-OSS: per-head attention-sink logits [num_heads].
+    sinks: Option<Param>,
+    /// Sliding-window attention (the config's "sliding_attention" layers).
+    sliding: bool,
     post_attention_layernorm: Param,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    mlp: moe::FeedForward,
 }
 
 /// What every decoder layer of one forward pass shares.
 struct BlockInputs {
     /// Additive causal + padding mask [B, 1, T, past + T].
     mask: Tensor,
+    /// The same with the sliding window, when some layer uses one.
+    sliding_mask: Option<Tensor>,
     /// RoPE rows of each position [B, 1, T, head_dim / 2].
     cos: Tensor,
     sin: Tensor,
@@ -160,8 +170,8 @@ impl CausalLm {
     #[allow(clippy::too_many_arguments)]
     fn build(
         cfg: &ModelConfig,
-        mut tensors: HashMap<String, Tensor>,
-        mut quantized: HashMap<String, QTensor>,
+        tensors: HashMap<String, Tensor>,
+        quantized: HashMap<String, QTensor>,
         lora: Option<&LoraConfig>,
         seed: u64,
         train_base: bool,
@@ -175,83 +185,78 @@ impl CausalLm {
             bail!("model dtype must be a float type, got {dtype:?}");
         }
         let mut rng = SamplerRng::new(seed);
-        let expected = cfg.weight_shapes();
-        let mut take = |name: &str| take_tensor(&mut tensors, &expected, name, dtype, device);
+        let mut w = Weights { tensors, quantized, expected: cfg.weight_shapes().into_iter().collect(), dtype, device: device.clone() };
         // Norm weights and embeddings are trained only under full fine-tuning.
         let train_plain = train_base && lora.is_none();
-        if train_plain && let Some(name) = quantized.keys().next() {
+        if train_plain && let Some(name) = w.quantized.keys().next() {
             bail!("model weights: {name} is quantised but would be trained (full fine-tuning); dequantize it (model.base_quant: dequantize)");
         }
-        let mut take_quantized = |name: &str| -> Result<Option<QTensor>> {
-            let Some(q) = quantized.remove(name) else { return Ok(None) };
-            let shape = &expected.iter().find(|(n, _)| n == name).with_context(|| format!("model weights: unexpected quantised tensor {name}"))?.1;
-            if q.shape().dims() != shape.as_slice() {
-                bail!("model weights: tensor {name} has shape {:?}, the config implies {:?}", q.shape().dims(), shape);
-            }
-            Ok(Some(q))
-        };
+        if let (Some(l), Some(_)) = (lora, &cfg.moe)
+            && let Some(t) = l.target_modules.iter().find(|t| ["gate_proj", "up_proj", "down_proj"].contains(&t.as_str()))
+        {
+            bail!(
+                "lora.target_modules: {t:?} does not exist in {:?} (its feed-forward is a mixture of experts); target the attention projections",
+                cfg.family
+            );
+        }
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let mut linears = Vec::with_capacity(7);
-            for sub in
-                ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-            {
-                let name = format!("{p}.{sub}");
-                let linear = match take_quantized(&format!("{name}.weight"))? {
-                    Some(q) => Linear::quantized(name, QuantMatmul::new(q)?, lora, dtype, &mut rng)?,
-                    None => Linear::new(name.clone(), take(&format!("{name}.weight"))?, lora, train_base, &mut rng)?,
-                };
-                linears.push(linear);
+            let mut linears = Vec::with_capacity(4);
+            for sub in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+                let name = format!("{p}.self_attn.{sub}");
+                let mut lin = w.take_linear(&name, lora, train_base, &mut rng)?;
+                if cfg.attention_bias {
+                    lin = lin.with_bias(w.take(&format!("{name}.bias"))?, train_plain)?;
+                }
+                linears.push(lin);
             }
-            let [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]: [Linear; 7] =
-                linears.try_into().map_err(|_| anyhow::anyhow!("seven linears per layer"))?;
+            let [q_proj, k_proj, v_proj, o_proj]: [Linear; 4] = linears.try_into().map_err(|_| anyhow::anyhow!("four attention projections"))?;
             let (q_norm, k_norm) = if cfg.family == Family::Qwen3 {
                 (
-                    Some(Param::new(take(&format!("{p}.self_attn.q_norm.weight"))?, train_plain)?),
-                    Some(Param::new(take(&format!("{p}.self_attn.k_norm.weight"))?, train_plain)?),
+                    Some(Param::new(w.take(&format!("{p}.self_attn.q_norm.weight"))?, train_plain)?),
+                    Some(Param::new(w.take(&format!("{p}.self_attn.k_norm.weight"))?, train_plain)?),
                 )
             } else {
                 (None, None)
             };
+            let sinks = if cfg.family == Family::GptOss { Some(Param::new(w.take(&format!("{p}.self_attn.sinks"))?, train_plain)?) } else { None };
             layers.push(Layer {
-                input_layernorm: Param::new(take(&format!("{p}.input_layernorm.weight"))?, train_plain)?,
-                post_attention_layernorm: Param::new(take(&format!("{p}.post_attention_layernorm.weight"))?, train_plain)?,
+                input_layernorm: Param::new(w.take(&format!("{p}.input_layernorm.weight"))?, train_plain)?,
+                post_attention_layernorm: Param::new(w.take(&format!("{p}.post_attention_layernorm.weight"))?, train_plain)?,
                 q_proj,
                 k_proj,
                 v_proj,
                 o_proj,
                 q_norm,
                 k_norm,
-                gate_proj,
-                up_proj,
-                down_proj,
+                sinks,
+                sliding: cfg.is_sliding(i),
+                mlp: moe::FeedForward::load(cfg, &p, &mut w, lora, train_base, train_plain, &mut rng)?,
             });
         }
-        let (embed_tokens, tied_head_quant) = match take_quantized("model.embed_tokens.weight")? {
+        let (embed_tokens, tied_head_quant) = match w.take_quantized("model.embed_tokens.weight")? {
             // The lookup needs dense rows; a tied head projects through the quantised matrix.
             Some(q) => {
                 let dense = q.dequantize(device)?.to_dtype(dtype)?;
                 let head = cfg.tie_word_embeddings.then(|| QuantMatmul::new(q)).transpose()?;
                 (Param::new(dense, false)?, head)
             }
-            None => (Param::new(take("model.embed_tokens.weight")?, train_plain)?, None),
+            None => (Param::new(w.take("model.embed_tokens.weight")?, train_plain)?, None),
         };
-        let norm = Param::new(take("model.norm.weight")?, train_plain)?;
+        let norm = Param::new(w.take("model.norm.weight")?, train_plain)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
             // The head is not a LoRA target (PEFT's usual setting); it trains under full FT.
-            Some(match take_quantized("lm_head.weight")? {
-                Some(q) => Linear::quantized("lm_head".into(), QuantMatmul::new(q)?, None, dtype, &mut rng)?,
-                None => Linear::new("lm_head".into(), take("lm_head.weight")?, None, train_plain, &mut rng)?,
-            })
+            Some(w.take_linear("lm_head", None, train_plain, &mut rng)?)
         };
-        quantized.remove("lm_head.weight");
         // Tied checkpoints sometimes also ship lm_head.weight; HF's rotary_emb buffers are derived.
+        let mut tensors = w.tensors;
         tensors.retain(|name, _| !(name == "lm_head.weight" || name.contains("rotary_emb")));
-        if !tensors.is_empty() {
-            let mut names: Vec<_> = tensors.keys().cloned().collect();
+        w.quantized.remove("lm_head.weight");
+        if !tensors.is_empty() || !w.quantized.is_empty() {
+            let mut names: Vec<_> = tensors.keys().chain(w.quantized.keys()).cloned().collect();
             names.sort();
             bail!(
                 "model weights: {} tensor(s) the {:?} config does not use, e.g. {:?} (wrong model family or shape?)",
@@ -344,6 +349,12 @@ impl CausalLm {
             bail!("attention_mask is [{mb}, {ms}], expected [{b}, {}] (cached {past} + new {t})", past + t);
         }
         let (mask, positions) = ops::mask_and_positions(attention_mask, past, t, self.dtype, &self.device)?;
+        let sliding_mask = match self.cfg.sliding_window {
+            Some(window) if self.layers.iter().any(|l| l.sliding) => {
+                Some(local_attention::sliding_mask(attention_mask, past, t, window, self.dtype, &self.device)?)
+            }
+            _ => None,
+        };
         if let Some(max) = positions.iter().copied().max()
             && max as usize >= self.rope_cos.dim(0)?
         {
@@ -353,7 +364,7 @@ impl CausalLm {
         let half = self.cfg.head_dim / 2;
         let cos = self.rope_cos.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
         let sin = self.rope_sin.index_select(&pos, 0)?.reshape((b, 1, t, half))?;
-        Ok(BlockInputs { mask, cos, sin })
+        Ok(BlockInputs { mask, sliding_mask, cos, sin })
     }
 
     /// Token embeddings [B, T, hidden].
@@ -381,12 +392,14 @@ impl CausalLm {
         let inference = cache.is_some();
         let eps = self.cfg.rms_norm_eps;
         let attn_in = ops::rms_norm_maybe_fused(x, layer.input_layernorm.tensor(), eps, inference)?;
-        let attn = self.attention(i, layer, &attn_in, &ctx.mask, &ctx.cos, &ctx.sin, cache, adapters)?;
+        let mask = match (&ctx.sliding_mask, layer.sliding) {
+            (Some(m), true) => m,
+            _ => &ctx.mask,
+        };
+        let attn = self.attention(i, layer, &attn_in, mask, &ctx.cos, &ctx.sin, cache, adapters)?;
         let x = (x + attn)?;
         let mlp_in = ops::rms_norm_maybe_fused(&x, layer.post_attention_layernorm.tensor(), eps, inference)?;
-        let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&mlp_in, adapters)?)?;
-        let up = layer.up_proj.forward(&mlp_in, adapters)?;
-        Ok((x + layer.down_proj.forward(&(gate * up)?, adapters)?)?)
+        Ok((x + layer.mlp.forward(&mlp_in, adapters)?)?)
     }
 
     /// Vocabulary projection of final hidden states: [B, T, hidden] -> [B, T, vocab].
@@ -437,12 +450,12 @@ impl CausalLm {
         let s = k.dim(2)?;
         let q = q.reshape((b, nkv, g * t, hd))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.reshape((b, nkv, g, t, s))?.broadcast_add(&mask.unsqueeze(2)?)?;
-        let probs = if inference {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        } else {
+        let scores = scores.reshape((b, nkv, g, t, s))?.broadcast_add(&mask.unsqueeze(2)?)?.reshape((b, nh, t, s))?;
+        let probs = match (&layer.sinks, inference) {
+            (Some(sinks), _) => local_attention::softmax_with_sinks(&scores, sinks.tensor())?,
+            (None, true) => candle_nn::ops::softmax_last_dim(&scores)?,
             // Generic softmax: softmax_last_dim has no backward in candle 0.11.
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            (None, false) => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs.reshape((b, nkv, g * t, s))?.matmul(&v)?;
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
@@ -452,7 +465,8 @@ impl CausalLm {
     fn linears(&self) -> Vec<&Linear> {
         let mut out = Vec::new();
         for l in &self.layers {
-            out.extend([&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]);
+            out.extend([&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj]);
+            out.extend(l.mlp.linears());
         }
         out.extend(self.lm_head.as_ref());
         out
@@ -466,22 +480,37 @@ impl CausalLm {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), Some(&l.input_layernorm)));
             for lin in [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj] {
-                out.push((format!("{}.weight", lin.name), lin.weight.param()));
+                out.extend(lin.params());
             }
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 out.push((format!("{p}.self_attn.q_norm.weight"), Some(qn)));
                 out.push((format!("{p}.self_attn.k_norm.weight"), Some(kn)));
             }
+            out.extend(l.sinks.as_ref().map(|s| (format!("{p}.self_attn.sinks"), Some(s))));
             out.push((format!("{p}.post_attention_layernorm.weight"), Some(&l.post_attention_layernorm)));
-            for lin in [&l.gate_proj, &l.up_proj, &l.down_proj] {
-                out.push((format!("{}.weight", lin.name), lin.weight.param()));
+            for lin in l.mlp.linears() {
+                out.extend(lin.params());
             }
+            out.extend(l.mlp.other_params().into_iter().map(|(n, p)| (n, Some(p))));
         }
         out.push(("model.norm.weight".to_string(), Some(&self.norm)));
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), h.weight.param()));
         }
         out
+    }
+
+    /// config.json for an export of [`Self::merged_weights`]: the config, plus GPT-OSS's
+    /// quantization_config while the experts are held MXFP4-packed (they are exported so).
+    pub fn hf_config_json(&self) -> serde_json::Value {
+        let mut v = self.cfg.to_hf_config_json();
+        if self.layers.iter().any(|l| l.mlp.is_mxfp4()) {
+            v["quantization_config"] = serde_json::json!({
+                "quant_method": "mxfp4",
+                "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+            });
+        }
+        v
     }
 
     /// Trainable parameters by stable name: HF names under full fine-tuning; under LoRA
@@ -494,6 +523,9 @@ impl CausalLm {
                 out.push((format!("{}.lora_A.weight", lin.name), ad.a.clone()));
                 out.push((format!("{}.lora_B.weight", lin.name), ad.b.clone()));
             }
+        }
+        for l in &self.layers {
+            out.extend(l.mlp.lora_vars());
         }
         out
     }
@@ -518,8 +550,12 @@ impl CausalLm {
     pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
         let merged: HashMap<String, Tensor> =
             self.linears().into_iter().map(|l| Ok((format!("{}.weight", l.name), l.merged_weight()?))).collect::<Result<_>>()?;
-        self.base_params()
+        // Expert weights come from the feed-forward, which merges expert adapters.
+        let experts: std::collections::HashSet<String> = self.layers.iter().flat_map(|l| l.mlp.other_params()).map(|(n, _)| n).collect();
+        let mut out: Vec<(String, Tensor)> = self
+            .base_params()
             .into_iter()
+            .filter(|(n, _)| !experts.contains(n))
             .map(|(n, p)| {
                 let t = match (merged.get(&n), p) {
                     (Some(t), _) => t.clone(),
@@ -528,7 +564,11 @@ impl CausalLm {
                 };
                 Ok((n, t))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        for l in &self.layers {
+            out.extend(l.mlp.merged_other_params()?);
+        }
+        Ok(out)
     }
 
     /// Weights kept quantised ([`BaseQuant`]): linear layers, and a tied head's projection.
@@ -546,19 +586,73 @@ impl CausalLm {
     }
 }
 
-fn take_tensor(
-    tensors: &mut HashMap<String, Tensor>,
-    expected: &[(String, Vec<usize>)],
-    name: &str,
+/// A checkpoint's tensors while a model is built from them: each is taken once and checked
+/// against the config's shapes; whatever is left over is an error (see `build`).
+pub(crate) struct Weights {
+    tensors: HashMap<String, Tensor>,
+    /// Frozen weights kept quantised ([`BaseQuant`]), taken by [`Weights::take_linear`].
+    quantized: HashMap<String, QTensor>,
+    expected: HashMap<String, Vec<usize>>,
     dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
-    let shape = &expected.iter().find(|(n, _)| n == name).expect("name from weight_shapes").1;
-    let t = tensors.remove(name).with_context(|| format!("model weights: missing tensor {name}"))?;
-    if t.dims() != shape.as_slice() {
-        bail!("model weights: tensor {name} has shape {:?}, the config implies {:?}", t.dims(), shape);
+    device: Device,
+}
+
+impl Weights {
+    fn expected_shape(&self, name: &str) -> Result<&Vec<usize>> {
+        self.expected.get(name).with_context(|| format!("internal: {name} is not in the config's weight list"))
     }
-    Ok(t.to_dtype(dtype)?.to_device(device)?)
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// `name`, shape-checked, in the model dtype on the model device.
+    fn take(&mut self, name: &str) -> Result<Tensor> {
+        let shape = self.expected_shape(name)?.clone();
+        let t = self.tensors.remove(name).with_context(|| format!("model weights: missing tensor {name}"))?;
+        if t.dims() != shape.as_slice() {
+            bail!("model weights: tensor {name} has shape {:?}, the config implies {:?}", t.dims(), shape);
+        }
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// `name` kept quantised, shape-checked, if it was loaded so.
+    fn take_quantized(&mut self, name: &str) -> Result<Option<QTensor>> {
+        let Some(q) = self.quantized.remove(name) else { return Ok(None) };
+        let shape = self.expected_shape(name)?;
+        if q.shape().dims() != shape.as_slice() {
+            bail!("model weights: tensor {name} has shape {:?}, the config implies {:?}", q.shape().dims(), shape);
+        }
+        Ok(Some(q))
+    }
+
+    /// The linear layer `name` ("<name>.weight"): over a quantised base if it was loaded so
+    /// (frozen; an adapter if `lora` targets it), else dense (trainable iff `train_base` and
+    /// no LoRA).
+    pub(crate) fn take_linear(&mut self, name: &str, lora: Option<&LoraConfig>, train_base: bool, rng: &mut SamplerRng) -> Result<Linear> {
+        let weight = format!("{name}.weight");
+        match self.take_quantized(&weight)? {
+            Some(q) => Linear::quantized(name.to_string(), QuantMatmul::new(q)?, lora, self.dtype, rng),
+            None => Linear::new(name.to_string(), self.take(&weight)?, lora, train_base, rng),
+        }
+    }
+
+    /// A packed (u8) tensor of shape `shape`, kept as stored, on the model device.
+    fn take_packed(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.remove(name).with_context(|| format!("model weights: missing tensor {name}"))?;
+        if t.dims() != shape || t.dtype() != DType::U8 {
+            bail!("model weights: tensor {name} is {:?} {:?}, the config implies u8 {:?}", t.dtype(), t.dims(), shape);
+        }
+        Ok(t.to_device(&self.device)?)
+    }
 }
 
 #[cfg(test)]

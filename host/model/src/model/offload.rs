@@ -20,7 +20,8 @@ fn linear_on(l: &Linear, device: &Device) -> Result<Linear> {
     let BaseWeight::Dense(weight) = &l.weight else {
         anyhow::bail!("{}: a quantised layer is not streamed (the streamed reference is a dense copy)", l.name);
     };
-    Ok(Linear { name: l.name.clone(), weight: BaseWeight::Dense(frozen_on(weight, device)?), adapter: None })
+    let bias = l.bias.as_ref().map(|b| frozen_on(b, device)).transpose()?;
+    Ok(Linear { name: l.name.clone(), weight: BaseWeight::Dense(frozen_on(weight, device)?), bias, adapter: None })
 }
 
 impl Layer {
@@ -33,10 +34,10 @@ impl Layer {
             o_proj: linear_on(&self.o_proj, device)?,
             q_norm: self.q_norm.as_ref().map(|p| frozen_on(p, device)).transpose()?,
             k_norm: self.k_norm.as_ref().map(|p| frozen_on(p, device)).transpose()?,
+            sinks: self.sinks.as_ref().map(|p| frozen_on(p, device)).transpose()?,
+            sliding: self.sliding,
             post_attention_layernorm: frozen_on(&self.post_attention_layernorm, device)?,
-            gate_proj: linear_on(&self.gate_proj, device)?,
-            up_proj: linear_on(&self.up_proj, device)?,
-            down_proj: linear_on(&self.down_proj, device)?,
+            mlp: self.mlp.on(|l| linear_on(l, device), |p| frozen_on(p, device))?,
         })
     }
 }
@@ -59,7 +60,12 @@ impl CausalLm {
         for (input_ids, attention_mask) in batches {
             let ids = input_ids.to_device(&self.device)?;
             let ctx = self.prepare(&ids, &attention_mask.to_device(&self.device)?, None)?;
-            let ctx = BlockInputs { mask: ctx.mask.to_device(device)?, cos: ctx.cos.to_device(device)?, sin: ctx.sin.to_device(device)? };
+            let ctx = BlockInputs {
+                mask: ctx.mask.to_device(device)?,
+                sliding_mask: ctx.sliding_mask.map(|m| m.to_device(device)).transpose()?,
+                cos: ctx.cos.to_device(device)?,
+                sin: ctx.sin.to_device(device)?,
+            };
             states.push((self.embed(&ids)?.to_device(device)?, ctx));
         }
         for (i, layer) in self.layers.iter().enumerate() {
@@ -100,7 +106,7 @@ mod tests {
     fn streaming_gives_the_resident_models_numbers() {
         let ids = Tensor::new(&[[0u32, 0, 5, 9, 13, 2], [3, 4, 5, 6, 7, 8]], &Device::Cpu).unwrap();
         let mask = Tensor::new(&[[0u32, 0, 1, 1, 1, 1], [1; 6]], &Device::Cpu).unwrap();
-        for cfg in [ModelConfig::tiny_qwen3(), ModelConfig::tiny_llama()] {
+        for cfg in [ModelConfig::tiny_qwen3(), ModelConfig::tiny_llama(), ModelConfig::tiny_gpt_oss()] {
             let trained = CausalLm::random(&cfg, None, 5, DType::F32, &Device::Cpu).unwrap();
             let reference = trained.frozen_copy_on(&Device::Cpu).unwrap();
             let want = reference.forward(&ids, &mask, None, AdapterMode::Disabled).unwrap();

@@ -34,18 +34,19 @@ pub fn apply_rope_maybe_fused(x: &Tensor, cos: &Tensor, sin: &Tensor, fused: boo
     Ok(candle_nn::rotary_emb::rope(x, &cos, &sin)?)
 }
 
-/// cos/sin tables [max_position_embeddings, head_dim / 2], computed in f64.
+/// cos/sin tables [max_position_embeddings, head_dim / 2], computed in f64 (YaRN-scaled when
+/// the config says so).
 pub fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let n = cfg.max_position_embeddings;
-    let inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)).collect();
+    let (inv_freq, scale) = super::rope_scaling::rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
     for p in 0..n {
         for f in &inv_freq {
             let a = p as f64 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+            cos.push(a.cos() * scale);
+            sin.push(a.sin() * scale);
         }
     }
     let cos = Tensor::from_vec(cos, (n, half), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;

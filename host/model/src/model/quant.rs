@@ -22,13 +22,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BaseQuant {
+    /// The default: a quantised file's frozen weights become Q8_0 (as `q8_0`), a dense file's
+    /// stay dense (a safetensors checkpoint trains under LoRA exactly as stored).
+    #[default]
+    Auto,
     /// Frozen linear weights (and a tied head's projection) stay in the file's quantisation.
     /// Dense files stay dense. Fast where candle has kernels for the file's type (Q4_0, Q8_0 and
     /// the K-quants on CPU; Q4_1 falls back to scalar code on CPU).
     Keep,
     /// Frozen linear weights become Q8_0 whatever the source (a GGUF type, or dense safetensors):
     /// 8.5 bits per weight, AVX2 kernels on CPU, and the smallest loss against the source.
-    #[default]
     #[serde(rename = "q8_0")]
     Q8_0,
     /// Every weight becomes a dense tensor of the model dtype (the exact pre-quantisation path).
@@ -39,10 +42,11 @@ impl FromStr for BaseQuant {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(Self::Auto),
             "keep" => Ok(Self::Keep),
             "q8_0" => Ok(Self::Q8_0),
             "dequantize" => Ok(Self::Dequantize),
-            other => bail!("base_quant must be \"keep\", \"q8_0\" or \"dequantize\", got {other:?}"),
+            other => bail!("base_quant must be \"auto\", \"keep\", \"q8_0\" or \"dequantize\", got {other:?}"),
         }
     }
 }
@@ -131,32 +135,38 @@ pub fn apply_base_quant(
     quantized: HashMap<String, QTensor>,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, QTensor>)> {
     let mut kept = HashMap::new();
+    let mut requantize = Vec::new();
     for (name, q) in quantized {
         let keep = frozen
             && match mode {
                 BaseQuant::Keep => true,
-                BaseQuant::Q8_0 => q.dtype() == GgmlDType::Q8_0,
+                BaseQuant::Auto | BaseQuant::Q8_0 => q.dtype() == GgmlDType::Q8_0,
                 BaseQuant::Dequantize => false,
             };
         if keep {
             kept.insert(name, q);
         } else {
             let t = q.dequantize(&Device::Cpu).with_context(|| format!("dequantizing {name}"))?;
+            requantize.push(name.clone());
             dense.insert(name, t);
         }
     }
-    if frozen && mode == BaseQuant::Q8_0 {
-        let names: Vec<String> = dense.keys().filter(|n| quantizable(n)).cloned().collect();
-        for name in names {
-            let t = &dense[&name];
-            // Q8_0 blocks run along a row of 32 values.
-            if t.rank() != 2 || t.dim(1)? % GgmlDType::Q8_0.block_size() != 0 {
-                continue;
-            }
-            let q = QTensor::quantize(&t.to_dtype(DType::F32)?, GgmlDType::Q8_0).with_context(|| format!("quantising {name} to Q8_0"))?;
-            dense.remove(&name);
-            kept.insert(name, q);
+    // Dense weights: the file's own dense ones (explicit q8_0), and quantised ones that were not
+    // kept (auto/q8_0 re-quantise them rather than leave them f32).
+    let requantize: Vec<String> = match mode {
+        BaseQuant::Q8_0 if frozen => dense.keys().filter(|n| quantizable(n)).cloned().collect(),
+        BaseQuant::Auto if frozen => requantize,
+        _ => Vec::new(),
+    };
+    for name in requantize {
+        let t = &dense[&name];
+        // Q8_0 blocks run along a row of 32 values.
+        if t.rank() != 2 || t.dim(1)? % GgmlDType::Q8_0.block_size() != 0 {
+            continue;
         }
+        let q = QTensor::quantize(&t.to_dtype(DType::F32)?, GgmlDType::Q8_0).with_context(|| format!("quantising {name} to Q8_0"))?;
+        dense.remove(&name);
+        kept.insert(name, q);
     }
     Ok((dense, kept))
 }
@@ -237,8 +247,9 @@ mod tests {
     }
 
     #[test]
-    fn base_quant_parses_its_three_values_only() {
+    fn base_quant_parses_its_four_values_only() {
         assert_eq!("keep".parse::<BaseQuant>().unwrap(), BaseQuant::Keep);
+        assert_eq!("auto".parse::<BaseQuant>().unwrap(), BaseQuant::Auto);
         assert_eq!("dequantize".parse::<BaseQuant>().unwrap(), BaseQuant::Dequantize);
         assert_eq!("q8_0".parse::<BaseQuant>().unwrap(), BaseQuant::Q8_0);
         assert_eq!(serde_json::to_string(&BaseQuant::Q8_0).unwrap(), "\"q8_0\"");
