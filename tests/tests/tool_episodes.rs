@@ -11,12 +11,14 @@ use sigmaforge_model::episode::ToolsSection;
 use sigmaforge_model::episode::{ToolUse, run_episodes};
 use sigmaforge_model::load::ChatMessage;
 use sigmaforge_model::model::Family;
-use sigmaforge_model::testing::{ScriptedPolicy, chatml_byte_tokenizer};
+use sigmaforge_model::testing::{ScriptedPolicy, chatml_byte_tokenizer, harmony_byte_tokenizer};
 use sigmaforge_reward::Toolbox;
 use sigmaforge_runtime::{PluginConfig, PluginsConfig, Runtime, RuntimeOptions, TaskRef};
+use sigmaforge_toolcall::ToolFormat;
 
-#[test]
-fn search_tool_turn_then_a_scored_rule() {
+/// The sigma task plugin, the search tool as the trainer's tool box, the first train task and
+/// the answer its reference rule gives (full marks: 1.1).
+fn sigma_and_search() -> (Arc<sigmaforge_runtime::TaskPlugin>, Arc<Toolbox>, sigmaforge_runtime::Task, String) {
     let data = sigmaforge_data::for_tests();
     let sigma_wasm = sigmaforge_e2e::wasm_plugin("sigma-plugin");
     let search_wasm = sigmaforge_e2e::wasm_plugin("search-plugin");
@@ -32,7 +34,6 @@ fn search_tool_turn_then_a_scored_rule() {
     // The same adapter `sigmaforge run` and `sigmaforge eval` use.
     let toolbox = Arc::new(Toolbox::from_plugins(&[search], 1).unwrap());
 
-    // The first train task and the answer its reference rule gives (full marks: 1.1).
     let task = sigma.list_tasks("train").unwrap().remove(0);
     let meta = match &task.metadata {
         serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
@@ -41,6 +42,12 @@ fn search_tool_turn_then_a_scored_rule() {
     let rule = std::fs::read_to_string(data.join("sigma").join(meta["rule_path"].as_str().unwrap())).unwrap();
     let good_answer = reference_answer(&rule);
 
+    (sigma, toolbox, task, good_answer)
+}
+
+#[test]
+fn search_tool_turn_then_a_scored_rule() {
+    let (sigma, toolbox, task, good_answer) = sigma_and_search();
     let tok = chatml_byte_tokenizer().unwrap();
     let tools = ToolUse::new(toolbox, &ToolsSection::default(), Family::Qwen3, &tok).unwrap().expect("search is offered");
     let messages: Vec<ChatMessage> = task.prompt.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
@@ -88,21 +95,78 @@ fn search_tool_turn_then_a_scored_rule() {
     }
 }
 
+/// The same turn in gpt-oss's harmony format: the search tool offered in the developer message's
+/// `functions` namespace, a call `to=functions.search` on the commentary channel, the result as a
+/// `functions.search` message, and only the `final` channel scored: a rule in the reasoning
+/// earns nothing.
+#[test]
+fn harmony_search_turn_then_the_final_channel_is_scored() {
+    let (sigma, toolbox, task, good_answer) = sigma_and_search();
+    let tok = harmony_byte_tokenizer().unwrap();
+    let tools = ToolUse::new(toolbox, &ToolsSection::default(), Family::Qwen3, &tok).unwrap().expect("search is offered");
+    assert_eq!(tools.format(), ToolFormat::Harmony);
+    let messages: Vec<ChatMessage> = task.prompt.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
+    let prompt_text = tools.render_prompt(&tok, &messages).unwrap();
+    assert!(prompt_text.contains("## functions\n\nnamespace functions {\n\n// "), "{prompt_text}");
+    assert!(prompt_text.contains("type search = (_: {\n"), "{prompt_text}");
+    let prompt = tok.encode(&prompt_text, false).unwrap();
+
+    // Copy 0 searches, then answers on the final channel; copy 1 puts the rule in its reasoning
+    // and "no rule" on the final channel; copy 2 never reaches the final channel.
+    let answer = good_answer.clone();
+    let mut policy = ScriptedPolicy::new(tok.clone(), move |ctx: &str, copy: usize| {
+        let call = "<|channel|>analysis<|message|>I need the process creation event.<|end|><|start|>assistant<|channel|>commentary \
+                    to=functions.search <|constrain|>json<|message|>{\"query\": \"new process created command line 4688\", \"k\": 2}<|call|>";
+        let seen = ctx.contains("<|start|>functions.search to=assistant<|channel|>commentary<|message|>{\"query\"");
+        match (copy, seen) {
+            (0, false) => call.to_string(),
+            (0, true) => format!("<|channel|>analysis<|message|>win-security-4688 fits.<|end|><|start|>assistant<|channel|>final<|message|>{answer}"),
+            (1, _) => format!("<|channel|>analysis<|message|>{answer}<|end|><|start|>assistant<|channel|>final<|message|>no rule"),
+            _ => format!("<|channel|>analysis<|message|>{answer}"),
+        }
+    });
+    let eps = run_episodes(&mut policy, &tok, &[prompt], 3, Some(&tools)).unwrap();
+    let ok = &eps[0];
+    assert_eq!(ok.tool_calls.len(), 1);
+    let result: serde_json::Value = serde_json::from_str(&ok.tool_calls[0].result).unwrap();
+    assert_eq!(result["results"][0]["id"], "win-security-4688");
+    assert!(ok.transcript.contains("<|call|><|start|>functions.search to=assistant<|channel|>commentary<|message|>{\"query\""), "{}", ok.transcript);
+    assert_eq!(ok.final_answer, good_answer);
+    assert_eq!((eps[1].final_answer.as_str(), eps[2].final_answer.as_str()), ("no rule", ""));
+
+    let batch: Vec<(TaskRef, String)> = eps.iter().map(|e| (TaskRef::Id(task.id.clone()), e.final_answer.clone())).collect();
+    let scores = sigma.score_batch(&batch);
+    assert!((scores[0].total - 1.1).abs() < 1e-9, "{:?}", scores[0]);
+    assert_eq!((scores[1].total, scores[2].total), (0.0, 0.0), "{scores:?}");
+}
+
 /// `sigmaforge run --plugins sigma.wasm --plugins search.wasm` offers the search tool during
 /// rollouts (no "not offered" warning) and logs the tool metrics. The model is a tiny random
 /// Qwen3 with a ChatML byte tokenizer, written as a Hugging Face directory by the test, so one
 /// step runs in seconds; it does not call the tool, which the metrics must say.
 #[test]
 fn run_offers_loaded_tool_plugins() {
+    use sigmaforge_model::testing::CHATML_BYTE_VOCAB;
+    run_offers_tools_in(chatml_byte_tokenizer().unwrap(), CHATML_BYTE_VOCAB, "hermes");
+}
+
+/// The same with a harmony tokenizer (gpt-oss's special tokens): the trainer renders harmony
+/// prompts, offers the tool in the harmony format and stops on <|call|>.
+#[test]
+fn run_offers_tools_in_harmony_for_a_harmony_tokenizer() {
+    use sigmaforge_model::testing::HARMONY_BYTE_VOCAB;
+    run_offers_tools_in(harmony_byte_tokenizer().unwrap(), HARMONY_BYTE_VOCAB, "harmony");
+}
+
+fn run_offers_tools_in(tokenizer: sigmaforge_model::load::Tokenizer, vocab_size: usize, format: &str) {
     use candle_core::{DType, Device};
     use sigmaforge_model::model::{CausalLm, ModelConfig};
-    use sigmaforge_model::testing::CHATML_BYTE_VOCAB;
 
-    let dir = sigmaforge_e2e::target_dir().join("e2e-scratch").join(format!("run-tools-{}", std::process::id()));
+    let dir = sigmaforge_e2e::target_dir().join("e2e-scratch").join(format!("run-tools-{format}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mc = ModelConfig { vocab_size: CHATML_BYTE_VOCAB, max_position_embeddings: 16384, ..ModelConfig::tiny_qwen3() };
+    let mc = ModelConfig { vocab_size, max_position_embeddings: 16384, ..ModelConfig::tiny_qwen3() };
     let model = CausalLm::random(&mc, None, 1, DType::F32, &Device::Cpu).unwrap();
-    sigmaforge_model::export::merged_hf_dir(&model, &chatml_byte_tokenizer().unwrap(), &dir.join("model")).unwrap();
+    sigmaforge_model::export::merged_hf_dir(&model, &tokenizer, &dir.join("model")).unwrap();
     let config = format!(
         "model: {{ path: {model}, dtype: f32, device: cpu }}\nfinetune: full\n\
          training: {{ steps: 1, prompts_per_step: 1, rollouts_per_prompt: 2, micro_batch_size: 2 }}\n\
@@ -122,7 +186,7 @@ fn run_offers_loaded_tool_plugins() {
         None,
     );
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("offering tool(s) search in the hermes format, up to 1 tool turn(s) per rollout"), "{err}");
+    assert!(err.contains(&format!("offering tool(s) search in the {format} format, up to 1 tool turn(s) per rollout")), "{err}");
     assert!(!err.contains("does not offer tools"), "{err}");
     let metrics: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(dir.join("run").join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
