@@ -41,6 +41,9 @@ enum Command {
     Eval(Box<commands::eval::Args>),
     /// Combine eval reports into one Markdown table (models as rows).
     EvalCompare(commands::eval::CompareArgs),
+    /// Inspect a model (architecture, parameters, dtypes, chat template, special tokens) or
+    /// measure a text's perplexity under it (llama.cpp's scheme).
+    Model(commands::model::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Sft(args) => commands::sft::run(args),
         Command::Eval(args) => commands::eval::run(*args),
         Command::EvalCompare(args) => commands::eval::run_compare(args),
+        Command::Model(args) => commands::model::run(args),
     };
     match result {
         Ok(code) => code,

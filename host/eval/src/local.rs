@@ -76,11 +76,11 @@ impl LocalPolicy {
 
     fn prompt_ids(&self, messages: &[Message], tools: Option<&ToolUse>) -> Result<Vec<u32>> {
         let chat: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage::new(m.role.clone(), m.content.clone())).collect();
-        let chat = match tools {
-            Some(t) => t.offer(&chat),
-            None => chat,
-        };
-        let text = self.tokenizer.apply_chat_template(&chat, true, None).context("cannot render the prompt with the model's chat template")?;
+        let text = match tools {
+            Some(t) => t.render_prompt(&self.tokenizer, &chat),
+            None => self.tokenizer.apply_chat_template(&chat, true, None),
+        }
+        .context("cannot render the prompt with the model's chat template")?;
         self.tokenizer.encode(&text, false).context("cannot tokenize the prompt")
     }
 
@@ -121,9 +121,10 @@ impl LocalPolicy {
             Ok(rollouts) => rollouts
                 .into_iter()
                 .map(|r| {
+                    // Without tools the answer is the one segment (for harmony its final channel).
                     let text = match &tool_use {
                         Some(t) => r.reward_text(t.reward_on()).to_string(),
-                        None => r.text.clone(),
+                        None => r.final_answer.clone(),
                     };
                     Ok(Completion {
                         text,

@@ -2,9 +2,15 @@
 //!
 //! Without tools an episode is one generated segment, exactly as [`crate::generate`] samples it.
 //! With tools ([`ToolUse`]) the prompt offers them in the model family's format
-//! (`sigmaforge_toolcall`), generation stops at the format's stop string (`</tool_call>`), the
-//! host parses the call, runs it through a [`ToolBox`], appends the tool-result turn and lets the
-//! model continue — up to `max_turns` tool turns, after which no more tools are run.
+//! (`sigmaforge_toolcall`), generation stops at the format's stop string (`</tool_call>`, or
+//! harmony's `<|call|>`), the host parses the call, runs it through a [`ToolBox`], appends the
+//! tool-result turn and lets the model continue — up to `max_turns` tool turns, after which no
+//! more tools are run.
+//!
+//! With a harmony tokenizer (gpt-oss) the completion is a sequence of harmony messages: the
+//! reasoning on `analysis`, a call `to=functions.<name>` on `commentary` ending in `<|call|>`, the
+//! answer on `final`. The answer the reward scores is the `final` channel's text
+//! ([`Episode::final_answer`]); without one it is empty.
 //!
 //! The completion the trainer learns from is `segment 1 + tool-result tokens + segment 2 …`
 //! with a per-token loss mask: only tokens the policy sampled count (mask 1); the tool result
@@ -27,11 +33,11 @@ use anyhow::{Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sigmaforge_toolcall::{
-    ASSISTANT_TURN_END, ToolCallError, ToolFormat, ToolResult, ToolSpec, parse_tool_calls, system_prompt_with_tools, tool_turn_text,
+    ToolCallError, ToolFormat, ToolResult, ToolSpec, chat_template_tools, harmony, parse_tool_calls, system_prompt_with_tools, tool_turn_text,
 };
 
 use crate::generate::{FinishReason, SamplerRng, SamplingConfig, generate_until};
-use crate::load::{ChatMessage, Tokenizer};
+use crate::load::{ChatFormat, ChatMessage, Tokenizer};
 use crate::model::{AdapterMode, CausalLm, Family};
 
 /// The `tools:` section of a run configuration: how rollouts may use tool plugins.
@@ -41,8 +47,8 @@ pub struct ToolsSection {
     /// Tool turns a rollout may take before its final answer (0: never offer tools, even when
     /// tool plugins are loaded).
     pub max_turns: usize,
-    /// `auto` (from the model family: Qwen3 → hermes, SmolLM2/Llama → smollm2), `hermes`,
-    /// `smollm2` or `fenced`.
+    /// `auto` (a harmony tokenizer → harmony; else from the model family: Qwen3 → hermes,
+    /// SmolLM2/Llama → smollm2), `hermes`, `smollm2`, `fenced` or `harmony`.
     pub format: String,
     /// A tool result longer than this many characters is cut (with a note to the model), so one
     /// verbose tool cannot blow up the context.
@@ -105,31 +111,34 @@ pub struct ToolUse {
 
 impl ToolUse {
     /// `None` when tools are switched off (`max_turns: 0`) or the tool box is empty. The tool
-    /// turns are ChatML (`<|im_start|>…<|im_end|>`, as Qwen3 and SmolLM2 use), so a tokenizer
-    /// without those tokens is an error rather than a run that feeds the model garbage.
+    /// turns are ChatML (`<|im_start|>…<|im_end|>`, as Qwen3 and SmolLM2 use) or harmony
+    /// (gpt-oss), so a tokenizer without the format's tokens is an error rather than a run that
+    /// feeds the model garbage.
     pub fn new(toolbox: Arc<dyn ToolBox>, cfg: &ToolsSection, family: Family, tokenizer: &Tokenizer) -> Result<Option<Self>> {
         let specs = toolbox.specs();
         if cfg.max_turns == 0 || specs.is_empty() {
             return Ok(None);
         }
-        for marker in ["<|im_start|>", "<|im_end|>"] {
-            ensure!(
-                tokenizer.token_to_id(marker).is_some(),
-                "tools: tool turns are written in ChatML, but this model's tokenizer has no {marker} token; \
-                 use a ChatML model (Qwen3, SmolLM2) or set tools.max_turns: 0"
-            );
-        }
         let format = match cfg.explicit_format()? {
             Some(f) => f,
+            // The vocabulary decides before the family: harmony is gpt-oss's whatever its loader.
+            None if tokenizer.chat_format() == ChatFormat::Harmony => ToolFormat::Harmony,
             None => match family {
                 Family::Qwen3 => ToolFormat::Hermes,
                 // The Llama-architecture ChatML model the project ships is SmolLM2.
                 Family::Llama => ToolFormat::SmolLm2,
-                // Its harmony format is not implemented yet; the ChatML check above fails first
-                // for the real tokenizer, this names the reason for any other.
-                Family::GptOss => bail!("tools: GPT-OSS tool calls use the harmony format, which is not supported yet; set tools.max_turns: 0"),
+                // gpt-oss speaks harmony; a tokenizer without its tokens fails the check below.
+                Family::GptOss => ToolFormat::Harmony,
             },
         };
+        for marker in format.required_tokens() {
+            let written_in = if format == ToolFormat::Harmony { "the harmony format" } else { "ChatML" };
+            ensure!(
+                tokenizer.token_to_id(marker).is_some(),
+                "tools: {format} tool turns are written in {written_in}, but this model's tokenizer has no {marker} token; \
+                 use a model that has it (ChatML: Qwen3, SmolLM2; harmony: gpt-oss), another tools.format, or tools.max_turns: 0"
+            );
+        }
         let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -154,9 +163,26 @@ impl ToolUse {
         self.reward_on
     }
 
+    /// The prompt text of a task's messages with the tools offered, ending in the generation
+    /// prompt. ChatML formats offer the tools in the system message ([`Self::offer`]); harmony
+    /// in the developer message's `functions` namespace, which the harmony renderer writes from
+    /// the `tools` it is given (and the system message then sends calls to `commentary`).
+    pub fn render_prompt(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<String> {
+        if self.format == ToolFormat::Harmony {
+            ensure!(
+                tokenizer.chat_format() == ChatFormat::Harmony,
+                "tools.format harmony needs a tokenizer with the harmony special tokens (gpt-oss)"
+            );
+            let tools = chat_template_tools(&self.specs);
+            return tokenizer.apply_chat_template(messages, true, tools.as_array().map(Vec::as_slice));
+        }
+        tokenizer.apply_chat_template(&self.offer(messages), true, None)
+    }
+
     /// The task's messages with the tools offered in the system message (the task's own system
     /// prompt first, if it has one). For Hermes this is the text Qwen3's chat template renders
-    /// for `tools`, so every model family gets its tools the same way.
+    /// for `tools`, so every model family gets its tools the same way. ChatML formats only:
+    /// harmony takes its tools in the developer message, through [`Self::render_prompt`].
     pub fn offer(&self, messages: &[ChatMessage]) -> Vec<ChatMessage> {
         let mut out = messages.to_vec();
         match out.first_mut() {
@@ -285,7 +311,8 @@ pub struct Episode {
     pub text: String,
     /// The completion with special tokens kept: the transcript as the model saw it.
     pub transcript: String,
-    /// The last segment (after the last tool turn), special tokens skipped.
+    /// The last segment (after the last tool turn), special tokens skipped; for harmony its
+    /// `final` channel's text (empty without one).
     pub final_answer: String,
     pub tool_calls: Vec<ToolCallRecord>,
     /// How the last segment ended.
@@ -394,9 +421,11 @@ pub fn run_episodes(
                     continue;
                 }
                 // Close the assistant turn (the stop string leaves it open; an eos `<|im_end|>`
-                // closed it already and only the newline is missing), then the tool turn.
-                let closed = last.last().is_some_and(|&t| tokenizer.token_to_id("<|im_end|>") == Some(t));
-                let mut inserted = String::from(if closed { "\n" } else { ASSISTANT_TURN_END });
+                // closed it already and only the newline is missing; harmony's `<|call|>` needs
+                // nothing more), then the tool turn.
+                let (end_token, end_text) = tools.format.call_end();
+                let closed = last.last().is_some_and(|&t| tokenizer.token_to_id(end_token) == Some(t));
+                let mut inserted = String::from(if closed { &end_text[end_token.len()..] } else { end_text });
                 inserted.push_str(&tool_turn_text(tools.format, &results));
                 let ids = tokenizer.encode(&inserted, false)?;
                 d.push_inserted(&ids);
@@ -427,7 +456,7 @@ pub fn run_episodes(
                 prompt_index: d.prompt_index,
                 text: tokenizer.decode(&d.completion, true)?,
                 transcript: tokenizer.decode(&d.completion, false)?,
-                final_answer: tokenizer.decode(&d.completion[d.last_start..], true)?,
+                final_answer: final_answer(tokenizer, &d.completion[d.last_start..])?,
                 completion_ids: d.completion,
                 logprobs: d.logprobs,
                 policy_mask: d.mask,
@@ -436,6 +465,15 @@ pub fn run_episodes(
             })
         })
         .collect()
+}
+
+/// The answer in the last segment: its text, or for harmony the `final` channel's text (the
+/// analysis is reasoning, not the answer; no final channel is no answer, so it scores zero).
+fn final_answer(tokenizer: &Tokenizer, last_segment: &[u32]) -> Result<String> {
+    match tokenizer.chat_format() {
+        ChatFormat::Template => tokenizer.decode(last_segment, true),
+        ChatFormat::Harmony => Ok(harmony::final_answer(&tokenizer.decode(last_segment, false)?).unwrap_or_default()),
+    }
 }
 
 /// Per-step tool statistics over a step's episodes and their rewards.
@@ -487,204 +525,5 @@ impl ToolStats {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{FAKE_SEARCH_HIT, FakeToolBox, ScriptedPolicy, chatml_byte_tokenizer};
-
-    fn tools_cfg(max_turns: usize, format: &str) -> ToolsSection {
-        ToolsSection { max_turns, format: format.into(), ..ToolsSection::default() }
-    }
-
-    fn tool_use(toolbox: Arc<FakeToolBox>, max_turns: usize, format: &str) -> ToolUse {
-        ToolUse::new(toolbox, &tools_cfg(max_turns, format), Family::Qwen3, &chatml_byte_tokenizer().unwrap()).unwrap().expect("tools on")
-    }
-
-    fn prompt(tok: &Tokenizer, tools: &ToolUse, task: &str) -> Vec<u32> {
-        let messages = tools.offer(&[ChatMessage::new("user", task)]);
-        tok.encode(&tok.apply_chat_template(&messages, true, None).unwrap(), false).unwrap()
-    }
-
-    const CALL: &str =
-        "Let me look that up.\n<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"process creation 4688\"}}\n</tool_call>";
-    const ANSWER: &str = "detection:\n  sel:\n    EventID: 4688\n  condition: sel";
-
-    /// First turn: the call; once a tool response is in the context: the answer.
-    fn call_then_answer(first: &'static str) -> impl FnMut(&str, usize) -> String + Send {
-        move |context: &str, _copy: usize| if context.contains("<tool_response>") { ANSWER.to_string() } else { first.to_string() }
-    }
-
-    #[test]
-    fn a_tool_call_runs_and_its_result_is_context_but_not_an_action() {
-        let tok = chatml_byte_tokenizer().unwrap();
-        let toolbox = Arc::new(FakeToolBox::default());
-        let tools = tool_use(toolbox.clone(), 1, "auto");
-        assert_eq!(tools.format(), ToolFormat::Hermes);
-        let p = prompt(&tok, &tools, "Write a rule for process creation.");
-        assert!(tok.decode(&p, false).unwrap().contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"search\""));
-        let mut policy = ScriptedPolicy::new(tok.clone(), call_then_answer(CALL));
-        let log = policy.log.clone();
-        let eps = run_episodes(&mut policy, &tok, std::slice::from_ref(&p), 2, Some(&tools)).unwrap();
-        assert_eq!(eps.len(), 2);
-
-        let e = &eps[0];
-        assert_eq!(toolbox.invocations.lock().unwrap()[0], ("search".to_string(), "{\"query\":\"process creation 4688\"}".to_string()));
-        assert_eq!(e.tool_calls.len(), 1);
-        assert_eq!(e.tool_calls[0].name.as_deref(), Some("search"));
-        assert!(!e.tool_calls[0].is_error);
-        assert_eq!(e.tool_calls[0].arguments, Some(serde_json::json!({"query": "process creation 4688"})));
-        // The transcript holds call, result and answer; the reward sees the answer only.
-        let result_turn = format!(
-            "<|im_end|>\n<|im_start|>user\n<tool_response>\nquery: process creation 4688\n{FAKE_SEARCH_HIT}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
-        );
-        assert_eq!(e.transcript, format!("{CALL}{result_turn}{ANSWER}<|im_end|>"));
-        assert_eq!(e.final_answer, ANSWER);
-        assert_eq!(e.reward_text(RewardText::FinalAnswer), ANSWER);
-        assert!(e.reward_text(RewardText::Transcript).contains(FAKE_SEARCH_HIT));
-        assert_eq!(e.finish_reason, FinishReason::Stop);
-
-        // Mask: the sampled tokens are exactly the two segments; the inserted ones the tool turn.
-        let pick = |want: bool| -> Vec<u32> { e.completion_ids.iter().zip(&e.policy_mask).filter(|(_, m)| **m == want).map(|(t, _)| *t).collect() };
-        assert_eq!(tok.decode(&pick(true), false).unwrap(), format!("{CALL}{ANSWER}<|im_end|>"));
-        assert_eq!(tok.decode(&pick(false), false).unwrap(), result_turn);
-        for (lp, m) in e.logprobs.iter().zip(&e.policy_mask) {
-            assert_eq!(*lp, if *m { -1.0 } else { 0.0 });
-        }
-        assert_eq!(e.generated_tokens(), pick(true).len());
-
-        // The continuation saw prompt + call + result and, after the last allowed turn, no stop strings.
-        let log = log.lock().unwrap();
-        assert_eq!(log.len(), 2);
-        assert_eq!((log[0].copies, log[0].stop_strings.clone()), (2, vec!["</tool_call>".to_string()]));
-        assert_eq!(log[1].copies, 1);
-        assert!(log[1].stop_strings.is_empty());
-        assert_eq!(log[1].contexts[0], format!("{}{CALL}{result_turn}", tok.decode(&p, false).unwrap()));
-    }
-
-    #[test]
-    fn malformed_calls_answer_the_model_with_an_error_and_the_episode_goes_on() {
-        let tok = chatml_byte_tokenizer().unwrap();
-        let tools = tool_use(Arc::new(FakeToolBox::default()), 1, "hermes");
-        let cases: [(&'static str, &str); 5] = [
-            ("<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": }\n</tool_call>", "Error: the tool call is not valid JSON"),
-            (
-                "<tool_call>\n{\"name\": \"google\", \"arguments\": {\"q\": \"x\"}}\n</tool_call>",
-                "Error: unknown tool `google`; available tools: search, fail, crash, panic",
-            ),
-            ("<tool_call>\n{\"name\": \"fail\", \"arguments\": {}}\n</tool_call>", "Error: tool `fail` returned an error: the index is empty"),
-            ("<tool_call>\n{\"name\": \"crash\", \"arguments\": {}}\n</tool_call>", "Error: tool `crash` did not finish: wasm trap: unreachable"),
-            (
-                "<tool_call>\n{\"name\": \"panic\", \"arguments\": {}}\n</tool_call>",
-                "Error: tool `panic` did not finish: the tool panicked: fake tool box bug",
-            ),
-        ];
-        for (call, error) in cases {
-            let p = prompt(&tok, &tools, "task");
-            let mut policy = ScriptedPolicy::new(tok.clone(), call_then_answer(call));
-            let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
-            assert_eq!(e.tool_calls.len(), 1, "{call}");
-            assert!(e.tool_calls[0].is_error && e.tool_calls[0].result.starts_with(error), "{call}: {:?}", e.tool_calls[0]);
-            assert!(e.transcript.contains(&format!("<tool_response>\n{error}")), "{}", e.transcript);
-            assert_eq!(e.final_answer, ANSWER, "{call}: the episode must continue to an answer");
-            assert_eq!(e.tool_errors(), 1);
-        }
-    }
-
-    #[test]
-    fn no_call_means_one_segment_and_calls_after_the_last_turn_are_not_run() {
-        let tok = chatml_byte_tokenizer().unwrap();
-        let toolbox = Arc::new(FakeToolBox::default());
-        let tools = tool_use(toolbox.clone(), 1, "auto");
-        let p = prompt(&tok, &tools, "task");
-        // Copy 0 answers directly; copy 1 calls a tool, then calls again instead of answering.
-        let mut policy = ScriptedPolicy::new(
-            tok.clone(),
-            |ctx: &str, copy: usize| {
-                if copy == 0 && !ctx.contains("<tool_response>") { ANSWER.into() } else { CALL.into() }
-            },
-        );
-        let eps = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap();
-        assert!(!eps[0].called_tool());
-        assert_eq!(eps[0].text, ANSWER);
-        assert!(eps[0].policy_mask.iter().all(|m| *m));
-        assert_eq!(eps[1].tool_calls.len(), 1, "max_turns 1: the second call is not run");
-        assert_eq!(toolbox.invocations.lock().unwrap().len(), 1);
-        // Without a stop string the second call runs to eos; it is the text that gets scored.
-        assert_eq!(eps[1].final_answer, CALL);
-
-        let stats = ToolStats::over(eps.iter().zip([0.25, 1.0]).map(|(e, r)| e.tool_use(r)));
-        assert_eq!((stats.call_fraction, stats.calls, stats.errors), (0.5, 1, 0));
-        assert_eq!((stats.reward_with_tool, stats.reward_without_tool), (Some(1.0), Some(0.25)));
-        let none = ToolStats::over([eps[0].tool_use(0.25)]);
-        assert_eq!((none.call_fraction, none.reward_with_tool), (0.0, None));
-        assert!(none.seconds.is_sign_positive(), "no tool time is +0, not -0");
-    }
-
-    #[test]
-    fn two_tool_turns_when_allowed() {
-        let tok = chatml_byte_tokenizer().unwrap();
-        let tools = tool_use(Arc::new(FakeToolBox::default()), 2, "auto");
-        let p = prompt(&tok, &tools, "task");
-        let mut policy =
-            ScriptedPolicy::new(tok.clone(), |ctx: &str, _| if ctx.matches("<tool_response>").count() >= 2 { ANSWER.into() } else { CALL.into() });
-        let log = policy.log.clone();
-        let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
-        assert_eq!(e.tool_calls.iter().map(|c| c.turn).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(e.final_answer, ANSWER);
-        let log = log.lock().unwrap();
-        assert_eq!(log[1].stop_strings, vec!["</tool_call>".to_string()], "a second tool turn is still allowed");
-        assert!(log[2].stop_strings.is_empty());
-    }
-
-    #[test]
-    fn smollm2_and_fenced_formats_run_calls_too() {
-        let tok = chatml_byte_tokenizer().unwrap();
-        for (format, call, marker) in [
-            ("smollm2", "<tool_call>[{\"name\": \"search\", \"arguments\": {\"query\": \"lsass\"}}]</tool_call>", "<|im_start|>tool\nquery: lsass"),
-            (
-                "fenced",
-                "```tool_call\n{\"tool\": \"search\", \"arguments\": {\"query\": \"lsass\"}}\n```",
-                "<|im_start|>user\nTool result (search):\nquery: lsass",
-            ),
-        ] {
-            let tools = tool_use(Arc::new(FakeToolBox::default()), 1, format);
-            let p = prompt(&tok, &tools, "task");
-            let mut policy =
-                ScriptedPolicy::new(tok.clone(), move |ctx: &str, _| if ctx.contains(FAKE_SEARCH_HIT) { ANSWER.into() } else { call.into() });
-            let e = run_episodes(&mut policy, &tok, &[p], 2, Some(&tools)).unwrap().remove(0);
-            assert!(e.transcript.contains(marker), "{format}: {}", e.transcript);
-            assert_eq!(e.final_answer, ANSWER, "{format}");
-            // The fenced call ended with eos (<|im_end|>): only the newline is inserted before the result turn.
-            assert!(!e.transcript.contains("<|im_end|><|im_end|>"), "{format}: {}", e.transcript);
-        }
-    }
-
-    #[test]
-    fn tools_off_or_without_chatml_or_with_bad_config() {
-        let tok = chatml_byte_tokenizer().unwrap();
-        let tb = Arc::new(FakeToolBox::default());
-        assert!(ToolUse::new(tb.clone(), &tools_cfg(0, "auto"), Family::Qwen3, &tok).unwrap().is_none());
-        let llama = ToolUse::new(tb.clone(), &tools_cfg(1, "auto"), Family::Llama, &tok).unwrap().unwrap();
-        assert_eq!(llama.format(), ToolFormat::SmolLm2);
-        let word_level = crate::testing::tiny_tokenizer(64).unwrap();
-        let err = ToolUse::new(tb.clone(), &tools_cfg(1, "auto"), Family::Qwen3, &word_level).err().unwrap().to_string();
-        assert!(err.contains("<|im_start|>") && err.contains("tools.max_turns"), "{err}");
-        let err = ToolUse::new(tb, &tools_cfg(1, "xml"), Family::Qwen3, &tok).err().unwrap().to_string();
-        assert!(err.contains("tools.format") && err.contains("xml"), "{err}");
-    }
-
-    #[test]
-    fn long_results_are_cut_with_a_note() {
-        assert_eq!(cap_chars("héllo".into(), 10), "héllo");
-        assert_eq!(cap_chars("héllo".into(), 2), "hé\n[result cut at 2 characters]");
-    }
-
-    #[test]
-    fn offering_tools_extends_an_existing_system_prompt() {
-        let tools = tool_use(Arc::new(FakeToolBox::default()), 1, "auto");
-        let m = tools.offer(&[ChatMessage::new("system", "You write Sigma rules."), ChatMessage::new("user", "x")]);
-        assert_eq!(m.len(), 2);
-        assert!(m[0].content.starts_with("You write Sigma rules.\n\n# Tools"), "{}", m[0].content);
-        let m = tools.offer(&[ChatMessage::new("user", "x")]);
-        assert_eq!((m.len(), m[0].role.as_str()), (2, "system"));
-    }
-}
+#[path = "episode_tests.rs"]
+mod tests;

@@ -10,6 +10,8 @@
 //! - `generate`: batched sampling with a KV cache; `episode`: tool-using rollouts (assistant turn,
 //!   tool call, tool result, final answer) with the loss mask that training needs.
 //! - `export`: merged Hugging Face directory and PEFT adapter.
+//! - `inspect`: what a checkpoint is, from its headers alone; `perplexity`: a text's NLL in
+//!   llama.cpp's `llama-perplexity` scheme (`sigmaforge model inspect|perplexity`).
 //!
 //! Library choices (why):
 //! - `candle-core`/`candle-nn` 0.11: pure-Rust tensors with autograd and an optional CUDA
@@ -27,9 +29,11 @@ pub mod episode;
 pub mod export;
 pub mod generate;
 pub mod gradcheck;
+pub mod inspect;
 pub mod load;
 pub mod lora;
 pub mod model;
+pub mod perplexity;
 pub mod rng;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -50,20 +50,48 @@ pub const CHATML_BYTE_VOCAB: usize = 259;
 /// as a GPT-2 style byte-level BPE without merges, so decoding any token window works the way
 /// it does for real models.
 pub fn chatml_byte_tokenizer() -> Result<Tokenizer> {
+    let inner = byte_level_bpe(&["<|pad|>", "<|im_end|>", "<|im_start|>"])?;
+    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+                    {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    Tokenizer::new(inner, Some(template.to_string()), None, Some("<|im_end|>".into()), Some("<|pad|>".into()), &[])
+}
+
+/// Special tokens of [`harmony_byte_tokenizer`], in id order; bytes follow from
+/// [`HARMONY_BYTE_BASE`].
+pub const HARMONY_SPECIALS: [&str; 8] =
+    ["<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>", "<|message|>", "<|call|>"];
+pub const HARMONY_BYTE_BASE: u32 = HARMONY_SPECIALS.len() as u32;
+/// Vocabulary size of [`harmony_byte_tokenizer`]: 8 specials + 256 bytes.
+pub const HARMONY_BYTE_VOCAB: usize = HARMONY_SPECIALS.len() + 256;
+
+/// A byte-level tokenizer with gpt-oss's harmony special tokens (`<|start|>`, `<|channel|>`,
+/// `<|message|>`, `<|end|>`, `<|return|>` (the eos), `<|call|>`, `<|constrain|>`) and no chat
+/// template: its prompts are written in the harmony format, as for o200k_harmony.
+pub fn harmony_byte_tokenizer() -> Result<Tokenizer> {
+    let inner = byte_level_bpe(&HARMONY_SPECIALS)?;
+    Tokenizer::new(inner, None, None, Some("<|return|>".into()), Some("<|endoftext|>".into()), &[])
+}
+
+/// GPT-2 style byte-level BPE without merges: `specials` take ids 0.., each byte one token after them.
+fn byte_level_bpe(specials: &[&str]) -> Result<tokenizers::Tokenizer> {
     let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<|pad|>", "<|im_end|>", "<|im_start|>"].iter().enumerate() {
+    for (i, t) in specials.iter().enumerate() {
         vocab.insert(t.to_string(), json!(i));
     }
     for (byte, ch) in gpt2_byte_chars().into_iter().enumerate() {
-        vocab.insert(ch.to_string(), json!(BYTE_BASE as usize + byte));
+        vocab.insert(ch.to_string(), json!(specials.len() + byte));
     }
-    let special = |id: u32, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
-               "normalized": false, "special": true})
-    };
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(id, content)| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": true})
+        })
+        .collect();
     let tj = json!({
         "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(CHATML_PAD, "<|pad|>"), special(CHATML_IM_END, "<|im_end|>"), special(CHATML_IM_START, "<|im_start|>")],
+        "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
         "post_processor": null,
@@ -72,10 +100,7 @@ pub fn chatml_byte_tokenizer() -> Result<Tokenizer> {
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": []},
     });
-    let inner: tokenizers::Tokenizer = tj.to_string().parse().map_err(|e| anyhow::anyhow!("chatml byte tokenizer: {e}"))?;
-    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
-                    {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    Tokenizer::new(inner, Some(template.to_string()), None, Some("<|im_end|>".into()), Some("<|pad|>".into()), &[])
+    tj.to_string().parse().map_err(|e| anyhow::anyhow!("byte-level test tokenizer: {e}"))
 }
 
 /// GPT-2's byte → printable character table (what byte-level BPE vocabularies are written in).
@@ -98,7 +123,7 @@ fn gpt2_byte_chars() -> Vec<char> {
 /// training steps) deterministically. The script gets the context decoded with special tokens
 /// kept and the copy index within the call (0..copies) and returns the next segment's text.
 /// Like the model, a segment ends right after the first stop string it contains; otherwise it
-/// ends with `<|im_end|>` (the eos). Every scripted token gets log-prob -1.
+/// ends with the tokenizer's first eos (`<|im_end|>`, harmony's `<|return|>`). Every scripted token gets log-prob -1.
 pub struct ScriptedPolicy {
     tokenizer: Tokenizer,
     script: Script,

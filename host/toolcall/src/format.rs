@@ -18,6 +18,10 @@ pub enum ToolFormat {
     /// Fallback for models without native tool support: a fenced ` ```tool_call ` JSON block with
     /// `"tool"` and `"arguments"`, results in a user turn starting `Tool result (<name>):`.
     Fenced,
+    /// gpt-oss's harmony format: tools as a TypeScript `functions` namespace in the developer
+    /// message, a call is an assistant message `to=functions.<name>` on the commentary channel
+    /// ending in `<|call|>`, the result a `functions.<name>` message (see [`crate::harmony`]).
+    Harmony,
 }
 
 impl ToolFormat {
@@ -28,6 +32,8 @@ impl ToolFormat {
         let f = family.to_ascii_lowercase();
         if f.starts_with("qwen") || f.starts_with("hermes") {
             ToolFormat::Hermes
+        } else if f.starts_with("gpt_oss") || f.starts_with("gpt-oss") || f.starts_with("gptoss") || f == "harmony" {
+            ToolFormat::Harmony
         } else if f.starts_with("smollm") {
             ToolFormat::SmolLm2
         } else {
@@ -41,6 +47,28 @@ impl ToolFormat {
         match self {
             ToolFormat::Hermes | ToolFormat::SmolLm2 => &["</tool_call>"],
             ToolFormat::Fenced => &[],
+            // Also an end-of-sequence id of gpt-oss checkpoints; as a string it stops tokenizers
+            // whose eos list lacks it.
+            ToolFormat::Harmony => &[crate::harmony::CALL],
+        }
+    }
+
+    /// The token that closes the assistant's tool-call message, and the text to insert when
+    /// generation stopped before writing it (on a stop string): ChatML closes the turn with
+    /// `<|im_end|>` and a newline, harmony with `<|call|>`. When the token itself ended the
+    /// segment, only the rest of the text is inserted.
+    pub fn call_end(self) -> (&'static str, &'static str) {
+        match self {
+            ToolFormat::Harmony => (crate::harmony::CALL, crate::harmony::CALL),
+            _ => ("<|im_end|>", crate::ASSISTANT_TURN_END),
+        }
+    }
+
+    /// Special tokens the tokenizer must have for this format's tool turns.
+    pub fn required_tokens(self) -> &'static [&'static str] {
+        match self {
+            ToolFormat::Harmony => &crate::harmony::SPECIAL_TOKENS,
+            _ => &["<|im_start|>", "<|im_end|>"],
         }
     }
 
@@ -49,6 +77,7 @@ impl ToolFormat {
             ToolFormat::Hermes => "hermes",
             ToolFormat::SmolLm2 => "smollm2",
             ToolFormat::Fenced => "fenced",
+            ToolFormat::Harmony => "harmony",
         }
     }
 }
@@ -62,13 +91,14 @@ impl fmt::Display for ToolFormat {
 impl FromStr for ToolFormat {
     type Err = String;
 
-    /// A format name from configuration: `hermes`, `smollm2` or `fenced`.
+    /// A format name from configuration: `hermes`, `smollm2`, `fenced` or `harmony`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "hermes" | "qwen3" => Ok(ToolFormat::Hermes),
             "smollm2" => Ok(ToolFormat::SmolLm2),
             "fenced" => Ok(ToolFormat::Fenced),
-            other => Err(format!("unknown tool format `{other}`: expected one of hermes, smollm2, fenced")),
+            "harmony" | "gpt_oss" | "gpt-oss" => Ok(ToolFormat::Harmony),
+            other => Err(format!("unknown tool format `{other}`: expected one of hermes, smollm2, fenced, harmony")),
         }
     }
 }
@@ -138,6 +168,8 @@ pub fn system_prompt_with_tools(format: ToolFormat, system: Option<&str>, tools:
         return out;
     }
     match format {
+        // The developer message of harmony: instructions, then the tools namespace.
+        ToolFormat::Harmony => return crate::harmony::developer_body(system, tools),
         ToolFormat::Hermes => {
             // Verbatim from Qwen3's tokenizer_config.json chat template (without the ChatML markers).
             out.push_str(

@@ -42,6 +42,9 @@ pub enum ToolCallError {
     MissingArguments { name: String },
     #[error("the arguments of tool `{name}` must be a JSON object, got {got}")]
     ArgumentsNotObject { name: String, got: String },
+    /// Harmony carries the arguments as the message body, apart from the tool's name.
+    #[error("the arguments of tool `{name}` are not valid JSON ({detail})")]
+    InvalidArguments { name: String, detail: String },
     #[error("the tool call is not closed ({expected} is missing)")]
     Unterminated { expected: &'static str },
     #[error("tool `{name}` returned an error: {message}")]
@@ -57,6 +60,7 @@ impl ToolCallError {
             ToolCallError::UnknownTool { name, .. }
             | ToolCallError::MissingArguments { name }
             | ToolCallError::ArgumentsNotObject { name, .. }
+            | ToolCallError::InvalidArguments { name, .. }
             | ToolCallError::ToolFailed { name, .. }
             | ToolCallError::ToolCrashed { name, .. } => Some(name),
             _ => None,
@@ -80,6 +84,7 @@ pub fn parse_tool_calls(format: ToolFormat, text: &str, tools: &[ToolSpec]) -> V
     match format {
         ToolFormat::Hermes | ToolFormat::SmolLm2 => parse_tagged(text, tools),
         ToolFormat::Fenced => parse_fenced(text, tools),
+        ToolFormat::Harmony => crate::harmony::parse_calls(text, tools),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Tool results going back to the model: as transcript messages and as the ChatML text the
-//! policy continues from.
+//! Tool results going back to the model: as transcript messages and as the ChatML (or harmony)
+//! text the policy continues from.
 
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +51,7 @@ impl ToolResult {
 /// fenced fallback (models without tool support know only user turns).
 pub fn tool_result_message(format: ToolFormat, result: &ToolResult) -> Message {
     match format {
-        ToolFormat::Hermes | ToolFormat::SmolLm2 => Message { role: "tool".to_owned(), content: result.content.clone() },
+        ToolFormat::Hermes | ToolFormat::SmolLm2 | ToolFormat::Harmony => Message { role: "tool".to_owned(), content: result.content.clone() },
         ToolFormat::Fenced => Message { role: "user".to_owned(), content: fenced_result_text(result) },
     }
 }
@@ -63,11 +63,12 @@ fn fenced_result_text(result: &ToolResult) -> String {
     }
 }
 
-/// The ChatML text that follows the assistant's tool-call turn, up to and including the header of
+/// The text that follows the assistant's tool-call turn, up to and including the header of
 /// the next assistant turn, so the policy continues from it. None of it is a policy action: mask
 /// these tokens out of the loss. Hermes groups all results in one user turn of `<tool_response>`
 /// blocks (as Qwen3's template does); SmolLM2 uses one `tool` turn per result; the fenced fallback
-/// one user turn.
+/// one user turn; harmony one `functions.<name> to=assistant` commentary message per result, then
+/// `<|start|>assistant`.
 pub fn tool_turn_text(format: ToolFormat, results: &[ToolResult]) -> String {
     let mut out = String::new();
     match format {
@@ -92,6 +93,16 @@ pub fn tool_turn_text(format: ToolFormat, results: &[ToolResult]) -> String {
             let parts: Vec<String> = results.iter().map(fenced_result_text).collect();
             out.push_str(&parts.join("\n\n"));
             out.push_str("<|im_end|>\n");
+        }
+        ToolFormat::Harmony => {
+            use crate::harmony::{CHANNEL, END, MESSAGE, START, tool_author};
+            for r in results {
+                let author = tool_author(r.name.as_deref());
+                out.push_str(&format!("{START}{author} to=assistant{CHANNEL}commentary{MESSAGE}{}{END}", r.content));
+            }
+            out.push_str(START);
+            out.push_str("assistant");
+            return out;
         }
     }
     out.push_str("<|im_start|>assistant\n");

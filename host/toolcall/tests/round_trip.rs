@@ -77,9 +77,30 @@ fn bad_calls_become_error_messages_and_good_ones_still_run() {
 }
 
 #[test]
+fn harmony_call_from_gpt_oss_returns_search_results_as_a_tool_message() {
+    let developer = system_prompt_with_tools(ToolFormat::Harmony, Some("You write Sigma rules."), &specs());
+    assert!(developer.contains("namespace functions {\n\n// "), "{developer}");
+    assert!(developer.contains("type search = (_: {\n"), "{developer}");
+    // Reasoning, then the call as gpt-oss writes it; the stop token <|call|> ends the segment.
+    let reply = "<|channel|>analysis<|message|>Look up the process creation event.<|end|><|start|>assistant<|channel|>commentary \
+                 to=functions.search <|constrain|>json<|message|>{\"query\": \"new process created command line 4688\", \"k\": 1}<|call|>";
+    let (results, text) = run_turn(ToolFormat::Harmony, reply);
+    assert_eq!(results.len(), 1);
+    let out: Value = serde_json::from_str(&results[0].content).unwrap();
+    assert_eq!(out["results"][0]["id"], "win-security-4688");
+    assert!(text.starts_with("<|start|>functions.search to=assistant<|channel|>commentary<|message|>{\"query\""), "{text}");
+    assert!(text.ends_with("<|end|><|start|>assistant"), "{text}");
+    // The final channel is the answer; reasoning is not.
+    let answer = sigmaforge_toolcall::harmony::final_answer(
+        "<|channel|>analysis<|message|>4688 it is.<|end|><|start|>assistant<|channel|>final<|message|>detection: {}<|return|>",
+    );
+    assert_eq!(answer.unwrap(), "detection: {}");
+}
+
+#[test]
 fn a_final_answer_runs_nothing() {
     let reply = "```yaml\nlogsource:\n  category: process_creation\n  product: windows\n```";
-    for format in [ToolFormat::Hermes, ToolFormat::SmolLm2, ToolFormat::Fenced] {
+    for format in [ToolFormat::Hermes, ToolFormat::SmolLm2, ToolFormat::Fenced, ToolFormat::Harmony] {
         assert!(parse_tool_calls(format, reply, &specs()).is_empty(), "{format}");
     }
 }

@@ -10,7 +10,7 @@ use sigmaforge_model::generate::{SamplingConfig, generate};
 use sigmaforge_model::load::{ChatMessage, Tokenizer};
 use sigmaforge_model::model::{AdapterMode, CausalLm, ModelConfig};
 use sigmaforge_model::rng::SamplerRng;
-use sigmaforge_model::testing::{CHATML_BYTE_VOCAB, CHATML_IM_END, chatml_byte_tokenizer};
+use sigmaforge_model::testing::{CHATML_BYTE_VOCAB, CHATML_IM_END, chatml_byte_tokenizer, harmony_byte_tokenizer};
 use sigmaforge_trainer::checkpoint;
 use sigmaforge_trainer::config::RunConfig;
 use sigmaforge_trainer::sft::{SftExample, SftTrainer, encode_example, read_metrics};
@@ -69,6 +69,17 @@ fn the_answer_is_what_the_template_adds_after_the_prompt_and_ends_with_the_end_o
     assert_eq!(*e.answer.last().unwrap(), CHATML_IM_END);
     // Cut to max_answer_tokens.
     assert_eq!(encode_example(&tok, ex, 2).unwrap().answer.len(), 2);
+}
+
+/// gpt-oss: the answer to learn is a final-channel message ending in <|return|>, the stop token,
+/// after a harmony prompt that ends with `<|start|>assistant`.
+#[test]
+fn a_harmony_answer_is_the_final_channel_up_to_return() {
+    let tok = harmony_byte_tokenizer().unwrap();
+    let e = encode_example(&tok, &toy_examples()[0], 64).unwrap();
+    assert!(tok.decode(&e.prompt, false).unwrap().ends_with("<|start|>user<|message|>cat<|end|><|start|>assistant"));
+    assert_eq!(tok.decode(&e.answer, false).unwrap(), "<|channel|>final<|message|>meow<|return|>");
+    assert_eq!(e.answer.last().copied(), tok.token_to_id("<|return|>"));
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod data;
 pub mod eval;
 pub mod hunt;
 pub mod hunt_report;
+pub mod model;
 pub mod plugin;
 pub mod run;
 pub mod score;

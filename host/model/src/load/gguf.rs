@@ -74,7 +74,8 @@ fn string_array(c: &Content, key: &str) -> Result<Vec<String>> {
     }
 }
 
-fn config_from_gguf(c: &Content) -> Result<ModelConfig> {
+/// The model shape in a GGUF file's metadata (an error for architectures this crate cannot run).
+pub fn config_from_gguf(c: &Content) -> Result<ModelConfig> {
     let arch = opt_str(c, "general.architecture").context("GGUF metadata has no general.architecture")?;
     let family = match arch {
         "llama" => Family::Llama,

@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::{LoadOptions, LoadedModel, Tokenizer};
 use crate::model::ModelConfig;
 
-/// All tensors of the directory's safetensors file(s), on the CPU, in their stored dtype.
-pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
+/// The directory's safetensors files: the shards its index names, or `model.safetensors`.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<PathBuf> = if index.exists() {
         let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
@@ -25,8 +25,13 @@ pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
     } else {
         bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
     };
+    Ok(files)
+}
+
+/// All tensors of the directory's safetensors file(s), on the CPU, in their stored dtype.
+pub fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, Tensor>> {
     let mut tensors = HashMap::new();
-    for f in files {
+    for f in safetensors_files(dir)? {
         let part = candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("reading safetensors file {}", f.display()))?;
         tensors.extend(part);
     }

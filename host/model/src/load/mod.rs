@@ -4,6 +4,7 @@
 mod chat_template;
 mod fetch;
 mod gguf;
+mod harmony;
 mod hf;
 mod tokenizer;
 
@@ -13,8 +14,9 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 
 pub use fetch::{DEFAULT_MODEL_FILE, default_models_dir, ensure_default_model};
-pub use gguf::{load_gguf, tokenizer_from_gguf};
-pub use hf::{load_hf_dir, read_safetensors_dir};
+pub use gguf::{config_from_gguf, load_gguf, tokenizer_from_gguf};
+pub use harmony::ChatFormat;
+pub use hf::{load_hf_dir, read_safetensors_dir, safetensors_files};
 pub use tokenizer::{ChatMessage, Tokenizer};
 
 use crate::lora::LoraConfig;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::chat_template;
+use super::harmony::{self, ChatFormat};
 
 /// One chat turn. `tool_calls` / `name` are passed to the template when present.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,6 +35,7 @@ pub struct Tokenizer {
     eos_token: Option<String>,
     eos_token_ids: Vec<u32>,
     pad_token_id: u32,
+    chat_format: ChatFormat,
 }
 
 /// `"<s>"` or `{"content": "<s>", ...}` (both appear in tokenizer_config.json files).
@@ -47,7 +49,9 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 
 impl Tokenizer {
     /// Assemble from parts. `eos_token_ids` are extra end-of-sequence ids (e.g. from
-    /// config.json / generation_config.json); the id of `eos_token` is always included.
+    /// config.json / generation_config.json); the id of `eos_token` is always included. A
+    /// vocabulary with harmony's special tokens (gpt-oss) writes prompts in the harmony format
+    /// and also stops at `<|return|>` and `<|call|>`, its two stop tokens.
     pub fn new(
         inner: tokenizers::Tokenizer,
         chat_template: Option<String>,
@@ -63,8 +67,17 @@ impl Tokenizer {
                 eos.insert(0, id);
             }
         }
+        let chat_format = ChatFormat::detect(|t| inner.token_to_id(t).is_some());
+        if chat_format == ChatFormat::Harmony {
+            for stop in [sigmaforge_toolcall::harmony::RETURN, sigmaforge_toolcall::harmony::CALL] {
+                let id = inner.token_to_id(stop).with_context(|| format!("harmony stop token {stop} is not in the vocabulary"))?;
+                if !eos.contains(&id) {
+                    eos.push(id);
+                }
+            }
+        }
         let pad_token_id = pad_token.as_deref().and_then(|p| inner.token_to_id(p)).or_else(|| eos.first().copied()).unwrap_or(0);
-        Ok(Self { inner, chat_template, bos_token, eos_token, eos_token_ids: eos, pad_token_id })
+        Ok(Self { inner, chat_template, bos_token, eos_token, eos_token_ids: eos, pad_token_id, chat_format })
     }
 
     /// tokenizer.json (+ tokenizer_config.json / chat_template.jinja / generation_config.json
@@ -133,6 +146,19 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
+    /// How prompts are written: the Jinja template, or harmony for gpt-oss vocabularies.
+    pub fn chat_format(&self) -> ChatFormat {
+        self.chat_format
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, add_special_tokens).map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
@@ -168,7 +194,7 @@ impl Tokenizer {
     }
 
     /// Like [`Self::apply_chat_template`] with extra template variables (an object), e.g.
-    /// `{"enable_thinking": false}` for Qwen3.
+    /// `{"enable_thinking": false}` for Qwen3, `{"reasoning_effort": "high"}` for harmony.
     pub fn apply_chat_template_with(
         &self,
         messages: &[ChatMessage],
@@ -176,6 +202,9 @@ impl Tokenizer {
         tools: Option<&[Value]>,
         extra: &Value,
     ) -> Result<String> {
+        if self.chat_format == ChatFormat::Harmony {
+            return harmony::render(messages, add_generation_prompt, tools, extra);
+        }
         let template = self.chat_template.as_deref().context("this tokenizer has no chat template (tokenizer_config.json has no chat_template)")?;
         chat_template::render(template, messages, add_generation_prompt, tools, self.bos_token.as_deref(), self.eos_token.as_deref(), extra)
     }

@@ -39,14 +39,11 @@ impl Trainer {
             return Ok(ids.clone());
         }
         let t = &self.tasks[task];
-        let messages = match &self.tools {
-            Some(tools) => tools.offer(&t.messages),
-            None => t.messages.clone(),
-        };
-        let text = self
-            .tokenizer
-            .apply_chat_template(&messages, true, None)
-            .with_context(|| format!("task {}: cannot render the prompt with the chat template", t.id))?;
+        let text = match &self.tools {
+            Some(tools) => tools.render_prompt(&self.tokenizer, &t.messages),
+            None => self.tokenizer.apply_chat_template(&t.messages, true, None),
+        }
+        .with_context(|| format!("task {}: cannot render the prompt with the chat template", t.id))?;
         let ids = self.tokenizer.encode(&text, false).with_context(|| format!("task {}: cannot tokenize the prompt", t.id))?;
         ensure!(
             ids.len() <= self.cfg.generation.max_prompt_tokens,
