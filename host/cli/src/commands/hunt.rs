@@ -90,11 +90,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("no event files found under {}", args.events.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let loading = Instant::now();
-    // EVTX files of channels no rule reads are not parsed at all; the loader applies this only
-    // without a cache (a cache must hold every event, so it is written from all files).
-    let channels = map.channels_of(rules.rules.iter().map(|r| &r.rule.logsource));
-    let filter = channels.as_deref().and_then(ChannelFilter::new);
-    let (corpus, unread) = load_corpus(&sources, args.cache.as_deref(), filter.as_ref())?;
+    // EVTX files of channels no rule reads are not parsed at all, and in the files that are,
+    // records of (Channel, EventID) buckets no rule reads are dropped after their System part;
+    // the loader applies this only without a cache (a cache must hold every event, so it is
+    // written from all files).
+    let buckets = map.buckets_of(rules.rules.iter().map(|r| &r.rule.logsource));
+    let filter = buckets.and_then(ChannelFilter::for_buckets);
+    let (corpus, unread, skipped) = load_corpus(&sources, args.cache.as_deref(), filter.as_ref())?;
     let load_time = loading.elapsed();
     report_damaged_files(&corpus, args.json);
 
@@ -162,6 +164,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         corpus: &corpus,
         files: sources.len(),
         unread,
+        skipped,
         matches: total,
         load_time,
         total_time: started.elapsed(),
@@ -209,8 +212,8 @@ fn report_damaged_files(corpus: &Corpus, json: bool) {
 
 /// Loads the corpus from the cache when it is fresh, else parses the files (in parallel) and,
 /// with a cache path, writes the cache for next time.
-/// Also says how many files `filter` left unread.
-fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&ChannelFilter>) -> Result<(Corpus, usize)> {
+/// Also says how many files `filter` left unread and how many records it left out.
+fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&ChannelFilter>) -> Result<(Corpus, usize, u64)> {
     let loader = CorpusLoader::new(sources).cache(cache).write_back(true).filter(filter).parser(&parse_in_parallel);
     let loaded = loader
         .load(&mut |status| {
@@ -225,7 +228,7 @@ fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&Cha
     if let (Some(e), Some(path)) = (&loaded.write_error, cache) {
         eprintln!("warning: could not write the cache {}: {e}", path.display());
     }
-    Ok((loaded.corpus, loaded.unread))
+    Ok((loaded.corpus, loaded.unread, loaded.skipped))
 }
 
 /// The loader's parser for the CLI: files in parallel, with a progress bar on a terminal.
