@@ -17,11 +17,11 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
-use sigma_engine::CompileOptions;
 use sigma_engine::cache::{CacheStatus, CorpusLoader};
 use sigma_engine::check::check_file;
 use sigma_engine::corpus::{ChannelFilter, Corpus, LoadedFile, SourceFile, collect_event_files, load_event_file_if};
 use sigma_engine::hunt::{Hunter, Passes, RuleSet};
+use sigma_engine::{CompileOptions, RegexMemo};
 
 use super::hunt_report::{Format, Report, Selection, Summary};
 
@@ -73,7 +73,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let map = super::check::load_logsources(args.logsources.as_deref())?;
 
-    let rules = load_rules(&args.rules)?;
+    // One memo of user regexes for `check`'s validation compile and the per-variant compiles.
+    let regexes = RegexMemo::default();
+    let rules = load_rules(&args.rules, &regexes)?;
     for error in &rules.errors {
         eprintln!("{error}");
     }
@@ -102,7 +104,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     // The reward's options: placeholders (`|expand` with `%name%`) have no configured values in a
     // hunt, so they match nothing and the few rules that use them still run their other selections.
-    let hunter = Hunter::new(&corpus, &map, CompileOptions::for_events());
+    let hunter = Hunter::new(&corpus, &map, CompileOptions { regexes: Some(regexes), ..CompileOptions::for_events() });
     let bar = progress(rules.rules.len() as u64, "rules");
     let prepared: Vec<_> = rules.rules.par_iter().map(|r| hunter.prepare(&r.rule)).collect();
     let matches: Vec<Vec<u32>> = if prepared.len() >= MIN_RULES_FOR_INDEX {
@@ -182,7 +184,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// Every rule file under `roots`, parsed in parallel, added in sorted path order.
-fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
+fn load_rules(roots: &[PathBuf], regexes: &RegexMemo) -> Result<RuleSet> {
     let mut files = Vec::new();
     for root in roots {
         let meta = std::fs::metadata(root).with_context(|| format!("reading rules from {}", root.display()))?;
@@ -193,7 +195,8 @@ fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
         }
     }
     // `check`'s own reading and validation, so a rule `check` rejects stays out of the hunt.
-    let checked: Vec<_> = files.par_iter().map(|f| check_file(f, &CompileOptions::default())).collect();
+    let options = CompileOptions { regexes: Some(regexes.clone()), ..CompileOptions::default() };
+    let checked: Vec<_> = files.par_iter().map(|f| check_file(f, &options)).collect();
     Ok(RuleSet::from_checked(checked))
 }
 

@@ -52,7 +52,7 @@ pub mod diagnostic;
 pub mod rule;
 pub mod yaml;
 
-pub use detection::compile::{CompileOptions, CompiledRule, PlaceholderPolicy, compile};
+pub use detection::compile::{CompileOptions, CompiledRule, PlaceholderPolicy, RegexMemo, compile};
 pub use diagnostic::{Diagnostic, Pos, Severity};
 pub use rule::{
     CmpOp, Correlation, CorrelationCondition, CorrelationType, Document, FieldAlias, Filter, FilterRules, Level, Logsource, ParsedFile, Related,
