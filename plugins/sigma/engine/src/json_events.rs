@@ -15,6 +15,7 @@
 
 use serde_json::Value as Json;
 
+pub(crate) mod route;
 pub(crate) mod stream;
 
 use crate::corpus::LoadedFile;

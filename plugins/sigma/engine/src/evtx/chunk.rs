@@ -8,6 +8,7 @@
 //! ends with a copy of its size, which is what tells a complete record from a cut or overwritten
 //! one.
 
+use std::borrow::Cow;
 use std::ops::RangeInclusive;
 
 use crate::loaded_file::Checksum;
@@ -31,10 +32,11 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
 }
 
 /// One 64 KiB chunk slot of a file, checked but not yet parsed.
-pub struct ChunkSlot {
+pub struct ChunkSlot<'f> {
     pub number: u64,
-    /// The slot's bytes, zero-padded to 64 KiB when the file ends inside it.
-    pub data: Vec<u8>,
+    /// The slot's bytes (borrowed from the file), zero-padded to 64 KiB when the file ends
+    /// inside it.
+    pub data: Cow<'f, [u8]>,
     /// How many of those bytes the file really holds.
     pub present: usize,
     /// `None` when the slot does not start with a chunk signature.
@@ -42,13 +44,18 @@ pub struct ChunkSlot {
     pub records_checksum: Option<Checksum>,
 }
 
-impl ChunkSlot {
+impl<'f> ChunkSlot<'f> {
     /// The slot `number` of `file`, or `None` past the file's end.
-    pub fn read(file: &[u8], number: u64) -> Option<ChunkSlot> {
+    pub fn read(file: &'f [u8], number: u64) -> Option<ChunkSlot<'f>> {
         let start = FILE_HEADER_SIZE + number as usize * CHUNK_SIZE;
         let bytes = file.get(start..(start + CHUNK_SIZE).min(file.len())).filter(|b| !b.is_empty())?;
-        let mut data = bytes.to_vec();
-        data.resize(CHUNK_SIZE, 0);
+        let data = if bytes.len() == CHUNK_SIZE {
+            Cow::Borrowed(bytes)
+        } else {
+            let mut data = bytes.to_vec();
+            data.resize(CHUNK_SIZE, 0);
+            Cow::Owned(data)
+        };
         let mut slot = ChunkSlot { number, data, present: bytes.len(), header_checksum: None, records_checksum: None };
         if slot.data.starts_with(CHUNK_MAGIC) {
             let flags = u32_at(&slot.data, 120).unwrap_or(0);
@@ -61,8 +68,9 @@ impl ChunkSlot {
                     Checksum::Mismatch
                 }
             };
-            let mut covered = slot.data[..120].to_vec();
-            covered.extend_from_slice(&slot.data[128..CHUNK_HEADER_SIZE]);
+            let mut covered = [0u8; CHUNK_HEADER_SIZE - 8];
+            covered[..120].copy_from_slice(&slot.data[..120]);
+            covered[120..].copy_from_slice(&slot.data[128..CHUNK_HEADER_SIZE]);
             slot.header_checksum = Some(verdict(u32_at(&slot.data, 124) == Some(evtx::checksum_ieee(&covered))));
             let free = u32_at(&slot.data, 48).unwrap_or(0) as usize;
             let records = slot.data.get(CHUNK_HEADER_SIZE..free.max(CHUNK_HEADER_SIZE));
@@ -174,7 +182,7 @@ impl ChunkSlot {
         let (&(first_at, _, _), &(last_at, last_size, last_id)) = (records.first()?, records.last()?);
         debug_assert!(first_at >= CHUNK_HEADER_SIZE);
         let min_id = records.iter().map(|r| r.2).min()?;
-        let mut data = self.data.clone();
+        let mut data = self.data.to_vec();
         data[..8].copy_from_slice(CHUNK_MAGIC);
         for (at, value) in [(8, min_id), (16, last_id), (24, min_id), (32, last_id)] {
             data[at..at + 8].copy_from_slice(&value.to_le_bytes());

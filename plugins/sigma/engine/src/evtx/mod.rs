@@ -161,9 +161,8 @@ fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool, rou
     let all_intact = slots.iter().filter(counted).all(ChunkSlot::is_intact) && (complete as u64) >= announced;
     let mut outcomes = Vec::new();
     if all_intact && header.is_some() && !always_by_chunk {
-        read_intact_file(&mut records, bytes);
+        read_intact_file(&mut records, &bytes);
     } else {
-        drop(bytes);
         outcomes = read_chunk_by_chunk(&mut records, &slots, announced, trusted_header.map(|h| h.next_record_id));
     }
     let Records { loaded, header_ids, failed, first_error, .. } = records;
@@ -175,9 +174,9 @@ fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool, rou
 }
 
 /// The fast path: the crate reads the whole file (in parallel with the `multithreaded-evtx`
-/// feature).
-fn read_intact_file(records: &mut Records, bytes: Vec<u8>) {
-    let mut parser = match EvtxParser::from_buffer(bytes) {
+/// feature), from the bytes the chunk slots borrow.
+fn read_intact_file(records: &mut Records, bytes: &[u8]) {
+    let mut parser = match EvtxParser::from_read_seek(std::io::Cursor::new(bytes)) {
         Ok(p) => p.with_configuration(settings()),
         Err(err) => {
             records.loaded.warn(format!("not a readable EVTX file ({err}); skipped"));
@@ -225,7 +224,7 @@ fn read_chunk_by_chunk(records: &mut Records, slots: &[ChunkSlot], announced: u6
             continue;
         }
         if slot.is_intact() {
-            read_chunk(records, slot.data.clone(), slot.number, None, &settings);
+            read_chunk(records, slot.data.to_vec(), slot.number, None, &settings);
             outcomes.push(ChunkOutcome::Known);
             continue;
         }

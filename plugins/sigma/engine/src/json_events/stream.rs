@@ -36,6 +36,14 @@ pub enum Streamed {
 /// Flattens one rendered record, skipping it when `route` rejects its bucket. A record without
 /// a numeric `EventRecordID` is never skipped (its invented id depends on the events around it).
 pub fn flatten_record(json: &[u8], table: &mut FieldTable, route: Option<&Buckets>) -> Streamed {
+    // The plain case first: a look at `System` alone, without building any value.
+    if let Some(route) = route
+        && let Some(b) = super::route::system_bucket(json)
+        && b.has_record_id
+        && !route.accepts(&b.channel, &b.event_id)
+    {
+        return Streamed::Skipped;
+    }
     let names_before = table.len();
     let mut sink = Sink { table, fields: Vec::with_capacity(32), route, stop: None };
     let mut de = serde_json::Deserializer::from_slice(json);
@@ -115,7 +123,8 @@ impl Sink<'_, '_> {
 }
 
 /// An object key, borrowed from the input when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
+#[derive(PartialEq, Eq)]
+pub(super) struct Key<'de>(pub(super) Cow<'de, str>);
 
 impl<'de> de::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
