@@ -110,7 +110,7 @@ pub fn load_event_file_if(source: &SourceFile, filter: Option<&ChannelFilter>) -
         return None;
     }
     Some(match format {
-        EventFormat::Evtx => crate::evtx::load_evtx_bytes_routed(&source.name, bytes, filter.and_then(ChannelFilter::buckets)),
+        EventFormat::Evtx => crate::evtx::load_evtx_bytes_routed(&source.name, &bytes, filter.and_then(ChannelFilter::buckets)),
         EventFormat::Json => crate::json_events::load_json_bytes(&source.name, &bytes),
     })
 }

@@ -39,18 +39,18 @@ use chunk::{CHUNK_SIZE, ChunkSlot, FILE_HEADER_SIZE};
 
 /// Parses an EVTX file held in memory. `name` is the name events and warnings report.
 pub fn load_evtx_bytes(name: &str, bytes: Vec<u8>) -> LoadedFile {
-    load(name, bytes, false, None)
+    load(name, &bytes, false, None)
 }
 
 /// [`load_evtx_bytes`], keeping only the records whose (Channel, EventID) bucket `route`
 /// accepts (all without a route); the others are counted in [`LoadedFile::skipped`].
-pub fn load_evtx_bytes_routed(name: &str, bytes: Vec<u8>, route: Option<&Buckets>) -> LoadedFile {
+pub fn load_evtx_bytes_routed(name: &str, bytes: &[u8], route: Option<&Buckets>) -> LoadedFile {
     load(name, bytes, false, route)
 }
 
 /// [`load_evtx_bytes_routed`], optionally reading even an intact file chunk by chunk (the tests
 /// check that both paths give the same events).
-fn load(name: &str, bytes: Vec<u8>, always_by_chunk: bool, route: Option<&Buckets>) -> LoadedFile {
+fn load(name: &str, bytes: &[u8], always_by_chunk: bool, route: Option<&Buckets>) -> LoadedFile {
     let mut loaded = LoadedFile::new(name);
     if bytes.is_empty() {
         loaded.warn("empty file (no EVTX header); skipped".into());
@@ -127,9 +127,9 @@ pub fn is_intact(bytes: &[u8]) -> bool {
         && (0..).map_while(|n| ChunkSlot::read(bytes, n)).filter(|s| !(s.is_blank() && s.number >= announced)).all(|s| s.is_intact())
 }
 
-fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool, route: Option<&Buckets>) {
-    let header = EvtxFileHeader::from_bytes(&bytes).ok();
-    let slots: Vec<ChunkSlot> = (0..).map_while(|n| ChunkSlot::read(&bytes, n)).collect();
+fn read_file(loaded: &mut LoadedFile, bytes: &[u8], always_by_chunk: bool, route: Option<&Buckets>) {
+    let header = EvtxFileHeader::from_bytes(bytes).ok();
+    let slots: Vec<ChunkSlot> = (0..).map_while(|n| ChunkSlot::read(bytes, n)).collect();
     if header.is_none() && slots.iter().all(|s| s.header_checksum.is_none()) {
         loaded.warn("not a readable EVTX file (no EVTX file or chunk signature); skipped".into());
         return;
@@ -161,7 +161,7 @@ fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool, rou
     let all_intact = slots.iter().filter(counted).all(ChunkSlot::is_intact) && (complete as u64) >= announced;
     let mut outcomes = Vec::new();
     if all_intact && header.is_some() && !always_by_chunk {
-        read_intact_file(&mut records, &bytes);
+        read_intact_file(&mut records, bytes);
     } else {
         outcomes = read_chunk_by_chunk(&mut records, &slots, announced, trusted_header.map(|h| h.next_record_id));
     }

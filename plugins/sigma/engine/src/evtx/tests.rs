@@ -109,8 +109,8 @@ fn has_warning(loaded: &LoadedFile, text: &str) -> bool {
 #[test]
 fn intact_files_read_the_same_whole_or_chunk_by_chunk() {
     for file in [THREE_CHUNKS, SEVEN_RECORDS, "hayabusa-sample-evtx/DeepBlueCLI/smb-password-guessing-security.evtx"] {
-        let whole = load("f.evtx", sample(file), false, None);
-        let by_chunk = load("f.evtx", sample(file), true, None);
+        let whole = load("f.evtx", &sample(file), false, None);
+        let by_chunk = load("f.evtx", &sample(file), true, None);
         assert_eq!(contents(&whole), contents(&by_chunk), "{file}");
         assert!(whole.integrity.is_clean() && by_chunk.integrity.is_clean(), "{:?}", by_chunk.integrity);
         assert!(whole.warnings.is_empty() && by_chunk.warnings.is_empty(), "{:?}", by_chunk.warnings);
@@ -250,7 +250,7 @@ fn a_routed_file_keeps_exactly_the_events_of_the_buckets_it_reads() {
     let mut route = Buckets::default();
     route.add(&channel, Some(&[event_id]));
     route.add("system", None);
-    let routed = load_evtx_bytes_routed("f.evtx", sample(file), Some(&route));
+    let routed = load_evtx_bytes_routed("f.evtx", &sample(file), Some(&route));
     let wanted: Vec<_> =
         contents(&all).into_iter().zip(&all.events).filter(|(_, e)| route.accepts(&bucket(e).0, &bucket(e).1)).map(|(c, _)| c).collect();
     assert!(!wanted.is_empty() && wanted.len() < all.events.len(), "{} of {}", wanted.len(), all.events.len());
