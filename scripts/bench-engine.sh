@@ -61,6 +61,7 @@ time_run() {
 }
 : > "$work/times"
 n_events=$(wc -l < "$events")
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 for i in $(seq "$runs"); do
   time_run ours-all-evtx $ours hunt --json --rules "${rules_dirs[@]}" --events "$data/evtx"
   time_run rsigma-all $rsigma engine eval -r "$all_rules" -e "@$events"
@@ -92,4 +93,5 @@ for ours in ("ours-one-evtx", "ours-one-cache"):
 EOF
 echo
 echo "Command: scripts/bench-engine.sh --runs $runs"
-echo "Machine: $(nproc) cores, $(uname -m), $(date -u +%Y-%m-%d)"
+echo "Revision: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+echo "Machine: $(nproc) cores, $(uname -m), $(date -u '+%Y-%m-%d %H:%M UTC'); load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -133,6 +133,42 @@ fn evtx_files_of_channels_no_rule_reads_are_not_parsed_and_change_nothing() {
     std::fs::remove_dir_all(&work).ok();
 }
 
+/// In the files it reads, a hunt keeps only the records of the (Channel, EventID) buckets its
+/// rules read (Sysmon 1 and Security 4688 for process_creation, all of Security for a
+/// `service: security` rule), and reports what a hunt over every event (the cache path) reports.
+#[test]
+fn records_of_buckets_no_rule_reads_are_left_out_and_change_nothing() {
+    let data = sigmaforge_data::for_tests();
+    let sigma = data.join("sigma/rules/windows");
+    let rules = [
+        sigma.join("process_creation/proc_creation_win_whoami_execution_from_high_priv_process.yml"),
+        sigma.join("process_creation/proc_creation_win_powershell_base64_encoded_obfusc.yml"),
+        sigma.join("builtin/security/win_security_susp_lsass_dump_generic.yml"),
+    ];
+    let events = data.join("evtx");
+    let work = temp_dir("buckets");
+    let cache = work.join("corpus.cache");
+    let mut base = vec!["--json", "--rules"];
+    base.extend(rules.iter().map(|r| r.to_str().unwrap()));
+    base.extend(["--events", events.to_str().unwrap()]);
+    let (code, routed, err) = hunt(&base);
+    assert_eq!(code, 0, "{err}");
+    let summary = err.lines().find(|l| l.starts_with("events:")).unwrap_or_else(|| panic!("no summary in {err}"));
+    let left_out: usize = summary
+        .split("; ")
+        .find_map(|part| part.strip_suffix(" records of channels and EventIDs these rules do not read were left out"))
+        .unwrap_or_else(|| panic!("no records left out in: {summary}"))
+        .parse()
+        .unwrap();
+    assert!(left_out > 1000, "{summary}");
+    let (code, full, err) = hunt(&[&base[..], &["--cache", cache.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("were left out"), "the cache path reads every record: {err}");
+    assert!(json_lines(&full).len() > 10, "the rules fire on the corpus");
+    assert_eq!(routed, full);
+    std::fs::remove_dir_all(&work).ok();
+}
+
 #[test]
 fn missing_events_is_a_usage_error() {
     let (rule, _) = fixture();

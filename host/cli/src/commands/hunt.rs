@@ -17,11 +17,11 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
-use sigma_engine::CompileOptions;
 use sigma_engine::cache::{CacheStatus, CorpusLoader};
 use sigma_engine::check::check_file;
 use sigma_engine::corpus::{ChannelFilter, Corpus, LoadedFile, SourceFile, collect_event_files, load_event_file_if};
 use sigma_engine::hunt::{Hunter, Passes, RuleSet};
+use sigma_engine::{CompileOptions, RegexMemo};
 
 use super::hunt_report::{Format, Report, Selection, Summary};
 
@@ -73,7 +73,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let map = super::check::load_logsources(args.logsources.as_deref())?;
 
-    let rules = load_rules(&args.rules)?;
+    // One memo of user regexes for `check`'s validation compile and the per-variant compiles.
+    let regexes = RegexMemo::default();
+    let rules = load_rules(&args.rules, &regexes)?;
     for error in &rules.errors {
         eprintln!("{error}");
     }
@@ -90,17 +92,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("no event files found under {}", args.events.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     let loading = Instant::now();
-    // EVTX files of channels no rule reads are not parsed at all; the loader applies this only
-    // without a cache (a cache must hold every event, so it is written from all files).
-    let channels = map.channels_of(rules.rules.iter().map(|r| &r.rule.logsource));
-    let filter = channels.as_deref().and_then(ChannelFilter::new);
-    let (corpus, unread) = load_corpus(&sources, args.cache.as_deref(), filter.as_ref())?;
+    // EVTX files of channels no rule reads are not parsed at all, and in the files that are,
+    // records of (Channel, EventID) buckets no rule reads are dropped after their System part;
+    // the loader applies this only without a cache (a cache must hold every event, so it is
+    // written from all files).
+    let buckets = map.buckets_of(rules.rules.iter().map(|r| &r.rule.logsource));
+    let filter = buckets.and_then(ChannelFilter::for_buckets);
+    let (corpus, unread, skipped) = load_corpus(&sources, args.cache.as_deref(), filter.as_ref())?;
     let load_time = loading.elapsed();
     report_damaged_files(&corpus, args.json);
 
     // The reward's options: placeholders (`|expand` with `%name%`) have no configured values in a
     // hunt, so they match nothing and the few rules that use them still run their other selections.
-    let hunter = Hunter::new(&corpus, &map, CompileOptions::for_events());
+    let hunter = Hunter::new(&corpus, &map, CompileOptions { regexes: Some(regexes), ..CompileOptions::for_events() });
     let bar = progress(rules.rules.len() as u64, "rules");
     let prepared: Vec<_> = rules.rules.par_iter().map(|r| hunter.prepare(&r.rule)).collect();
     let matches: Vec<Vec<u32>> = if prepared.len() >= MIN_RULES_FOR_INDEX {
@@ -162,6 +166,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         corpus: &corpus,
         files: sources.len(),
         unread,
+        skipped,
         matches: total,
         load_time,
         total_time: started.elapsed(),
@@ -179,7 +184,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// Every rule file under `roots`, parsed in parallel, added in sorted path order.
-fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
+fn load_rules(roots: &[PathBuf], regexes: &RegexMemo) -> Result<RuleSet> {
     let mut files = Vec::new();
     for root in roots {
         let meta = std::fs::metadata(root).with_context(|| format!("reading rules from {}", root.display()))?;
@@ -190,7 +195,8 @@ fn load_rules(roots: &[PathBuf]) -> Result<RuleSet> {
         }
     }
     // `check`'s own reading and validation, so a rule `check` rejects stays out of the hunt.
-    let checked: Vec<_> = files.par_iter().map(|f| check_file(f, &CompileOptions::default())).collect();
+    let options = CompileOptions { regexes: Some(regexes.clone()), ..CompileOptions::default() };
+    let checked: Vec<_> = files.par_iter().map(|f| check_file(f, &options)).collect();
     Ok(RuleSet::from_checked(checked))
 }
 
@@ -209,8 +215,8 @@ fn report_damaged_files(corpus: &Corpus, json: bool) {
 
 /// Loads the corpus from the cache when it is fresh, else parses the files (in parallel) and,
 /// with a cache path, writes the cache for next time.
-/// Also says how many files `filter` left unread.
-fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&ChannelFilter>) -> Result<(Corpus, usize)> {
+/// Also says how many files `filter` left unread and how many records it left out.
+fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&ChannelFilter>) -> Result<(Corpus, usize, u64)> {
     let loader = CorpusLoader::new(sources).cache(cache).write_back(true).filter(filter).parser(&parse_in_parallel);
     let loaded = loader
         .load(&mut |status| {
@@ -225,7 +231,7 @@ fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&Cha
     if let (Some(e), Some(path)) = (&loaded.write_error, cache) {
         eprintln!("warning: could not write the cache {}: {e}", path.display());
     }
-    Ok((loaded.corpus, loaded.unread))
+    Ok((loaded.corpus, loaded.unread, loaded.skipped))
 }
 
 /// The loader's parser for the CLI: files in parallel, with a progress bar on a terminal.

@@ -304,6 +304,8 @@ pub struct Summary<'a> {
     pub files: usize,
     /// Files left unread because they hold no channel the rules read.
     pub unread: usize,
+    /// Records of the files read left out because no rule reads their (Channel, EventID).
+    pub skipped: u64,
     pub matches: usize,
     pub load_time: Duration,
     pub total_time: Duration,
@@ -326,6 +328,9 @@ impl std::fmt::Display for Summary<'_> {
         write!(f, "events:  {} from {} files (loaded in {:.2?})", self.corpus.len(), self.files - self.unread, self.load_time)?;
         if self.unread > 0 {
             write!(f, "; {} files hold no channel these rules read and were not parsed", self.unread)?;
+        }
+        if self.skipped > 0 {
+            write!(f, "; {} records of channels and EventIDs these rules do not read were left out", self.skipped)?;
         }
         let damaged = self.corpus.damaged_files();
         if !damaged.is_empty() {

@@ -12,9 +12,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::detection::compile::{CompileOptions, PlaceholderPolicy, compile_detection};
+use crate::detection::compile::{CompileOptions, PlaceholderPolicy, check_detection};
 use crate::diagnostic::{Diagnostic, Pos};
-use crate::event::FieldKey;
 use crate::logsource::LogsourceMap;
 use crate::rule::{Document, FilterRules, ParsedFile, Rule, parse_documents};
 use crate::yaml::MAX_INPUT_BYTES;
@@ -32,14 +31,14 @@ pub fn check_text(text: &str, origin: &str, options: &CompileOptions) -> Checked
     let mut broken = Vec::new();
     for (index, doc) in parsed.documents.iter().enumerate() {
         if let Document::Rule(rule) = doc
-            && let Err((pos, message)) = compile_detection(&rule.detection, options, &mut |_| FieldKey(0))
+            && let Err((pos, message)) = check_detection(&rule.detection, options)
         {
             // Unresolved placeholders are a deployment matter, not a broken rule: the rule is
             // valid Sigma and runs once its placeholder values are configured (until then they
             // match nothing, see `CompileOptions::for_events`). Anything else (a regex over the
             // size limit) is an error, and the rule is not valid.
             let lenient = CompileOptions { unknown_placeholder: PlaceholderPolicy::MatchNothing, ..options.clone() };
-            match compile_detection(&rule.detection, &lenient, &mut |_| FieldKey(0)) {
+            match check_detection(&rule.detection, &lenient) {
                 Ok(_) => extra.push(Diagnostic::warning("unresolved-placeholder", origin, Some(pos), message)),
                 Err((pos, message)) => {
                     extra.push(Diagnostic::error("compile", origin, Some(pos), message));

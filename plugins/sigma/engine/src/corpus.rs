@@ -8,7 +8,7 @@
 //! [`Corpus::write_cache`] / [`Corpus::read_cache`] save and restore the store; see `cache.rs`
 //! for the format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -110,20 +110,54 @@ pub fn load_event_file_if(source: &SourceFile, filter: Option<&ChannelFilter>) -
         return None;
     }
     Some(match format {
-        EventFormat::Evtx => crate::evtx::load_evtx_bytes(&source.name, bytes),
+        EventFormat::Evtx => crate::evtx::load_evtx_bytes_routed(&source.name, &bytes, filter.and_then(ChannelFilter::buckets)),
         EventFormat::Json => crate::json_events::load_json_bytes(&source.name, &bytes),
     })
 }
 
-/// Which EVTX files can be left unread because no rule can match their events: a file none of
-/// whose bytes spell one of the wanted channel names cannot hold a record of those channels.
+/// The (Channel, EventID) index buckets a set of rules can read (see
+/// [`crate::logsource::LogsourceMap::buckets_of`]): per channel (lowercase), the EventIDs its
+/// logsource variants name, or every EventID.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Buckets {
+    by_channel: BTreeMap<String, Option<BTreeSet<String>>>,
+}
+
+impl Buckets {
+    /// Adds `channel` (lowercase) with these EventIDs (trimmed text), or with every EventID.
+    pub fn add(&mut self, channel: &str, event_ids: Option<&[String]>) {
+        let entry = self.by_channel.entry(channel.to_string()).or_insert_with(|| Some(BTreeSet::new()));
+        match (entry.as_mut(), event_ids) {
+            (Some(set), Some(ids)) => set.extend(ids.iter().cloned()),
+            _ => *entry = None,
+        }
+    }
+
+    /// The channels, sorted.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        self.by_channel.keys().map(String::as_str)
+    }
+
+    /// Whether an event of index bucket (`channel` lowercased, `event_id` trimmed) is read.
+    pub fn accepts(&self, channel: &str, event_id: &str) -> bool {
+        self.by_channel.get(channel).is_some_and(|ids| ids.as_ref().is_none_or(|ids| ids.contains(event_id)))
+    }
+}
+
+/// Which EVTX files and records can be left unparsed because no rule can match their events.
 ///
-/// Why the test is exact: an EVTX chunk is self-contained (its records' templates and strings
-/// live in the chunk), and a record's Channel is stored as UTF-16LE text there (ANSI strings are
-/// searched too, in case a writer used them). Names are compared without ASCII case, as the
-/// logsource index compares channels lowercased.
+/// Files: a file none of whose bytes spell one of the wanted channel names cannot hold a record
+/// of those channels. Why the test is exact: an EVTX chunk is self-contained (its records'
+/// templates and strings live in the chunk), and a record's Channel is stored as UTF-16LE text
+/// there (ANSI strings are searched too, in case a writer used them). Names are compared without
+/// ASCII case, as the logsource index compares channels lowercased.
+///
+/// Records (with [`ChannelFilter::for_buckets`]): a record of a file that is read is flattened
+/// only as far as its `System` part when its (Channel, EventID) bucket is not one the rules read
+/// (see [`crate::json_events::stream`]).
 pub struct ChannelFilter {
     names: aho_corasick::AhoCorasick,
+    buckets: Option<Buckets>,
 }
 
 impl ChannelFilter {
@@ -136,7 +170,21 @@ impl ChannelFilter {
         let mut needles: Vec<Vec<u8>> = channels.iter().map(|c| c.encode_utf16().flat_map(u16::to_le_bytes).collect()).collect();
         needles.extend(channels.iter().map(|c| c.as_bytes().to_vec()));
         let names = aho_corasick::AhoCorasick::builder().ascii_case_insensitive(true).build(&needles).ok()?;
-        Some(ChannelFilter { names })
+        Some(ChannelFilter { names, buckets: None })
+    }
+
+    /// A filter for the files of these buckets' channels that also skips, in the files it
+    /// reads, the EVTX records of other buckets.
+    pub fn for_buckets(buckets: Buckets) -> Option<ChannelFilter> {
+        let channels: Vec<String> = buckets.channels().map(str::to_string).collect();
+        let mut filter = ChannelFilter::new(&channels)?;
+        filter.buckets = Some(buckets);
+        Some(filter)
+    }
+
+    /// The buckets records are routed by, when the filter routes records.
+    pub fn buckets(&self) -> Option<&Buckets> {
+        self.buckets.as_ref()
     }
 
     /// Whether a file of `format` with these bytes must be read: it may hold events of a wanted

@@ -46,6 +46,14 @@ impl FieldTable {
         self.names.len()
     }
 
+    /// Forgets the names interned after the first `len` (a loader that gave up on a record
+    /// puts the table back as it was before it).
+    pub fn truncate(&mut self, len: usize) {
+        for name in self.names.drain(len.min(self.names.len())..) {
+            self.index.remove(&name);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -101,8 +109,13 @@ impl Value {
     }
 
     fn with_kind(kind: ValueKind, text: &str) -> Self {
-        let lowered = text.to_lowercase();
-        let lower = if lowered == text { None } else { Some(lowered.into_boxed_str()) };
+        // ASCII text (nearly every value) is checked in place: no lowercase copy to throw away.
+        let lower = if text.is_ascii() {
+            text.bytes().any(|b| b.is_ascii_uppercase()).then(|| text.to_ascii_lowercase().into_boxed_str())
+        } else {
+            let lowered = text.to_lowercase();
+            (lowered != text).then(|| lowered.into_boxed_str())
+        };
         Value { kind, text: text.into(), lower }
     }
 
@@ -215,6 +228,15 @@ mod tests {
         assert_eq!(e.values(a).next().unwrap().text(), "5");
         assert!(!e.has(t.intern("C")));
         assert_eq!(e.values(b).nth(1).unwrap().lower(), "y");
+    }
+
+    #[test]
+    fn lowercase_copies_only_when_they_differ() {
+        for (text, lower) in [("abc 1", None), ("AbC", Some("abc")), ("ÄÖ x", Some("äö x")), ("äö", None), ("İ", Some("i\u{307}"))] {
+            let v = Value::string(text);
+            assert_eq!(v.distinct_lower(), lower, "{text}");
+            assert_eq!(v.lower(), text.to_lowercase(), "{text}");
+        }
     }
 
     #[test]

@@ -15,6 +15,9 @@
 
 use serde_json::Value as Json;
 
+pub(crate) mod route;
+pub(crate) mod stream;
+
 use crate::corpus::LoadedFile;
 use crate::event::{Event, FieldKey, FieldTable, FileId, Value};
 

@@ -37,8 +37,11 @@
 //!   `?` wildcards and `re` (with size limits, so hostile patterns fail fast).
 //! - Library choices (event side): **EVTX: `evtx` 0.15** (what Chainsaw and Hayabusa use;
 //!   default features off so it builds for wasm32-wasip2, where it parses serially). Records
-//!   are rendered to JSON bytes by the crate and flattened by our own code, so EVTX and JSON
-//!   inputs share one path. **Cache: a hand-written binary format** (see [`cache`] for why not
+//!   are rendered to JSON bytes by the crate and flattened by our own code while they are read
+//!   (serde visitors, no `serde_json::Value` tree; [`json_events`] keeps the tree path as the
+//!   reference and fallback), so EVTX and JSON inputs share one set of naming rules. A hunt
+//!   reads each record's (Channel, EventID) from its `System` part first and drops records no
+//!   rule's logsource reads ([`corpus::ChannelFilter`]). **Cache: a hand-written binary format** (see [`cache`] for why not
 //!   bincode/postcard). No thread pool in the library: the CLI parallelises with rayon around it.
 //! - Base64, UTF-16, UUID, CIDR and date handling are a few lines each and written here rather
 //!   than pulled in as dependencies.
@@ -52,7 +55,7 @@ pub mod diagnostic;
 pub mod rule;
 pub mod yaml;
 
-pub use detection::compile::{CompileOptions, CompiledRule, PlaceholderPolicy, compile};
+pub use detection::compile::{CompileOptions, CompiledRule, PlaceholderPolicy, RegexMemo, compile};
 pub use diagnostic::{Diagnostic, Pos, Severity};
 pub use rule::{
     CmpOp, Correlation, CorrelationCondition, CorrelationType, Document, FieldAlias, Filter, FilterRules, Level, Logsource, ParsedFile, Related,

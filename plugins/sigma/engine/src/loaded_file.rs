@@ -126,6 +126,9 @@ pub struct LoadedFile {
     pub events: Vec<Event>,
     pub warnings: Vec<LoadWarning>,
     pub integrity: FileIntegrity,
+    /// Records left out because no rule of a filtered hunt reads their (Channel, EventID)
+    /// bucket (see [`crate::corpus::ChannelFilter::for_buckets`]); 0 when loading everything.
+    pub skipped: u64,
     /// Hashes of the events kept so far (record id and every field), to drop exact copies.
     seen: HashSet<u64>,
     /// Indices into `events` of the events that still need an id.
@@ -140,6 +143,7 @@ impl LoadedFile {
             events: Vec::new(),
             warnings: Vec::new(),
             integrity: FileIntegrity { file: name.to_string(), ..FileIntegrity::default() },
+            skipped: 0,
             seen: HashSet::new(),
             unnamed: Vec::new(),
         }

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::corpus::Corpus;
+use crate::corpus::{Buckets, Corpus};
 use crate::detection::{Item, Modifier, RawKind, SearchBody};
 use crate::event::FieldKey;
 use crate::rule::Rule;
@@ -112,12 +112,13 @@ impl LogsourceMap {
         self.lookup_index(product, category, service).map(|i| &self.entries[i])
     }
 
-    /// The channels (lowercase) that rules with these logsources can read, or `None` when one of
-    /// them can read any channel (a variant without a Channel condition). A logsource without
-    /// an entry reads nothing (its rule cannot run) and adds no channel.
-    pub fn channels_of<'r>(&self, logsources: impl IntoIterator<Item = &'r crate::rule::Logsource>) -> Option<Vec<String>> {
+    /// The (Channel, EventID) index buckets that rules with these logsources can read: each
+    /// variant's channels, with its EventIDs when it names some. `None` when one of them can
+    /// read any channel. Other conditions of a variant (a provider name) are not part of a
+    /// bucket, so the buckets may hold events no variant selects, never the reverse.
+    pub fn buckets_of<'r>(&self, logsources: impl IntoIterator<Item = &'r crate::rule::Logsource>) -> Option<Buckets> {
         let mut seen = vec![false; self.entries.len()];
-        let mut out: Vec<String> = Vec::new();
+        let mut out = Buckets::default();
         for ls in logsources {
             let Some(i) = self.lookup_index(ls.product.as_deref(), ls.category.as_deref(), ls.service.as_deref()) else { continue };
             if std::mem::replace(&mut seen[i], true) {
@@ -125,11 +126,12 @@ impl LogsourceMap {
             }
             for variant in &self.entries[i].variants {
                 let channel = variant.conditions.iter().find(|c| c.field == "Channel")?;
-                out.extend(channel.values.iter().cloned());
+                let event_ids = variant.conditions.iter().find(|c| c.field == "EventID").map(|c| c.values.as_slice());
+                for name in &channel.values {
+                    out.add(name, event_ids);
+                }
             }
         }
-        out.sort();
-        out.dedup();
         Some(out)
     }
 
@@ -448,6 +450,27 @@ mod tests {
         assert!(map.lookup(Some("Windows"), None, Some("Security")).is_some(), "lookup ignores case");
         assert!(map.lookup(Some("linux"), Some("process_creation"), None).is_none());
         assert!(map.lookup(Some("windows"), Some("process_creation"), Some("sysmon")).is_none());
+    }
+
+    #[test]
+    fn buckets_of_a_rule_set_are_its_variants_channels_and_event_ids() {
+        let map = LogsourceMap::builtin().unwrap();
+        let ls = |category: Option<&str>, service: Option<&str>| crate::rule::Logsource {
+            product: Some("windows".into()),
+            category: category.map(str::to_string),
+            service: service.map(str::to_string),
+            ..Default::default()
+        };
+        let pc = map.buckets_of(&[ls(Some("process_creation"), None)]).unwrap();
+        assert_eq!(pc.channels().collect::<Vec<_>>(), ["microsoft-windows-sysmon/operational", "security"]);
+        assert!(pc.accepts("microsoft-windows-sysmon/operational", "1") && pc.accepts("security", "4688"));
+        assert!(!pc.accepts("security", "4624") && !pc.accepts("microsoft-windows-sysmon/operational", "3") && !pc.accepts("system", "1"));
+        // A whole channel (service: security) takes every EventID of it, whatever else is there.
+        let both = map.buckets_of(&[ls(Some("process_creation"), None), ls(None, Some("security"))]).unwrap();
+        assert!(both.accepts("security", "4624") && both.accepts("security", "4688") && !both.accepts("microsoft-windows-sysmon/operational", "3"));
+        // An unmapped logsource adds nothing.
+        let none = map.buckets_of(&[ls(Some("no_such_category"), None)]).unwrap();
+        assert_eq!(none.channels().count(), 0);
     }
 
     #[test]

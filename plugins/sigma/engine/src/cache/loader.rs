@@ -65,6 +65,8 @@ pub struct LoadedCorpus {
     pub warnings: Vec<LoadWarning>,
     /// Files the channel filter left unparsed.
     pub unread: usize,
+    /// Records of the files read that the filter's buckets left out.
+    pub skipped: u64,
     pub cache: CacheStatus,
     /// Why the cache could not be written back (with [`CorpusLoader::write_back`]); the corpus
     /// is loaded all the same.
@@ -128,7 +130,9 @@ impl<'a> CorpusLoader<'a> {
         };
         let stamps = self.stamps()?;
         let status = match Corpus::read_cache(path, Some(&stamps)) {
-            Ok(corpus) => return Ok(LoadedCorpus { corpus, warnings: Vec::new(), unread: 0, cache: CacheStatus::Used, write_error: None }),
+            Ok(corpus) => {
+                return Ok(LoadedCorpus { corpus, warnings: Vec::new(), unread: 0, skipped: 0, cache: CacheStatus::Used, write_error: None });
+            }
             Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => CacheStatus::Missing,
             Err(e) => CacheStatus::Rejected(e),
         };
@@ -160,12 +164,13 @@ impl<'a> CorpusLoader<'a> {
     fn parse(&self, filter: Option<&ChannelFilter>, cache: CacheStatus) -> LoadedCorpus {
         let parsed = (self.parse)(self.sources, filter);
         let unread = parsed.iter().filter(|l| l.is_none()).count();
+        let skipped = parsed.iter().flatten().map(|l| l.skipped).sum();
         let mut builder = Corpus::builder();
         for file in parsed.into_iter().flatten() {
             builder.add(file);
         }
         let (corpus, warnings) = builder.finish();
-        LoadedCorpus { corpus, warnings, unread, cache, write_error: None }
+        LoadedCorpus { corpus, warnings, unread, skipped, cache, write_error: None }
     }
 }
 

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use regex::Regex;
 
 use super::condition::Condition;
+pub use super::matcher::RegexMemo;
 use super::matcher::{AnyOf, RegexError, StrMatcher, build_regex, check_regex_syntax, compile_pattern};
 use super::modifier::Modifier;
 use super::pattern::{EncodeError, Pattern, Tok, Utf16};
@@ -28,6 +29,8 @@ pub struct CompileOptions {
     pub placeholders: HashMap<String, Vec<String>>,
     /// What to do with a placeholder that has no configured values.
     pub unknown_placeholder: PlaceholderPolicy,
+    /// Shares user regexes between compiles given the same memo (see [`RegexMemo`]).
+    pub regexes: Option<RegexMemo>,
 }
 
 impl CompileOptions {
@@ -179,11 +182,14 @@ pub enum ValueError {
 /// What is left of a rule's [`MAX_PATTERN_CHARS`] while its items are built.
 pub(crate) struct PatternBudget {
     left: usize,
+    /// Whether string values get their matchers ([`check_detection`] only needs the errors, and
+    /// building a matcher cannot fail).
+    matchers: bool,
 }
 
 impl PatternBudget {
     pub(crate) fn new() -> Self {
-        PatternBudget { left: MAX_PATTERN_CHARS }
+        PatternBudget { left: MAX_PATTERN_CHARS, matchers: true }
     }
 
     fn charge(&mut self, patterns: &[Pattern]) -> Result<(), ValueError> {
@@ -198,7 +204,23 @@ pub(crate) fn compile_detection(
     options: &CompileOptions,
     resolve: &mut dyn FnMut(&str) -> FieldKey,
 ) -> Result<CompiledRule, (Pos, String)> {
-    let mut budget = PatternBudget::new();
+    compile_with(detection, options, resolve, PatternBudget::new())
+}
+
+/// Whether `detection` compiles with `options`: every error [`compile_detection`] gives, without
+/// building the string matchers (`check`'s compile check; the hunt compiles the rule again,
+/// once per logsource variant). User regexes are still built, since only building one tells
+/// whether it is over the size limit.
+pub(crate) fn check_detection(detection: &Detection, options: &CompileOptions) -> Result<(), (Pos, String)> {
+    compile_with(detection, options, &mut |_| FieldKey(0), PatternBudget { matchers: false, ..PatternBudget::new() }).map(|_| ())
+}
+
+fn compile_with(
+    detection: &Detection,
+    options: &CompileOptions,
+    resolve: &mut dyn FnMut(&str) -> FieldKey,
+    mut budget: PatternBudget,
+) -> Result<CompiledRule, (Pos, String)> {
     let mut cache: HashMap<String, FieldKey> = HashMap::new();
     let mut fields = Vec::new();
     let mut resolve_once = |name: &str| -> FieldKey {
@@ -568,7 +590,11 @@ pub(crate) fn build_item(
                 check_regex_syntax(&v.text).map_err(|e| err(v.pos, e.to_string()))?;
                 continue;
             }
-            let r = build_regex(&v.text, has(Modifier::IgnoreCase), has(Modifier::Multiline), has(Modifier::DotAll));
+            let (ignore_case, multi_line, dot_all) = (has(Modifier::IgnoreCase), has(Modifier::Multiline), has(Modifier::DotAll));
+            let r = match options.and_then(|o| o.regexes.as_ref()) {
+                Some(memo) => memo.build(&v.text, ignore_case, multi_line, dot_all),
+                None => build_regex(&v.text, ignore_case, multi_line, dot_all),
+            };
             regexes.push(r.map_err(|e| err(v.pos, e.to_string()))?);
         }
         Test::Regex { regexes, all }
@@ -608,7 +634,7 @@ pub(crate) fn build_item(
             budget.charge(&patterns).map_err(|e| err(v.pos, e.to_string()))?;
             // The validation pass (no options) only needs the transformation's errors; building
             // matchers cannot fail, so it is skipped there.
-            if options.is_some() {
+            if options.is_some() && budget.matchers {
                 per_value.push(patterns.iter().flat_map(|p| compile_pattern(p, cased)).collect::<Vec<StrMatcher>>());
             }
         }

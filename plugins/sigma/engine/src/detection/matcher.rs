@@ -7,7 +7,8 @@
 //! values with `?` or many windash positions. These primitives stay within ~2x of native speed
 //! in Wasm with simd128, unlike `str::contains` (see the crate docs).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use memchr::memmem::Finder;
@@ -46,6 +47,34 @@ pub fn build_regex(pattern: &str, ignore_case: bool, multi_line: bool, dot_all: 
         })
 }
 
+/// User regexes (`re`) built once and shared by every compile that is given the same memo in its
+/// [`super::compile::CompileOptions`]: the CLI compiles each rule several times (`check`'s
+/// validation, then once per logsource variant), and compiling a Unicode-heavy regex costs far
+/// more than cloning it. Failed builds are not kept (they fail again, with the same error). The
+/// memo lives as long as the options that hold it; the reward, which compiles rules for its
+/// whole life, does not use one.
+#[derive(Clone, Debug, Default)]
+pub struct RegexMemo(Arc<Mutex<HashMap<RegexKey, Regex>>>);
+
+/// A user regex's pattern and its (ignore case, multi-line, dot matches newline) flags.
+type RegexKey = (String, [bool; 3]);
+
+impl RegexMemo {
+    /// [`build_regex`], or a clone of the regex an earlier call built from the same pattern and
+    /// flags.
+    pub fn build(&self, pattern: &str, ignore_case: bool, multi_line: bool, dot_all: bool) -> Result<Regex, RegexError> {
+        let key = (pattern.to_string(), [ignore_case, multi_line, dot_all]);
+        if let Some(regex) = self.0.lock().ok().and_then(|memo| memo.get(&key).cloned()) {
+            return Ok(regex);
+        }
+        let regex = build_regex(pattern, ignore_case, multi_line, dot_all)?;
+        if let Ok(mut memo) = self.0.lock() {
+            memo.insert(key, regex.clone());
+        }
+        Ok(regex)
+    }
+}
+
 /// Checks a user regex's syntax without compiling it (the parse-time validation; compiling is
 /// what `compile` does, and it also enforces the size limit).
 pub fn check_regex_syntax(pattern: &str) -> Result<(), RegexError> {
@@ -73,7 +102,30 @@ pub enum StrMatcher {
     Contains(Box<Finder<'static>>),
     /// `prefix*mid1*mid2*suffix` (boxed: rare, and it would double the size of every matcher).
     Glob(Box<Glob>),
-    Regex(Regex),
+    /// An anchored regex for `?` and many windash positions, built on first use (boxed: rare).
+    Regex(Box<LazyRegex>),
+}
+
+/// A regex compiled the first time a value is tested against it: a hunt over thousands of rules
+/// tests most of them on no event at all (the literal index rules their events out), so most
+/// never pay for compiling. Building cannot fail here (see `regex_of`).
+#[derive(Clone, Debug)]
+pub struct LazyRegex {
+    source: String,
+    built: OnceLock<Regex>,
+}
+
+impl LazyRegex {
+    fn get(&self) -> &Regex {
+        // Only literals and fixed classes: this cannot fail unless the value is absurdly long, in
+        // which case the limit error surfaces as a never-matching value rather than a panic.
+        self.built.get_or_init(|| {
+            regex::RegexBuilder::new(&self.source)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .unwrap_or_else(|_| Regex::new("[^\\s\\S]").expect("static regex"))
+        })
+    }
 }
 
 impl StrMatcher {
@@ -100,7 +152,7 @@ impl StrMatcher {
                 }
                 true
             }
-            StrMatcher::Regex(r) => r.is_match(text),
+            StrMatcher::Regex(r) => r.get().is_match(text),
         }
     }
 }
@@ -227,12 +279,7 @@ fn regex_of(toks: &[Tok]) -> StrMatcher {
         }
     }
     re.push('$');
-    // Only literals and fixed classes: this cannot fail unless the value is absurdly long, in
-    // which case the limit error surfaces as a never-matching value rather than a panic.
-    match regex::RegexBuilder::new(&re).size_limit(REGEX_SIZE_LIMIT).build() {
-        Ok(r) => StrMatcher::Regex(r),
-        Err(_) => StrMatcher::Regex(Regex::new("[^\\s\\S]").expect("static regex")),
-    }
+    StrMatcher::Regex(Box::new(LazyRegex { source: re, built: OnceLock::new() }))
 }
 
 /// The needles of an any-of `contains` list without those that contain a shorter one as a
@@ -270,12 +317,21 @@ fn without_redundant_needles(needles: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 /// automaton when there are enough of them to pay for it.
 #[derive(Clone, Debug)]
 pub struct AnyOf {
-    contains: Option<AhoCorasick>,
-    /// The automaton's needles (the automaton does not give them back).
+    /// The `contains` needles merged into one automaton (empty below [`AHO_CORASICK_MIN`]).
     needles: Vec<Box<str>>,
+    /// Their automaton, built on first use (see [`LazyRegex`] for why).
+    contains: OnceLock<Contains>,
     /// Long lists of exact values (hashes, user names, …) as one hash lookup.
     exact: Option<HashSet<Box<str>>>,
     others: Vec<StrMatcher>,
+}
+
+/// The search behind an [`AnyOf`]'s needles.
+#[derive(Clone, Debug)]
+enum Contains {
+    Automaton(AhoCorasick),
+    /// When the automaton cannot be built (it never could for real rules): one finder each.
+    Finders(Vec<Finder<'static>>),
 }
 
 /// From this many `contains` literals on, one automaton beats a loop of memmem finders.
@@ -301,7 +357,7 @@ impl AnyOf {
         };
         let n_contains = matchers.iter().filter(|m| matches!(m, StrMatcher::Contains(_))).count();
         if n_contains < AHO_CORASICK_MIN {
-            return AnyOf { contains: None, needles: Vec::new(), exact, others: matchers };
+            return AnyOf { needles: Vec::new(), contains: OnceLock::new(), exact, others: matchers };
         }
         let mut needles: Vec<Vec<u8>> = Vec::new();
         let mut others = Vec::new();
@@ -311,26 +367,27 @@ impl AnyOf {
                 other => others.push(other),
             }
         }
-        let needles = without_redundant_needles(needles);
-        // A contiguous NFA builds several times faster than the DFA the builder would pick for
-        // short lists and searches nearly as fast; build time matters when loading 3,000 rules.
-        match AhoCorasick::builder().kind(Some(AhoCorasickKind::ContiguousNFA)).build(&needles) {
-            Ok(ac) => {
-                // Needles come from `&str` patterns, so they are UTF-8.
-                let needles = needles.into_iter().map(|n| String::from_utf8_lossy(&n).into()).collect();
-                AnyOf { contains: Some(ac), needles, exact, others }
+        // Needles come from `&str` patterns, so they are UTF-8.
+        let needles = without_redundant_needles(needles).into_iter().map(|n| String::from_utf8_lossy(&n).into()).collect();
+        AnyOf { needles, contains: OnceLock::new(), exact, others }
+    }
+
+    /// The needles' search, built on first use.
+    fn contains(&self) -> &Contains {
+        self.contains.get_or_init(|| {
+            // A contiguous NFA builds several times faster than the DFA the builder would pick
+            // for short lists and searches nearly as fast.
+            match AhoCorasick::builder().kind(Some(AhoCorasickKind::ContiguousNFA)).build(self.needles.iter().map(|n| n.as_bytes())) {
+                Ok(ac) => Contains::Automaton(ac),
+                Err(_) => Contains::Finders(self.needles.iter().map(|n| Finder::new(n.as_bytes()).into_owned()).collect()),
             }
-            Err(_) => {
-                others.extend(needles.iter().map(|n| StrMatcher::Contains(Box::new(Finder::new(n).into_owned()))));
-                AnyOf { contains: None, needles: Vec::new(), exact, others }
-            }
-        }
+        })
     }
 
     /// The values this set accepts when it only accepts exact values (no wildcards, no
     /// contains), for index lookups; `None` otherwise.
     pub fn exact_values(&self) -> Option<Vec<&str>> {
-        if self.contains.is_some() {
+        if !self.needles.is_empty() {
             return None;
         }
         let mut out: Vec<&str> = self.exact.iter().flatten().map(|s| &**s).collect();
@@ -367,10 +424,14 @@ impl AnyOf {
         {
             return true;
         }
-        if let Some(ac) = &self.contains
-            && ac.is_match(text.as_bytes())
-        {
-            return true;
+        if !self.needles.is_empty() {
+            let found = match self.contains() {
+                Contains::Automaton(ac) => ac.is_match(text.as_bytes()),
+                Contains::Finders(finders) => finders.iter().any(|f| f.find(text.as_bytes()).is_some()),
+            };
+            if found {
+                return true;
+            }
         }
         self.others.iter().any(|m| m.is_match(text))
     }
@@ -434,8 +495,10 @@ mod tests {
         let pats = ["*alpha*", "*beta*", "*gamma*", "*delta*", "exact", "pre*"];
         let ms: Vec<_> = pats.iter().flat_map(|p| compile_pattern(&Pattern::parse(p), false)).collect();
         let any = AnyOf::new(ms);
-        assert!(any.contains.is_some());
+        assert_eq!(any.needles.len(), 4);
+        assert!(any.contains.get().is_none(), "the automaton is built on first use");
         assert!(any.is_match("xxgammaxx"));
+        assert!(matches!(any.contains.get(), Some(Contains::Automaton(_))));
         assert!(any.is_match("exact"));
         assert!(any.is_match("prefix"));
         assert!(!any.is_match("exactly"));
@@ -461,6 +524,19 @@ mod tests {
         assert!(any.is_match("user7"));
         assert!(any.is_match("x.exe"));
         assert!(!any.is_match("user77"));
+    }
+
+    #[test]
+    fn a_regex_memo_builds_each_pattern_once_and_keeps_no_failure() {
+        let memo = RegexMemo::default();
+        let a = memo.build("ab+c", true, false, false).unwrap();
+        assert!(a.is_match("xABBCx"));
+        assert!(memo.build("ab+c", true, false, false).unwrap().is_match("abc"));
+        assert!(!memo.build("ab+c", false, false, false).unwrap().is_match("ABC"), "other flags, other regex");
+        assert_eq!(memo.0.lock().unwrap().len(), 2);
+        assert_eq!(memo.build("a{1000}{1000}", false, false, false).unwrap_err(), RegexError::TooLarge);
+        assert_eq!(memo.build("(unclosed", false, false, false).unwrap_err(), build_regex("(unclosed", false, false, false).unwrap_err());
+        assert_eq!(memo.0.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! ends with a copy of its size, which is what tells a complete record from a cut or overwritten
 //! one.
 
+use std::borrow::Cow;
 use std::ops::RangeInclusive;
 
 use crate::loaded_file::Checksum;
@@ -31,25 +32,36 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
 }
 
 /// One 64 KiB chunk slot of a file, checked but not yet parsed.
-pub struct ChunkSlot {
+pub struct ChunkSlot<'f> {
     pub number: u64,
-    /// The slot's bytes, zero-padded to 64 KiB when the file ends inside it.
-    pub data: Vec<u8>,
+    /// The slot's bytes (borrowed from the file), zero-padded to 64 KiB when the file ends
+    /// inside it.
+    pub data: Cow<'f, [u8]>,
     /// How many of those bytes the file really holds.
     pub present: usize,
+    /// Whether every byte the file holds of it is zero (preallocated space, or a wiped chunk).
+    blank: bool,
     /// `None` when the slot does not start with a chunk signature.
     pub header_checksum: Option<Checksum>,
     pub records_checksum: Option<Checksum>,
 }
 
-impl ChunkSlot {
+impl<'f> ChunkSlot<'f> {
     /// The slot `number` of `file`, or `None` past the file's end.
-    pub fn read(file: &[u8], number: u64) -> Option<ChunkSlot> {
+    pub fn read(file: &'f [u8], number: u64) -> Option<ChunkSlot<'f>> {
         let start = FILE_HEADER_SIZE + number as usize * CHUNK_SIZE;
         let bytes = file.get(start..(start + CHUNK_SIZE).min(file.len())).filter(|b| !b.is_empty())?;
-        let mut data = bytes.to_vec();
-        data.resize(CHUNK_SIZE, 0);
-        let mut slot = ChunkSlot { number, data, present: bytes.len(), header_checksum: None, records_checksum: None };
+        let data = if bytes.len() == CHUNK_SIZE {
+            Cow::Borrowed(bytes)
+        } else {
+            let mut data = bytes.to_vec();
+            data.resize(CHUNK_SIZE, 0);
+            Cow::Owned(data)
+        };
+        // Word-wise OR over 64-byte blocks (vectorised), stopping at the first block with a
+        // set bit: a chunk of records stops at once, a zeroed one is read once, not per question.
+        let blank = bytes.chunks(64).all(|block| block.iter().fold(0u8, |acc, b| acc | b) == 0);
+        let mut slot = ChunkSlot { number, data, present: bytes.len(), blank, header_checksum: None, records_checksum: None };
         if slot.data.starts_with(CHUNK_MAGIC) {
             let flags = u32_at(&slot.data, 120).unwrap_or(0);
             let verdict = |ok: bool| {
@@ -61,8 +73,9 @@ impl ChunkSlot {
                     Checksum::Mismatch
                 }
             };
-            let mut covered = slot.data[..120].to_vec();
-            covered.extend_from_slice(&slot.data[128..CHUNK_HEADER_SIZE]);
+            let mut covered = [0u8; CHUNK_HEADER_SIZE - 8];
+            covered[..120].copy_from_slice(&slot.data[..120]);
+            covered[120..].copy_from_slice(&slot.data[128..CHUNK_HEADER_SIZE]);
             slot.header_checksum = Some(verdict(u32_at(&slot.data, 124) == Some(evtx::checksum_ieee(&covered))));
             let free = u32_at(&slot.data, 48).unwrap_or(0) as usize;
             let records = slot.data.get(CHUNK_HEADER_SIZE..free.max(CHUNK_HEADER_SIZE));
@@ -76,7 +89,7 @@ impl ChunkSlot {
     }
 
     pub fn is_blank(&self) -> bool {
-        self.data[..self.present].iter().all(|b| *b == 0)
+        self.blank
     }
 
     /// A chunk the `evtx` crate can read as it is: complete, with matching checksums.
@@ -174,7 +187,7 @@ impl ChunkSlot {
         let (&(first_at, _, _), &(last_at, last_size, last_id)) = (records.first()?, records.last()?);
         debug_assert!(first_at >= CHUNK_HEADER_SIZE);
         let min_id = records.iter().map(|r| r.2).min()?;
-        let mut data = self.data.clone();
+        let mut data = self.data.to_vec();
         data[..8].copy_from_slice(CHUNK_MAGIC);
         for (at, value) in [(8, min_id), (16, last_id), (24, min_id), (32, last_id)] {
             data[at..at + 8].copy_from_slice(&value.to_le_bytes());

@@ -1,8 +1,11 @@
 //! EVTX files through the `evtx` crate (the parser Chainsaw and Hayabusa use), with recovery of
 //! damaged files around it.
 //!
-//! Each record is rendered to compact JSON bytes by the crate and flattened by
-//! [`crate::json_events::flatten_event`], so EVTX and evtx_dump JSON inputs give identical events.
+//! Each record is rendered to compact JSON bytes by the crate and flattened while it is read
+//! ([`crate::json_events::stream`], the same fields as [`crate::json_events::flatten_event`],
+//! which it falls back to), so EVTX and evtx_dump JSON inputs give identical events. With a
+//! route ([`load_evtx_bytes_routed`]), a record whose (Channel, EventID) no rule reads is
+//! dropped once its `System` part is read.
 //! Events are named by `System.EventRecordID` from the record's XML, not by the record header's
 //! id (they differ in 22,472 of the 25,062 corpus records: most sample files are exports whose
 //! header ids restart at 1).
@@ -28,19 +31,26 @@ use std::sync::Arc;
 
 use evtx::{EvtxChunkData, EvtxFileHeader, EvtxParser, HeaderFlags, ParserSettings};
 
-use crate::corpus::LoadedFile;
+use crate::corpus::{Buckets, LoadedFile};
+use crate::json_events::stream::{Streamed, flatten_record};
 use crate::json_events::{EventParseError, flatten_event};
 use crate::loaded_file::{Checksum, ChunkDamage};
 use chunk::{CHUNK_SIZE, ChunkSlot, FILE_HEADER_SIZE};
 
 /// Parses an EVTX file held in memory. `name` is the name events and warnings report.
 pub fn load_evtx_bytes(name: &str, bytes: Vec<u8>) -> LoadedFile {
-    load(name, bytes, false)
+    load(name, &bytes, false, None)
 }
 
-/// [`load_evtx_bytes`], optionally reading even an intact file chunk by chunk (the tests check
-/// that both paths give the same events).
-fn load(name: &str, bytes: Vec<u8>, always_by_chunk: bool) -> LoadedFile {
+/// [`load_evtx_bytes`], keeping only the records whose (Channel, EventID) bucket `route`
+/// accepts (all without a route); the others are counted in [`LoadedFile::skipped`].
+pub fn load_evtx_bytes_routed(name: &str, bytes: &[u8], route: Option<&Buckets>) -> LoadedFile {
+    load(name, bytes, false, route)
+}
+
+/// [`load_evtx_bytes_routed`], optionally reading even an intact file chunk by chunk (the tests
+/// check that both paths give the same events).
+fn load(name: &str, bytes: &[u8], always_by_chunk: bool, route: Option<&Buckets>) -> LoadedFile {
     let mut loaded = LoadedFile::new(name);
     if bytes.is_empty() {
         loaded.warn("empty file (no EVTX header); skipped".into());
@@ -49,7 +59,7 @@ fn load(name: &str, bytes: Vec<u8>, always_by_chunk: bool) -> LoadedFile {
     }
     // The evtx crate is meant never to panic on bad input; if it ever does, one bad file must not
     // take the hunt down (natively; in Wasm a panic traps and the host replaces the instance).
-    let outcome = catch_unwind(AssertUnwindSafe(|| read_file(&mut loaded, bytes, always_by_chunk)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| read_file(&mut loaded, bytes, always_by_chunk, route)));
     if outcome.is_err() {
         let kept = loaded.events.len();
         loaded.warn(format!("the EVTX parser failed on this file; kept the {kept} records read before the failure"));
@@ -62,18 +72,31 @@ fn settings() -> ParserSettings {
     ParserSettings::new().indent(false).separate_json_attributes(false).num_threads(0)
 }
 
-/// Records read so far: the header ids of the ones kept, and the ones that could not be read.
-struct Records<'l> {
+/// Records read so far: the header ids of the ones kept or skipped, and the ones that could not
+/// be read.
+struct Records<'l, 'r> {
     loaded: &'l mut LoadedFile,
     header_ids: Vec<u64>,
     failed: usize,
     first_error: Option<String>,
+    route: Option<&'r Buckets>,
 }
 
-impl Records<'_> {
-    /// Flattens one rendered record; returns whether it gave an event (a duplicate counts).
+impl Records<'_, '_> {
+    /// Flattens one rendered record (streaming; through a `serde_json::Value` where streaming
+    /// gives up); returns whether it gave an event (a duplicate or a skipped record counts).
     fn add(&mut self, header_id: u64, json: &[u8]) -> bool {
-        let flat = serde_json::from_slice(json).map_err(EventParseError::from).and_then(|json| flatten_event(&json, &mut self.loaded.table));
+        let flat = match flatten_record(json, &mut self.loaded.table, self.route) {
+            Streamed::Event(flat) => Ok(flat),
+            Streamed::Skipped => {
+                self.loaded.skipped += 1;
+                self.header_ids.push(header_id);
+                return true;
+            }
+            Streamed::GiveUp => {
+                serde_json::from_slice(json).map_err(EventParseError::from).and_then(|json| flatten_event(&json, &mut self.loaded.table))
+            }
+        };
         match flat {
             Ok(flat) => {
                 self.loaded.push(flat);
@@ -104,9 +127,9 @@ pub fn is_intact(bytes: &[u8]) -> bool {
         && (0..).map_while(|n| ChunkSlot::read(bytes, n)).filter(|s| !(s.is_blank() && s.number >= announced)).all(|s| s.is_intact())
 }
 
-fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool) {
-    let header = EvtxFileHeader::from_bytes(&bytes).ok();
-    let slots: Vec<ChunkSlot> = (0..).map_while(|n| ChunkSlot::read(&bytes, n)).collect();
+fn read_file(loaded: &mut LoadedFile, bytes: &[u8], always_by_chunk: bool, route: Option<&Buckets>) {
+    let header = EvtxFileHeader::from_bytes(bytes).ok();
+    let slots: Vec<ChunkSlot> = (0..).map_while(|n| ChunkSlot::read(bytes, n)).collect();
     if header.is_none() && slots.iter().all(|s| s.header_checksum.is_none()) {
         loaded.warn("not a readable EVTX file (no EVTX file or chunk signature); skipped".into());
         return;
@@ -134,16 +157,15 @@ fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool) {
     loaded.integrity.chunks = Some(slots.iter().filter(counted).count() as u64);
     loaded.integrity.chunks_intact = Some(slots.iter().filter(|s| s.is_intact()).count() as u64);
 
-    let mut records = Records { loaded, header_ids: Vec::new(), failed: 0, first_error: None };
+    let mut records = Records { loaded, header_ids: Vec::new(), failed: 0, first_error: None, route };
     let all_intact = slots.iter().filter(counted).all(ChunkSlot::is_intact) && (complete as u64) >= announced;
     let mut outcomes = Vec::new();
     if all_intact && header.is_some() && !always_by_chunk {
         read_intact_file(&mut records, bytes);
     } else {
-        drop(bytes);
         outcomes = read_chunk_by_chunk(&mut records, &slots, announced, trusted_header.map(|h| h.next_record_id));
     }
-    let Records { loaded, header_ids, failed, first_error } = records;
+    let Records { loaded, header_ids, failed, first_error, .. } = records;
     if failed > 0 {
         let first = first_error.unwrap_or_default();
         loaded.warn(format!("skipped {failed} records that could not be parsed (first: {first})"));
@@ -152,9 +174,9 @@ fn read_file(loaded: &mut LoadedFile, bytes: Vec<u8>, always_by_chunk: bool) {
 }
 
 /// The fast path: the crate reads the whole file (in parallel with the `multithreaded-evtx`
-/// feature).
-fn read_intact_file(records: &mut Records, bytes: Vec<u8>) {
-    let mut parser = match EvtxParser::from_buffer(bytes) {
+/// feature), from the bytes the chunk slots borrow.
+fn read_intact_file(records: &mut Records, bytes: &[u8]) {
+    let mut parser = match EvtxParser::from_read_seek(std::io::Cursor::new(bytes)) {
         Ok(p) => p.with_configuration(settings()),
         Err(err) => {
             records.loaded.warn(format!("not a readable EVTX file ({err}); skipped"));
@@ -202,7 +224,7 @@ fn read_chunk_by_chunk(records: &mut Records, slots: &[ChunkSlot], announced: u6
             continue;
         }
         if slot.is_intact() {
-            read_chunk(records, slot.data.clone(), slot.number, None, &settings);
+            read_chunk(records, slot.data.to_vec(), slot.number, None, &settings);
             outcomes.push(ChunkOutcome::Known);
             continue;
         }
