@@ -1,12 +1,16 @@
 //! Frozen base weights kept in their GGUF quantisation (the QLoRA idea).
 //!
 //! Under LoRA — and for inference (eval, the KL reference) — the base weights never change, so
-//! they can stay in the file's 4/8-bit blocks: a decode step then reads ~0.6 bytes per weight
-//! instead of 4, and candle's quantised CPU kernels (the same block dot products llama.cpp
-//! uses) do the matmul. Only the adapters train, and they need the gradient *through* the base
+//! they can stay in 8-bit (or the file's 4-bit) blocks: a decode step then reads ~1 byte per
+//! weight instead of 4, and candle's quantised CPU kernels (block dot products as in llama.cpp)
+//! do the matmul. Only the adapters train, and they need the gradient *through* the base
 //! (dL/dx = dL/dy · W): [`QuantMatmul`] is a custom op whose backward multiplies by the
-//! dequantised weight, so the adapters' gradients are exact for the quantised model
-//! (finite-difference test in this module). Full fine-tuning dequantises (`BaseQuant::Dequantize`).
+//! dequantised weight. That is the exact gradient of the dequantised model (a straight-through
+//! estimate over the kernels' 8-bit activations, whose rounding has no useful derivative); the
+//! model tests compare it with a dense twin whose gradients are checked by finite differences.
+//! Full fine-tuning dequantises. Quantised decoding is deterministic for a batch layout but not
+//! bit-identical across paddings: a 1e-6 summation difference can move an activation across a
+//! rounding step (BENCHMARKS.md, "Decoding against llama.cpp").
 
 use std::collections::HashMap;
 use std::str::FromStr;
