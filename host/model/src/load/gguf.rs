@@ -143,15 +143,8 @@ fn hf_name(gguf: &str) -> Option<String> {
     })
 }
 
-/// Undo llama.cpp's q/k row permutation: [heads * hd, in] rows (head, pair, 2) -> (head, 2, pair).
-fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    let hd = rows / heads;
-    Ok(w.reshape((heads, hd / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
-}
-
-/// [`unpermute`] as a row order for [`permute_rows`]: new row (head, j, pair) is old row
-/// (head, pair, j).
+/// The row order that undoes llama.cpp's q/k permutation of a [heads * hd, in] weight: new row
+/// (head, j, pair) is old row (head, pair, j). Applied to dense and quantised rows alike.
 fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
     let half = rows / heads / 2;
     let mut order = Vec::with_capacity(rows);
@@ -171,7 +164,7 @@ fn block_quantized(hf: &str, q: &QTensor) -> bool {
     quantizable(hf) && q.shape().rank() == 2 && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
-/// The inverse of [`unpermute`] (what llama.cpp's converter does), for writing test GGUFs.
+/// The inverse of [`unpermute_order`] (what llama.cpp's converter does), for writing test GGUFs.
 #[cfg(test)]
 pub fn permute_for_gguf(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
@@ -194,27 +187,26 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             continue;
         };
         let q = content.tensor(&mut reader, name, &Device::Cpu).with_context(|| format!("{}: reading tensor {name}", path.display()))?;
+        // llama.cpp permutes Llama's q/k rows (interleaved RoPE); this order undoes it.
+        let heads = match (cfg.family, name) {
+            (Family::Llama, n) if n.ends_with("attn_q.weight") => Some(cfg.num_attention_heads),
+            (Family::Llama, n) if n.ends_with("attn_k.weight") => Some(cfg.num_key_value_heads),
+            _ => None,
+        };
+        let row_order = heads.map(|h| unpermute_order(q.shape().dims()[0], h));
         if opts.base_frozen() && opts.base_quant != BaseQuant::Dequantize && block_quantized(&hf, &q) {
             // Kept in its blocks for now; `build_model` decides (BaseQuant) what stays so.
-            let q = match (cfg.family, name) {
-                (Family::Llama, n) if n.ends_with("attn_q.weight") => {
-                    permute_rows(&q, &unpermute_order(q.shape().dims()[0], cfg.num_attention_heads))?
-                }
-                (Family::Llama, n) if n.ends_with("attn_k.weight") => {
-                    permute_rows(&q, &unpermute_order(q.shape().dims()[0], cfg.num_key_value_heads))?
-                }
-                _ => q,
+            let q = match &row_order {
+                Some(order) => permute_rows(&q, order)?,
+                None => q,
             };
             quantized.insert(hf, q);
             continue;
         }
         let mut t = q.dequantize(&Device::Cpu).with_context(|| format!("dequantizing {name}"))?;
-        if cfg.family == Family::Llama {
-            if name.ends_with("attn_q.weight") {
-                t = unpermute(&t, cfg.num_attention_heads)?;
-            } else if name.ends_with("attn_k.weight") {
-                t = unpermute(&t, cfg.num_key_value_heads)?;
-            }
+        if let Some(order) = &row_order {
+            let index: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+            t = t.index_select(&Tensor::from_vec(index, order.len(), &Device::Cpu)?, 0)?;
         }
         tensors.insert(hf, t);
     }

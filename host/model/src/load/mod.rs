@@ -20,7 +20,7 @@ pub use hf::{load_hf_dir, read_safetensors_dir, safetensors_files};
 pub use tokenizer::{ChatMessage, Tokenizer};
 
 use crate::lora::LoraConfig;
-use crate::model::{BaseQuant, CausalLm, apply_base_quant, qtensor_to_device};
+use crate::model::{BaseQuant, CausalLm, apply_base_quant};
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -94,11 +94,7 @@ fn build_model(
     quantized: std::collections::HashMap<String, candle_core::quantized::QTensor>,
     opts: &LoadOptions,
 ) -> Result<CausalLm> {
-    let (dense, quantized) = apply_base_quant(opts.base_quant, opts.base_frozen(), dense, quantized)?;
-    let quantized = quantized
-        .into_iter()
-        .map(|(name, q)| Ok((name, qtensor_to_device(q, &opts.device)?)))
-        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    let (dense, quantized) = apply_base_quant(opts.base_quant, opts.base_frozen(), dense, quantized, &opts.device)?;
     CausalLm::from_quantized_tensors(cfg, dense, quantized, opts.lora.as_ref(), opts.seed, !opts.inference_only, opts.dtype, &opts.device)
 }
 

@@ -10,14 +10,15 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct LayerCache {
     /// [B, num_kv_heads, capacity, head_dim]
     k: Tensor,
     v: Tensor,
 }
 
-#[derive(Clone, Debug, Default)]
+/// Not `Clone`: a clone would share the buffers that `append` writes in place.
+#[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
     /// Positions written (padding included); the same for every layer between forwards.
@@ -34,7 +35,7 @@ impl KvCache {
     /// A cache that allocates room for `positions` positions at its first write, so a decode of
     /// known length (prompt + max new tokens) never reallocates.
     pub fn with_capacity(num_layers: usize, positions: usize) -> Self {
-        Self { layers: vec![None; num_layers], len: 0, reserve: positions }
+        Self { layers: (0..num_layers).map(|_| None).collect(), len: 0, reserve: positions }
     }
 
     /// Number of cached positions (padding included).

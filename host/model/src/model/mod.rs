@@ -31,7 +31,7 @@ pub use kv_cache::KvCache;
 pub use memory::MemoryOptions;
 pub use offload::streamed_logits;
 pub use ops::{token_entropy, token_logprobs};
-pub use quant::{BaseQuant, QuantMatmul, apply_base_quant, permute_rows, qtensor_to_device, quantizable};
+pub use quant::{BaseQuant, QuantMatmul, apply_base_quant, permute_rows, quantizable};
 
 use crate::lora::{Linear, LoraConfig, Param};
 use crate::rng::SamplerRng;
@@ -107,7 +107,7 @@ impl CausalLm {
             };
             tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
         }
-        Self::build(cfg, tensors, HashMap::new(), lora, rng.next_u64(), true, dtype, device)
+        Self::from_quantized_tensors(cfg, tensors, HashMap::new(), lora, rng.next_u64(), true, dtype, device)
     }
 
     /// Build from Hugging Face-named tensors. Without `lora` every weight is trainable (full
@@ -121,25 +121,7 @@ impl CausalLm {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        Self::build(cfg, tensors, HashMap::new(), lora, seed, true, dtype, device)
-    }
-
-    /// [`Self::from_tensors`] where some weights stay quantised (`quantized`, HF names; see
-    /// [`BaseQuant`]). Those must be frozen: linear weights under LoRA or with `train_base`
-    /// false (inference), and the embeddings of a tied head, which are then also kept dense
-    /// for the token lookup. A quantised weight that would be trained is an error.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_quantized_tensors(
-        cfg: &ModelConfig,
-        tensors: HashMap<String, Tensor>,
-        quantized: HashMap<String, QTensor>,
-        lora: Option<&LoraConfig>,
-        seed: u64,
-        train_base: bool,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::build(cfg, tensors, quantized, lora, seed, train_base, dtype, device)
+        Self::from_quantized_tensors(cfg, tensors, HashMap::new(), lora, seed, true, dtype, device)
     }
 
     /// A copy with no trainable parameters and no adapters, holding the current merged
@@ -155,20 +137,23 @@ impl CausalLm {
     pub fn quantized_copy(&self) -> Result<Self> {
         let merged: HashMap<String, Tensor> =
             self.merged_weights()?.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-        let (dense, quantized) = apply_base_quant(BaseQuant::Q8_0, true, merged, HashMap::new())?;
-        let quantized = quantized.into_iter().map(|(n, q)| Ok((n, qtensor_to_device(q, &self.device)?))).collect::<Result<_>>()?;
-        Self::build(&self.cfg, dense, quantized, None, 0, false, self.dtype, &self.device)
+        let (dense, quantized) = apply_base_quant(BaseQuant::Q8_0, true, merged, HashMap::new(), &self.device)?;
+        Self::from_quantized_tensors(&self.cfg, dense, quantized, None, 0, false, self.dtype, &self.device)
     }
 
     /// [`Self::frozen_copy`] on `device` (host memory for a reference streamed to the GPU layer
     /// by layer, see [`Self::hidden_streamed`]); tensors are copied one at a time.
     pub fn frozen_copy_on(&self, device: &Device) -> Result<Self> {
         let tensors = self.merged_weights()?.into_iter().collect();
-        Self::build(&self.cfg, tensors, HashMap::new(), None, 0, false, self.dtype, device)
+        Self::from_quantized_tensors(&self.cfg, tensors, HashMap::new(), None, 0, false, self.dtype, device)
     }
 
+    /// [`Self::from_tensors`] where some weights stay quantised (`quantized`, HF names; see
+    /// [`BaseQuant`]). Those must be frozen: linear weights under LoRA or with `train_base`
+    /// false (inference), and the embeddings of a tied head, which are then also kept dense
+    /// for the token lookup. A quantised weight that would be trained is an error.
     #[allow(clippy::too_many_arguments)]
-    fn build(
+    pub fn from_quantized_tensors(
         cfg: &ModelConfig,
         tensors: HashMap<String, Tensor>,
         quantized: HashMap<String, QTensor>,

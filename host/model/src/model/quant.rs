@@ -130,13 +130,15 @@ pub fn quantizable(name: &str) -> bool {
 }
 
 /// Applies `mode` to a model's weights as loaded: `dense` tensors and `quantized` ones (a GGUF
-/// file's block types). `frozen` says whether the base is frozen (LoRA, or inference); a
-/// trained base is always dense. Returns the (dense, quantised) split the model is built from.
+/// file's block types, on the CPU). `frozen` says whether the base is frozen (LoRA, or
+/// inference); a trained base is always dense. Returns the (dense, quantised) split the model
+/// is built from, the quantised tensors on `device`.
 pub fn apply_base_quant(
     mode: BaseQuant,
     frozen: bool,
     mut dense: HashMap<String, Tensor>,
     quantized: HashMap<String, QTensor>,
+    device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, QTensor>)> {
     let mut kept = HashMap::new();
     let mut requantize = Vec::new();
@@ -172,11 +174,12 @@ pub fn apply_base_quant(
         dense.remove(&name);
         kept.insert(name, q);
     }
+    let kept = kept.into_iter().map(|(name, q)| Ok((name, qtensor_to_device(q, device)?))).collect::<Result<_>>()?;
     Ok((dense, kept))
 }
 
 /// A CPU-loaded quantised tensor on `device`.
-pub fn qtensor_to_device(q: QTensor, device: &Device) -> Result<QTensor> {
+fn qtensor_to_device(q: QTensor, device: &Device) -> Result<QTensor> {
     if device.is_cpu() {
         return Ok(q);
     }

@@ -274,7 +274,7 @@ fn lora_through_a_quantised_base_gets_the_dequantised_weights_gradients() {
     let lora = all_linear(4);
     let source: HashMap<String, Tensor> =
         CausalLm::random(&cfg, None, 8, DType::F32, &Device::Cpu).unwrap().merged_weights().unwrap().into_iter().collect();
-    let (dense, quantized) = apply_base_quant(BaseQuant::Q8_0, true, source, HashMap::new()).unwrap();
+    let (dense, quantized) = apply_base_quant(BaseQuant::Q8_0, true, source, HashMap::new(), &Device::Cpu).unwrap();
     assert!(quantized.values().all(|q| q.dtype() == GgmlDType::Q8_0));
     // The dense twin holds exactly the dequantised weights.
     let mut twin = dense.clone();
