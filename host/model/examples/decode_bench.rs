@@ -7,7 +7,7 @@
 //! cargo run --release -p sigmaforge-model --example decode_bench -- \
 //!     --model ~/.cache/sigmaforge/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 //!     --tasks tasks.jsonl --max-new-tokens 128 [--base-quant keep|q8_0|dequantize] \
-//!     [--ids-out prompt-ids.json] [--answers-out answer-ids.json] [--runs N]
+//!     [--ids-out prompt-ids.json] [--answers-out answer-ids.json] [--runs N] [--batch-only]
 //! ```
 //!
 //! `--tasks` is `sigmaforge tasks --json` output (the first 8 lines are used); each prompt is
@@ -32,6 +32,8 @@ struct Args {
     ids_out: Option<PathBuf>,
     answers_out: Option<PathBuf>,
     runs: usize,
+    /// Only the batched run (for profiling the rollout path).
+    batch_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -44,6 +46,7 @@ fn parse_args() -> Result<Args> {
         ids_out: None,
         answers_out: None,
         runs: 1,
+        batch_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +60,7 @@ fn parse_args() -> Result<Args> {
             "--ids-out" => args.ids_out = Some(value()?.into()),
             "--answers-out" => args.answers_out = Some(value()?.into()),
             "--runs" => args.runs = value()?.parse()?,
+            "--batch-only" => args.batch_only = true,
             "--bench" => {} // added by `cargo bench`
             other => bail!("unknown argument {other:?}"),
         }
@@ -108,16 +112,21 @@ fn main() -> Result<()> {
         // B = 1: one prompt at a time, as a single-stream server answers.
         let (mut tokens, mut secs) = (0, 0.0);
         let mut single = Vec::new();
-        for p in &prompts {
+        for p in prompts.iter().filter(|_| !args.batch_only) {
             let (n, s, ids) = run(std::slice::from_ref(p))?;
             tokens += n;
             secs += s;
             single.extend(ids);
         }
-        report("ours", 1, tokens, secs);
+        if !args.batch_only {
+            report("ours", 1, tokens, secs);
+        }
         // B = all prompts in one batch: how rollouts are generated.
         let (n, s, batched) = run(&prompts)?;
         report("ours", prompts.len(), n, s);
+        if args.batch_only {
+            continue;
+        }
         if let Some(path) = &args.answers_out {
             std::fs::write(path, serde_json::to_string(&single)?).with_context(|| format!("writing {}", path.display()))?;
         }

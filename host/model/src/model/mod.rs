@@ -17,6 +17,7 @@ mod moe;
 pub mod mxfp4;
 mod offload;
 mod ops;
+mod q8_gemm;
 mod quant;
 mod rope_scaling;
 

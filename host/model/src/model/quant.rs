@@ -2,8 +2,9 @@
 //!
 //! Under LoRA — and for inference (eval, the KL reference) — the base weights never change, so
 //! they can stay in 8-bit (or the file's 4-bit) blocks: a decode step then reads ~1 byte per
-//! weight instead of 4, and candle's quantised CPU kernels (block dot products as in llama.cpp)
-//! do the matmul. Only the adapters train, and they need the gradient *through* the base
+//! weight instead of 4. On a CPU with AVX-512 VNNI a Q8_0 weight goes through our integer kernel
+//! ([`super::q8_gemm`], every row count: decoding and prefill); elsewhere candle's quantised CPU
+//! kernels (block dot products as in llama.cpp) do the matmul. Only the adapters train, and they need the gradient *through* the base
 //! (dL/dx = dL/dy · W): [`QuantMatmul`] is a custom op whose backward multiplies by the
 //! dequantised weight. That is the exact gradient of the dequantised model (a straight-through
 //! estimate over the kernels' 8-bit activations, whose rounding has no useful derivative); the
@@ -14,12 +15,14 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use serde::{Deserialize, Serialize};
+
+use super::q8_gemm::{self, PackedQ8};
 
 /// What happens to quantised (GGUF) base weights at load time: `model.base_quant` in a run
 /// config. Only frozen weights can stay quantised; a trained weight is always dequantised.
@@ -35,7 +38,8 @@ pub enum BaseQuant {
     /// the K-quants on CPU; Q4_1 falls back to scalar code on CPU).
     Keep,
     /// Frozen linear weights become Q8_0 whatever the source (a GGUF type, or dense safetensors):
-    /// 8.5 bits per weight, AVX2 kernels on CPU, and the smallest loss against the source.
+    /// 8.5 bits per weight, AVX-512 VNNI (else AVX2) kernels on CPU, and the smallest loss
+    /// against the source.
     #[serde(rename = "q8_0")]
     Q8_0,
     /// Every weight becomes a dense tensor of the model dtype (the exact pre-quantisation path).
@@ -64,6 +68,9 @@ const DENSE_ROWS: usize = 32;
 #[derive(Clone)]
 pub struct QuantMatmul {
     weight: Arc<QTensor>,
+    /// The weight repacked for [`q8_gemm`] (a Q8_0 weight on a CPU with AVX-512 VNNI), made on
+    /// first use and shared by clones; None where that kernel does not apply.
+    packed: Arc<OnceLock<Option<PackedQ8>>>,
 }
 
 impl QuantMatmul {
@@ -71,7 +78,21 @@ impl QuantMatmul {
         if weight.rank() != 2 {
             bail!("a quantised linear weight must be 2-D, got {:?}", weight.shape());
         }
-        Ok(Self { weight: Arc::new(weight) })
+        Ok(Self { weight: Arc::new(weight), packed: Arc::default() })
+    }
+
+    /// The VNNI-packed weight, if this weight and CPU can use [`q8_gemm`].
+    fn packed(&self) -> Option<&PackedQ8> {
+        self.packed
+            .get_or_init(|| {
+                if self.weight.dtype() != GgmlDType::Q8_0 || !self.weight.device().is_cpu() || !q8_gemm::available() {
+                    return None;
+                }
+                let (n, k) = self.dims();
+                // A weight that is not plain Q8_0 bytes here keeps candle's kernels.
+                PackedQ8::from_q8_0_bytes(&self.weight.data().ok()?, n, k).ok()
+            })
+            .as_ref()
     }
 
     /// [out, in]
@@ -91,9 +112,14 @@ impl QuantMatmul {
 
     /// x [rows, in] (contiguous, f32) -> [rows, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Many rows (a prefill, a training micro-batch) are compute-bound: there the dense GEMM
-        // on the weight dequantised for this call beats the block kernels (measured on the
-        // development VM, BENCHMARKS.md "Decoding"), and it is exact. Few rows (decoding) are
+        // A Q8_0 weight on an AVX-512 VNNI CPU: our integer kernel, for every row count (it beats
+        // the dense GEMM even for prefill; BENCHMARKS.md "Decoding against llama.cpp").
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.packed().is_some() {
+            return Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(self.clone())))?);
+        }
+        // Otherwise many rows (a prefill, a training micro-batch) are compute-bound: there the
+        // dense GEMM on the weight dequantised for this call beats candle's block kernels (whose
+        // AVX2 dot products take one row at a time), and it is exact. Few rows (decoding) are
         // bound by reading the weight, which the blocks keep small.
         if x.dim(0)? >= DENSE_ROWS && x.device().is_cpu() {
             let w = self.weight.dequantize(x.device())?.to_dtype(x.dtype())?;
@@ -109,6 +135,19 @@ impl CustomOp1 for QuantMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let (Some(packed), CpuStorage::F32(values)) = (self.packed(), storage)
+            && let Some((start, end)) = layout.contiguous_offsets()
+        {
+            let (n, k) = packed.dims();
+            let mut dims = layout.dims().to_vec();
+            if dims.last() != Some(&k) {
+                candle_core::bail!("quant-matmul: input {:?} does not end in the weight's width {k}", layout.dims());
+            }
+            let rows = (end - start) / k;
+            let out = packed.matmul(&values[start..end], rows).map_err(candle_core::Error::wrap)?;
+            *dims.last_mut().unwrap() = n;
+            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+        }
         self.weight.cpu_fwd(storage, layout)
     }
 
