@@ -10,6 +10,7 @@
 //! expert weights), `local_attention` (sliding window, sinks), `rope_scaling` (YaRN).
 
 mod config;
+mod decode_attention;
 mod kv_cache;
 mod local_attention;
 mod memory;
@@ -433,6 +434,12 @@ impl CausalLm {
         // Grouped-query attention without copying k/v per query head: the g = nh / nkv query
         // heads that share a kv head become g·T rows of one matmul against it.
         let g = nh / nkv;
+        // Decoding on the CPU (one new token per row): the fused kernel reads the cache in place.
+        if inference && t == 1 && layer.sinks.is_none() && q.device().is_cpu() && q.dtype() == DType::F32 {
+            let mask_rows = mask.flatten_all()?.to_vec1::<f32>()?;
+            let out = decode_attention::decode_attention(&q.reshape((b, nkv, g, hd))?, &k, &v, mask_rows, 1.0 / (hd as f32).sqrt())?;
+            return layer.o_proj.forward(&out.reshape((b, 1, nh * hd))?, adapters);
+        }
         let s = k.dim(2)?;
         let q = q.reshape((b, nkv, g * t, hd))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;

@@ -68,7 +68,7 @@ impl PackedQ8 {
     /// Repacks the raw bytes of a Q8_0 tensor [n, k] (candle's / GGUF's `BlockQ8_0`: an f16
     /// scale then 32 i8 values, 34 bytes, blocks running along each row).
     pub fn from_q8_0_bytes(bytes: &[u8], n: usize, k: usize) -> Result<Self> {
-        if k % BLOCK != 0 {
+        if !k.is_multiple_of(BLOCK) {
             bail!("Q8_0 rows hold whole blocks of {BLOCK}, got width {k}");
         }
         let nb = k / BLOCK;
