@@ -123,7 +123,7 @@ impl std::fmt::Debug for BaseWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BaseWeight::Dense(p) => f.debug_tuple("Dense").field(p).finish(),
-            BaseWeight::Quantized(q) => write!(f, "Quantized({:?}, {:?})", q.qtensor().dtype(), q.dims()),
+            BaseWeight::Quantized(q) => write!(f, "Quantized({:?}, {:?})", q.dtype(), q.dims()),
         }
     }
 }
@@ -141,7 +141,7 @@ impl BaseWeight {
     pub fn dense(&self) -> Result<Tensor> {
         Ok(match self {
             BaseWeight::Dense(p) => p.tensor().detach(),
-            BaseWeight::Quantized(q) => q.dequantize(&q.qtensor().device())?,
+            BaseWeight::Quantized(q) => q.dequantize(&q.device())?,
         })
     }
 
@@ -185,7 +185,7 @@ impl Linear {
 
     /// A frozen, quantised base weight, with an adapter of `dtype` if `lora` targets the module.
     pub fn quantized(name: String, weight: QuantMatmul, lora: Option<&LoraConfig>, dtype: DType, rng: &mut SamplerRng) -> Result<Self> {
-        let device = weight.qtensor().device();
+        let device = weight.device();
         let adapter = Self::adapter_for(&name, weight.dims(), lora, dtype, &device, rng)?;
         Ok(Self { name, weight: BaseWeight::Quantized(weight), bias: None, adapter })
     }

@@ -97,6 +97,24 @@ impl PackedQ8 {
         (self.n, self.k)
     }
 
+    /// The weight as row-major f32 [n, k]: each value times its block's scale (what candle's
+    /// Q8_0 dequantisation gives for the same blocks).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let nb = self.k / BLOCK;
+        let mut out = vec![0f32; self.n * self.k];
+        for (row, values) in out.chunks_exact_mut(self.k).enumerate() {
+            let (t, f) = (row / TILE, row % TILE);
+            for b in 0..nb {
+                let d = half::f16::from_bits(self.scales[t * nb + b][f]).to_f32();
+                let tile = &self.qs[t * nb + b].0;
+                for (i, v) in values[b * BLOCK..(b + 1) * BLOCK].iter_mut().enumerate() {
+                    *v = (tile[(i / 4) * TILE * 4 + f * 4 + i % 4] as i32 - 128) as f32 * d;
+                }
+            }
+        }
+        out
+    }
+
     /// `x [m, k] (row-major) -> x Wᵀ [m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         if x.len() != m * self.k {
@@ -291,6 +309,15 @@ mod tests {
 
     fn scale(bits: u16) -> f32 {
         half::f16::from_bits(bits).to_f32()
+    }
+
+    #[test]
+    fn unpacking_gives_the_dequantised_weight_exactly() {
+        let (n, k) = (21, 96);
+        let w = QTensor::quantize(&Tensor::from_vec(random(n, k, 3), (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+        let packed = PackedQ8::from_q8_0_bytes(&w.data().unwrap(), n, k).unwrap();
+        let want = w.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(packed.dequantize(), want);
     }
 
     fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {

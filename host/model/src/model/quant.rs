@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -67,65 +67,88 @@ const DENSE_ROWS: usize = 32;
 /// this one weight for the length of the op, never the whole model.
 #[derive(Clone)]
 pub struct QuantMatmul {
-    weight: Arc<QTensor>,
-    /// The weight repacked for [`q8_gemm`] (a Q8_0 weight on a CPU with AVX-512 VNNI), made on
-    /// first use and shared by clones; None where that kernel does not apply.
-    packed: Arc<OnceLock<Option<PackedQ8>>>,
+    weight: Arc<Stored>,
+}
+
+/// How a quantised weight is held: one copy only, in the layout its kernel reads.
+enum Stored {
+    /// GGUF blocks, multiplied by candle's kernels (any block type, any device).
+    Blocks(QTensor),
+    /// A Q8_0 weight on a CPU with AVX-512 VNNI, repacked for [`q8_gemm`].
+    Packed(PackedQ8),
 }
 
 impl QuantMatmul {
+    /// Takes a 2-D quantised weight; a Q8_0 one on a CPU with AVX-512 VNNI is repacked for
+    /// [`q8_gemm`] (the blocks are not kept: the repacked copy is the only one).
     pub fn new(weight: QTensor) -> Result<Self> {
         if weight.rank() != 2 {
             bail!("a quantised linear weight must be 2-D, got {:?}", weight.shape());
         }
-        Ok(Self { weight: Arc::new(weight), packed: Arc::default() })
-    }
-
-    /// The VNNI-packed weight, if this weight and CPU can use [`q8_gemm`].
-    fn packed(&self) -> Option<&PackedQ8> {
-        self.packed
-            .get_or_init(|| {
-                if self.weight.dtype() != GgmlDType::Q8_0 || !self.weight.device().is_cpu() || !q8_gemm::available() {
-                    return None;
-                }
-                let (n, k) = self.dims();
-                // A weight that is not plain Q8_0 bytes here keeps candle's kernels.
-                PackedQ8::from_q8_0_bytes(&self.weight.data().ok()?, n, k).ok()
-            })
-            .as_ref()
+        let stored = if weight.dtype() == GgmlDType::Q8_0 && weight.device().is_cpu() && q8_gemm::available() {
+            let (n, k) = weight.shape().dims2()?;
+            Stored::Packed(PackedQ8::from_q8_0_bytes(&weight.data()?, n, k)?)
+        } else {
+            Stored::Blocks(weight)
+        };
+        Ok(Self { weight: Arc::new(stored) })
     }
 
     /// [out, in]
     pub fn dims(&self) -> (usize, usize) {
-        let d = self.weight.shape().dims();
-        (d[0], d[1])
+        match &*self.weight {
+            Stored::Blocks(q) => {
+                let d = q.shape().dims();
+                (d[0], d[1])
+            }
+            Stored::Packed(p) => p.dims(),
+        }
     }
 
-    pub fn qtensor(&self) -> &QTensor {
-        &self.weight
+    /// The weight's block type.
+    pub fn dtype(&self) -> GgmlDType {
+        match &*self.weight {
+            Stored::Blocks(q) => q.dtype(),
+            Stored::Packed(_) => GgmlDType::Q8_0,
+        }
+    }
+
+    /// Where the weight lives.
+    pub fn device(&self) -> Device {
+        match &*self.weight {
+            Stored::Blocks(q) => q.device(),
+            Stored::Packed(_) => Device::Cpu,
+        }
     }
 
     /// The weight as a dense f32 tensor on `device`.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        Ok(self.weight.dequantize(device)?)
+        Ok(match &*self.weight {
+            Stored::Blocks(q) => q.dequantize(device)?,
+            Stored::Packed(p) => Tensor::from_vec(p.dequantize(), p.dims(), &Device::Cpu)?.to_device(device)?,
+        })
     }
 
-    /// x [rows, in] (contiguous, f32) -> [rows, out].
+    /// x [rows, in] (contiguous) -> [rows, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // A Q8_0 weight on an AVX-512 VNNI CPU: our integer kernel, for every row count (it beats
-        // the dense GEMM even for prefill; BENCHMARKS.md "Decoding against llama.cpp").
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.packed().is_some() {
-            return Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(self.clone())))?);
+        let op = || Arc::new(Box::new(self.clone()) as Box<dyn CustomOp1 + Send + Sync>);
+        if let Stored::Packed(_) = &*self.weight {
+            // Our VNNI kernel for every row count (it beats the dense GEMM even for prefill:
+            // BENCHMARKS.md, "Decoding against llama.cpp"); it reads f32 rows.
+            return Ok(match x.dtype() {
+                DType::F32 => x.contiguous()?.apply_op1_arc(op())?,
+                other => x.to_dtype(DType::F32)?.contiguous()?.apply_op1_arc(op())?.to_dtype(other)?,
+            });
         }
-        // Otherwise many rows (a prefill, a training micro-batch) are compute-bound: there the
-        // dense GEMM on the weight dequantised for this call beats candle's block kernels (whose
-        // AVX2 dot products take one row at a time), and it is exact. Few rows (decoding) are
-        // bound by reading the weight, which the blocks keep small.
+        // candle's kernels: many rows (a prefill, a training micro-batch) are compute-bound, and
+        // there the dense GEMM on the weight dequantised for this call beats candle's block
+        // kernels (whose AVX2 dot products take one row at a time), and it is exact. Few rows
+        // (decoding) are bound by reading the weight, which the blocks keep small.
         if x.dim(0)? >= DENSE_ROWS && x.device().is_cpu() {
-            let w = self.weight.dequantize(x.device())?.to_dtype(x.dtype())?;
+            let w = self.dequantize(x.device())?.to_dtype(x.dtype())?;
             return Ok(x.matmul(&w.t()?)?);
         }
-        Ok(x.contiguous()?.apply_op1_arc(Arc::new(Box::new(self.clone())))?)
+        Ok(x.contiguous()?.apply_op1_arc(op())?)
     }
 }
 
@@ -135,29 +158,35 @@ impl CustomOp1 for QuantMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        if let (Some(packed), CpuStorage::F32(values)) = (self.packed(), storage)
-            && let Some((start, end)) = layout.contiguous_offsets()
-        {
-            let (n, k) = packed.dims();
-            let mut dims = layout.dims().to_vec();
-            if dims.last() != Some(&k) {
-                candle_core::bail!("quant-matmul: input {:?} does not end in the weight's width {k}", layout.dims());
+        match &*self.weight {
+            Stored::Blocks(q) => q.cpu_fwd(storage, layout),
+            Stored::Packed(packed) => {
+                let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+                    candle_core::bail!("quant-matmul: the Q8_0 kernel takes contiguous f32 rows, got {layout:?}");
+                };
+                let (n, k) = packed.dims();
+                let mut dims = layout.dims().to_vec();
+                if dims.last() != Some(&k) {
+                    candle_core::bail!("quant-matmul: input {:?} does not end in the weight's width {k}", layout.dims());
+                }
+                let rows = (end - start) / k;
+                let out = packed.matmul(&values[start..end], rows).map_err(candle_core::Error::wrap)?;
+                *dims.last_mut().unwrap() = n;
+                Ok((CpuStorage::F32(out), Shape::from(dims)))
             }
-            let rows = (end - start) / k;
-            let out = packed.matmul(&values[start..end], rows).map_err(candle_core::Error::wrap)?;
-            *dims.last_mut().unwrap() = n;
-            return Ok((CpuStorage::F32(out), Shape::from(dims)));
         }
-        self.weight.cpu_fwd(storage, layout)
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        self.weight.cuda_fwd(storage, layout)
+        match &*self.weight {
+            Stored::Blocks(q) => q.cuda_fwd(storage, layout),
+            Stored::Packed(_) => candle_core::bail!("quant-matmul: a weight repacked for the CPU kernel cannot run on a GPU"),
+        }
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let w = self.weight.dequantize(arg.device())?.to_dtype(grad_res.dtype())?;
+        let w = self.dequantize(arg.device()).map_err(candle_core::Error::wrap)?.to_dtype(grad_res.dtype())?;
         Ok(Some(grad_res.matmul(&w)?))
     }
 }
