@@ -5,9 +5,12 @@
 //! are called through `apply_op*_no_bwd` or `detach()`, so `backward()` silently reaches only the
 //! LM head; it also has no padding mask (see shared/reference/trainer-notes.md, B1). Here:
 //! generic `softmax`, a manual RMSNorm, RoPE by narrow/cat, matmul attention with an additive
-//! causal + key-padding mask, GQA by repeating k/v heads, and Hugging Face weight names.
-//! GPT-OSS's additions live in their own modules: `moe` (experts and router), `mxfp4` (packed
-//! expert weights), `local_attention` (sliding window, sinks), `rope_scaling` (YaRN).
+//! causal + key-padding mask, grouped-query attention without copying k/v heads, and Hugging
+//! Face weight names. GPT-OSS's additions live in their own modules: `moe` (experts and router),
+//! `mxfp4` (packed expert weights), `local_attention` (sliding window, sinks), `rope_scaling`
+//! (YaRN). Generation (no gradients) has its own fast paths: `kv_cache` (written in place),
+//! `decode_attention` (one new token against the cache, fused), and a frozen base kept quantised
+//! (`quant`, with the AVX-512 VNNI Q8_0 matmul in `q8_gemm`).
 
 mod config;
 mod decode_attention;
