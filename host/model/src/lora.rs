@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AdapterMode, QuantMatmul};
+use crate::model::{AdapterMode, QuantMatmul, small_matmul};
 use crate::rng::SamplerRng;
 
 /// The linear modules of a transformer block that LoRA may target (Hugging Face / PEFT names).
@@ -156,7 +156,7 @@ impl BaseWeight {
     /// x [rows, in] -> x Wᵀ [rows, out]
     fn matmul_t(&self, x2: &Tensor) -> Result<Tensor> {
         match self {
-            BaseWeight::Dense(p) => Ok(x2.matmul(&p.tensor().t()?)?),
+            BaseWeight::Dense(p) => small_matmul::linear(x2, p.tensor()),
             BaseWeight::Quantized(q) => q.forward(x2),
         }
     }

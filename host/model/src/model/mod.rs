@@ -9,7 +9,8 @@
 //! Face weight names. GPT-OSS's additions live in their own modules: `moe` (experts and router),
 //! `mxfp4` (packed expert weights), `local_attention` (sliding window, sinks), `rope_scaling`
 //! (YaRN). Generation (no gradients) has its own fast paths: `kv_cache` (written in place),
-//! `decode_attention` (one new token against the cache, fused), and a frozen base kept quantised
+//! `decode_attention` (one new token against the cache, fused), `small_matmul` (a few rows
+//! against dense f32 weights without the GEMM's packing), and a frozen base kept quantised
 //! (`quant`, with the AVX-512 VNNI Q8_0 matmul in `q8_gemm`).
 
 mod config;
@@ -24,6 +25,7 @@ mod ops;
 mod q8_gemm;
 mod quant;
 mod rope_scaling;
+pub(crate) mod small_matmul;
 
 use std::collections::HashMap;
 
@@ -398,7 +400,7 @@ impl CausalLm {
         Ok(match (&self.lm_head, &self.tied_head_quant) {
             (Some(head), _) => head.forward(hidden, adapters)?,
             (None, Some(q)) => q.forward(&hidden.reshape((b * t, h))?)?.reshape((b, t, self.cfg.vocab_size))?,
-            (None, None) => hidden.reshape((b * t, h))?.matmul(&self.embed_tokens.tensor().t()?)?.reshape((b, t, self.cfg.vocab_size))?,
+            (None, None) => small_matmul::linear(&hidden.reshape((b * t, h))?, self.embed_tokens.tensor())?.reshape((b, t, self.cfg.vocab_size))?,
         })
     }
 

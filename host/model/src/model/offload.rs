@@ -92,7 +92,7 @@ impl CausalLm {
 /// Logits [B, T, vocab] of hidden states [B, T, hidden] through a head from [`CausalLm::head_on`].
 pub fn streamed_logits(hidden: &Tensor, head: &Tensor) -> Result<Tensor> {
     let (b, t, h) = hidden.dims3()?;
-    Ok(hidden.reshape((b * t, h))?.matmul(&head.t()?)?.reshape((b, t, head.dim(0)?))?)
+    Ok(super::small_matmul::linear(&hidden.reshape((b * t, h))?, head)?.reshape((b, t, head.dim(0)?))?)
 }
 
 #[cfg(test)]
