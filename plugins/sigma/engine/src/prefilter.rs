@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
@@ -21,6 +22,28 @@ use crate::corpus::ABSENT_FIELD;
 use crate::corpus::Corpus;
 use crate::detection::compile::{CompiledRule, LiteralField};
 use crate::event::FieldKey;
+
+/// Longest literal the index searches for, in bytes: a longer one is cut to its first
+/// `MAX_LITERAL_BYTES` (at a character boundary). A value holding a literal holds its prefix, so
+/// the index still passes every event the rule can match; it may pass a few more, which the rule
+/// then rejects. SigmaHQ's `base64offset` and long command-line literals made the command-line
+/// automaton 280 KB of patterns, most of its build time.
+pub const MAX_LITERAL_BYTES: usize = 24;
+
+fn shortened(literal: &str) -> &str {
+    if literal.len() <= MAX_LITERAL_BYTES {
+        return literal;
+    }
+    let mut end = MAX_LITERAL_BYTES;
+    while !literal.is_char_boundary(end) {
+        end -= 1;
+    }
+    &literal[..end]
+}
+
+/// A parallel loop supplied by the caller: `parallel(n, f)` calls `f(i)` once for each `i` in
+/// `0..n`, in any order, on any threads.
+pub type ParallelFor<'p> = &'p dyn Fn(usize, &(dyn Fn(usize) + Sync));
 
 /// One automaton over the literals of one field (or of keywords), with the units each literal
 /// belongs to.
@@ -70,6 +93,14 @@ impl Prefilter {
     /// Builds the index over `units` (one compiled detection each); a unit without a literal set
     /// runs everywhere.
     pub fn new<'a>(units: impl IntoIterator<Item = &'a CompiledRule>) -> Prefilter {
+        Self::new_in(units, &|n, build| (0..n).for_each(build))
+    }
+
+    /// [`Prefilter::new`], building the per-field automata through `parallel`, which must call
+    /// its second argument once for each number below its first, in any order and on any
+    /// threads (the CLI passes a rayon loop; the library has no thread pool of its own). The
+    /// automata are independent; the largest is started first.
+    pub fn new_in<'a>(units: impl IntoIterator<Item = &'a CompiledRule>, parallel: ParallelFor) -> Prefilter {
         // Per field: its distinct lowercase literals and, for each, the units that need it.
         let mut grouped: BTreeMap<LiteralField, (Vec<String>, Vec<Vec<u32>>)> = BTreeMap::new();
         let mut seen: HashMap<(LiteralField, String), usize> = HashMap::new();
@@ -80,7 +111,7 @@ impl Prefilter {
             for (field, literal) in set.into_iter().flatten() {
                 // Uncased literals are lowercase already; cased ones are ASCII (see
                 // `required_literals`), so ASCII lowercasing matches `Value::lower`.
-                let literal = literal.to_ascii_lowercase();
+                let literal = shortened(literal).to_ascii_lowercase();
                 let (patterns, units) = grouped.entry(field).or_default();
                 let at = *seen.entry((field, literal.clone())).or_insert_with(|| {
                     patterns.push(literal);
@@ -92,21 +123,28 @@ impl Prefilter {
                 }
             }
         }
-        let mut by_field: Vec<Option<FieldScan>> = Vec::new();
-        let mut keywords = None;
-        for (field, (patterns, units)) in grouped {
+        // No event has the field ABSENT_FIELD, so its literals never occur: leave them out.
+        let mut jobs: Vec<(LiteralField, Vec<String>, Vec<Vec<u32>>)> =
+            grouped.into_iter().filter(|(f, _)| *f != Some(ABSENT_FIELD)).map(|(f, (p, u))| (f, p, u)).collect();
+        jobs.sort_by_key(|(_, patterns, _)| std::cmp::Reverse(patterns.iter().map(String::len).sum::<usize>()));
+        let built: Vec<OnceLock<AhoCorasick>> = jobs.iter().map(|_| OnceLock::new()).collect();
+        parallel(jobs.len(), &|i| {
             // Overlapping search needs the standard match semantics. A contiguous NFA: a DFA
             // over thousands of literals costs ~100 MB to build for little search speed here.
             let automaton = AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
                 .kind(Some(AhoCorasickKind::ContiguousNFA))
-                .build(&patterns)
+                .build(&jobs[i].1)
                 .expect("literal automaton: the patterns are bounded by the rules' own limits");
+            let _ = built[i].set(automaton);
+        });
+        let mut by_field: Vec<Option<FieldScan>> = Vec::new();
+        let mut keywords = None;
+        for ((field, _, units), automaton) in jobs.into_iter().zip(built) {
+            let automaton = automaton.into_inner().expect("`parallel` builds every automaton");
             let scan = FieldScan { automaton, units };
             match field {
                 None => keywords = Some(scan),
-                // No event has the field, so its literals never occur: leave them out.
-                Some(ABSENT_FIELD) => {}
                 Some(FieldKey(k)) => {
                     let k = k as usize;
                     if by_field.len() <= k {
@@ -160,5 +198,21 @@ impl Prefilter {
             }
         }
         Passes { lists }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_literals_are_cut_to_their_first_bytes_at_a_character_boundary() {
+        assert_eq!(shortened("short"), "short");
+        let exact = "a".repeat(MAX_LITERAL_BYTES);
+        assert_eq!(shortened(&exact), exact);
+        assert_eq!(shortened(&format!("{exact}tail")), exact);
+        // 'é' is two bytes: cutting inside it would not be a string.
+        let cut = format!("{}é-more", "a".repeat(MAX_LITERAL_BYTES - 1));
+        assert_eq!(shortened(&cut), "a".repeat(MAX_LITERAL_BYTES - 1));
     }
 }

@@ -25,7 +25,7 @@ use crate::diagnostic::Diagnostic;
 use crate::event::FieldKey;
 use crate::logsource::{LogsourceMap, UnknownLogsource, describe_logsource};
 pub use crate::prefilter::Passes;
-use crate::prefilter::Prefilter;
+use crate::prefilter::{ParallelFor, Prefilter};
 use crate::rule::Rule;
 
 mod correlation;
@@ -184,13 +184,18 @@ impl<'a> Hunter<'a> {
     /// [`Hunter::evaluate_indexed`] runs each rule only on events that contain one of its
     /// literals. See [`crate::prefilter`].
     pub fn index<'r>(&self, rules: impl IntoIterator<Item = Option<&'r PreparedRule>>) -> RuleIndex {
+        self.index_in(rules, &|n, build| (0..n).for_each(build))
+    }
+
+    /// [`Hunter::index`], building its automata through `parallel` (see [`Prefilter::new_in`]).
+    pub fn index_in<'r>(&self, rules: impl IntoIterator<Item = Option<&'r PreparedRule>>, parallel: ParallelFor) -> RuleIndex {
         let mut offsets = Vec::new();
         let mut units: Vec<&CompiledRule> = Vec::new();
         for rule in rules {
             offsets.push(units.len());
             units.extend(rule.iter().flat_map(|r| r.units.iter().map(|(_, _, c)| c)));
         }
-        RuleIndex { prefilter: Prefilter::new(units), offsets }
+        RuleIndex { prefilter: Prefilter::new_in(units, parallel), offsets }
     }
 
     /// Runs the corpus events in `events` through `index` (all events: `0..corpus().len()`).
@@ -438,6 +443,10 @@ pub(super) mod tests {
             rule(7, "  sel:\n    Image|contains|all: ['windows', 'system32']\n  condition: sel"),
             rule(8, "  sel:\n    Image|cased|endswith: '\\WHOAMI.EXE'\n  condition: sel"),
             rule(9, "  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel"),
+            // Literals longer than the index keeps (it searches their first 24 bytes): one found
+            // whole, and one whose first 24 bytes occur in events it does not match.
+            rule(10, "  sel:\n    Image|contains: 'windows\\system32\\whoami.exe'\n  condition: sel"),
+            rule(11, "  sel:\n    Image|endswith: 'c:\\windows\\system32\\whoami.com'\n  condition: sel"),
         ];
         let set = rules(&texts.join("---\n"));
         assert_eq!(set.rules.len(), texts.len());
@@ -457,7 +466,7 @@ pub(super) mod tests {
         let indexed: Vec<Vec<u64>> = prepared.iter().enumerate().map(|(i, p)| ids(&h.evaluate_indexed(p, &index, &passes, i))).collect();
         let plain: Vec<Vec<u64>> = prepared.iter().map(|p| ids(&h.evaluate(p))).collect();
         assert_eq!(indexed, plain);
-        let expected: [&[u64]; 10] = [&[1, 2], &[1, 2, 3, 5], &[1, 2], &[3], &[4], &[3, 4, 5], &[], &[1, 2], &[2], &[1, 2]];
+        let expected: [&[u64]; 12] = [&[1, 2], &[1, 2, 3, 5], &[1, 2], &[3], &[4], &[3, 4, 5], &[], &[1, 2], &[2], &[1, 2], &[1, 2], &[]];
         assert_eq!(indexed, expected.map(|e| e.to_vec()).to_vec());
         assert_eq!(h.hunt(&set).rule_matches.iter().map(|m| ids(m)).collect::<Vec<_>>(), plain);
     }
