@@ -14,7 +14,8 @@ pub struct FieldKey(pub u32);
 #[derive(Clone, Debug, Default)]
 pub struct FieldTable {
     names: Vec<Box<str>>,
-    index: HashMap<Box<str>, FieldKey>,
+    /// foldhash rather than std's SipHash: interning runs once per value while events load.
+    index: HashMap<Box<str>, FieldKey, foldhash::fast::RandomState>,
 }
 
 impl FieldTable {
