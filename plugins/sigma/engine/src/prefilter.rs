@@ -30,6 +30,9 @@ use crate::event::FieldKey;
 /// automaton 280 KB of patterns, most of its build time.
 pub const MAX_LITERAL_BYTES: usize = 24;
 
+/// Values shorter than this are searched every time; longer ones once per scanned range.
+const MEMO_MIN_BYTES: usize = 16;
+
 fn shortened(literal: &str) -> &str {
     if literal.len() <= MAX_LITERAL_BYTES {
         return literal;
@@ -172,28 +175,61 @@ impl Prefilter {
         self.filtered.iter().filter(|f| **f).count()
     }
 
-    /// Runs the events in `events` through the index.
-    pub fn scan(&self, corpus: &Corpus, events: Range<u32>) -> Passes {
+    /// The units with a keyword literal (ascending): their literals are searched in every value.
+    pub fn keyword_units(&self) -> Vec<usize> {
+        let mut units: Vec<usize> = self.keywords.iter().flat_map(|k| k.units.iter().flatten()).map(|&u| u as usize).collect();
+        units.sort_unstable();
+        units.dedup();
+        units
+    }
+
+    /// Runs the events in `events` through the index. With `keyword_events` (indexed by corpus
+    /// event), keyword literals are searched only in the events it marks; a caller passes the
+    /// candidates of every unit in [`Prefilter::keyword_units`], since a unit's passes are only
+    /// read for its own candidates.
+    pub fn scan<'c>(&self, corpus: &'c Corpus, events: Range<u32>, keyword_events: Option<&[bool]>) -> Passes {
         let mut lists: Vec<Option<Vec<u32>>> = self.filtered.iter().map(|f| f.then(Vec::new)).collect();
         // The last event each unit was recorded for, so a unit is recorded once per event.
         let mut last: Vec<u32> = vec![u32::MAX; self.filtered.len()];
-        let mut record = |scan: &FieldScan, text: &str, index: u32, lists: &mut Vec<Option<Vec<u32>>>| {
-            for m in scan.automaton.find_overlapping_iter(text) {
-                for &unit in &scan.units[m.pattern().as_usize()] {
+        // Event logs repeat their longer values (image paths, command lines, users, hosts): the
+        // literals found in each (automaton, value) are kept for the rest of the range, as a
+        // span of `found`, so a repeated value is hashed instead of searched again.
+        let mut memo: HashMap<(u32, &'c str), (u32, u32), foldhash::fast::RandomState> = HashMap::default();
+        let mut found: Vec<u32> = Vec::new();
+        let mut record = |id: u32, scan: &FieldScan, text: &'c str, index: u32| {
+            // Short values are searched each time, their finds dropped after use.
+            let (start, end, transient) = if text.len() < MEMO_MIN_BYTES {
+                let start = found.len() as u32;
+                found.extend(scan.automaton.find_overlapping_iter(text).map(|m| m.pattern().as_u32()));
+                (start, found.len() as u32, true)
+            } else {
+                let (start, end) = *memo.entry((id, text)).or_insert_with(|| {
+                    let start = found.len() as u32;
+                    found.extend(scan.automaton.find_overlapping_iter(text).map(|m| m.pattern().as_u32()));
+                    (start, found.len() as u32)
+                });
+                (start, end, false)
+            };
+            for &pattern in &found[start as usize..end as usize] {
+                for &unit in &scan.units[pattern as usize] {
                     if last[unit as usize] != index {
                         last[unit as usize] = index;
                         lists[unit as usize].as_mut().expect("units with literals are filtered").push(index);
                     }
                 }
             }
+            if transient {
+                found.truncate(start as usize);
+            }
         };
         for index in events {
+            let keywords_here = keyword_events.is_none_or(|marked| marked.get(index as usize).copied().unwrap_or(true));
             for (key, value) in corpus.event(index).fields() {
                 if let Some(Some(scan)) = self.by_field.get(key.0 as usize) {
-                    record(scan, value.lower(), index, &mut lists);
+                    record(key.0, scan, value.lower(), index);
                 }
-                if let Some(scan) = &self.keywords {
-                    record(scan, value.lower(), index, &mut lists);
+                if let Some(scan) = self.keywords.as_ref().filter(|_| keywords_here) {
+                    record(u32::MAX, scan, value.lower(), index);
                 }
             }
         }
