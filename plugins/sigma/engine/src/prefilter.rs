@@ -104,23 +104,36 @@ impl Prefilter {
     /// threads (the CLI passes a rayon loop; the library has no thread pool of its own). The
     /// automata are independent; the largest is started first.
     pub fn new_in<'a>(units: impl IntoIterator<Item = &'a CompiledRule>, parallel: ParallelFor) -> Prefilter {
-        // Per field: its distinct lowercase literals and, for each, the units that need it.
-        let mut grouped: BTreeMap<LiteralField, (Vec<String>, Vec<Vec<u32>>)> = BTreeMap::new();
-        let mut seen: HashMap<(LiteralField, String), usize> = HashMap::new();
-        let mut filtered = Vec::new();
-        for (unit, rule) in units.into_iter().enumerate() {
-            let set = rule.required_literals();
+        // Each unit's literal set, as searched: lowercase, cut to `MAX_LITERAL_BYTES` (in
+        // parallel: walking thousands of detections is half the index's build time).
+        let units: Vec<&CompiledRule> = units.into_iter().collect();
+        type LiteralSet = Option<Vec<(LiteralField, String)>>;
+        let sets: Vec<OnceLock<LiteralSet>> = units.iter().map(|_| OnceLock::new()).collect();
+        parallel(units.len(), &|i| {
+            // Uncased literals are lowercase already; cased ones are ASCII (see
+            // `required_literals`), so ASCII lowercasing matches `Value::lower`.
+            let set = units[i].required_literals().map(|set| set.into_iter().map(|(f, l)| (f, shortened(l).to_ascii_lowercase())).collect());
+            let _ = sets[i].set(set);
+        });
+        // Per field: its distinct literals (in order of first use) with, for each, the units
+        // that need it.
+        type Group = (Vec<String>, Vec<Vec<u32>>, HashMap<String, usize, foldhash::fast::RandomState>);
+        let mut grouped: BTreeMap<LiteralField, Group> = BTreeMap::new();
+        let mut filtered = Vec::with_capacity(units.len());
+        for (unit, set) in sets.into_iter().enumerate() {
+            let set = set.into_inner().expect("`parallel` visits every unit");
             filtered.push(set.is_some());
             for (field, literal) in set.into_iter().flatten() {
-                // Uncased literals are lowercase already; cased ones are ASCII (see
-                // `required_literals`), so ASCII lowercasing matches `Value::lower`.
-                let literal = shortened(literal).to_ascii_lowercase();
-                let (patterns, units) = grouped.entry(field).or_default();
-                let at = *seen.entry((field, literal.clone())).or_insert_with(|| {
-                    patterns.push(literal);
-                    units.push(Vec::new());
-                    units.len() - 1
-                });
+                let (patterns, units, seen) = grouped.entry(field).or_default();
+                let at = match seen.get(literal.as_str()) {
+                    Some(&at) => at,
+                    None => {
+                        seen.insert(literal.clone(), patterns.len());
+                        patterns.push(literal);
+                        units.push(Vec::new());
+                        units.len() - 1
+                    }
+                };
                 if units[at].last() != Some(&(unit as u32)) {
                     units[at].push(unit as u32);
                 }
@@ -128,7 +141,7 @@ impl Prefilter {
         }
         // No event has the field ABSENT_FIELD, so its literals never occur: leave them out.
         let mut jobs: Vec<(LiteralField, Vec<String>, Vec<Vec<u32>>)> =
-            grouped.into_iter().filter(|(f, _)| *f != Some(ABSENT_FIELD)).map(|(f, (p, u))| (f, p, u)).collect();
+            grouped.into_iter().filter(|(f, _)| *f != Some(ABSENT_FIELD)).map(|(f, (p, u, _))| (f, p, u)).collect();
         jobs.sort_by_key(|(_, patterns, _)| std::cmp::Reverse(patterns.iter().map(String::len).sum::<usize>()));
         let built: Vec<OnceLock<AhoCorasick>> = jobs.iter().map(|_| OnceLock::new()).collect();
         parallel(jobs.len(), &|i| {
