@@ -110,7 +110,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let matches: Vec<Vec<u32>> = if prepared.len() >= MIN_RULES_FOR_INDEX {
         // Many rules: one literal pass over the events finds, per rule, the few events worth
         // testing (the pass costs about what a dozen rules cost without it).
-        let index = hunter.index(prepared.iter().map(|p| p.as_ref().ok()));
+        let index = hunter.index_in(prepared.iter().map(|p| p.as_ref().ok()), &|n, build| (0..n).into_par_iter().for_each(build));
         let n = corpus.len() as u32;
         let ranges: Vec<_> = (0..n).step_by(SCAN_CHUNK as usize).map(|start| start..(start + SCAN_CHUNK).min(n)).collect();
         let mut passes = Passes::default();

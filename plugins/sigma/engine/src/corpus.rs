@@ -8,7 +8,7 @@
 //! [`Corpus::write_cache`] / [`Corpus::read_cache`] save and restore the store; see `cache.rs`
 //! for the format.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -288,14 +288,17 @@ impl Corpus {
     pub(crate) fn build_index(&mut self) {
         let channel = self.table.get("Channel");
         let event_id = self.table.get("EventID");
-        let mut index: BTreeMap<BucketKey, Vec<u32>> = BTreeMap::new();
+        // Keyed by borrowed text while the events are walked (a few hundred buckets for tens of
+        // thousands of events), owned once per bucket at the end.
+        let mut by_text: HashMap<(&str, &str), Vec<u32>, foldhash::fast::RandomState> = HashMap::default();
         for (i, event) in self.events.iter().enumerate() {
-            let text = |key: Option<FieldKey>, lower: bool| -> Box<str> {
+            let text = |key: Option<FieldKey>, lower: bool| -> &str {
                 let value = key.and_then(|k| event.values(k).next());
-                value.map_or("".into(), |v| if lower { v.lower().into() } else { v.text().trim().into() })
+                value.map_or("", |v| if lower { v.lower() } else { v.text().trim() })
             };
-            index.entry((text(channel, true), text(event_id, false))).or_default().push(i as u32);
+            by_text.entry((text(channel, true), text(event_id, false))).or_default().push(i as u32);
         }
+        let index: BTreeMap<BucketKey, Vec<u32>> = by_text.into_iter().map(|((c, e), events)| ((c.into(), e.into()), events)).collect();
         self.index = index;
     }
 }

@@ -14,7 +14,8 @@ pub struct FieldKey(pub u32);
 #[derive(Clone, Debug, Default)]
 pub struct FieldTable {
     names: Vec<Box<str>>,
-    index: HashMap<Box<str>, FieldKey>,
+    /// foldhash rather than std's SipHash: interning runs once per value while events load.
+    index: HashMap<Box<str>, FieldKey, foldhash::fast::RandomState>,
 }
 
 impl FieldTable {
@@ -82,14 +83,16 @@ pub enum ValueKind {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Value {
     kind: ValueKind,
-    text: Box<str>,
-    /// `None` when `text` is already lowercase (most values), to save memory.
-    lower: Option<Box<str>>,
+    /// The text, followed by its lowercase form when that differs (one allocation per value,
+    /// none for the lowercase when the text is lowercase already, as most values are).
+    buf: Box<str>,
+    /// Where the text ends in `buf` (its length when there is no distinct lowercase).
+    split: usize,
 }
 
 impl Value {
     pub fn null() -> Self {
-        Value { kind: ValueKind::Null, text: "".into(), lower: None }
+        Value { kind: ValueKind::Null, buf: "".into(), split: 0 }
     }
 
     pub fn string(text: &str) -> Self {
@@ -110,26 +113,54 @@ impl Value {
 
     fn with_kind(kind: ValueKind, text: &str) -> Self {
         // ASCII text (nearly every value) is checked in place: no lowercase copy to throw away.
-        let lower = if text.is_ascii() {
-            text.bytes().any(|b| b.is_ascii_uppercase()).then(|| text.to_ascii_lowercase().into_boxed_str())
-        } else {
-            let lowered = text.to_lowercase();
-            (lowered != text).then(|| lowered.into_boxed_str())
-        };
-        Value { kind, text: text.into(), lower }
+        if text.is_ascii() {
+            if !text.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Self::single(kind, text);
+            }
+            let mut buf = String::with_capacity(2 * text.len());
+            buf.push_str(text);
+            buf.push_str(text);
+            buf[text.len()..].make_ascii_lowercase();
+            return Self::joined(kind, buf, text.len());
+        }
+        let lowered = text.to_lowercase();
+        if lowered == text {
+            return Self::single(kind, text);
+        }
+        let mut buf = String::with_capacity(text.len() + lowered.len());
+        buf.push_str(text);
+        buf.push_str(&lowered);
+        Self::joined(kind, buf, text.len())
+    }
+
+    fn single(kind: ValueKind, text: &str) -> Self {
+        Value { kind, buf: text.into(), split: text.len() }
+    }
+
+    fn joined(kind: ValueKind, buf: String, text_len: usize) -> Self {
+        Value { kind, buf: buf.into_boxed_str(), split: text_len }
     }
 
     /// Rebuilds a value from the parts [`Value::kind`], [`Value::text`] and
     /// [`Value::distinct_lower`] returned (the corpus cache stores them so that loading never
     /// lowercases). `lower` must be `text.to_lowercase()`, or `None` when that equals `text`.
-    pub fn from_parts(kind: ValueKind, text: Box<str>, lower: Option<Box<str>>) -> Self {
-        debug_assert!(lower.as_deref().is_none_or(|l| *l == *text.to_lowercase()));
-        Value { kind, text, lower }
+    pub fn from_parts(kind: ValueKind, text: &str, lower: Option<&str>) -> Self {
+        debug_assert!(lower.is_none_or(|l| *l == *text.to_lowercase() && l != text));
+        match lower {
+            None => Self::single(kind, text),
+            Some(lower) => {
+                let mut buf = String::with_capacity(text.len() + lower.len());
+                buf.push_str(text);
+                buf.push_str(lower);
+                Self::joined(kind, buf, text.len())
+            }
+        }
     }
 
     /// The lowercase text when it differs from [`Value::text`].
     pub fn distinct_lower(&self) -> Option<&str> {
-        self.lower.as_deref()
+        let split = self.split;
+        (split < self.buf.len()).then(|| &self.buf[split..])
     }
 
     pub fn kind(&self) -> ValueKind {
@@ -142,18 +173,19 @@ impl Value {
 
     /// The value as text, exactly as in the source.
     pub fn text(&self) -> &str {
-        &self.text
+        &self.buf[..self.split]
     }
 
     /// The value as lowercase text.
     pub fn lower(&self) -> &str {
-        self.lower.as_deref().unwrap_or(&self.text)
+        let split = self.split;
+        if split < self.buf.len() { &self.buf[split..] } else { &self.buf }
     }
 
     /// The value as a number, for `gt`/`lt`-style comparisons: decimal integers and floats, and
     /// `0x` hexadecimal integers.
     pub fn as_f64(&self) -> Option<f64> {
-        parse_number(&self.text)
+        parse_number(self.text())
     }
 }
 
@@ -236,7 +268,11 @@ mod tests {
             let v = Value::string(text);
             assert_eq!(v.distinct_lower(), lower, "{text}");
             assert_eq!(v.lower(), text.to_lowercase(), "{text}");
+            assert_eq!(v.text(), text);
+            // The cache's parts give the same value back.
+            assert_eq!(Value::from_parts(v.kind(), v.text(), v.distinct_lower()), v, "{text}");
         }
+        assert_eq!((Value::null().text(), Value::null().lower(), Value::null().distinct_lower()), ("", "", None));
     }
 
     #[test]

@@ -5,13 +5,13 @@
 //! duplicates (a chunk or line copied twice), and end with [`LoadedFile::finish`], which names
 //! events that have no `System.EventRecordID` with ids no real event of the file can have.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::LoadWarning;
-use crate::event::{Event, FieldTable, FileId};
+use crate::event::{Event, FieldKey, FieldTable, FileId, Value};
 use crate::json_events::FlatEvent;
 
 /// Ids given to events without `System.EventRecordID` start here: Windows numbers records from 1
@@ -115,6 +115,22 @@ impl FileIntegrity {
     }
 }
 
+/// An event kept so far: its index in `events` and, once one was needed, its [`content_hash`].
+type KeptEvent = (usize, Option<u64>);
+
+/// The hash that tells an event from another with the same record id and timestamp: its record
+/// id, timestamp and every field (key, kind, text), in sorted order.
+fn content_hash<'v>(record_id: Option<u64>, timestamp_us: Option<i64>, fields: impl Iterator<Item = (FieldKey, &'v Value)>) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    record_id.hash(&mut hasher);
+    timestamp_us.hash(&mut hasher);
+    // Keys are stable within one file's table, so they stand for the field names here.
+    let mut fields: Vec<_> = fields.map(|(k, v)| (k.0, v.kind() as u8, v.text())).collect();
+    fields.sort_unstable();
+    fields.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The events of one file, with a field table of their own (files are parsed independently,
 /// possibly in parallel; [`crate::corpus::CorpusBuilder::add`] re-keys them into the corpus
 /// table).
@@ -129,8 +145,9 @@ pub struct LoadedFile {
     /// Records left out because no rule of a filtered hunt reads their (Channel, EventID)
     /// bucket (see [`crate::corpus::ChannelFilter::for_buckets`]); 0 when loading everything.
     pub skipped: u64,
-    /// Hashes of the events kept so far (record id and every field), to drop exact copies.
-    seen: HashSet<u64>,
+    /// The events kept so far by (record id, timestamp): their indices in `events`, each with
+    /// the hash of its content once one was needed, to drop exact copies.
+    seen: HashMap<(Option<u64>, Option<i64>), Vec<KeptEvent>>,
     /// Indices into `events` of the events that still need an id.
     unnamed: Vec<usize>,
 }
@@ -144,7 +161,7 @@ impl LoadedFile {
             warnings: Vec::new(),
             integrity: FileIntegrity { file: name.to_string(), ..FileIntegrity::default() },
             skipped: 0,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             unnamed: Vec::new(),
         }
     }
@@ -156,16 +173,24 @@ impl LoadedFile {
     /// Adds an event, unless it is an exact copy (same record id, timestamp and fields) of one
     /// already added. Returns whether it was kept.
     pub fn push(&mut self, flat: FlatEvent) -> bool {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        flat.record_id.hash(&mut hasher);
-        flat.timestamp_us.hash(&mut hasher);
-        // Keys are stable within one file's table, so they stand for the field names here.
-        let mut fields: Vec<_> = flat.fields.iter().map(|(k, v)| (k.0, v.kind() as u8, v.text())).collect();
-        fields.sort_unstable();
-        fields.hash(&mut hasher);
-        if !self.seen.insert(hasher.finish()) {
-            self.integrity.duplicates += 1;
-            return false;
+        // Events are first told apart by (record id, timestamp), which nearly always differ; the
+        // hash of every field is computed only for events that share them (and then once each).
+        let at = self.events.len();
+        let same_key = self.seen.entry((flat.record_id, flat.timestamp_us)).or_default();
+        if !same_key.is_empty() {
+            let hash = content_hash(flat.record_id, flat.timestamp_us, flat.fields.iter().map(|(k, v)| (*k, v)));
+            for (earlier, earlier_hash) in same_key.iter_mut() {
+                let event = &self.events[*earlier];
+                let earlier_hash =
+                    *earlier_hash.get_or_insert_with(|| content_hash(flat.record_id, flat.timestamp_us, event.fields().iter().map(|(k, v)| (*k, v))));
+                if earlier_hash == hash {
+                    self.integrity.duplicates += 1;
+                    return false;
+                }
+            }
+            same_key.push((at, Some(hash)));
+        } else {
+            same_key.push((at, None));
         }
         if flat.record_id.is_none() {
             self.unnamed.push(self.events.len());
@@ -220,11 +245,26 @@ mod tests {
         assert!(!add(Some(1), "a"));
         assert!(add(Some(1), "b"), "same id, other content: kept");
         assert!(add(Some(2), "a"));
+        // A copy of the second event with that id (both earlier ones are compared).
+        assert!(!add(Some(1), "b"));
+        assert!(add(None, "a"));
+        assert!(!add(None, "a"), "no id: copies are still copies");
+        // The same fields in another order are the same event.
+        let mut two = |reversed: bool| {
+            let (i, u) = (loaded.table.intern("Image"), loaded.table.intern("User"));
+            let mut fields = vec![(i, Value::string("x")), (u, Value::string("y"))];
+            if reversed {
+                fields.reverse();
+            }
+            loaded.push(FlatEvent { record_id: Some(3), timestamp_us: Some(7), fields })
+        };
+        assert!(two(false));
+        assert!(!two(true));
         loaded.finish();
-        assert_eq!(loaded.events.len(), 3);
-        assert_eq!(loaded.integrity.duplicates, 1);
-        assert_eq!(loaded.integrity.events, 3);
-        assert!(loaded.warnings[0].message.contains("dropped 1 exact duplicate"), "{:?}", loaded.warnings);
+        assert_eq!(loaded.events.len(), 5);
+        assert_eq!(loaded.integrity.duplicates, 4);
+        assert_eq!(loaded.integrity.events, 5);
+        assert!(loaded.warnings.iter().any(|w| w.message.contains("dropped 4 exact duplicate")), "{:?}", loaded.warnings);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
@@ -21,6 +22,31 @@ use crate::corpus::ABSENT_FIELD;
 use crate::corpus::Corpus;
 use crate::detection::compile::{CompiledRule, LiteralField};
 use crate::event::FieldKey;
+
+/// Longest literal the index searches for, in bytes: a longer one is cut to its first
+/// `MAX_LITERAL_BYTES` (at a character boundary). A value holding a literal holds its prefix, so
+/// the index still passes every event the rule can match; it may pass a few more, which the rule
+/// then rejects. SigmaHQ's `base64offset` and long command-line literals made the command-line
+/// automaton 280 KB of patterns, most of its build time.
+pub const MAX_LITERAL_BYTES: usize = 24;
+
+/// Values shorter than this are searched every time; longer ones once per scanned range.
+const MEMO_MIN_BYTES: usize = 16;
+
+fn shortened(literal: &str) -> &str {
+    if literal.len() <= MAX_LITERAL_BYTES {
+        return literal;
+    }
+    let mut end = MAX_LITERAL_BYTES;
+    while !literal.is_char_boundary(end) {
+        end -= 1;
+    }
+    &literal[..end]
+}
+
+/// A parallel loop supplied by the caller: `parallel(n, f)` calls `f(i)` once for each `i` in
+/// `0..n`, in any order, on any threads.
+pub type ParallelFor<'p> = &'p dyn Fn(usize, &(dyn Fn(usize) + Sync));
 
 /// One automaton over the literals of one field (or of keywords), with the units each literal
 /// belongs to.
@@ -70,43 +96,71 @@ impl Prefilter {
     /// Builds the index over `units` (one compiled detection each); a unit without a literal set
     /// runs everywhere.
     pub fn new<'a>(units: impl IntoIterator<Item = &'a CompiledRule>) -> Prefilter {
-        // Per field: its distinct lowercase literals and, for each, the units that need it.
-        let mut grouped: BTreeMap<LiteralField, (Vec<String>, Vec<Vec<u32>>)> = BTreeMap::new();
-        let mut seen: HashMap<(LiteralField, String), usize> = HashMap::new();
-        let mut filtered = Vec::new();
-        for (unit, rule) in units.into_iter().enumerate() {
-            let set = rule.required_literals();
+        Self::new_in(units, &|n, build| (0..n).for_each(build))
+    }
+
+    /// [`Prefilter::new`], building the per-field automata through `parallel`, which must call
+    /// its second argument once for each number below its first, in any order and on any
+    /// threads (the CLI passes a rayon loop; the library has no thread pool of its own). The
+    /// automata are independent; the largest is started first.
+    pub fn new_in<'a>(units: impl IntoIterator<Item = &'a CompiledRule>, parallel: ParallelFor) -> Prefilter {
+        // Each unit's literal set, as searched: lowercase, cut to `MAX_LITERAL_BYTES` (in
+        // parallel: walking thousands of detections is half the index's build time).
+        let units: Vec<&CompiledRule> = units.into_iter().collect();
+        type LiteralSet = Option<Vec<(LiteralField, String)>>;
+        let sets: Vec<OnceLock<LiteralSet>> = units.iter().map(|_| OnceLock::new()).collect();
+        parallel(units.len(), &|i| {
+            // Uncased literals are lowercase already; cased ones are ASCII (see
+            // `required_literals`), so ASCII lowercasing matches `Value::lower`.
+            let set = units[i].required_literals().map(|set| set.into_iter().map(|(f, l)| (f, shortened(l).to_ascii_lowercase())).collect());
+            let _ = sets[i].set(set);
+        });
+        // Per field: its distinct literals (in order of first use) with, for each, the units
+        // that need it.
+        type Group = (Vec<String>, Vec<Vec<u32>>, HashMap<String, usize, foldhash::fast::RandomState>);
+        let mut grouped: BTreeMap<LiteralField, Group> = BTreeMap::new();
+        let mut filtered = Vec::with_capacity(units.len());
+        for (unit, set) in sets.into_iter().enumerate() {
+            let set = set.into_inner().expect("`parallel` visits every unit");
             filtered.push(set.is_some());
             for (field, literal) in set.into_iter().flatten() {
-                // Uncased literals are lowercase already; cased ones are ASCII (see
-                // `required_literals`), so ASCII lowercasing matches `Value::lower`.
-                let literal = literal.to_ascii_lowercase();
-                let (patterns, units) = grouped.entry(field).or_default();
-                let at = *seen.entry((field, literal.clone())).or_insert_with(|| {
-                    patterns.push(literal);
-                    units.push(Vec::new());
-                    units.len() - 1
-                });
+                let (patterns, units, seen) = grouped.entry(field).or_default();
+                let at = match seen.get(literal.as_str()) {
+                    Some(&at) => at,
+                    None => {
+                        seen.insert(literal.clone(), patterns.len());
+                        patterns.push(literal);
+                        units.push(Vec::new());
+                        units.len() - 1
+                    }
+                };
                 if units[at].last() != Some(&(unit as u32)) {
                     units[at].push(unit as u32);
                 }
             }
         }
-        let mut by_field: Vec<Option<FieldScan>> = Vec::new();
-        let mut keywords = None;
-        for (field, (patterns, units)) in grouped {
+        // No event has the field ABSENT_FIELD, so its literals never occur: leave them out.
+        let mut jobs: Vec<(LiteralField, Vec<String>, Vec<Vec<u32>>)> =
+            grouped.into_iter().filter(|(f, _)| *f != Some(ABSENT_FIELD)).map(|(f, (p, u, _))| (f, p, u)).collect();
+        jobs.sort_by_key(|(_, patterns, _)| std::cmp::Reverse(patterns.iter().map(String::len).sum::<usize>()));
+        let built: Vec<OnceLock<AhoCorasick>> = jobs.iter().map(|_| OnceLock::new()).collect();
+        parallel(jobs.len(), &|i| {
             // Overlapping search needs the standard match semantics. A contiguous NFA: a DFA
             // over thousands of literals costs ~100 MB to build for little search speed here.
             let automaton = AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
                 .kind(Some(AhoCorasickKind::ContiguousNFA))
-                .build(&patterns)
+                .build(&jobs[i].1)
                 .expect("literal automaton: the patterns are bounded by the rules' own limits");
+            let _ = built[i].set(automaton);
+        });
+        let mut by_field: Vec<Option<FieldScan>> = Vec::new();
+        let mut keywords = None;
+        for ((field, _, units), automaton) in jobs.into_iter().zip(built) {
+            let automaton = automaton.into_inner().expect("`parallel` builds every automaton");
             let scan = FieldScan { automaton, units };
             match field {
                 None => keywords = Some(scan),
-                // No event has the field, so its literals never occur: leave them out.
-                Some(ABSENT_FIELD) => {}
                 Some(FieldKey(k)) => {
                     let k = k as usize;
                     if by_field.len() <= k {
@@ -134,31 +188,80 @@ impl Prefilter {
         self.filtered.iter().filter(|f| **f).count()
     }
 
-    /// Runs the events in `events` through the index.
-    pub fn scan(&self, corpus: &Corpus, events: Range<u32>) -> Passes {
+    /// The units with a keyword literal (ascending): their literals are searched in every value.
+    pub fn keyword_units(&self) -> Vec<usize> {
+        let mut units: Vec<usize> = self.keywords.iter().flat_map(|k| k.units.iter().flatten()).map(|&u| u as usize).collect();
+        units.sort_unstable();
+        units.dedup();
+        units
+    }
+
+    /// Runs the events in `events` through the index. With `keyword_events` (indexed by corpus
+    /// event), keyword literals are searched only in the events it marks; a caller passes the
+    /// candidates of every unit in [`Prefilter::keyword_units`], since a unit's passes are only
+    /// read for its own candidates.
+    pub fn scan<'c>(&self, corpus: &'c Corpus, events: Range<u32>, keyword_events: Option<&[bool]>) -> Passes {
         let mut lists: Vec<Option<Vec<u32>>> = self.filtered.iter().map(|f| f.then(Vec::new)).collect();
         // The last event each unit was recorded for, so a unit is recorded once per event.
         let mut last: Vec<u32> = vec![u32::MAX; self.filtered.len()];
-        let mut record = |scan: &FieldScan, text: &str, index: u32, lists: &mut Vec<Option<Vec<u32>>>| {
-            for m in scan.automaton.find_overlapping_iter(text) {
-                for &unit in &scan.units[m.pattern().as_usize()] {
+        // Event logs repeat their longer values (image paths, command lines, users, hosts): the
+        // literals found in each (automaton, value) are kept for the rest of the range, as a
+        // span of `found`, so a repeated value is hashed instead of searched again.
+        let mut memo: HashMap<(u32, &'c str), (u32, u32), foldhash::fast::RandomState> = HashMap::default();
+        let mut found: Vec<u32> = Vec::new();
+        let mut record = |id: u32, scan: &FieldScan, text: &'c str, index: u32| {
+            // Short values are searched each time, their finds dropped after use.
+            let (start, end, transient) = if text.len() < MEMO_MIN_BYTES {
+                let start = found.len() as u32;
+                found.extend(scan.automaton.find_overlapping_iter(text).map(|m| m.pattern().as_u32()));
+                (start, found.len() as u32, true)
+            } else {
+                let (start, end) = *memo.entry((id, text)).or_insert_with(|| {
+                    let start = found.len() as u32;
+                    found.extend(scan.automaton.find_overlapping_iter(text).map(|m| m.pattern().as_u32()));
+                    (start, found.len() as u32)
+                });
+                (start, end, false)
+            };
+            for &pattern in &found[start as usize..end as usize] {
+                for &unit in &scan.units[pattern as usize] {
                     if last[unit as usize] != index {
                         last[unit as usize] = index;
                         lists[unit as usize].as_mut().expect("units with literals are filtered").push(index);
                     }
                 }
             }
+            if transient {
+                found.truncate(start as usize);
+            }
         };
         for index in events {
+            let keywords_here = keyword_events.is_none_or(|marked| marked.get(index as usize).copied().unwrap_or(true));
             for (key, value) in corpus.event(index).fields() {
                 if let Some(Some(scan)) = self.by_field.get(key.0 as usize) {
-                    record(scan, value.lower(), index, &mut lists);
+                    record(key.0, scan, value.lower(), index);
                 }
-                if let Some(scan) = &self.keywords {
-                    record(scan, value.lower(), index, &mut lists);
+                if let Some(scan) = self.keywords.as_ref().filter(|_| keywords_here) {
+                    record(u32::MAX, scan, value.lower(), index);
                 }
             }
         }
         Passes { lists }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_literals_are_cut_to_their_first_bytes_at_a_character_boundary() {
+        assert_eq!(shortened("short"), "short");
+        let exact = "a".repeat(MAX_LITERAL_BYTES);
+        assert_eq!(shortened(&exact), exact);
+        assert_eq!(shortened(&format!("{exact}tail")), exact);
+        // 'é' is two bytes: cutting inside it would not be a string.
+        let cut = format!("{}é-more", "a".repeat(MAX_LITERAL_BYTES - 1));
+        assert_eq!(shortened(&cut), "a".repeat(MAX_LITERAL_BYTES - 1));
     }
 }

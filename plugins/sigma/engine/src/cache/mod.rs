@@ -323,8 +323,8 @@ impl Corpus {
                     3 => ValueKind::Bool,
                     _ => return Err(r.corrupt("bad value kind")),
                 };
-                let text: Box<str> = r.str()?.into();
-                let lower = if tag & 0x80 != 0 { Some(r.str()?.into()) } else { None };
+                let text = r.str()?;
+                let lower = if tag & 0x80 != 0 { Some(r.str()?) } else { None };
                 fields.push((FieldKey(key as u32), Value::from_parts(kind, text, lower)));
             }
             events.push(Event::new(FileId(file as u32), record_id, timestamp, fields));

@@ -25,7 +25,7 @@ use crate::diagnostic::Diagnostic;
 use crate::event::FieldKey;
 use crate::logsource::{LogsourceMap, UnknownLogsource, describe_logsource};
 pub use crate::prefilter::Passes;
-use crate::prefilter::Prefilter;
+use crate::prefilter::{ParallelFor, Prefilter};
 use crate::rule::Rule;
 
 mod correlation;
@@ -175,6 +175,12 @@ impl<'a> Hunter<'a> {
         Ok(PreparedRule { units, narrowed })
     }
 
+    /// The events (ascending) a unit of a prepared rule is evaluated on: its variant's
+    /// candidates, narrowed to the EventIDs its detection pins.
+    fn unit_candidates<'s>(&'s self, entry: usize, variant: usize, narrowed: &'s Option<Vec<u32>>) -> &'s [u32] {
+        narrowed.as_deref().unwrap_or(&self.candidates[entry][variant])
+    }
+
     /// The events (ascending corpus indices) a prepared rule matches.
     pub fn evaluate(&self, rule: &PreparedRule) -> Vec<u32> {
         self.evaluate_passed(rule, |_| None)
@@ -184,18 +190,37 @@ impl<'a> Hunter<'a> {
     /// [`Hunter::evaluate_indexed`] runs each rule only on events that contain one of its
     /// literals. See [`crate::prefilter`].
     pub fn index<'r>(&self, rules: impl IntoIterator<Item = Option<&'r PreparedRule>>) -> RuleIndex {
+        self.index_in(rules, &|n, build| (0..n).for_each(build))
+    }
+
+    /// [`Hunter::index`], building its automata through `parallel` (see [`Prefilter::new_in`]).
+    pub fn index_in<'r>(&self, rules: impl IntoIterator<Item = Option<&'r PreparedRule>>, parallel: ParallelFor) -> RuleIndex {
         let mut offsets = Vec::new();
-        let mut units: Vec<&CompiledRule> = Vec::new();
+        // Each unit with the candidates it is evaluated on.
+        let mut units: Vec<(&[u32], &CompiledRule)> = Vec::new();
         for rule in rules {
             offsets.push(units.len());
-            units.extend(rule.iter().flat_map(|r| r.units.iter().map(|(_, _, c)| c)));
+            units.extend(rule.iter().flat_map(|r| r.units.iter().zip(&r.narrowed).map(|((e, v, c), n)| (self.unit_candidates(*e, *v, n), c))));
         }
-        RuleIndex { prefilter: Prefilter::new(units), offsets }
+        let prefilter = Prefilter::new_in(units.iter().map(|(_, c)| *c), parallel);
+        // Keyword literals are searched in every value of an event, so only in the events where
+        // a unit with keyword literals reads its passes: the union of those units' candidates.
+        let keyword_units = prefilter.keyword_units();
+        let keyword_events = (!keyword_units.is_empty()).then(|| {
+            let mut marked = vec![false; self.corpus.len()];
+            for unit in keyword_units {
+                for &event in units[unit].0 {
+                    marked[event as usize] = true;
+                }
+            }
+            marked
+        });
+        RuleIndex { prefilter, offsets, keyword_events }
     }
 
     /// Runs the corpus events in `events` through `index` (all events: `0..corpus().len()`).
     pub fn scan(&self, index: &RuleIndex, events: Range<u32>) -> Passes {
-        index.prefilter.scan(&self.corpus, events)
+        index.prefilter.scan(&self.corpus, events, index.keyword_events.as_deref())
     }
 
     /// [`Hunter::evaluate`] for the rule at `position` of the indexed rules, on only the
@@ -211,7 +236,7 @@ impl<'a> Hunter<'a> {
         let mut out = Vec::new();
         let events = self.corpus.events();
         for (k, ((entry, variant, compiled), narrowed)) in rule.units.iter().zip(&rule.narrowed).enumerate() {
-            let candidates = narrowed.as_ref().unwrap_or(&self.candidates[*entry][*variant]);
+            let candidates = self.unit_candidates(*entry, *variant, narrowed);
             let matches = |i: &u32| compiled.matches(&events[*i as usize]);
             match passed(k) {
                 None => out.extend(candidates.iter().copied().filter(matches)),
@@ -333,6 +358,9 @@ pub struct RuleIndex {
     prefilter: Prefilter,
     /// Per rule: the number of its first unit (compiled logsource variant) in the prefilter.
     offsets: Vec<usize>,
+    /// Per corpus event: whether keyword literals are searched in it (see [`Hunter::index_in`]);
+    /// `None` when no unit has keyword literals.
+    keyword_events: Option<Vec<bool>>,
 }
 
 impl RuleIndex {
@@ -423,6 +451,9 @@ pub(super) mod tests {
             sysmon1(3, "C:\\\\Tools\\\\Äpfel.exe", "2020-01-01T00:00:01Z", "admin"),
             sysmon1(4, "C:\\\\Windows\\\\cmd.exe", "2020-01-01T00:00:02Z", "Administrator"),
             sec4688(5, "C:\\\\x\\\\net.exe"),
+            // Not a process creation: no keyword rule reads it, so its values are not searched
+            // for keywords (and no rule here may match it).
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":3,"EventRecordID":6},"EventData":{"Image":"C:\\whoami.exe"}}}"##.to_string(),
         ]);
         let rule = |n: usize, detection: &str| {
             format!("title: r{n}\nlogsource: {{product: windows, category: process_creation}}\ndetection:\n{detection}\n")
@@ -438,6 +469,10 @@ pub(super) mod tests {
             rule(7, "  sel:\n    Image|contains|all: ['windows', 'system32']\n  condition: sel"),
             rule(8, "  sel:\n    Image|cased|endswith: '\\WHOAMI.EXE'\n  condition: sel"),
             rule(9, "  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel"),
+            // Literals longer than the index keeps (it searches their first 24 bytes): one found
+            // whole, and one whose first 24 bytes occur in events it does not match.
+            rule(10, "  sel:\n    Image|contains: 'windows\\system32\\whoami.exe'\n  condition: sel"),
+            rule(11, "  sel:\n    Image|endswith: 'c:\\windows\\system32\\whoami.com'\n  condition: sel"),
         ];
         let set = rules(&texts.join("---\n"));
         assert_eq!(set.rules.len(), texts.len());
@@ -451,13 +486,14 @@ pub(super) mod tests {
         assert_eq!(units, 2 * texts.len());
         assert!(filtered >= 12, "only {filtered} of {units} units have literals");
         // Scanned in two ranges, as the CLI does in parallel.
+        assert_eq!(index.keyword_events.as_deref(), Some(&[true, true, true, true, true, false][..]));
         let mut passes = h.scan(&index, 0..2);
         passes.append(h.scan(&index, 2..c.len() as u32));
         let ids = |events: &[u32]| events.iter().map(|&i| c.event(i).record_id).collect::<Vec<_>>();
         let indexed: Vec<Vec<u64>> = prepared.iter().enumerate().map(|(i, p)| ids(&h.evaluate_indexed(p, &index, &passes, i))).collect();
         let plain: Vec<Vec<u64>> = prepared.iter().map(|p| ids(&h.evaluate(p))).collect();
         assert_eq!(indexed, plain);
-        let expected: [&[u64]; 10] = [&[1, 2], &[1, 2, 3, 5], &[1, 2], &[3], &[4], &[3, 4, 5], &[], &[1, 2], &[2], &[1, 2]];
+        let expected: [&[u64]; 12] = [&[1, 2], &[1, 2, 3, 5], &[1, 2], &[3], &[4], &[3, 4, 5], &[], &[1, 2], &[2], &[1, 2], &[1, 2], &[]];
         assert_eq!(indexed, expected.map(|e| e.to_vec()).to_vec());
         assert_eq!(h.hunt(&set).rule_matches.iter().map(|m| ids(m)).collect::<Vec<_>>(), plain);
     }
