@@ -47,8 +47,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Before any tensor work or thread: freed tensor buffers stay in the process for reuse.
-    sigmaforge_model::allocator::keep_freed_tensor_memory();
+    // Before any tensor work or thread: freed tensor buffers stay in the process for reuse, and
+    // denormal floats flush to zero (threads inherit it).
+    sigmaforge_model::process::tune_for_tensors();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args),

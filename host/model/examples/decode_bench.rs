@@ -72,7 +72,7 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
-    sigmaforge_model::allocator::keep_freed_tensor_memory(); // as the CLI does
+    sigmaforge_model::process::tune_for_tensors(); // as the CLI does
     let args = parse_args()?;
     let loaded = load_model(&args.model, &LoadOptions { base_quant: args.base_quant, inference_only: true, ..Default::default() })?;
     let (model, tok) = (loaded.model, loaded.tokenizer);

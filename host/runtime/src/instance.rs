@@ -13,6 +13,7 @@ use wasmtime::{Engine, Store, Trap};
 use crate::bindings::{References, ReferencesIndices, task, tool};
 use crate::contract::{Contract, World};
 use crate::engine::ticks_for;
+use crate::floats::IeeeFloats;
 use crate::sandbox::{Grants, State};
 
 /// The linked-but-not-instantiated plugin, one per loaded plugin: the `InstancePre` and the
@@ -74,6 +75,8 @@ impl Instance {
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks_for(init_limit));
+        // Instantiation runs guest code (start functions, constructors) too.
+        let ieee = IeeeFloats::enter();
         let bindings = match pre {
             Pre::Task { pre, indices, references } => pre.instantiate(&mut store).and_then(|instance| {
                 let task = indices.load(&mut store, &instance)?;
@@ -82,6 +85,7 @@ impl Instance {
             }),
             Pre::Tool(p) => p.instantiate(&mut store).map(Bindings::Tool),
         };
+        drop(ieee);
         let bindings = match bindings {
             Ok(b) => b,
             Err(e) => return Err(describe(&plugin, "instantiate", init_limit, &store, e)),
@@ -107,6 +111,7 @@ impl Instance {
         self.store.data().output.clear();
         self.store.data_mut().limiter.denied = None;
         self.store.set_epoch_deadline(ticks_for(limit));
+        let _ieee = IeeeFloats::enter();
         match f(&self.bindings, &mut self.store) {
             Ok(r) => Ok(r),
             Err(e) => Err(describe(&self.plugin, what, limit, &self.store, e)),

@@ -28,6 +28,7 @@ pub mod bindings;
 pub mod config;
 pub mod contract;
 pub mod engine;
+mod floats;
 mod instance;
 pub mod log;
 mod plugin;

@@ -159,9 +159,10 @@ fn report_fwd_bwd(label: &str, b: usize, l: usize, (fwd, total): (Duration, Dura
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the CLI does (`SIGMAFORGE_MALLOC_DEFAULTS=1` measures glibc's defaults).
-    let tuned = sigmaforge_model::allocator::keep_freed_tensor_memory();
-    println!("threads: {}; malloc keeps freed tensor memory: {tuned}", candle_core::utils::get_num_threads());
+    // As the CLI does (`SIGMAFORGE_MALLOC_DEFAULTS=1` / `SIGMAFORGE_KEEP_DENORMALS=1` measure
+    // without either setting).
+    let tuned = sigmaforge_model::process::tune_for_tensors();
+    println!("threads: {}; {tuned:?}", candle_core::utils::get_num_threads());
     // `model_throughput update`: only the SmolLM2 GRPO update micro-batch (for profiling).
     let only_update = std::env::args().skip(1).any(|a| a == "update");
     if only_update {

@@ -116,6 +116,12 @@ pub struct TrainingSection {
     /// μ: optimisation passes over each batch (1 = strictly on-policy).
     #[serde(default = "one")]
     pub passes_per_batch: usize,
+    /// Packed micro-batches: the rollouts of one prompt share a single copy of it in one row,
+    /// with no padding (`sigmaforge_model::model::PackedRow`). The same gradients as padded
+    /// rows for a fraction of the positions (BENCHMARKS.md, "GRPO update"); `false` pads each
+    /// rollout to its own row.
+    #[serde(default = "yes")]
+    pub pack: bool,
     #[serde(default)]
     pub seed: u64,
     /// Memory savers for large models: `{ activation_checkpointing: bool, logits_chunk: N }`
@@ -137,6 +143,9 @@ pub struct TrainingSection {
 
 fn default_micro_batch() -> usize {
     4
+}
+fn yes() -> bool {
+    true
 }
 fn one() -> usize {
     1
@@ -245,6 +254,10 @@ pub struct SftSection {
     /// Examples per forward/backward; gradients are accumulated over the step.
     #[serde(default = "default_micro_batch")]
     pub micro_batch_size: usize,
+    /// Packed micro-batches: a micro-batch's examples one after the other in one row, each
+    /// seeing only itself, with no padding. Same gradients as padded rows; `false` pads.
+    #[serde(default = "yes")]
+    pub pack: bool,
     pub lr: f64,
     #[serde(default = "constant")]
     pub schedule: ScheduleKind,

@@ -269,14 +269,18 @@ impl SftTrainer {
                 }
             })
             .collect();
-        MicroBatch::build(&samples, self.tokenizer.pad_token_id(), self.model.device())
+        if self.sft.pack {
+            MicroBatch::build_packed(&samples, self.tokenizer.pad_token_id(), self.model.device())
+        } else {
+            MicroBatch::build(&samples, self.tokenizer.pad_token_id(), self.model.device())
+        }
     }
 
     /// The logits `[n, C, vocab]` (f32, with the graph) at the positions that predict the
     /// answer tokens.
     fn answer_logits(&self, batch: &MicroBatch) -> Result<Tensor> {
-        let hidden = self.model.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Enabled)?;
-        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
+        let hidden = self.model.forward_hidden(&batch.input_ids, batch.layout(), None, AdapterMode::Enabled)?;
+        let h = batch.completion_hidden(&hidden)?;
         Ok(self.model.logits(&h, AdapterMode::Enabled)?.to_dtype(DType::F32)?)
     }
 
@@ -289,9 +293,9 @@ impl SftTrainer {
         let params = self.optimizer.params();
         self.model.backward_bounded(
             &batch.input_ids,
-            &batch.attention_mask,
+            batch.layout(),
             AdapterMode::Enabled,
-            (batch.prompt_width - 1, batch.completion_width),
+            batch.loss_positions(),
             self.cfg.training.memory,
             |logits, range| {
                 let targets = batch.targets.narrow(1, range.start, range.len())?;

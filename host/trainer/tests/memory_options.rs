@@ -83,3 +83,43 @@ fn chunked_logits_refuse_sequence_aggregation() {
     let err = sigmaforge_trainer::config::RunConfig::from_yaml(yaml, "t.yaml").and_then(|c| c.validate().map(|_| c)).unwrap_err();
     assert!(format!("{err:#}").contains("logits_chunk needs grpo.loss_aggregation token or constant"), "{err:#}");
 }
+
+/// Packed micro-batches (`training.pack`, the default: each prompt once per row, its rollouts
+/// after it, no padding) change the layout of the update, not what it computes: against padded
+/// rows the run ends at the same weights with the same statistics — with the KL reference, two
+/// passes per batch, a micro-batch that holds the end of one group and the start of the next
+/// (4 rollouts in micro-batches of 3), with and without the memory savers, full and LoRA.
+#[test]
+fn packed_micro_batches_give_the_padded_update() {
+    let lora = "finetune: lora\nlora: { rank: 4, alpha: 8, target_modules: [all-linear] }";
+    for (memory, rest, name) in [
+        ("{}", "", "pack-plain"),
+        ("{ activation_checkpointing: true, logits_chunk: 4 }", "", "pack-bounded"),
+        ("{ reference_on_host: true }", "", "pack-host-ref"),
+        ("{ logits_chunk: 2 }", lora, "pack-lora"),
+    ] {
+        let (w0, m0) = run(&format!("training: {{ pack: false, memory: {memory} }}\n{rest}"), &format!("{name}-padded"));
+        let (w1, m1) = run(&format!("training: {{ memory: {memory} }}\n{rest}"), &format!("{name}-packed"));
+        assert!(m0.last().unwrap().kl > 1e-4, "{name}: KL {} is too small to compare", m0.last().unwrap().kl);
+        let mut worst = 0f32;
+        for ((n0, a), (n1, b)) in w0.iter().zip(&w1) {
+            assert_eq!(n0, n1);
+            worst = a.iter().zip(b).fold(worst, |m, (x, y)| m.max((x - y).abs()));
+        }
+        assert!(worst < 1e-4, "{name}: weights differ by {worst}");
+        for (a, b) in m0.iter().zip(&m1) {
+            assert!(
+                (a.loss - b.loss).abs() < 1e-4 && (a.kl - b.kl).abs() < 1e-5 && (a.entropy - b.entropy).abs() < 1e-4,
+                "{name}: step {} metrics differ: loss {} / {}, kl {} / {}, entropy {} / {}",
+                a.step,
+                a.loss,
+                b.loss,
+                a.kl,
+                b.kl,
+                a.entropy,
+                b.entropy
+            );
+            assert_eq!(a.reward.mean, b.reward.mean, "{name}: the rollouts differ");
+        }
+    }
+}

@@ -25,7 +25,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{AdapterMode, CausalLm, ops};
+use super::{AdapterMode, CausalLm, Layout, ops};
 
 /// Memory-saving options of the policy update (`training.memory` in the run config).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,46 @@ impl MemoryOptions {
     }
 }
 
+/// The hidden positions a loss reads, as an `[n, len]` grid.
+#[derive(Debug, Clone, Copy)]
+pub enum LossPositions<'a> {
+    /// Positions `start..start + len` of every row (`n` = B).
+    Window { start: usize, len: usize },
+    /// Any positions: `[n, len]` (u32) indices into the row-major `[B * T]` positions (a packed
+    /// row's [`super::PackedRow::prediction_index`]).
+    Gather(&'a Tensor),
+}
+
+impl From<(usize, usize)> for LossPositions<'_> {
+    fn from((start, len): (usize, usize)) -> Self {
+        LossPositions::Window { start, len }
+    }
+}
+
+impl LossPositions<'_> {
+    /// Positions per row of the grid.
+    pub fn width(&self) -> Result<usize> {
+        Ok(match self {
+            LossPositions::Window { len, .. } => *len,
+            LossPositions::Gather(index) => index.dims2()?.1,
+        })
+    }
+
+    /// Columns `from..from + c` of the grid, taken from hidden states `[B, T, H]`: `[n, c, H]`.
+    /// Differentiable (a gather's gradient adds into the positions it read).
+    pub fn select(&self, hidden: &Tensor, from: usize, c: usize) -> Result<Tensor> {
+        Ok(match self {
+            LossPositions::Window { start, .. } => hidden.narrow(1, start + from, c)?,
+            LossPositions::Gather(index) => {
+                let (b, t, h) = hidden.dims3()?;
+                let n = index.dim(0)?;
+                let rows = index.narrow(1, from, c)?.contiguous()?.flatten_all()?;
+                hidden.reshape((b * t, h))?.index_select(&rows, 0)?.reshape((n, c, h))?
+            }
+        })
+    }
+}
+
 impl CausalLm {
     /// How many backward segments one micro-batch's backward has with `options`: the points
     /// at which [`CausalLm::backward_bounded`] passes `segment_end = true` (the head, then the
@@ -72,25 +112,31 @@ impl CausalLm {
     /// trunk, a layer, the embeddings; always [`CausalLm::backward_segments`] of them, whatever
     /// the sequence length, so that data-parallel ranks can reduce gradients in step.
     ///
-    /// `window = (start, len)`: the hidden positions whose logits the loss reads (for GRPO, the
-    /// positions that predict completion tokens). `chunk_loss` gets the logits
-    /// `[B, c, vocab]` of window positions `range` (relative to `start`) and returns a scalar
-    /// that must depend only on them; it is called once per chunk, in order.
+    /// `layout`: the attention mask `[B, T]` or a [`super::PackedRow`]. `positions`: the hidden
+    /// positions whose logits the loss reads (for GRPO, the positions that predict completion
+    /// tokens): a window `(start, len)` of every row, or a [`LossPositions::Gather`] index.
+    /// `chunk_loss` gets the logits `[n, c, vocab]` of loss positions `range` (columns of the
+    /// `[n, len]` positions) and returns a scalar that must depend only on them; it is called
+    /// once per chunk, in order.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward_bounded(
+    pub fn backward_bounded<'a, 'b>(
         &self,
         input_ids: &Tensor,
-        attention_mask: &Tensor,
+        layout: impl Into<Layout<'a>>,
         adapters: AdapterMode,
-        window: (usize, usize),
+        positions: impl Into<LossPositions<'b>>,
         options: MemoryOptions,
         mut chunk_loss: impl FnMut(&Tensor, Range<usize>) -> Result<Tensor>,
         mut on_grads: impl FnMut(&GradStore, bool) -> Result<()>,
     ) -> Result<()> {
         let (_, t) = input_ids.dims2()?;
-        let (start, len) = window;
-        ensure!(len > 0 && start + len <= t, "loss window {start}..{} is outside the {t} positions", start + len);
-        let ctx = self.prepare(input_ids, attention_mask, None)?;
+        let positions = positions.into();
+        let len = positions.width()?;
+        if let LossPositions::Window { start, len } = positions {
+            ensure!(len > 0 && start + len <= t, "loss window {start}..{} is outside the {t} positions", start + len);
+        }
+        ensure!(len > 0, "no loss positions");
+        let ctx = self.prepare(input_ids, layout.into(), None)?;
         let checkpoint = options.activation_checkpointing;
 
         // 1. Forward. With checkpointing keep only detached layer inputs; without, keep the graph.
@@ -111,7 +157,7 @@ impl CausalLm {
         let mut from = 0;
         while from < len {
             let c = chunk.min(len - from);
-            let h = ops::rms_norm(&leaf.as_tensor().narrow(1, start + from, c)?, self.norm.tensor(), self.cfg.rms_norm_eps)?;
+            let h = ops::rms_norm(&positions.select(leaf.as_tensor(), from, c)?, self.norm.tensor(), self.cfg.rms_norm_eps)?;
             let logits = self.logits(&h, adapters)?;
             let loss = chunk_loss(&logits, from..from + c)?;
             if loss.elem_count() != 1 {

@@ -22,6 +22,7 @@ mod moe;
 pub mod mxfp4;
 mod offload;
 mod ops;
+mod packing;
 mod q8_gemm;
 mod quant;
 mod rope_scaling;
@@ -35,9 +36,11 @@ use candle_core::{D, DType, Device, Tensor, Var};
 
 pub use config::{Family, ModelConfig, MoeConfig, Yarn};
 pub use kv_cache::KvCache;
+pub use memory::LossPositions;
 pub use memory::MemoryOptions;
 pub use offload::streamed_logits;
 pub use ops::{token_entropy, token_logprobs};
+pub use packing::{Layout, PackedGroup, PackedRow};
 pub use quant::{BaseQuant, QuantMatmul, apply_base_quant, permute_rows, quantizable};
 
 use crate::lora::{Linear, LoraConfig, Param};
@@ -294,28 +297,30 @@ impl CausalLm {
     /// ids are the running count of real tokens, so left padding does not shift them.
     /// Returns logits [B, T, vocab] in the model dtype.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
-        let hidden = self.forward_hidden(input_ids, attention_mask, cache, adapters)?;
+        let hidden = self.forward_hidden(input_ids, Layout::Padded(attention_mask), cache, adapters)?;
         self.logits(&hidden, adapters)
     }
 
     /// Logits of the last position only, [B, vocab]: what sampling needs, without paying for
     /// the vocabulary projection of every prompt position.
     pub fn forward_last(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>, adapters: AdapterMode) -> Result<Tensor> {
-        let hidden = self.forward_hidden(input_ids, attention_mask, cache, adapters)?;
+        let hidden = self.forward_hidden(input_ids, Layout::Padded(attention_mask), cache, adapters)?;
         let t = hidden.dim(1)?;
         Ok(self.logits(&hidden.narrow(1, t - 1, 1)?, adapters)?.squeeze(1)?)
     }
 
     /// Final hidden states (after the last norm), [B, T, hidden]. With [`Self::logits`] this
     /// lets a caller project to the vocabulary in chunks to bound memory.
-    pub fn forward_hidden(
+    /// `layout` is the attention mask `[B, past + T]` (as for [`Self::forward`]) or a
+    /// [`PackedRow`] (no cache).
+    pub fn forward_hidden<'a>(
         &self,
         input_ids: &Tensor,
-        attention_mask: &Tensor,
+        layout: impl Into<Layout<'a>>,
         mut cache: Option<&mut KvCache>,
         adapters: AdapterMode,
     ) -> Result<Tensor> {
-        let ctx = self.prepare(input_ids, attention_mask, cache.as_deref())?;
+        let ctx = self.prepare(input_ids, layout.into(), cache.as_deref())?;
         let mut x = self.embed(input_ids)?;
         let inference = cache.is_some();
         for i in 0..self.layers.len() {
@@ -325,27 +330,45 @@ impl CausalLm {
     }
 
     /// Checks shapes against the cache and builds the additive mask and RoPE rows of a forward.
-    fn prepare(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&KvCache>) -> Result<BlockInputs> {
+    fn prepare(&self, input_ids: &Tensor, layout: Layout, cache: Option<&KvCache>) -> Result<BlockInputs> {
         let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
-        let past = cache.map(|c| c.seq_len()).unwrap_or(0);
-        if let Some(c) = cache {
-            if c.num_layers() != self.layers.len() {
-                bail!("kv cache has {} layers, the model {}", c.num_layers(), self.layers.len());
+        let any_sliding = self.layers.iter().any(|l| l.sliding);
+        let (mask, sliding_mask, positions) = match layout {
+            Layout::Padded(attention_mask) => {
+                let past = cache.map(|c| c.seq_len()).unwrap_or(0);
+                if let Some(c) = cache {
+                    if c.num_layers() != self.layers.len() {
+                        bail!("kv cache has {} layers, the model {}", c.num_layers(), self.layers.len());
+                    }
+                    if past > 0 && c.batch_size() != b {
+                        bail!("kv cache holds {} rows, input_ids has {b}", c.batch_size());
+                    }
+                }
+                let (mb, ms) = attention_mask.dims2().context("attention_mask must be [batch, seq]")?;
+                if mb != b || ms != past + t {
+                    bail!("attention_mask is [{mb}, {ms}], expected [{b}, {}] (cached {past} + new {t})", past + t);
+                }
+                let (mask, positions) = ops::mask_and_positions(attention_mask, past, t, self.dtype, &self.device)?;
+                let sliding_mask = match self.cfg.sliding_window {
+                    Some(window) if any_sliding => Some(local_attention::sliding_mask(attention_mask, past, t, window, self.dtype, &self.device)?),
+                    _ => None,
+                };
+                (mask, sliding_mask, positions)
             }
-            if past > 0 && c.batch_size() != b {
-                bail!("kv cache holds {} rows, input_ids has {b}", c.batch_size());
+            Layout::Packed(row) => {
+                if cache.is_some() {
+                    bail!("a packed row is not run with a KV cache");
+                }
+                if b != 1 || t != row.len() {
+                    bail!("a packed row of {} positions needs input_ids [1, {}], got [{b}, {t}]", row.len(), row.len());
+                }
+                let mask = row.mask(None, self.dtype, &self.device)?;
+                let sliding_mask = match self.cfg.sliding_window {
+                    Some(window) if any_sliding => Some(row.mask(Some(window), self.dtype, &self.device)?),
+                    _ => None,
+                };
+                (mask, sliding_mask, row.positions())
             }
-        }
-        let (mb, ms) = attention_mask.dims2().context("attention_mask must be [batch, seq]")?;
-        if mb != b || ms != past + t {
-            bail!("attention_mask is [{mb}, {ms}], expected [{b}, {}] (cached {past} + new {t})", past + t);
-        }
-        let (mask, positions) = ops::mask_and_positions(attention_mask, past, t, self.dtype, &self.device)?;
-        let sliding_mask = match self.cfg.sliding_window {
-            Some(window) if self.layers.iter().any(|l| l.sliding) => {
-                Some(local_attention::sliding_mask(attention_mask, past, t, window, self.dtype, &self.device)?)
-            }
-            _ => None,
         };
         if let Some(max) = positions.iter().copied().max()
             && max as usize >= self.rope_cos.dim(0)?

@@ -7,7 +7,7 @@
 use anyhow::{Result, ensure};
 use candle_core::{Device, Tensor};
 
-use super::{AdapterMode, BlockInputs, CausalLm, Layer, ops};
+use super::{AdapterMode, BlockInputs, CausalLm, Layer, Layout, ops};
 use crate::lora::{BaseWeight, Linear, Param};
 
 fn frozen_on(p: &Param, device: &Device) -> Result<Param> {
@@ -48,18 +48,26 @@ impl CausalLm {
     /// layer is copied to `device`, applied, and dropped. The same numbers as
     /// [`CausalLm::forward_hidden`] on a copy that lives on `device`.
     pub fn hidden_streamed(&self, input_ids: &Tensor, attention_mask: &Tensor, device: &Device) -> Result<Tensor> {
-        Ok(self.hidden_streamed_batches(&[(input_ids, attention_mask)], device)?.remove(0))
+        Ok(self.hidden_streamed_batches(&[(input_ids, Layout::Padded(attention_mask))], device)?.remove(0))
     }
 
-    /// [`Self::hidden_streamed`] of several (input_ids, attention_mask) batches at once: each
+    /// [`Self::hidden_streamed`] of several (input_ids, layout) batches at once: each
     /// layer crosses to `device` once and is applied to every batch (the micro-batches of a
     /// training step), so the weights travel once per step, not once per micro-batch.
-    pub fn hidden_streamed_batches(&self, batches: &[(&Tensor, &Tensor)], device: &Device) -> Result<Vec<Tensor>> {
+    pub fn hidden_streamed_batches(&self, batches: &[(&Tensor, Layout)], device: &Device) -> Result<Vec<Tensor>> {
         ensure!(self.trainable_vars().is_empty(), "only a frozen model (a KL reference) is streamed");
         let mut states = Vec::with_capacity(batches.len());
-        for (input_ids, attention_mask) in batches {
+        for (input_ids, layout) in batches {
             let ids = input_ids.to_device(&self.device)?;
-            let ctx = self.prepare(&ids, &attention_mask.to_device(&self.device)?, None)?;
+            let mask;
+            let layout = match layout {
+                Layout::Padded(m) => {
+                    mask = m.to_device(&self.device)?;
+                    Layout::Padded(&mask)
+                }
+                packed => *packed,
+            };
+            let ctx = self.prepare(&ids, layout, None)?;
             let ctx = BlockInputs {
                 mask: ctx.mask.to_device(device)?,
                 sliding_mask: ctx.sliding_mask.map(|m| m.to_device(device)).transpose()?,
@@ -116,7 +124,7 @@ mod tests {
             assert_eq!(d, 0.0, "{:?}", cfg.family);
             // Several batches at once (each layer streamed once for all): each batch's numbers.
             let (ids1, mask1) = (ids.narrow(0, 1, 1).unwrap(), mask.narrow(0, 1, 1).unwrap());
-            let both = reference.hidden_streamed_batches(&[(&ids, &mask), (&ids1, &mask1)], &Device::Cpu).unwrap();
+            let both = reference.hidden_streamed_batches(&[(&ids, Layout::Padded(&mask)), (&ids1, Layout::Padded(&mask1))], &Device::Cpu).unwrap();
             assert_eq!(both.len(), 2);
             let alone = reference.forward_hidden(&ids1, &mask1, None, AdapterMode::Disabled).unwrap();
             for (got, want) in [(&both[0], &hidden), (&both[1], &alone)] {

@@ -10,7 +10,7 @@ use super::{Sample, Trainer};
 use crate::grpo::{self, LossInputs, LossNormalizer, LossParams, LossStats};
 use crate::optim::GradAccumulator;
 use crate::parallel::StepGradients;
-use sigmaforge_model::model::{AdapterMode, CausalLm, streamed_logits};
+use sigmaforge_model::model::{AdapterMode, CausalLm, Layout, LossPositions, PackedRow, streamed_logits};
 
 impl Trainer {
     /// The samples the update trains on, with every rollout's group-relative advantage (for
@@ -74,8 +74,7 @@ impl Trainer {
             return Ok(UpdateStats::default());
         };
         let temperature = self.sampling_config().logprob_temperature();
-        let batches: Vec<MicroBatch> =
-            samples.chunks(mb).map(|c| MicroBatch::build(c, self.tokenizer.pad_token_id(), self.model.device())).collect::<Result<_>>()?;
+        let batches = MicroBatch::split(samples, mb, self.cfg.training.pack, self.tokenizer.pad_token_id(), self.model.device())?;
         // ZeRO-2 reduces gradients at every backward segment, so every rank runs as many
         // micro-batches as the busiest one; the extra ones have no samples (empty segments).
         let micro_batches = self.dp.micro_batches_everywhere(batches.len())?;
@@ -220,13 +219,12 @@ impl Trainer {
         let recorded_old = if first_pass { None } else { Some(old_logp[i].clone()) };
         let mut new_old: Vec<Tensor> = Vec::new();
         let mut out = BoundedStats::default();
-        let window = (batch.prompt_width - 1, batch.completion_width);
         let params_list = self.optimizer.params();
         self.model.backward_bounded(
             &batch.input_ids,
-            &batch.attention_mask,
+            batch.layout(),
             AdapterMode::Enabled,
-            window,
+            batch.loss_positions(),
             self.cfg.training.memory,
             |logits, range| {
                 let targets = batch.targets.narrow(1, range.start, range.len())?;
@@ -273,7 +271,7 @@ impl Trainer {
         let head = if streamed { Some(reference.head_on(device)?) } else { None };
         let logprobs = |batch: &MicroBatch, hidden: Tensor| -> Result<Tensor> {
             let width = batch.completion_width;
-            let h = hidden.narrow(1, batch.prompt_width - 1, width)?;
+            let h = batch.completion_hidden(&hidden)?;
             let chunk = match self.cfg.training.memory.logits_chunk {
                 0 => width,
                 c => c.min(width),
@@ -294,20 +292,19 @@ impl Trainer {
         };
         if streamed {
             // Each layer crosses to the device once and meets every micro-batch.
-            let inputs: Vec<(&Tensor, &Tensor)> = batches.iter().map(|b| (&b.input_ids, &b.attention_mask)).collect();
+            let inputs: Vec<(&Tensor, Layout)> = batches.iter().map(|b| (&b.input_ids, b.layout())).collect();
             let hidden = reference.hidden_streamed_batches(&inputs, device)?;
             batches.iter().zip(hidden).map(|(b, h)| logprobs(b, h)).collect()
         } else {
             // A resident reference goes batch by batch: one micro-batch's hidden states at a time.
-            batches.iter().map(|b| logprobs(b, reference.forward_hidden(&b.input_ids, &b.attention_mask, None, AdapterMode::Disabled)?)).collect()
+            batches.iter().map(|b| logprobs(b, reference.forward_hidden(&b.input_ids, b.layout(), None, AdapterMode::Disabled)?)).collect()
         }
     }
 
     /// Logits (f32) at the positions that predict the completion tokens: `[n, C, vocab]`.
     fn completion_logits(&self, model: &CausalLm, batch: &MicroBatch, adapters: AdapterMode) -> Result<Tensor> {
-        let hidden = model.forward_hidden(&batch.input_ids, &batch.attention_mask, None, adapters)?;
-        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
-        Ok(model.logits(&h, adapters)?.to_dtype(DType::F32)?)
+        let hidden = model.forward_hidden(&batch.input_ids, batch.layout(), None, adapters)?;
+        Ok(model.logits(&batch.completion_hidden(&hidden)?, adapters)?.to_dtype(DType::F32)?)
     }
 }
 
@@ -339,41 +336,84 @@ enum UpdateMode {
     GradientOnly,
 }
 
-/// Tensors of one micro-batch: prompts left-padded to `prompt_width`, completions right-padded
-/// to `completion_width`. The model reads the prompt and every completion token but the last;
-/// hidden position `prompt_width - 1 + j` predicts completion token `j`.
+/// Tensors of one micro-batch: the model's input (padded rows or one packed row, see
+/// [`Rows`]) and, per sample, its completion tokens right-padded to `completion_width` with
+/// their loss mask, sampling log-probs and advantage (`[n, C]` / `[n]`).
 pub(crate) struct MicroBatch {
     pub(crate) input_ids: Tensor,
-    pub(crate) attention_mask: Tensor,
+    rows: Rows,
     pub(crate) targets: Tensor,
     pub(crate) mask: Tensor,
     sample_logp: Tensor,
     advantages: Tensor,
-    pub(crate) prompt_width: usize,
     pub(crate) completion_width: usize,
 }
 
+/// How a micro-batch's samples are laid out for the model.
+enum Rows {
+    /// One row per sample: the prompt left-padded to `prompt_width`, then the completion; the
+    /// model reads every completion token but the last, and hidden position
+    /// `prompt_width - 1 + j` predicts completion token `j`.
+    Padded { attention_mask: Tensor, prompt_width: usize },
+    /// One packed row (`sigmaforge_model::model::PackedRow`): each distinct prompt once, then
+    /// the completions that share it; `index` `[n, C]` holds the row position that predicts
+    /// each completion token.
+    Packed { row: PackedRow, index: Tensor },
+}
+
 impl MicroBatch {
+    /// Padded rows.
     pub(crate) fn build(samples: &[Sample], pad: u32, device: &Device) -> Result<Self> {
         let n = samples.len();
         let p = samples.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
-        let c = samples.iter().map(|s| s.completion.len()).max().unwrap_or(0).max(1);
+        let c = completion_width(samples);
         ensure!(p > 0, "a prompt is empty");
         let width = p + c - 1;
         let mut ids = Vec::with_capacity(n * width);
         let mut attn = Vec::with_capacity(n * width);
-        let mut targets = Vec::with_capacity(n * c);
-        let mut mask = Vec::with_capacity(n * c);
-        let mut lp = Vec::with_capacity(n * c);
         for s in samples {
-            ensure!(s.sample_logp.len() == s.completion.len(), "rollout has {} log-probs for {} tokens", s.sample_logp.len(), s.completion.len());
-            ensure!(s.policy_mask.len() == s.completion.len(), "rollout has {} mask entries for {} tokens", s.policy_mask.len(), s.completion.len());
             let left = p - s.prompt.len();
             let seq: Vec<u32> = std::iter::repeat_n(pad, left).chain(s.prompt.iter().copied()).chain(s.completion.iter().copied()).collect();
             for j in 0..width {
                 ids.push(seq.get(j).copied().unwrap_or(pad));
                 attn.push(u32::from(j >= left && j < seq.len()));
             }
+        }
+        let rows = Rows::Padded { attention_mask: Tensor::from_vec(attn, (n, width), device)?, prompt_width: p };
+        Self::with_targets(samples, Tensor::from_vec(ids, (n, width), device)?, rows, pad, device)
+    }
+
+    /// One packed row: consecutive samples with the same prompt share one copy of it (a GRPO
+    /// group), other prompts follow as groups of their own; no padding. The model reads every
+    /// completion token but the last. Same losses and gradients as [`Self::build`].
+    pub(crate) fn build_packed(samples: &[Sample], pad: u32, device: &Device) -> Result<Self> {
+        let mut groups: Vec<(&[u32], Vec<&[u32]>)> = Vec::new();
+        for s in samples {
+            ensure!(!s.prompt.is_empty(), "a prompt is empty");
+            ensure!(!s.completion.is_empty(), "a completion is empty");
+            // The last completion token is only a target: no position reads it.
+            let read = &s.completion[..s.completion.len() - 1];
+            match groups.last_mut() {
+                Some((prompt, reads)) if *prompt == s.prompt.as_slice() => reads.push(read),
+                _ => groups.push((&s.prompt, vec![read])),
+            }
+        }
+        let (ids, row) = PackedRow::pack(&groups)?;
+        let c = completion_width(samples);
+        let index = Tensor::from_vec(row.prediction_index(c), (samples.len(), c), device)?;
+        let t = ids.len();
+        Self::with_targets(samples, Tensor::from_vec(ids, (1, t), device)?, Rows::Packed { row, index }, pad, device)
+    }
+
+    fn with_targets(samples: &[Sample], input_ids: Tensor, rows: Rows, pad: u32, device: &Device) -> Result<Self> {
+        let n = samples.len();
+        let c = completion_width(samples);
+        let mut targets = Vec::with_capacity(n * c);
+        let mut mask = Vec::with_capacity(n * c);
+        let mut lp = Vec::with_capacity(n * c);
+        for s in samples {
+            ensure!(s.sample_logp.len() == s.completion.len(), "rollout has {} log-probs for {} tokens", s.sample_logp.len(), s.completion.len());
+            ensure!(s.policy_mask.len() == s.completion.len(), "rollout has {} mask entries for {} tokens", s.policy_mask.len(), s.completion.len());
             for j in 0..c {
                 let real = j < s.completion.len();
                 // Only sampled tokens are actions: padding and inserted tool turns get mask 0,
@@ -385,16 +425,46 @@ impl MicroBatch {
             }
         }
         Ok(Self {
-            input_ids: Tensor::from_vec(ids, (n, width), device)?,
-            attention_mask: Tensor::from_vec(attn, (n, width), device)?,
+            input_ids,
+            rows,
             targets: Tensor::from_vec(targets, (n, c), device)?,
             mask: Tensor::from_vec(mask, (n, c), device)?,
             sample_logp: Tensor::from_vec(lp, (n, c), device)?,
             advantages: Tensor::from_vec(samples.iter().map(|s| s.advantage as f32).collect::<Vec<_>>(), n, device)?,
-            prompt_width: p,
             completion_width: c,
         })
     }
+
+    /// The micro-batches of `samples`, at most `size` samples each: packed rows when `pack`.
+    pub(crate) fn split(samples: &[Sample], size: usize, pack: bool, pad: u32, device: &Device) -> Result<Vec<Self>> {
+        samples.chunks(size).map(|c| if pack { Self::build_packed(c, pad, device) } else { Self::build(c, pad, device) }).collect()
+    }
+
+    /// How the model reads `input_ids`.
+    pub(crate) fn layout(&self) -> Layout<'_> {
+        match &self.rows {
+            Rows::Padded { attention_mask, .. } => Layout::Padded(attention_mask),
+            Rows::Packed { row, .. } => Layout::Packed(row),
+        }
+    }
+
+    /// The hidden positions that predict the completion tokens, as an `[n, C]` grid.
+    pub(crate) fn loss_positions(&self) -> LossPositions<'_> {
+        match &self.rows {
+            Rows::Padded { prompt_width, .. } => LossPositions::Window { start: prompt_width - 1, len: self.completion_width },
+            Rows::Packed { index, .. } => LossPositions::Gather(index),
+        }
+    }
+
+    /// Hidden states `[n, C, H]` of the positions that predict the completion tokens.
+    pub(crate) fn completion_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.loss_positions().select(hidden, 0, self.completion_width)
+    }
+}
+
+/// The longest completion (at least 1).
+fn completion_width(samples: &[Sample]) -> usize {
+    samples.iter().map(|s| s.completion.len()).max().unwrap_or(0).max(1)
 }
 
 pub(crate) fn to_f64(t: &Tensor) -> Result<f64> {
@@ -450,8 +520,8 @@ mod tests {
             assert_eq!(&row[..want.len()], want.as_slice());
         }
 
-        let hidden = model.forward_hidden(&batch.input_ids, &batch.attention_mask, None, AdapterMode::Enabled).unwrap();
-        let h = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width).unwrap();
+        let hidden = model.forward_hidden(&batch.input_ids, batch.layout(), None, AdapterMode::Enabled).unwrap();
+        let h = batch.completion_hidden(&hidden).unwrap();
         let logits = Var::from_tensor(&model.logits(&h, AdapterMode::Enabled).unwrap().detach()).unwrap();
         let params = LossParams { epsilon_low: 0.2, epsilon_high: 0.2, beta: 0.0, aggregation: crate::grpo::LossAggregation::Token };
         let grad_per_position = |mask: &Tensor| -> (Vec<Vec<f32>>, f64) {
