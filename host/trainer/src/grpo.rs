@@ -203,20 +203,11 @@ pub fn policy_loss(inputs: &LossInputs, params: &LossParams, norm: &LossNormaliz
 
 /// Log-probabilities of `targets` under `logits` (`[N, T, V]`, `[N, T]` → `[N, T]`), divided by
 /// the sampling temperature first so they describe the distribution the tokens were drawn
-/// from. Uses candle's generic `log_softmax`, which (unlike the fused kernels) back-propagates.
-/// Also returns the mean-free per-token entropy `[N, T]` (no gradient) for metrics.
+/// from. Fused on the CPU (`sigmaforge_model::model::token_logprobs_and_entropy`), candle's
+/// differentiable `log_softmax` elsewhere. Also returns the per-token entropy `[N, T]` (no
+/// gradient) for metrics.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) -> Result<(Tensor, Tensor)> {
-    ensure!(logits.rank() == 3, "logits must be [N, T, V], got {:?}", logits.dims());
-    let (n, t, _v) = logits.dims3()?;
-    ensure!(targets.dims() == [n, t], "targets must be [{n}, {t}], got {:?}", targets.dims());
-    let logits = if temperature > 0.0 && (temperature - 1.0).abs() > 1e-12 { (logits / temperature)? } else { logits.clone() };
-    let logsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    // gather needs contiguous indices; a chunk of the targets is a strided view.
-    let idx = targets.to_dtype(DType::U32)?.contiguous()?.unsqueeze(2)?;
-    let logp = logsm.gather(&idx, D::Minus1)?.squeeze(2)?;
-    let logsm_d = logsm.detach();
-    let entropy = (logsm_d.exp()? * &logsm_d)?.sum(D::Minus1)?.neg()?;
-    Ok((logp, entropy))
+    sigmaforge_model::model::token_logprobs_and_entropy(logits, targets, temperature)
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

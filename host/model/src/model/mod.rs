@@ -13,6 +13,7 @@
 //! against dense f32 weights without the GEMM's packing), and a frozen base kept quantised
 //! (`quant`, with the AVX-512 VNNI Q8_0 matmul in `q8_gemm`).
 
+mod attention_softmax;
 mod config;
 mod decode_attention;
 mod kv_cache;
@@ -27,12 +28,13 @@ mod q8_gemm;
 mod quant;
 mod rope_scaling;
 pub(crate) mod small_matmul;
+mod token_logprobs;
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::QTensor;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 pub use config::{Family, ModelConfig, MoeConfig, Yarn};
 pub use kv_cache::KvCache;
@@ -42,6 +44,7 @@ pub use offload::streamed_logits;
 pub use ops::{token_entropy, token_logprobs};
 pub use packing::{Layout, PackedGroup, PackedRow};
 pub use quant::{BaseQuant, QuantMatmul, apply_base_quant, permute_rows, quantizable};
+pub use token_logprobs::token_logprobs_and_entropy;
 
 use crate::lora::{Linear, LoraConfig, Param};
 use crate::rng::SamplerRng;
@@ -470,13 +473,19 @@ impl CausalLm {
         }
         let s = k.dim(2)?;
         let q = q.reshape((b, nkv, g * t, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.reshape((b, nkv, g, t, s))?.broadcast_add(&mask.unsqueeze(2)?)?.reshape((b, nh, t, s))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        // [B, nkv, g·T, S] is [B, nh, T, S]: the g query heads of a kv head are consecutive.
+        let raw = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
         let probs = match (&layer.sinks, inference) {
-            (Some(sinks), _) => local_attention::softmax_with_sinks(&scores, sinks.tensor())?,
-            (None, true) => candle_nn::ops::softmax_last_dim(&scores)?,
-            // Generic softmax: softmax_last_dim has no backward in candle 0.11.
-            (None, false) => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            // Training without sinks: scale, mask and softmax fused, with their backward.
+            (None, false) => attention_softmax::masked_softmax(&raw, mask, scale)?,
+            (sinks, _) => {
+                let scores = (raw * scale)?.reshape((b, nkv, g, t, s))?.broadcast_add(&mask.unsqueeze(2)?)?.reshape((b, nh, t, s))?;
+                match sinks {
+                    Some(sinks) => local_attention::softmax_with_sinks(&scores, sinks.tensor())?,
+                    None => candle_nn::ops::softmax_last_dim(&scores)?,
+                }
+            }
         };
         let out = probs.reshape((b, nkv, g * t, s))?.matmul(&v)?;
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
