@@ -68,6 +68,23 @@ fn set_flush_denormals() -> bool {
     false
 }
 
+/// Gives the freed memory the allocator holds back to the kernel (glibc's `malloc_trim(0)`,
+/// which also releases free pages inside the heap). Keeping freed buffers makes the heap
+/// fragment when tensor sizes change from step to step (a GRPO step's rows have new lengths
+/// each time): with the composed log-softmax, peak RSS grew 4.0 → 6.9 GB over four steps of the
+/// default's GRPO stage. The trainers call this once per step, so the memory held is that of one
+/// step; the pages are faulted in again by the next one (a fraction of a second per step).
+/// Returns whether memory was released (always false off glibc).
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free memory to the kernel; live allocations stay.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 /// glibc's largest mmap threshold on 64-bit targets (`DEFAULT_MMAP_THRESHOLD_MAX`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: i32 = 32 << 20;

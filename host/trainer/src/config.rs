@@ -255,8 +255,11 @@ pub struct SftSection {
     #[serde(default = "default_micro_batch")]
     pub micro_batch_size: usize,
     /// Packed micro-batches: a micro-batch's examples one after the other in one row, each
-    /// seeing only itself, with no padding. Same gradients as padded rows; `false` pads.
-    #[serde(default = "yes")]
+    /// seeing only itself, with no padding. Same gradients as padded rows. Off by default:
+    /// SFT examples share no prompt, so packing saves only padding while the row's attention
+    /// grows with the square of its length — on the default 2 examples per micro-batch it was
+    /// no faster, on 4 slower (BENCHMARKS.md, "GRPO update"). Worth it when lengths vary a lot.
+    #[serde(default)]
     pub pack: bool,
     pub lr: f64,
     #[serde(default = "constant")]

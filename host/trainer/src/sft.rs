@@ -349,6 +349,9 @@ impl SftTrainer {
         let grad_norm = if self.sft.max_grad_norm > 0.0 { acc.clip_global_norm(self.sft.max_grad_norm)? } else { acc.global_norm()? };
         let lr = self.schedule.lr(self.step);
         self.optimizer.step(&acc, lr)?;
+        drop(acc);
+        // The step's buffers are free now: hand them back so the heap holds one step's worth.
+        sigmaforge_model::process::release_free_memory();
         self.step += 1;
         let seconds = start.elapsed().as_secs_f64();
         Ok(SftMetrics {

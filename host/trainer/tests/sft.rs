@@ -190,12 +190,12 @@ fn a_config_without_an_sft_section_or_examples_is_refused() {
 
 #[test]
 fn packed_micro_batches_give_the_weights_and_metrics_of_padded_ones() {
-    // `sft.pack` (the default) lays a micro-batch's examples out one after the other in one
-    // row, each seeing only itself; padded rows must learn the same, with and without the
+    // `sft.pack: true` lays a micro-batch's examples out one after the other in one row, each
+    // seeing only itself; padded rows (the default) must learn the same, with and without the
     // memory savers.
     for memory in ["", "training: { memory: { activation_checkpointing: true, logits_chunk: 2 } }"] {
-        let padded_cfg = sft_config(&format!("sft: {{ steps: 3, pack: false }}\n{memory}"));
-        let packed_cfg = sft_config(&format!("sft: {{ steps: 3 }}\n{memory}"));
+        let padded_cfg = sft_config(&format!("sft: {{ steps: 3 }}\n{memory}"));
+        let packed_cfg = sft_config(&format!("sft: {{ steps: 3, pack: true }}\n{memory}"));
         assert!(packed_cfg.sft.as_ref().unwrap().pack && !padded_cfg.sft.as_ref().unwrap().pack);
         let (padded_dir, packed_dir) = (temp_run_dir("sft-padded"), temp_run_dir("sft-packed"));
         let mut padded = trainer(&padded_cfg, &padded_dir);

@@ -4,9 +4,13 @@
 //! Why not candle-transformers: its fused softmax/rms_norm/rope, CPU flash attention and KV caches
 //! are called through `apply_op*_no_bwd` or `detach()`, so `backward()` silently reaches only the
 //! LM head; it also has no padding mask (see shared/reference/trainer-notes.md, B1). Here:
-//! generic `softmax`, a manual RMSNorm, RoPE by narrow/cat, matmul attention with an additive
-//! causal + key-padding mask, grouped-query attention without copying k/v heads, and Hugging
-//! Face weight names. GPT-OSS's additions live in their own modules: `moe` (experts and router),
+//! a manual RMSNorm, RoPE by narrow/cat, matmul attention with an additive causal +
+//! key-padding mask (or a packed row's, `packing`), grouped-query attention without copying
+//! k/v heads, and Hugging Face weight names. Two ops are our own fused CPU kernels with a
+//! hand-written backward, because composed from candle ops they were most of an update's
+//! non-matmul time: the attention's scale + mask + softmax (`attention_softmax`) and the
+//! vocabulary log-probs (`token_logprobs`); other devices and dtypes use the composition.
+//! GPT-OSS's additions live in their own modules: `moe` (experts and router),
 //! `mxfp4` (packed expert weights), `local_attention` (sliding window, sinks), `rope_scaling`
 //! (YaRN). Generation (no gradients) has its own fast paths: `kv_cache` (written in place),
 //! `decode_attention` (one new token against the cache, fused), `small_matmul` (a few rows

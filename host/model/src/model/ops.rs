@@ -96,11 +96,10 @@ pub fn mask_and_positions(attention_mask: &Tensor, past: usize, t: usize, dtype:
 }
 
 /// log p(targets) under softmax(logits): logits [B, T, V], targets [B, T] (u32) -> [B, T].
-/// Differentiable (generic log_softmax + gather). Callers shift: logits[:, t] predicts token t+1.
+/// Differentiable; fused on the CPU in f32 (`token_logprobs`), candle's log_softmax + gather
+/// elsewhere. Callers shift: logits[:, t] predicts token t+1.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let idx = targets.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?;
-    Ok(logp.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?)
+    Ok(super::token_logprobs::token_logprobs_and_entropy(logits, targets, 1.0)?.0)
 }
 
 /// Entropy of softmax(logits) per position: [B, T, V] -> [B, T].

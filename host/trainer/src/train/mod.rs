@@ -219,6 +219,8 @@ impl Trainer {
         let lr = self.schedule.lr(self.step);
         let update_start = Instant::now();
         let update = self.step_update(&samples, lr)?;
+        // The step's buffers are free now: hand them back so the heap holds one step's worth.
+        sigmaforge_model::process::release_free_memory();
         let update_time = update_start.elapsed();
         self.step += 1;
 
