@@ -64,28 +64,7 @@ fn fwd_bwd(model: &CausalLm, b: usize, l: usize, runs: usize) -> anyhow::Result<
 /// The same loss through `backward_bounded` (training.memory): activation checkpointing and
 /// the vocabulary projection in chunks of `chunk` positions. Returns the median time.
 fn fwd_bwd_bounded(model: &CausalLm, b: usize, l: usize, chunk: usize, runs: usize) -> anyhow::Result<Duration> {
-    let (input, mask, adv) = loss_inputs(model, b, l)?;
-    let options = MemoryOptions { activation_checkpointing: true, logits_chunk: chunk, ..Default::default() };
-    let mut total = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        model.backward_bounded(
-            &input,
-            &mask,
-            AdapterMode::Enabled,
-            (0, l - 1),
-            options,
-            |logits, range| {
-                let targets = input.narrow(1, 1 + range.start, range.len())?;
-                let lp = token_logprobs(logits, &targets)?;
-                Ok((lp.broadcast_mul(&adv)?.sum_all()? / (-((b * (l - 1)) as f64)))?)
-            },
-            // Only the time matters here; the gradients are not kept.
-            |_grads, _segment_end| Ok(()),
-        )?;
-        total.push(start.elapsed());
-    }
-    Ok(median(total))
+    fwd_bwd_bounded_window(model, b, l, l - 1, chunk, runs)
 }
 
 /// The default GRPO update's shape on SmolLM2-135M: full fine-tuning, a micro-batch of 4 rows of

@@ -27,22 +27,36 @@ fn assert_same(training: &str, rest: &str, name: &str, memories: &[&str]) {
     assert!(m0.last().unwrap().kl > 1e-4, "{name}: KL {} is too small to compare", m0.last().unwrap().kl);
     for memory in memories {
         let (w1, m1) = run(&format!("training: {{ {training}, memory: {memory} }}\n{rest}"), &format!("{name}-bounded"));
-        let mut worst = 0f32;
-        for ((n0, a), (n1, b)) in w0.iter().zip(&w1) {
-            assert_eq!(n0, n1);
-            worst = a.iter().zip(b).fold(worst, |m, (x, y)| m.max((x - y).abs()));
-        }
-        assert!(worst < 1e-4, "{name} with memory {memory}: weights differ by {worst}");
-        for (a, b) in m0.iter().zip(&m1) {
-            assert!(
-                (a.loss - b.loss).abs() < 1e-4 && (a.kl - b.kl).abs() < 1e-5 && (a.entropy - b.entropy).abs() < 1e-4,
-                "{name} {memory}: step {} metrics differ",
-                a.step
-            );
-            assert_eq!(a.reward.mean, b.reward.mean, "{name} {memory}: the rollouts differ");
-        }
+        assert_same_training(&format!("{name} with memory {memory}"), (&w0, &m0), (&w1, &m1));
     }
 }
+
+/// Two runs ended at the same weights (within 1e-4) with the same loss statistics and rollouts.
+fn assert_same_training(what: &str, (w0, m0): Run<'_>, (w1, m1): Run<'_>) {
+    let mut worst = 0f32;
+    for ((n0, a), (n1, b)) in w0.iter().zip(w1) {
+        assert_eq!(n0, n1);
+        worst = a.iter().zip(b).fold(worst, |m, (x, y)| m.max((x - y).abs()));
+    }
+    assert!(worst < 1e-4, "{what}: weights differ by {worst}");
+    for (a, b) in m0.iter().zip(m1) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4 && (a.kl - b.kl).abs() < 1e-5 && (a.entropy - b.entropy).abs() < 1e-4,
+            "{what}: step {} metrics differ: loss {} / {}, kl {} / {}, entropy {} / {}",
+            a.step,
+            a.loss,
+            b.loss,
+            a.kl,
+            b.kl,
+            a.entropy,
+            b.entropy
+        );
+        assert_eq!(a.reward.mean, b.reward.mean, "{what}: the rollouts differ");
+    }
+}
+
+/// A run's weights (by name) and metrics.
+type Run<'a> = (&'a [(String, Vec<f32>)], &'a [sigmaforge_trainer::metrics::StepMetrics]);
 
 #[test]
 fn full_finetuning_with_kl_is_unchanged_by_memory_options() {
@@ -101,25 +115,6 @@ fn packed_micro_batches_give_the_padded_update() {
         let (w0, m0) = run(&format!("training: {{ pack: false, memory: {memory} }}\n{rest}"), &format!("{name}-padded"));
         let (w1, m1) = run(&format!("training: {{ memory: {memory} }}\n{rest}"), &format!("{name}-packed"));
         assert!(m0.last().unwrap().kl > 1e-4, "{name}: KL {} is too small to compare", m0.last().unwrap().kl);
-        let mut worst = 0f32;
-        for ((n0, a), (n1, b)) in w0.iter().zip(&w1) {
-            assert_eq!(n0, n1);
-            worst = a.iter().zip(b).fold(worst, |m, (x, y)| m.max((x - y).abs()));
-        }
-        assert!(worst < 1e-4, "{name}: weights differ by {worst}");
-        for (a, b) in m0.iter().zip(&m1) {
-            assert!(
-                (a.loss - b.loss).abs() < 1e-4 && (a.kl - b.kl).abs() < 1e-5 && (a.entropy - b.entropy).abs() < 1e-4,
-                "{name}: step {} metrics differ: loss {} / {}, kl {} / {}, entropy {} / {}",
-                a.step,
-                a.loss,
-                b.loss,
-                a.kl,
-                b.kl,
-                a.entropy,
-                b.entropy
-            );
-            assert_eq!(a.reward.mean, b.reward.mean, "{name}: the rollouts differ");
-        }
+        assert_same_training(name, (&w0, &m0), (&w1, &m1));
     }
 }

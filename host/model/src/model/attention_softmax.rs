@@ -15,6 +15,8 @@ use std::sync::Arc;
 use anyhow::{Result, ensure};
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Shape, Tensor};
 
+use super::pool::{SharedOut, for_each_row};
+
 /// `softmax(scale · scores + mask)` over the last dim: scores `[B, H, T, S]`, an additive mask
 /// `[B or 1, 1, T, S]` (a constant: it gets no gradient).
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
@@ -33,16 +35,6 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
 struct Fused {
     scale: f32,
     heads: usize,
-}
-
-/// Raw pointer to an output buffer whose disjoint rows the pool's workers write.
-struct SharedOut(*mut f32);
-// SAFETY: each work item writes only its own rows (see the callers).
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Score rows per work item.
@@ -68,30 +60,26 @@ impl CustomOp2 for Fused {
         let rows = scores.len() / s;
         let mask_batches = ml.dims()[0];
         let mut out = vec![0f32; scores.len()];
-        let dst = SharedOut(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROWS_PER_ITEM), |items| {
-            for item in items {
-                for r in item * ROWS_PER_ITEM..((item + 1) * ROWS_PER_ITEM).min(rows) {
-                    // Row r is (batch, head, query) = (r / (heads·t), ·, r % t).
-                    let batch = if mask_batches == 1 { 0 } else { r / (self.heads * t) };
-                    let m = &mask[(batch * t + r % t) * s..][..s];
-                    let x = &scores[r * s..(r + 1) * s];
-                    // SAFETY: out[r * s..(r + 1) * s] is row r's, which only this item handles.
-                    let p = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * s), s) };
-                    let mut max = f32::NEG_INFINITY;
-                    for ((o, &xv), &mv) in p.iter_mut().zip(x).zip(m) {
-                        *o = xv * self.scale + mv;
-                        max = max.max(*o);
-                    }
-                    let mut sum = 0f32;
-                    for o in p.iter_mut() {
-                        *o = (*o - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    p.iter_mut().for_each(|o| *o *= inv);
-                }
+        let dst = SharedOut::new(&mut out);
+        for_each_row(rows, ROWS_PER_ITEM, |r| {
+            // Row r is (batch, head, query) = (r / (heads·t), ·, r % t).
+            let batch = if mask_batches == 1 { 0 } else { r / (self.heads * t) };
+            let m = &mask[(batch * t + r % t) * s..][..s];
+            let x = &scores[r * s..(r + 1) * s];
+            // SAFETY: out[r * s..(r + 1) * s] is row r's, which only this call handles.
+            let p = unsafe { dst.row(r, s) };
+            let mut max = f32::NEG_INFINITY;
+            for ((o, &xv), &mv) in p.iter_mut().zip(x).zip(m) {
+                *o = xv * self.scale + mv;
+                max = max.max(*o);
             }
+            let mut sum = 0f32;
+            for o in p.iter_mut() {
+                *o = (*o - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            p.iter_mut().for_each(|o| *o *= inv);
         });
         Ok((CpuStorage::F32(out), sl.shape().clone()))
     }
@@ -121,18 +109,14 @@ impl CustomOp2 for FusedGrad {
         let s = *pl.dims().last().unwrap_or(&1);
         let rows = probs.len() / s;
         let mut out = vec![0f32; probs.len()];
-        let dst = SharedOut(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROWS_PER_ITEM), |items| {
-            for item in items {
-                for r in item * ROWS_PER_ITEM..((item + 1) * ROWS_PER_ITEM).min(rows) {
-                    let (p, g) = (&probs[r * s..(r + 1) * s], &grad[r * s..(r + 1) * s]);
-                    let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
-                    // SAFETY: out[r * s..(r + 1) * s] is row r's, which only this item handles.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * s), s) };
-                    for ((o, &pv), &gv) in d.iter_mut().zip(p).zip(g) {
-                        *o = self.scale * pv * (gv - dot);
-                    }
-                }
+        let dst = SharedOut::new(&mut out);
+        for_each_row(rows, ROWS_PER_ITEM, |r| {
+            let (p, g) = (&probs[r * s..(r + 1) * s], &grad[r * s..(r + 1) * s]);
+            let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
+            // SAFETY: out[r * s..(r + 1) * s] is row r's, which only this call handles.
+            let d = unsafe { dst.row(r, s) };
+            for ((o, &pv), &gv) in d.iter_mut().zip(p).zip(g) {
+                *o = self.scale * pv * (gv - dot);
             }
         });
         Ok((CpuStorage::F32(out), pl.shape().clone()))

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use super::pool::SharedOut;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
@@ -51,16 +52,6 @@ impl<'a> Strided4<'a> {
     fn row(&self, i: usize, j: usize, l: usize, len: usize) -> &'a [f32] {
         let at = self.start + i * self.stride[0] + j * self.stride[1] + l * self.stride[2];
         &self.data[at..at + len]
-    }
-}
-
-/// Output pointer shared by the pool's workers, which write disjoint (row, kv head) parts.
-struct SharedOut(*mut f32);
-// SAFETY: see `cpu_fwd`: each work item writes only its own g·hd values.
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    fn get(&self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -105,7 +96,7 @@ impl CustomOp3 for DecodeAttention {
             );
         }
         let mut out = vec![0f32; b * nkv * g * hd];
-        let dst = SharedOut(out.as_mut_ptr());
+        let dst = SharedOut::new(&mut out);
         candle_core::utils::barrier_pool().execute_chunked(b * nkv, |items| {
             let mut p = vec![0f32; s];
             for item in items {

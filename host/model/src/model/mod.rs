@@ -28,6 +28,7 @@ pub mod mxfp4;
 mod offload;
 mod ops;
 mod packing;
+mod pool;
 mod q8_gemm;
 mod quant;
 mod rope_scaling;

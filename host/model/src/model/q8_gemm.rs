@@ -21,6 +21,7 @@
 
 use std::sync::OnceLock;
 
+use super::pool::SharedOut;
 use anyhow::{Result, bail};
 
 /// Values per Q8_0 block (one scale each).
@@ -127,7 +128,7 @@ impl PackedQ8 {
         let mut out = vec![0f32; m * self.n];
         let tiles = self.n.div_ceil(TILE);
         let panels = m.div_ceil(PANEL);
-        let dst = SharedOut(out.as_mut_ptr());
+        let dst = SharedOut::new(&mut out);
         candle_core::utils::barrier_pool().execute_chunked(panels * tiles, |items| {
             for item in items {
                 let (panel, tile) = (item / tiles, item % tiles);
@@ -143,16 +144,6 @@ impl PackedQ8 {
             }
         });
         Ok(out)
-    }
-}
-
-/// `out`'s pointer, shared by the pool's workers, which write disjoint parts.
-struct SharedOut(*mut f32);
-// SAFETY: see `PackedQ8::matmul`: workers write disjoint (rows, tile) regions.
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    fn get(&self) -> *mut f32 {
-        self.0
     }
 }
 

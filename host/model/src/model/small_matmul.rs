@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use super::pool::SharedOut;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
@@ -50,16 +51,6 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct SmallMatmulT;
 
-/// `out`'s pointer, shared by the pool's workers, which write disjoint columns.
-struct SharedOut(*mut f32);
-// SAFETY: see `cpu_fwd`: each work item writes only its own output columns.
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 impl CustomOp2 for SmallMatmulT {
     fn name(&self) -> &'static str {
         "small-matmul-t"
@@ -78,7 +69,7 @@ impl CustomOp2 for SmallMatmulT {
         }
         let (x, w) = (&x[x0..x1], &w[w0..w1]);
         let mut out = vec![0f32; m * n];
-        let dst = SharedOut(out.as_mut_ptr());
+        let dst = SharedOut::new(&mut out);
         // Groups of 4 weight rows per work item: enough items to balance two threads.
         let groups = n.div_ceil(4);
         candle_core::utils::barrier_pool().execute_chunked(groups, |items| {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use anyhow::{Result, ensure};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor};
 
+use super::pool::{SharedOut, for_each_row};
+
 /// `(log p(target), entropy)`, both `[N, T]`, of `softmax(logits / temperature)` for logits
 /// `[N, T, V]` and u32 targets `[N, T]`. The log-probs are differentiable w.r.t. the logits; the
 /// entropy is a metric (no gradient). `temperature` ≤ 0 or 1 means none.
@@ -84,16 +86,6 @@ fn row_stats(row: &[f32], scale: f32) -> (f32, f32, f32) {
     (max, sum.ln(), weighted / sum)
 }
 
-/// Raw pointer to an output buffer whose disjoint rows the pool's workers write.
-struct SharedOut(*mut f32);
-// SAFETY: each work item writes only its own rows (see the callers).
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Rows per work item: a few thousand vocabulary entries each is far below the pool's overhead.
 const ROWS_PER_ITEM: usize = 4;
 
@@ -106,20 +98,15 @@ impl CustomOp2 for Fused {
         let (logits, targets, v) = rows(self.name(), ls, ll, ts, tl)?;
         let n = targets.len();
         let mut out = vec![0f32; n * 2];
-        let dst = SharedOut(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_ITEM), |items| {
-            for item in items {
-                for r in item * ROWS_PER_ITEM..((item + 1) * ROWS_PER_ITEM).min(n) {
-                    let row = &logits[r * v..(r + 1) * v];
-                    let (max, log_sum, mean_x) = row_stats(row, self.scale);
-                    let log_z = max + log_sum;
-                    // SAFETY: out[2r], out[2r + 1] belong to row r, which only this item handles.
-                    unsafe {
-                        *dst.get().add(2 * r) = row[targets[r] as usize] * self.scale - log_z;
-                        *dst.get().add(2 * r + 1) = log_z - mean_x;
-                    }
-                }
-            }
+        let dst = SharedOut::new(&mut out);
+        for_each_row(n, ROWS_PER_ITEM, |r| {
+            let row = &logits[r * v..(r + 1) * v];
+            let (max, log_sum, mean_x) = row_stats(row, self.scale);
+            let log_z = max + log_sum;
+            // SAFETY: out[2r], out[2r + 1] belong to row r, which only this call handles.
+            let pair = unsafe { dst.row(r, 2) };
+            pair[0] = row[targets[r] as usize] * self.scale - log_z;
+            pair[1] = log_z - mean_x;
         });
         let mut dims = ll.dims().to_vec();
         *dims.last_mut().expect("rank 3") = 2;
@@ -158,25 +145,21 @@ impl CustomOp3 for FusedGrad {
             candle_core::bail!("{}: gradient {:?} does not match targets {:?}", self.name(), gl.dims(), tl.dims());
         }
         let mut out = vec![0f32; n * v];
-        let dst = SharedOut(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_ITEM), |items| {
-            for item in items {
-                for r in item * ROWS_PER_ITEM..((item + 1) * ROWS_PER_ITEM).min(n) {
-                    let g = grad[r] * self.scale;
-                    // SAFETY: out[r * v..(r + 1) * v] is row r's, which only this item handles.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * v), v) };
-                    if g == 0.0 {
-                        continue; // a masked position: the zeros are its gradient
-                    }
-                    let row = &logits[r * v..(r + 1) * v];
-                    let (max, log_sum, _) = row_stats(row, self.scale);
-                    let log_z = max + log_sum;
-                    for (o, &x) in d.iter_mut().zip(row) {
-                        *o = -g * (x * self.scale - log_z).exp();
-                    }
-                    d[targets[r] as usize] += g;
-                }
+        let dst = SharedOut::new(&mut out);
+        for_each_row(n, ROWS_PER_ITEM, |r| {
+            let g = grad[r] * self.scale;
+            if g == 0.0 {
+                return; // a masked position: the zeros are its gradient
             }
+            // SAFETY: out[r * v..(r + 1) * v] is row r's, which only this call handles.
+            let d = unsafe { dst.row(r, v) };
+            let row = &logits[r * v..(r + 1) * v];
+            let (max, log_sum, _) = row_stats(row, self.scale);
+            let log_z = max + log_sum;
+            for (o, &x) in d.iter_mut().zip(row) {
+                *o = -g * (x * self.scale - log_z).exp();
+            }
+            d[targets[r] as usize] += g;
         });
         Ok((CpuStorage::F32(out), ll.shape().clone()))
     }
