@@ -47,7 +47,7 @@ pub use memory::LossPositions;
 pub use memory::MemoryOptions;
 pub use offload::streamed_logits;
 pub use ops::{token_entropy, token_logprobs};
-pub use packing::{Layout, PackedGroup, PackedRow};
+pub use packing::{Layout, PackedRow};
 pub use quant::{BaseQuant, QuantMatmul, apply_base_quant, permute_rows, quantizable};
 pub use token_logprobs::token_logprobs_and_entropy;
 

@@ -43,9 +43,9 @@ impl<'a> From<&'a PackedRow> for Layout<'a> {
 
 /// One prompt and the lengths of the continuations packed after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackedGroup {
-    pub prompt_len: usize,
-    pub continuation_lens: Vec<usize>,
+struct PackedGroup {
+    prompt_len: usize,
+    continuation_lens: Vec<usize>,
 }
 
 /// The layout of one packed row: its groups in order. Built with [`PackedRow::pack`].
@@ -84,10 +84,6 @@ impl PackedRow {
             layout.push(PackedGroup { prompt_len: prompt.len(), continuation_lens: lens });
         }
         Ok((ids, PackedRow { groups: layout }))
-    }
-
-    pub fn groups(&self) -> &[PackedGroup] {
-        &self.groups
     }
 
     /// Positions in the row.

@@ -7,7 +7,8 @@
 //! 75 MB per tensor, above malloc's mmap threshold, so every one of them was also page-faulted
 //! and zeroed by the kernel. Fused, the forward reads the logits twice (max, then the sums) and
 //! writes two numbers per position; the backward writes the gradient once:
-//! `d logits = g / T · (onehot(target) − softmax(logits / T))`.
+//! `d logits = g / T · (onehot(target) − softmax(logits / T))`, with log Z taken from the
+//! forward's log-prob (`x_target / T − log p`) rather than a second reduction over the row.
 //!
 //! CPU f32 takes the fused path; other dtypes and devices take the composed one (same values).
 
@@ -49,7 +50,8 @@ struct Fused {
     scale: f32,
 }
 
-/// Backward: logits, targets and the log-probs' gradient `[N, T]` -> the logits' gradient.
+/// Backward: logits, targets and `[N, T, 2]` (the log-probs' gradient, the forward's log-probs)
+/// -> the logits' gradient.
 struct FusedGrad {
     scale: f32,
 }
@@ -113,10 +115,11 @@ impl CustomOp2 for Fused {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
-    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // Only the log-prob column carries a gradient (the entropy is detached).
-        let g = grad.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?;
-        let d = logits.apply_op3_arc(targets, &g, Arc::new(Box::new(FusedGrad { scale: self.scale })))?;
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // Only the log-prob column carries a gradient (the entropy is detached). The forward's
+        // log-probs go along: with them the backward finds log Z without re-reading the row.
+        let grad_and_logp = Tensor::cat(&[grad.narrow(2, 0, 1)?, res.narrow(2, 0, 1)?], 2)?.contiguous()?;
+        let d = logits.apply_op3_arc(targets, &grad_and_logp, Arc::new(Box::new(FusedGrad { scale: self.scale })))?;
         Ok((Some(d), None))
     }
 }
@@ -141,21 +144,20 @@ impl CustomOp3 for FusedGrad {
         };
         let grad = &grad[g0..g1];
         let n = targets.len();
-        if grad.len() != n {
-            candle_core::bail!("{}: gradient {:?} does not match targets {:?}", self.name(), gl.dims(), tl.dims());
+        if grad.len() != 2 * n {
+            candle_core::bail!("{}: gradient and log-probs {:?} do not match targets {:?}", self.name(), gl.dims(), tl.dims());
         }
         let mut out = vec![0f32; n * v];
         let dst = SharedOut::new(&mut out);
         for_each_row(n, ROWS_PER_ITEM, |r| {
-            let g = grad[r] * self.scale;
+            let (g, logp) = (grad[2 * r] * self.scale, grad[2 * r + 1]);
             if g == 0.0 {
                 return; // a masked position: the zeros are its gradient
             }
             // SAFETY: out[r * v..(r + 1) * v] is row r's, which only this call handles.
             let d = unsafe { dst.row(r, v) };
             let row = &logits[r * v..(r + 1) * v];
-            let (max, log_sum, _) = row_stats(row, self.scale);
-            let log_z = max + log_sum;
+            let log_z = row[targets[r] as usize] * self.scale - logp;
             for (o, &x) in d.iter_mut().zip(row) {
                 *o = -g * (x * self.scale - log_z).exp();
             }
