@@ -11,7 +11,8 @@
 #   (a) all SigmaHQ Windows rules (rules/, rules-threat-hunting/, rules-emerging-threats/):
 #       CPU seconds (user + sys), wall, peak RSS, events/s;
 #   (b) one rule (whoami from a high-privilege process): wall and peak RSS.
-# Prints a Markdown table of medians with our/rsigma ratios. Needs dist/ (scripts/build.sh) and
+# Prints a Markdown table of medians with our/rsigma ratios, then our per-phase wall and CPU
+# (`hunt --timings`). Needs dist/ (scripts/build.sh) and
 # the corpora (README, "Data").
 set -euo pipefail
 
@@ -91,6 +92,13 @@ for ours in ("ours-all-evtx", "ours-all-cache"):
 for ours in ("ours-one-evtx", "ours-one-cache"):
     print(f"{ours} / rsigma-one: wall {med[ours][1]/med['rsigma-one'][1]:.2f}x, RSS {med[ours][2]/med['rsigma-one'][2]:.2f}x")
 EOF
+echo
+echo "Where our time goes (one more run of each, \`hunt --timings\`):"
+for label in all-evtx all-cache; do
+  extra=(); [[ $label == all-cache ]] && extra=(--cache "$cache")
+  echo "ours-$label:"
+  $ours hunt --json --timings --rules "${rules_dirs[@]}" --events "$data/evtx" "${extra[@]}" 2>&1 > /dev/null | sed -n '/^timings/,$p' | tail -n +2
+done
 echo
 echo "Command: scripts/bench-engine.sh --runs $runs"
 echo "Revision: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"

@@ -224,3 +224,32 @@ fn full_json_carries_the_event_and_csv_writes_a_timeline() {
     let (_, out, _) = hunt(&["--json", "--level", "low,high", "--status", "test", "--rules", r, "--events", e]);
     assert_eq!(json_lines(&out).len(), 2);
 }
+
+#[test]
+fn timings_name_each_phase_and_change_no_result_and_files_keep_their_order() {
+    // Two copies of one log: parsed largest-first (equal sizes: the later name first), the
+    // corpus still takes them in name order, so `a.evtx`'s match comes before `b.evtx`'s.
+    let (rule, dir) = fixture();
+    let events = temp_dir("timings");
+    for name in ["a.evtx", "b.evtx"] {
+        std::fs::copy(dir.join(format!("{RULE_ID}.evtx")), events.join(name)).unwrap();
+    }
+    let args = ["--json", "--rules", rule.to_str().unwrap(), "--events", events.to_str().unwrap()];
+    let (code, plain, err) = hunt(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("timings"), "no timings unless asked: {err}");
+    let files: Vec<String> = json_lines(&plain).iter().map(|l| l["file"].as_str().unwrap().to_string()).collect();
+    assert_eq!(files, ["a.evtx", "b.evtx"], "{plain}");
+
+    let (code, timed, err) = hunt(&[&args[..], &["--timings"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(timed, plain, "--timings changes only stderr");
+    let report = err.split_once("timings (wall, CPU of all threads):").map(|(_, r)| r).unwrap_or_else(|| panic!("no timings: {err}"));
+    for phase in ["reading and checking rules", "loading events", "compiling rules per logsource", "evaluating rules", "writing results", "total"] {
+        let line = report.lines().find(|l| l.trim_start().starts_with(phase)).unwrap_or_else(|| panic!("no {phase:?} line: {report}"));
+        let numbers: Vec<f64> = line[line.find(phase).unwrap() + phase.len()..].split("ms").filter_map(|n| n.trim().parse().ok()).collect();
+        assert_eq!(numbers.len(), 2, "wall and CPU milliseconds: {line}");
+        assert!(numbers.iter().all(|n| *n >= 0.0), "{line}");
+    }
+    let _ = std::fs::remove_dir_all(&events);
+}

@@ -72,11 +72,17 @@ fn fwd_bwd_bounded(model: &CausalLm, b: usize, l: usize, chunk: usize, runs: usi
 /// memory savers.
 fn smollm2_update() -> anyhow::Result<()> {
     let path = load::default_models_dir().join(load::DEFAULT_MODEL_FILE);
-    let loaded = load::load_model(&path, &LoadOptions::default())?;
+    // The cost depends on the shape only: without the GGUF (a machine that never fetched it),
+    // random weights of SmolLM2-135M's shape.
+    let (model, weights) = if path.exists() {
+        (load::load_model(&path, &LoadOptions::default())?.model, "GGUF weights")
+    } else {
+        (CausalLm::random(&ModelConfig::smollm2_135m(), None, 0, DType::F32, &Device::Cpu)?, "random weights, no GGUF in the model cache")
+    };
     let (b, l, window) = (4, 368, 160);
-    let t = fwd_bwd_bounded_window(&loaded.model, b, l, window, 64, 3)?;
+    let t = fwd_bwd_bounded_window(&model, b, l, window, 64, 3)?;
     println!(
-        "smollm2-135m full FT, GRPO update micro-batch (checkpointing, 64-position logits chunks): forward+backward {:.2} s -> {:.0} positions/s  [B={b}, L={l}, loss on the last {window}]",
+        "smollm2-135m ({weights}) full FT, GRPO update micro-batch (checkpointing, 64-position logits chunks): forward+backward {:.2} s -> {:.0} positions/s  [B={b}, L={l}, loss on the last {window}]",
         t.as_secs_f64(),
         (b * l) as f64 / t.as_secs_f64()
     );

@@ -11,7 +11,7 @@
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,6 +59,10 @@ pub struct Args {
     /// Worker threads (default: one per CPU core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Print where the time went to stderr: each phase's wall time and the process's CPU time
+    /// (user + system, all threads) spent in it.
+    #[arg(long)]
+    timings: bool,
 }
 
 /// From this many rules on, the literal index pays for its pass over all events.
@@ -71,6 +75,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("starting the thread pool")?;
     }
+    let mut phases = Phases::start(args.timings);
     let map = super::check::load_logsources(args.logsources.as_deref())?;
 
     // One memo of user regexes for `check`'s validation compile and the per-variant compiles.
@@ -79,6 +84,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for error in &rules.errors {
         eprintln!("{error}");
     }
+    phases.mark("reading and checking rules");
 
     let mut sources = Vec::new();
     for root in &args.events {
@@ -101,22 +107,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (corpus, unread, skipped) = load_corpus(&sources, args.cache.as_deref(), filter.as_ref())?;
     let load_time = loading.elapsed();
     report_damaged_files(&corpus, args.json);
+    phases.mark("loading events");
 
     // The reward's options: placeholders (`|expand` with `%name%`) have no configured values in a
     // hunt, so they match nothing and the few rules that use them still run their other selections.
     let hunter = Hunter::new(&corpus, &map, CompileOptions { regexes: Some(regexes), ..CompileOptions::for_events() });
     let bar = progress(rules.rules.len() as u64, "rules");
     let prepared: Vec<_> = rules.rules.par_iter().map(|r| hunter.prepare(&r.rule)).collect();
+    phases.mark("compiling rules per logsource");
     let matches: Vec<Vec<u32>> = if prepared.len() >= MIN_RULES_FOR_INDEX {
         // Many rules: one literal pass over the events finds, per rule, the few events worth
         // testing (the pass costs about what a dozen rules cost without it).
         let index = hunter.index_in(prepared.iter().map(|p| p.as_ref().ok()), &|n, build| (0..n).into_par_iter().for_each(build));
+        phases.mark("building the literal index");
         let n = corpus.len() as u32;
         let ranges: Vec<_> = (0..n).step_by(SCAN_CHUNK as usize).map(|start| start..(start + SCAN_CHUNK).min(n)).collect();
         let mut passes = Passes::default();
         for p in ranges.into_par_iter().map(|r| hunter.scan(&index, r)).collect::<Vec<_>>() {
             passes.append(p);
         }
+        phases.mark("scanning events for literals");
         prepared
             .par_iter()
             .enumerate()
@@ -136,6 +146,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     bar.finish_and_clear();
     let outcome = hunter.finish(&rules, &prepared, matches);
+    phases.mark("evaluating rules");
     for s in &outcome.skipped {
         eprintln!("skipped: {}: {}: {}", s.file, s.title, s.reason);
     }
@@ -159,6 +170,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Err(e) => return Err(e).context("writing results"),
     };
     drop(out);
+    phases.mark("writing results");
 
     let summary = Summary {
         rules: &rules,
@@ -176,6 +188,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         println!("{summary}");
     }
+    phases.report();
     // The process ends here: freeing millions of event values one by one would cost a fifth of
     // a single-rule hunt's time, and the OS takes the memory back at once.
     std::mem::forget(hunter);
@@ -237,15 +250,26 @@ fn load_corpus(sources: &[SourceFile], cache: Option<&Path>, filter: Option<&Cha
 /// The loader's parser for the CLI: files in parallel, with a progress bar on a terminal.
 fn parse_in_parallel(sources: &[SourceFile], filter: Option<&ChannelFilter>) -> Vec<Option<LoadedFile>> {
     let bar = progress(sources.len() as u64, "event files");
-    let loaded = sources
+    // Largest files first, one file a task: the few multi-megabyte logs start at once instead
+    // of keeping one thread busy after the others ran out of files.
+    let size = |s: &SourceFile| std::fs::metadata(&s.path).map_or(0, |m| m.len());
+    let mut order: Vec<(u64, usize)> = sources.iter().enumerate().map(|(i, s)| (size(s), i)).collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    let parsed: Vec<(usize, Option<LoadedFile>)> = order
         .par_iter()
-        .map(|s| {
-            let l = load_event_file_if(s, filter);
+        .with_max_len(1)
+        .map(|&(_, i)| {
+            let l = load_event_file_if(&sources[i], filter);
             bar.inc(1);
-            l
+            (i, l)
         })
         .collect();
     bar.finish_and_clear();
+    // Back in file order: the corpus is built in that order.
+    let mut loaded: Vec<Option<LoadedFile>> = (0..sources.len()).map(|_| None).collect();
+    for (i, l) in parsed {
+        loaded[i] = l;
+    }
     loaded
 }
 
@@ -259,4 +283,52 @@ fn progress(len: u64, what: &str) -> ProgressBar {
         ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} ({{elapsed}})")).unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
+}
+
+/// `--timings`: the wall and CPU time of each phase, printed at the end.
+struct Phases {
+    enabled: bool,
+    last: (Instant, Duration),
+    done: Vec<(&'static str, Duration, Duration)>,
+}
+
+impl Phases {
+    fn start(enabled: bool) -> Self {
+        Phases { enabled, last: (Instant::now(), process_cpu_time()), done: Vec::new() }
+    }
+
+    /// Ends the phase that ran since the last mark.
+    fn mark(&mut self, phase: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        let now = (Instant::now(), process_cpu_time());
+        self.done.push((phase, now.0 - self.last.0, now.1.saturating_sub(self.last.1)));
+        self.last = now;
+    }
+
+    fn report(&self) {
+        if !self.enabled {
+            return;
+        }
+        let (wall, cpu) = self.done.iter().fold((Duration::ZERO, Duration::ZERO), |(w, c), p| (w + p.1, c + p.2));
+        eprintln!("timings (wall, CPU of all threads):");
+        for (phase, w, c) in self.done.iter().chain(std::iter::once(&("total", wall, cpu))) {
+            eprintln!("  {phase:<30} {:>8.1} ms {:>8.1} ms", w.as_secs_f64() * 1e3, c.as_secs_f64() * 1e3);
+        }
+    }
+}
+
+/// User + system CPU time of the whole process so far (zero where the OS does not say).
+fn process_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+            return tv(usage.ru_utime) + tv(usage.ru_stime);
+        }
+    }
+    Duration::ZERO
 }

@@ -325,6 +325,29 @@ impl ModelConfig {
         }
     }
 
+    /// SmolLM2-135M's shape (Hugging Face HuggingFaceTB/SmolLM2-135M-Instruct config.json), for
+    /// benchmarks of the default model's training cost with random weights where its GGUF is not
+    /// at hand.
+    pub fn smollm2_135m() -> Self {
+        Self {
+            family: Family::Llama,
+            vocab_size: 49_152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100_000.0,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            ..Self::dense_defaults()
+        }
+    }
+
     /// Qwen3-0.6B's shape (Hugging Face Qwen/Qwen3-0.6B config.json), for the GPU benchmark
     /// against PyTorch with random weights (scripts/gpu-check.sh).
     pub fn qwen3_0_6b() -> Self {

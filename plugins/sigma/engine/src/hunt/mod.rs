@@ -18,6 +18,7 @@
 //! (Channel, EventID) index picks them before any field is read.
 
 use std::ops::{Deref, Range};
+use std::sync::OnceLock;
 
 use crate::corpus::Corpus;
 use crate::detection::compile::{CompileOptions, CompiledRule, compile};
@@ -76,8 +77,8 @@ pub struct Hunter<'a> {
     corpus: Held<'a, Corpus>,
     map: Held<'a, LogsourceMap>,
     options: CompileOptions,
-    /// Candidate events (ascending) per mapping entry and variant.
-    candidates: Vec<Vec<Vec<u32>>>,
+    /// Candidate events (ascending) per mapping entry and variant, once a rule needed them.
+    candidates: Vec<OnceLock<Vec<Vec<u32>>>>,
     /// Narrow candidates to the EventIDs a detection pins (off only to prove it changes nothing).
     narrow_by_event_id: bool,
 }
@@ -115,8 +116,15 @@ impl<'a> Hunter<'a> {
     }
 
     fn with(corpus: Held<'a, Corpus>, map: Held<'a, LogsourceMap>, options: CompileOptions) -> Self {
-        let candidates = map.entries().iter().map(|e| e.variants.iter().map(|v| v.candidates(&corpus)).collect()).collect();
+        let candidates = map.entries().iter().map(|_| OnceLock::new()).collect();
         Hunter { corpus, map, options, candidates, narrow_by_event_id: true }
+    }
+
+    /// Per variant of mapping entry `entry`, the events it stands for; worked out the first time
+    /// a rule of that logsource is prepared (in parallel when rules are, and not at all for the
+    /// logsources no rule uses).
+    fn variant_candidates(&self, entry: usize) -> &[Vec<u32>] {
+        self.candidates[entry].get_or_init(|| self.map.entries()[entry].variants.iter().map(|v| v.candidates(&self.corpus)).collect())
     }
 
     /// The same hunter without EventID narrowing: every rule reads every candidate event of its
@@ -168,7 +176,7 @@ impl<'a> Hunter<'a> {
             narrowed.push(pinned.map(|ids| {
                 let ids: Vec<String> = ids.iter().map(|id| id.trim().to_string()).collect();
                 let by_id = self.corpus.select(|_, id| ids.iter().any(|want| want == id));
-                intersect_sorted(&self.candidates[entry_index][vi], &by_id)
+                intersect_sorted(&self.variant_candidates(entry_index)[vi], &by_id)
             }));
             units.push((entry_index, vi, compiled));
         }
@@ -178,7 +186,7 @@ impl<'a> Hunter<'a> {
     /// The events (ascending) a unit of a prepared rule is evaluated on: its variant's
     /// candidates, narrowed to the EventIDs its detection pins.
     fn unit_candidates<'s>(&'s self, entry: usize, variant: usize, narrowed: &'s Option<Vec<u32>>) -> &'s [u32] {
-        narrowed.as_deref().unwrap_or(&self.candidates[entry][variant])
+        narrowed.as_deref().unwrap_or(&self.variant_candidates(entry)[variant])
     }
 
     /// The events (ascending corpus indices) a prepared rule matches.
@@ -259,7 +267,7 @@ impl<'a> Hunter<'a> {
     fn variant_for(&self, rule: &PreparedRule, index: u32) -> Option<&crate::logsource::Variant> {
         rule.units
             .iter()
-            .find(|(e, v, _)| self.candidates[*e][*v].binary_search(&index).is_ok())
+            .find(|(e, v, _)| self.variant_candidates(*e)[*v].binary_search(&index).is_ok())
             .map(|(e, v, _)| &self.map.entries()[*e].variants[*v])
     }
 
@@ -423,6 +431,20 @@ pub(super) mod tests {
     }
 
     pub(super) const WHOAMI: &str = "title: Whoami\nid: 11111111-1111-4111-8111-111111111111\nlogsource: {product: windows, category: process_creation}\ndetection:\n  sel:\n    Image|endswith: '\\whoami.exe'\n  condition: sel\n";
+
+    #[test]
+    fn candidates_are_worked_out_only_for_the_logsources_rules_use() {
+        let c = corpus(&[sysmon1(1, "C:\\\\whoami.exe", "2020-01-01T00:00:00Z", "a"), sec4688(2, "C:\\\\whoami.exe")]);
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let worked_out = |h: &Hunter| h.candidates.iter().filter(|c| c.get().is_some()).count();
+        assert_eq!(worked_out(&h), 0, "nothing before a rule is prepared");
+        let set = rules(WHOAMI);
+        let prepared = h.prepare(&set.rules[0].rule).unwrap();
+        assert_eq!(h.evaluate(&prepared).len(), 2);
+        assert_eq!(worked_out(&h), 1, "only process_creation's entry");
+        assert!(map.entries().len() > 10, "the built-in mapping has many logsources");
+    }
 
     #[test]
     fn process_creation_matches_sysmon_and_renamed_4688_only() {
