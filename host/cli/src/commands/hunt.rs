@@ -255,7 +255,7 @@ fn parse_in_parallel(sources: &[SourceFile], filter: Option<&ChannelFilter>) -> 
     let size = |s: &SourceFile| std::fs::metadata(&s.path).map_or(0, |m| m.len());
     let mut order: Vec<(u64, usize)> = sources.iter().enumerate().map(|(i, s)| (size(s), i)).collect();
     order.sort_unstable_by(|a, b| b.cmp(a));
-    let parsed: Vec<(usize, Option<LoadedFile>)> = order
+    let mut parsed: Vec<(usize, Option<LoadedFile>)> = order
         .par_iter()
         .with_max_len(1)
         .map(|&(_, i)| {
@@ -266,11 +266,8 @@ fn parse_in_parallel(sources: &[SourceFile], filter: Option<&ChannelFilter>) -> 
         .collect();
     bar.finish_and_clear();
     // Back in file order: the corpus is built in that order.
-    let mut loaded: Vec<Option<LoadedFile>> = (0..sources.len()).map(|_| None).collect();
-    for (i, l) in parsed {
-        loaded[i] = l;
-    }
-    loaded
+    parsed.sort_unstable_by_key(|(i, _)| *i);
+    parsed.into_iter().map(|(_, l)| l).collect()
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
