@@ -46,6 +46,10 @@ enum Command {
     Model(commands::model::Args),
 }
 
+/// mimalloc, tuned by `tune_for_tensors` below (why: `sigmaforge_model::process`).
+#[global_allocator]
+static ALLOCATOR: sigmaforge_model::process::Allocator = sigmaforge_model::process::Allocator;
+
 fn main() -> ExitCode {
     // Before any tensor work or thread: freed tensor buffers stay in the process for reuse, and
     // denormal floats flush to zero (threads inherit it).

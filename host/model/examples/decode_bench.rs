@@ -36,6 +36,10 @@ struct Args {
     batch_only: bool,
 }
 
+/// The CLI's allocator, so that the numbers are the CLI's.
+#[global_allocator]
+static ALLOCATOR: sigmaforge_model::process::Allocator = sigmaforge_model::process::Allocator;
+
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         model: PathBuf::new(),

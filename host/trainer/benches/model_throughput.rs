@@ -11,6 +11,10 @@
 //! With `SIGMAFORGE_BENCH_SMOLLM2=1` and the default model in the model cache, the same two
 //! measurements run on SmolLM2-135M (LoRA r=16 on all linear layers, B = 4, L = 128).
 //!
+//! `model_throughput update` times only SmolLM2's GRPO update micro-batch; `model_throughput
+//! memory` runs six of them with changing lengths and prints the resident and peak memory after
+//! each step's `release_free_memory` (what the allocator holds over a run).
+//!
 //! A plain timing harness (medians of repeated runs), like the other benches of the project:
 //! criterion's build cost is large on the 2-core VM and each sample here takes seconds.
 
@@ -23,6 +27,10 @@ use sigmaforge_model::lora::LoraConfig;
 use sigmaforge_model::model::{AdapterMode, BaseQuant, CausalLm, MemoryOptions, ModelConfig, token_logprobs};
 use sigmaforge_model::rng::SamplerRng;
 use sigmaforge_model::testing::tiny_tokenizer;
+
+/// The CLI's allocator, so that the numbers are the CLI's.
+#[global_allocator]
+static ALLOCATOR: sigmaforge_model::process::Allocator = sigmaforge_model::process::Allocator;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -89,6 +97,29 @@ fn smollm2_update() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the allocator holds over a run: SmolLM2 update micro-batches whose length changes from
+/// step to step (as a GRPO step's rows do), each followed by `release_free_memory` as the
+/// trainers do, with the resident and peak memory after each (`/proc/self/status`).
+fn smollm2_memory() -> anyhow::Result<()> {
+    let model = CausalLm::random(&ModelConfig::smollm2_135m(), None, 0, DType::F32, &Device::Cpu)?;
+    let status = |field: &str| -> f64 {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kb = text.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+        kb.unwrap_or(f64::NAN) / 1e6
+    };
+    for (step, l) in [368, 300, 420, 336, 392, 368].into_iter().enumerate() {
+        let t = fwd_bwd_bounded_window(&model, 4, l, 160, 64, 1)?;
+        let released = sigmaforge_model::process::release_free_memory();
+        println!(
+            "step {step}: L={l} {:.2} s; after the release (done: {released}) resident {:.2} GB, peak {:.2} GB",
+            t.as_secs_f64(),
+            status("VmRSS:"),
+            status("VmHWM:")
+        );
+    }
+    Ok(())
+}
+
 /// [`fwd_bwd_bounded`] with the loss on the last `window` positions only (a GRPO micro-batch:
 /// prompt, then completion).
 fn fwd_bwd_bounded_window(model: &CausalLm, b: usize, l: usize, window: usize, chunk: usize, runs: usize) -> anyhow::Result<Duration> {
@@ -152,6 +183,10 @@ fn main() -> anyhow::Result<()> {
     let only_update = std::env::args().skip(1).any(|a| a == "update");
     if only_update {
         return smollm2_update();
+    }
+    // `model_throughput memory`: the process's memory over update steps of changing lengths.
+    if std::env::args().skip(1).any(|a| a == "memory") {
+        return smollm2_memory();
     }
     let cfg = ModelConfig::qwen3_10m();
     let model = CausalLm::random(&cfg, None, 0, DType::F32, &Device::Cpu)?;

@@ -42,6 +42,8 @@ pub fn load_logsources(path: Option<&std::path::Path>) -> Result<LogsourceMap> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    // Small allocations only: huge pages would only add resident memory (see the function).
+    sigmaforge_model::process::avoid_huge_pages();
     let mut files = Vec::new();
     for path in &args.paths {
         if path.is_dir() {

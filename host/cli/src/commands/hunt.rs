@@ -72,6 +72,8 @@ const SCAN_CHUNK: u32 = 2048;
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let started = Instant::now();
+    // Small allocations only: huge pages would only add resident memory (see the function).
+    sigmaforge_model::process::avoid_huge_pages();
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("starting the thread pool")?;
     }
