@@ -145,6 +145,9 @@ pub struct LoadedFile {
     /// Records left out because no rule of a filtered hunt reads their (Channel, EventID)
     /// bucket (see [`crate::corpus::ChannelFilter::for_buckets`]); 0 when loading everything.
     pub skipped: u64,
+    /// How many events were flattened straight from their EVTX template instances (the rest of
+    /// an EVTX file's went through the evtx crate's JSON rendering).
+    pub from_templates: u64,
     /// The events kept so far by (record id, timestamp): their indices in `events`, each with
     /// the hash of its content once one was needed, to drop exact copies.
     seen: HashMap<(Option<u64>, Option<i64>), Vec<KeptEvent>>,
@@ -161,6 +164,7 @@ impl LoadedFile {
             warnings: Vec::new(),
             integrity: FileIntegrity { file: name.to_string(), ..FileIntegrity::default() },
             skipped: 0,
+            from_templates: 0,
             seen: HashMap::new(),
             unnamed: Vec::new(),
         }

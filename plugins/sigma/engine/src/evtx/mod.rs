@@ -25,17 +25,19 @@
 //! damaged chunk may have lost.
 
 mod chunk;
+mod template;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use evtx::{EvtxChunkData, EvtxFileHeader, EvtxParser, HeaderFlags, ParserSettings};
+use evtx::{EvtxChunk, EvtxChunkData, EvtxFileHeader, EvtxParser, EvtxRecord, HeaderFlags, ParserSettings};
 
 use crate::corpus::{Buckets, LoadedFile};
 use crate::json_events::stream::{Streamed, flatten_record};
-use crate::json_events::{EventParseError, flatten_event};
+use crate::json_events::{EventParseError, FlatEvent, flatten_event};
 use crate::loaded_file::{Checksum, ChunkDamage};
 use chunk::{CHUNK_SIZE, ChunkSlot, FILE_HEADER_SIZE};
+use template::{Flattened, Plans};
 
 /// Parses an EVTX file held in memory. `name` is the name events and warnings report.
 pub fn load_evtx_bytes(name: &str, bytes: Vec<u8>) -> LoadedFile {
@@ -80,9 +82,65 @@ struct Records<'l, 'r> {
     failed: usize,
     first_error: Option<String>,
     route: Option<&'r Buckets>,
+    /// The template plans of this file's definitions.
+    plans: Plans,
+    /// A chunk's events while it is read straight from its templates.
+    chunk_events: Vec<(u64, Option<FlatEvent>)>,
 }
 
 impl Records<'_, '_> {
+    /// Flattens one record: from its template instance where it has a plan, else through the
+    /// crate's JSON rendering. Returns whether it gave an event (a duplicate or a skipped
+    /// record counts).
+    fn add_record(&mut self, record: EvtxRecord<'_>) -> bool {
+        let header_id = record.event_record_id;
+        match template::flatten(&record, &mut self.plans, &mut self.loaded.table, self.route) {
+            Some(Flattened::Event(flat)) => {
+                self.loaded.from_templates += 1;
+                self.loaded.push(flat);
+                self.header_ids.push(header_id);
+                true
+            }
+            Some(Flattened::Skipped) => {
+                self.loaded.skipped += 1;
+                self.header_ids.push(header_id);
+                true
+            }
+            None => match record.into_json_bytes() {
+                Ok(r) => self.add(r.event_record_id, &r.data),
+                Err(err) => {
+                    self.fail(err.to_string());
+                    false
+                }
+            },
+        }
+    }
+
+    /// Reads an intact chunk straight from its records' templates, without the crate parsing
+    /// it; `false` (and nothing added) when some record needs the crate.
+    fn read_chunk_from_templates(&mut self, chunk: &EvtxChunkData) -> bool {
+        let names_before = self.loaded.table.len();
+        let mut events = std::mem::take(&mut self.chunk_events);
+        events.clear();
+        let whole = template::flatten_chunk(&chunk.data, &chunk.header, &mut self.plans, &mut self.loaded.table, self.route, &mut events);
+        if !whole {
+            self.loaded.table.truncate(names_before);
+        } else {
+            for (header_id, flat) in events.drain(..) {
+                match flat {
+                    Some(flat) => {
+                        self.loaded.from_templates += 1;
+                        self.loaded.push(flat);
+                    }
+                    None => self.loaded.skipped += 1,
+                }
+                self.header_ids.push(header_id);
+            }
+        }
+        self.chunk_events = events;
+        whole
+    }
+
     /// Flattens one rendered record (streaming; through a `serde_json::Value` where streaming
     /// gives up); returns whether it gave an event (a duplicate or a skipped record counts).
     fn add(&mut self, header_id: u64, json: &[u8]) -> bool {
@@ -157,7 +215,8 @@ fn read_file(loaded: &mut LoadedFile, bytes: &[u8], always_by_chunk: bool, route
     loaded.integrity.chunks = Some(slots.iter().filter(counted).count() as u64);
     loaded.integrity.chunks_intact = Some(slots.iter().filter(|s| s.is_intact()).count() as u64);
 
-    let mut records = Records { loaded, header_ids: Vec::new(), failed: 0, first_error: None, route };
+    let mut records =
+        Records { loaded, header_ids: Vec::new(), failed: 0, first_error: None, route, plans: Plans::default(), chunk_events: Vec::new() };
     let all_intact = slots.iter().filter(counted).all(ChunkSlot::is_intact) && (complete as u64) >= announced;
     let mut outcomes = Vec::new();
     if all_intact && header.is_some() && !always_by_chunk {
@@ -173,8 +232,8 @@ fn read_file(loaded: &mut LoadedFile, bytes: &[u8], always_by_chunk: bool, route
     count_lost(loaded, &slots, header_ids, trusted_header.map(|h| h.next_record_id), &outcomes);
 }
 
-/// The fast path: the crate reads the whole file (in parallel with the `multithreaded-evtx`
-/// feature), from the bytes the chunk slots borrow.
+/// The fast path: the crate reads the whole file's chunks, in its order; each is read straight
+/// from its records' templates where it can be, else parsed by the crate.
 fn read_intact_file(records: &mut Records, bytes: &[u8]) {
     let mut parser = match EvtxParser::from_read_seek(std::io::Cursor::new(bytes)) {
         Ok(p) => p.with_configuration(settings()),
@@ -183,10 +242,21 @@ fn read_intact_file(records: &mut Records, bytes: &[u8]) {
             return;
         }
     };
-    for record in parser.records_json_bytes() {
-        match record {
-            Ok(r) => {
-                records.add(r.event_record_id, &r.data);
+    let settings = Arc::new(settings());
+    for chunk_data in parser.chunks() {
+        let mut chunk_data = match chunk_data {
+            Ok(c) => c,
+            Err(err) => {
+                records.fail(err.to_string());
+                continue;
+            }
+        };
+        if records.read_chunk_from_templates(&chunk_data) {
+            continue;
+        }
+        match chunk_data.parse(settings.clone()) {
+            Ok(mut chunk) => {
+                read_records(records, &mut chunk, None);
             }
             Err(err) => records.fail(err.to_string()),
         }
@@ -267,10 +337,17 @@ fn read_chunk(records: &mut Records, data: Vec<u8>, number: u64, keep: Option<&[
             return 0;
         }
     };
+    read_records(records, &mut chunk, keep)
+}
+
+/// Reads one parsed chunk's records, keeping those whose header id is in `keep` (sorted).
+/// Returns how many gave events.
+fn read_records(records: &mut Records, chunk: &mut EvtxChunk<'_>, keep: Option<&[u64]>) -> usize {
+    records.plans.start_chunk();
     let mut read = 0;
     for record in chunk.iter() {
-        match record.and_then(|r| r.into_json_bytes()) {
-            Ok(r) if keep.is_none_or(|k| k.binary_search(&r.event_record_id).is_ok()) => read += usize::from(records.add(r.event_record_id, &r.data)),
+        match record {
+            Ok(r) if keep.is_none_or(|k| k.binary_search(&r.event_record_id).is_ok()) => read += usize::from(records.add_record(r)),
             Ok(_) => {}
             Err(err) => records.fail(err.to_string()),
         }

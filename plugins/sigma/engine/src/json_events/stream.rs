@@ -60,19 +60,32 @@ pub fn flatten_record(json: &[u8], table: &mut FieldTable, route: Option<&Bucket
             return Streamed::GiveUp;
         }
     }
-    let first = |name: &str| table.get(name).and_then(|key| fields.iter().find(|(k, _)| *k == key)).map(|(_, v)| v);
-    let record_id = first("EventRecordID").and_then(|v| v.text().trim().parse::<u64>().ok());
-    let timestamp_us = first("TimeCreated_SystemTime").and_then(|v| super::parse_timestamp_us(v.text()));
-    if route.is_some_and(|r| !accepted(r, table, &fields, record_id.is_some())) {
+    let flat = finish_event(table, fields);
+    if route.is_some_and(|r| !accepted(r, table, &flat.fields, flat.record_id.is_some())) {
         table.truncate(names_before);
         return Streamed::Skipped;
     }
-    Streamed::Event(FlatEvent { record_id, timestamp_us, fields })
+    Streamed::Event(flat)
+}
+
+/// The event of flattened `fields`: its record id and timestamp are those of its first
+/// `EventRecordID` and `TimeCreated_SystemTime` fields.
+pub(crate) fn finish_event(table: &FieldTable, fields: Vec<(FieldKey, Value)>) -> FlatEvent {
+    let first = |name: &str| table.get(name).and_then(|key| fields.iter().find(|(k, _)| *k == key)).map(|(_, v)| v);
+    let record_id = first("EventRecordID").and_then(|v| v.text().trim().parse::<u64>().ok());
+    let timestamp_us = first("TimeCreated_SystemTime").and_then(|v| super::parse_timestamp_us(v.text()));
+    FlatEvent { record_id, timestamp_us, fields }
+}
+
+/// Adds one field; Sigma removes spaces from Windows field names ("Error Code" -> "ErrorCode").
+pub(crate) fn push_field(table: &mut FieldTable, fields: &mut Vec<(FieldKey, Value)>, name: &str, value: Value) {
+    let key = if name.contains(' ') { table.intern(&name.replace(' ', "")) } else { table.intern(name) };
+    fields.push((key, value));
 }
 
 /// Whether `route` keeps an event with these fields: its bucket is the corpus index's
 /// (lowercased first Channel value, trimmed first EventID value; "" when absent).
-fn accepted(route: &Buckets, table: &FieldTable, fields: &[(FieldKey, Value)], has_record_id: bool) -> bool {
+pub(crate) fn accepted(route: &Buckets, table: &FieldTable, fields: &[(FieldKey, Value)], has_record_id: bool) -> bool {
     let first = |name: &str| table.get(name).and_then(|key| fields.iter().find(|(k, _)| *k == key)).map(|(_, v)| v);
     let channel = first("Channel").map_or("", Value::lower);
     let event_id = first("EventID").map_or("", |v| v.text().trim());
@@ -95,9 +108,7 @@ struct Sink<'t, 'r> {
 
 impl Sink<'_, '_> {
     fn push(&mut self, name: &str, value: Value) {
-        // Sigma removes spaces from Windows field names ("Error Code" -> "ErrorCode").
-        let key = if name.contains(' ') { self.table.intern(&name.replace(' ', "")) } else { self.table.intern(name) };
-        self.fields.push((key, value));
+        push_field(self.table, &mut self.fields, name, value);
     }
 
     fn give_up<E: de::Error>(&mut self, why: &str) -> E {
