@@ -5,6 +5,7 @@
 //! duplicates (a chunk or line copied twice), and end with [`LoadedFile::finish`], which names
 //! events that have no `System.EventRecordID` with ids no real event of the file can have.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
@@ -118,6 +119,29 @@ impl FileIntegrity {
 /// An event kept so far: its index in `events` and, once one was needed, its [`content_hash`].
 type KeptEvent = (usize, Option<u64>);
 
+/// The events kept with one (record id, timestamp): nearly always one, held without a list.
+#[derive(Debug)]
+enum Kept {
+    One(KeptEvent),
+    Many(Vec<KeptEvent>),
+}
+
+impl Kept {
+    fn as_mut_slice(&mut self) -> &mut [KeptEvent] {
+        match self {
+            Kept::One(one) => std::slice::from_mut(one),
+            Kept::Many(many) => many,
+        }
+    }
+
+    fn push(&mut self, kept: KeptEvent) {
+        match self {
+            Kept::One(one) => *self = Kept::Many(vec![*one, kept]),
+            Kept::Many(many) => many.push(kept),
+        }
+    }
+}
+
 /// The hash that tells an event from another with the same record id and timestamp: its record
 /// id, timestamp and every field (key, kind, text), in sorted order.
 fn content_hash<'v>(record_id: Option<u64>, timestamp_us: Option<i64>, fields: impl Iterator<Item = (FieldKey, &'v Value)>) -> u64 {
@@ -150,7 +174,7 @@ pub struct LoadedFile {
     pub from_templates: u64,
     /// The events kept so far by (record id, timestamp): their indices in `events`, each with
     /// the hash of its content once one was needed, to drop exact copies.
-    seen: HashMap<(Option<u64>, Option<i64>), Vec<KeptEvent>>,
+    seen: HashMap<(Option<u64>, Option<i64>), Kept, foldhash::fast::RandomState>,
     /// Indices into `events` of the events that still need an id.
     unnamed: Vec<usize>,
 }
@@ -165,7 +189,7 @@ impl LoadedFile {
             integrity: FileIntegrity { file: name.to_string(), ..FileIntegrity::default() },
             skipped: 0,
             from_templates: 0,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             unnamed: Vec::new(),
         }
     }
@@ -180,21 +204,24 @@ impl LoadedFile {
         // Events are first told apart by (record id, timestamp), which nearly always differ; the
         // hash of every field is computed only for events that share them (and then once each).
         let at = self.events.len();
-        let same_key = self.seen.entry((flat.record_id, flat.timestamp_us)).or_default();
-        if !same_key.is_empty() {
-            let hash = content_hash(flat.record_id, flat.timestamp_us, flat.fields.iter().map(|(k, v)| (*k, v)));
-            for (earlier, earlier_hash) in same_key.iter_mut() {
-                let event = &self.events[*earlier];
-                let earlier_hash =
-                    *earlier_hash.get_or_insert_with(|| content_hash(flat.record_id, flat.timestamp_us, event.fields().iter().map(|(k, v)| (*k, v))));
-                if earlier_hash == hash {
-                    self.integrity.duplicates += 1;
-                    return false;
-                }
+        match self.seen.entry((flat.record_id, flat.timestamp_us)) {
+            Entry::Vacant(entry) => {
+                entry.insert(Kept::One((at, None)));
             }
-            same_key.push((at, Some(hash)));
-        } else {
-            same_key.push((at, None));
+            Entry::Occupied(mut entry) => {
+                let same_key = entry.get_mut();
+                let hash = content_hash(flat.record_id, flat.timestamp_us, flat.fields.iter().map(|(k, v)| (*k, v)));
+                for (earlier, earlier_hash) in same_key.as_mut_slice() {
+                    let event = &self.events[*earlier];
+                    let earlier_hash = *earlier_hash
+                        .get_or_insert_with(|| content_hash(flat.record_id, flat.timestamp_us, event.fields().iter().map(|(k, v)| (*k, v))));
+                    if earlier_hash == hash {
+                        self.integrity.duplicates += 1;
+                        return false;
+                    }
+                }
+                same_key.push((at, Some(hash)));
+            }
         }
         if flat.record_id.is_none() {
             self.unnamed.push(self.events.len());

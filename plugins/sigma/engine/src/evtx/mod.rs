@@ -30,7 +30,7 @@ mod template;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use evtx::{EvtxChunk, EvtxChunkData, EvtxFileHeader, EvtxParser, EvtxRecord, HeaderFlags, ParserSettings};
+use evtx::{EvtxChunk, EvtxChunkData, EvtxChunkHeader, EvtxFileHeader, EvtxRecord, HeaderFlags, ParserSettings};
 
 use crate::corpus::{Buckets, LoadedFile};
 use crate::json_events::stream::{Streamed, flatten_record};
@@ -118,11 +118,12 @@ impl Records<'_, '_> {
 
     /// Reads an intact chunk straight from its records' templates, without the crate parsing
     /// it; `false` (and nothing added) when some record needs the crate.
-    fn read_chunk_from_templates(&mut self, chunk: &EvtxChunkData) -> bool {
+    fn read_chunk_from_templates(&mut self, data: &[u8]) -> bool {
+        let Ok(header) = EvtxChunkHeader::from_bytes(data) else { return false };
         let names_before = self.loaded.table.len();
         let mut events = std::mem::take(&mut self.chunk_events);
         events.clear();
-        let whole = template::flatten_chunk(&chunk.data, &chunk.header, &mut self.plans, &mut self.loaded.table, self.route, &mut events);
+        let whole = template::flatten_chunk(data, &header, &mut self.plans, &mut self.loaded.table, self.route, &mut events);
         if !whole {
             self.loaded.table.truncate(names_before);
         } else {
@@ -220,7 +221,7 @@ fn read_file(loaded: &mut LoadedFile, bytes: &[u8], always_by_chunk: bool, route
     let all_intact = slots.iter().filter(counted).all(ChunkSlot::is_intact) && (complete as u64) >= announced;
     let mut outcomes = Vec::new();
     if all_intact && header.is_some() && !always_by_chunk {
-        read_intact_file(&mut records, bytes);
+        read_intact_file(&mut records, &slots);
     } else {
         outcomes = read_chunk_by_chunk(&mut records, &slots, announced, trusted_header.map(|h| h.next_record_id));
     }
@@ -232,35 +233,26 @@ fn read_file(loaded: &mut LoadedFile, bytes: &[u8], always_by_chunk: bool, route
     count_lost(loaded, &slots, header_ids, trusted_header.map(|h| h.next_record_id), &outcomes);
 }
 
-/// The fast path: the crate reads the whole file's chunks, in its order; each is read straight
-/// from its records' templates where it can be, else parsed by the crate.
-fn read_intact_file(records: &mut Records, bytes: &[u8]) {
-    let mut parser = match EvtxParser::from_read_seek(std::io::Cursor::new(bytes)) {
-        Ok(p) => p.with_configuration(settings()),
-        Err(err) => {
-            records.loaded.warn(format!("not a readable EVTX file ({err}); skipped"));
-            return;
-        }
-    };
+/// The fast path, for a file whose chunks are all intact: in the crate's order (see
+/// [`chunk_order`]), each chunk is read straight from its records' templates where it can be,
+/// else parsed by the crate, from the bytes the slots borrow.
+fn read_intact_file(records: &mut Records, slots: &[ChunkSlot]) {
     let settings = Arc::new(settings());
-    for chunk_data in parser.chunks() {
-        let mut chunk_data = match chunk_data {
-            Ok(c) => c,
-            Err(err) => {
-                records.fail(err.to_string());
-                continue;
-            }
-        };
-        if records.read_chunk_from_templates(&chunk_data) {
-            continue;
-        }
-        match chunk_data.parse(settings.clone()) {
-            Ok(mut chunk) => {
-                read_records(records, &mut chunk, None);
-            }
-            Err(err) => records.fail(err.to_string()),
+    for slot in chunk_order(slots) {
+        if !records.read_chunk_from_templates(&slot.data) {
+            read_chunk(records, slot.data.to_vec(), slot.number, None, &settings);
         }
     }
+}
+
+/// The chunks the crate's parser reads, in its order: complete, not blank, from the one whose
+/// header names the lowest first record id (a log that wrapped around starts anywhere) to the
+/// end of the file, then from its start.
+fn chunk_order<'s, 'f>(slots: &'s [ChunkSlot<'f>]) -> impl Iterator<Item = &'s ChunkSlot<'f>> {
+    let complete = slots.iter().take_while(|s| !s.is_truncated()).count();
+    let slots = &slots[..complete];
+    let oldest = slots.iter().enumerate().filter_map(|(i, s)| Some((s.first_record_id()?, i))).min().map_or(0, |(_, i)| i);
+    slots[oldest..].iter().chain(&slots[..oldest]).filter(|s| !s.is_blank())
 }
 
 /// What one chunk gave, in record order (for counting what is lost around it).

@@ -819,6 +819,27 @@ impl Walk<'_> {
                 write_utf16(text, s.as_bytes());
                 return Some(Value::string(text));
             }
+            BinXmlValue::GuidType(guid) => {
+                write_guid(text, guid);
+                return Some(Value::string(text));
+            }
+            BinXmlValue::HexInt32Type(n) => {
+                write_hex(text, u64::from(*n));
+                return Some(Value::string(text));
+            }
+            BinXmlValue::HexInt64Type(n) => {
+                write_hex(text, *n);
+                return Some(Value::string(text));
+            }
+            BinXmlValue::BinaryType(bytes) => {
+                write_binary(text, bytes);
+                return Some(Value::string(text));
+            }
+            BinXmlValue::FileTimeType(time) => {
+                write_filetime(text, time.0);
+                return Some(Value::string(text));
+            }
+            // The rest (SYSTEMTIMEs) as the crate displays them.
             other => {
                 let _ = write!(text, "{other}");
                 return Some(Value::string(text));
@@ -1000,6 +1021,82 @@ fn write_integer(out: &mut String, magnitude_bits: u64, negative: bool) {
     out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
+// The crate's renderings of the common non-text values, written here without its `Display`
+// (which allocates twice per value); `renderings_match_the_crates` holds them to it.
+
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// A GUID as Windows writes it: `{d1-d2-d3-d4[0..2]-d4[2..8]}`, lower case, the first three
+/// parts little-endian.
+fn write_guid(out: &mut String, bytes: &[u8; 16]) {
+    const ORDER: [usize; 16] = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    out.push('{');
+    for (i, &at) in ORDER.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX_LOWER[usize::from(bytes[at] >> 4)] as char);
+        out.push(HEX_LOWER[usize::from(bytes[at] & 0xf)] as char);
+    }
+    out.push('}');
+}
+
+/// `0x` and lower-case hex digits, no leading zeros.
+fn write_hex(out: &mut String, value: u64) {
+    out.push_str("0x");
+    let digits = (64 - value.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        out.push(HEX_LOWER[((value >> (4 * shift)) & 0xf) as usize] as char);
+    }
+}
+
+/// Binary as upper-case hex, two digits a byte.
+fn write_binary(out: &mut String, bytes: &[u8]) {
+    out.reserve(2 * bytes.len());
+    for b in bytes {
+        out.push(HEX_UPPER[usize::from(b >> 4)] as char);
+        out.push(HEX_UPPER[usize::from(b & 0xf)] as char);
+    }
+}
+
+/// A FILETIME (100 ns ticks since 1601-01-01 UTC) as `YYYY-MM-DDTHH:MM:SS.fffffffZ`, as
+/// Windows writes it: the year's last four digits, zeros for a value past `i64::MAX`.
+fn write_filetime(out: &mut String, filetime: u64) {
+    const TICKS_PER_SECOND: u64 = 10_000_000;
+    const TICKS_PER_DAY: u64 = 86_400 * TICKS_PER_SECOND;
+    if filetime > i64::MAX as u64 {
+        out.push_str("0000-00-00T00:00:00.0000000Z");
+        return;
+    }
+    let (days, ticks) = (filetime / TICKS_PER_DAY, filetime % TICKS_PER_DAY);
+    let (year, month, day) = civil_date(days);
+    let seconds = ticks / TICKS_PER_SECOND;
+    let _ = write!(
+        out,
+        "{:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
+        year % 10_000,
+        seconds / 3_600,
+        seconds / 60 % 60,
+        seconds % 60,
+        ticks % TICKS_PER_SECOND
+    );
+}
+
+/// The Gregorian (year, month, day) `days` after 1601-01-01: days counted from 0000-03-01 in
+/// 400-year eras of 146,097 days, years starting in March so that February comes last.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    // 1601-01-01 is 584,694 days after 0000-03-01.
+    let from_march_0 = days + 584_694;
+    let (era, day_of_era) = (from_march_0 / 146_097, from_march_0 % 146_097);
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    (era * 400 + year_of_era + u64::from(month <= 2), month, day)
+}
+
 /// UTF-16LE text up to its first NUL, as the crate renders it (unpaired surrogates replaced).
 fn write_utf16(out: &mut String, bytes: &[u8]) {
     let units = bytes.chunks_exact(2).map(|u| u16::from_le_bytes([u[0], u[1]])).take_while(|u| *u != 0);
@@ -1013,6 +1110,7 @@ fn write_utf16(out: &mut String, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::{write_binary, write_filetime, write_guid, write_hex};
     use crate::event::FieldTable;
     use crate::evtx::{is_intact, load_evtx_bytes};
     use crate::json_events::flatten_event;
@@ -1049,6 +1147,40 @@ mod tests {
         }
         loaded.finish();
         loaded
+    }
+
+    /// GUIDs, hex numbers, binary and FILETIMEs are written as the crate renders them.
+    #[test]
+    fn renderings_match_the_crates() {
+        use evtx::binxml::value_variant::{BinXmlValue, FileTime};
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let check = |value: BinXmlValue, write: &dyn Fn(&mut String)| {
+            let mut ours = String::new();
+            write(&mut ours);
+            assert_eq!(ours, value.to_string(), "{value:?}");
+        };
+        let mut times = vec![0, 1, 116_444_736_000_000_000, 2_650_467_743_999_999_999, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX];
+        times.extend((0..2000).map(|_| next() % (i64::MAX as u64)));
+        times.extend((0..2000).map(|_| 130_000_000_000_000_000 + next() % 10_000_000_000_000_000));
+        for t in times {
+            check(BinXmlValue::FileTimeType(FileTime(t)), &|s| write_filetime(s, t));
+        }
+        for n in [0, 1, 15, 16, 255, u64::from(u32::MAX), u64::MAX].into_iter().chain((0..500).map(|_| next() >> (next() % 64))) {
+            check(BinXmlValue::HexInt64Type(n), &|s| write_hex(s, n));
+            check(BinXmlValue::HexInt32Type(n as u32), &|s| write_hex(s, u64::from(n as u32)));
+        }
+        for _ in 0..200 {
+            let guid: [u8; 16] = std::array::from_fn(|_| next() as u8);
+            check(BinXmlValue::GuidType(guid), &|s| write_guid(s, &guid));
+            let bytes: Vec<u8> = (0..next() % 300).map(|_| next() as u8).collect();
+            check(BinXmlValue::BinaryType(&bytes), &|s| write_binary(s, &bytes));
+        }
     }
 
     /// The template path's fields are the JSON path's, for every record of every intact corpus
