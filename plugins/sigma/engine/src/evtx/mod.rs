@@ -1,11 +1,13 @@
 //! EVTX files through the `evtx` crate (the parser Chainsaw and Hayabusa use), with recovery of
 //! damaged files around it.
 //!
-//! Each record is rendered to compact JSON bytes by the crate and flattened while it is read
-//! ([`crate::json_events::stream`], the same fields as [`crate::json_events::flatten_event`],
-//! which it falls back to), so EVTX and evtx_dump JSON inputs give identical events. With a
-//! route ([`load_evtx_bytes_routed`]), a record whose (Channel, EventID) no rule reads is
-//! dropped once its `System` part is read.
+//! Records are flattened straight from their BinXML template instances ([`template`]: each
+//! template definition read once into a plan, each record's values put through it), without
+//! the crate. A chunk holding a record no plan covers is parsed by the crate instead, and that
+//! record rendered to compact JSON and flattened while it is read ([`crate::json_events::stream`],
+//! the same fields as [`crate::json_events::flatten_event`], which it falls back to). Both give
+//! the fields evtx_dump's JSON does, so EVTX and JSON inputs give identical events. With a route
+//! ([`load_evtx_bytes_routed`]), a record whose (Channel, EventID) no rule reads is dropped.
 //! Events are named by `System.EventRecordID` from the record's XML, not by the record header's
 //! id (they differ in 22,472 of the 25,062 corpus records: most sample files are exports whose
 //! header ids restart at 1).

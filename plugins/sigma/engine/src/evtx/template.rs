@@ -194,18 +194,28 @@ fn flatten_binxml(chunk: &[u8], binxml: &[u8], plans: &mut Plans, table: &mut Fi
         }
     };
     let names_before = table.len();
-    let mut walk = Walk { table, fields: Vec::with_capacity(32), text: &mut plans.text };
-    let whole = walk.event(Node { element: &plan.root, values: &values });
+    let mut walk = Walk { table, fields: Vec::with_capacity(32), text: &mut plans.text, route };
+    let walked = walk.event(Node { element: &plan.root, values: &values });
     let Walk { table, fields, .. } = walk;
-    if whole.is_none() {
+    // Names of a record left out are put back, as the JSON path does.
+    let skip = |table: &mut FieldTable| {
         table.truncate(names_before);
-        return None;
+        Some(None)
+    };
+    match walked {
+        None => {
+            table.truncate(names_before);
+            None
+        }
+        Some(Walked::Skipped) => skip(table),
+        Some(Walked::Event) => {
+            let flat = finish_event(table, fields);
+            if route.is_some_and(|r| !accepted(r, table, &flat.fields, flat.record_id.is_some())) {
+                return skip(table);
+            }
+            Some(Some(flat))
+        }
     }
-    let flat = finish_event(table, fields);
-    if route.is_some_and(|r| !accepted(r, table, &flat.fields, flat.record_id.is_some())) {
-        return Some(None);
-    }
-    Some(Some(flat))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,6 +810,14 @@ struct Walk<'t> {
     table: &'t mut FieldTable,
     fields: Vec<(FieldKey, Value)>,
     text: &'t mut String,
+    route: Option<&'t Buckets>,
+}
+
+/// How a record's walk ended.
+enum Walked {
+    Event,
+    /// Left out once `System` was read: its bucket is one the route does not accept.
+    Skipped,
 }
 
 impl Walk<'_> {
@@ -868,7 +886,7 @@ impl Walk<'_> {
 
     /// The parts of `<Event>`; `None` for a record the JSON path must read, among them one
     /// without a `System` that has elements (the JSON path's error to report).
-    fn event(&mut self, root: Node<'_, '_>) -> Option<()> {
+    fn event(&mut self, root: Node<'_, '_>) -> Option<Walked> {
         if root.name() != "Event" || !matches!(root.layout()?, (Content::Empty, _)) || !root.names_unique() {
             return None;
         }
@@ -877,11 +895,24 @@ impl Walk<'_> {
             if part.name() == "System" {
                 self.system(part)?;
                 system = true;
+                if self.rejected_after_system() {
+                    return Some(Walked::Skipped);
+                }
             } else {
                 self.data(part, true)?;
             }
         }
-        system.then_some(())
+        system.then_some(Walked::Event)
+    }
+
+    /// Whether the route leaves the record out as soon as its `System` is read: its Channel,
+    /// EventID and numeric EventRecordID are all there (later parts cannot change the bucket:
+    /// the first value of a field wins) and the bucket is not one the route accepts.
+    fn rejected_after_system(&self) -> bool {
+        let Some(route) = self.route else { return false };
+        let first = |name: &str| self.table.get(name).and_then(|key| self.fields.iter().find(|(k, _)| *k == key)).map(|(_, v)| v);
+        let (Some(channel), Some(event_id), Some(record)) = (first("Channel"), first("EventID"), first("EventRecordID")) else { return false };
+        record.text().trim().parse::<u64>().is_ok() && !route.accepts(channel.lower(), event_id.text().trim())
     }
 
     /// `System`: each element's attributes as `Tag_Attribute`, its text as `Tag`.
@@ -1131,8 +1162,9 @@ fn write_utf16(out: &mut String, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::{write_binary, write_filetime, write_guid, write_hex};
+    use crate::corpus::Buckets;
     use crate::event::FieldTable;
-    use crate::evtx::{is_intact, load_evtx_bytes};
+    use crate::evtx::{is_intact, load_evtx_bytes, load_evtx_bytes_routed};
     use crate::json_events::flatten_event;
     use crate::json_events::stream::{Streamed, flatten_record};
     use crate::loaded_file::LoadedFile;
@@ -1151,15 +1183,18 @@ mod tests {
 
     /// The events of an intact file the way they were read before templates: every record
     /// rendered to JSON by the crate and flattened from that.
-    fn through_json(name: &str, bytes: &[u8]) -> LoadedFile {
+    fn through_json(name: &str, bytes: &[u8], route: Option<&Buckets>) -> LoadedFile {
         let mut loaded = LoadedFile::new(name);
         let settings = evtx::ParserSettings::new().indent(false).separate_json_attributes(false).num_threads(0);
         let mut parser = evtx::EvtxParser::from_read_seek(std::io::Cursor::new(bytes)).unwrap().with_configuration(settings);
         for record in parser.records_json_bytes().flatten() {
-            let flat = match flatten_record(&record.data, &mut loaded.table, None) {
+            let flat = match flatten_record(&record.data, &mut loaded.table, route) {
                 Streamed::Event(flat) => Some(flat),
                 Streamed::GiveUp => serde_json::from_slice(&record.data).ok().and_then(|json| flatten_event(&json, &mut loaded.table).ok()),
-                Streamed::Skipped => unreachable!("no route"),
+                Streamed::Skipped => {
+                    loaded.skipped += 1;
+                    None
+                }
             };
             if let Some(flat) = flat {
                 loaded.push(flat);
@@ -1209,7 +1244,11 @@ mod tests {
     fn every_corpus_record_flattens_as_through_json() {
         let root = sigmaforge_data::for_tests().join("evtx");
         let files = crate::corpus::collect_event_files(&root).unwrap();
-        let (mut events, mut from_templates, mut checked) = (0, 0, 0);
+        let (mut events, mut from_templates, mut checked, mut skipped) = (0, 0, 0, 0);
+        let mut route = Buckets::default();
+        route.add("security", Some(&["4688".to_string(), "4624".to_string()]));
+        route.add("microsoft-windows-sysmon/operational", Some(&["1".to_string()]));
+        route.add("system", None);
         for file in files.iter().filter(|f| f.path.extension().is_some_and(|e| e == "evtx")) {
             let bytes = std::fs::read(&file.path).unwrap();
             if !is_intact(&bytes) {
@@ -1217,7 +1256,18 @@ mod tests {
             }
             checked += 1;
             let loaded = load_evtx_bytes(&file.name, bytes.clone());
-            let reference = through_json(&file.name, &bytes);
+            let reference = through_json(&file.name, &bytes, None);
+            // Routed, as a hunt reads: the same records left out, the same names put back.
+            let (routed, routed_reference) =
+                (load_evtx_bytes_routed(&file.name, &bytes, Some(&route)), through_json(&file.name, &bytes, Some(&route)));
+            assert_eq!(seen(&routed), seen(&routed_reference), "{}: routed", file.name);
+            assert_eq!(
+                (routed.skipped, routed.table.names().collect::<Vec<_>>()),
+                (routed_reference.skipped, routed_reference.table.names().collect()),
+                "{}: routed",
+                file.name
+            );
+            skipped += routed.skipped;
             let (fast, json) = (seen(&loaded), seen(&reference));
             assert_eq!(fast.len(), json.len(), "{}: event count", file.name);
             for (a, b) in fast.iter().zip(&json) {
@@ -1236,7 +1286,8 @@ mod tests {
             events += loaded.events.len();
             from_templates += loaded.from_templates as usize;
         }
-        eprintln!("{checked} intact files, {events} events, {from_templates} straight from templates");
+        eprintln!("{checked} intact files, {events} events, {from_templates} straight from templates; routed: {skipped} left out");
+        assert!(skipped > 15_000 && (skipped as usize) < events, "{skipped} left out by the route");
         assert!(checked > 550 && events > 25_000, "{checked} files, {events} events");
         // All but a few dozen records (44 when this was written: repeated `Data` names, text
         // beside elements, ...) are of shapes the plans cover; those go through JSON.
