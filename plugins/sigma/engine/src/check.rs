@@ -64,16 +64,21 @@ pub fn check_file(path: &Path, options: &CompileOptions) -> CheckedFile {
         parsed.diagnostics.push(Diagnostic::error(code, &origin, None, message));
         CheckedFile { origin: origin.clone(), parsed }
     };
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_INPUT_BYTES as u64 => {
-            return fail("input-too-large", format!("the file is {} bytes; rule files larger than {MAX_INPUT_BYTES} bytes are refused", m.len()));
+    // One open and one fstat per file: thousands of rule files are read per hunt, and each
+    // lookup by path costs more than the read.
+    let read = std::fs::File::open(path).and_then(|mut file| {
+        let len = file.metadata()?.len();
+        if len > MAX_INPUT_BYTES as u64 {
+            return Ok(Err(len));
         }
-        Err(e) => return fail("unreadable-file", format!("cannot read the file: {e}")),
-        Ok(_) => {}
-    }
-    match std::fs::read(path) {
+        let mut bytes = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok(Ok(bytes))
+    });
+    match read {
         Err(e) => fail("unreadable-file", format!("cannot read the file: {e}")),
-        Ok(bytes) => match String::from_utf8(bytes) {
+        Ok(Err(len)) => fail("input-too-large", format!("the file is {len} bytes; rule files larger than {MAX_INPUT_BYTES} bytes are refused")),
+        Ok(Ok(bytes)) => match String::from_utf8(bytes) {
             Ok(text) => check_text(&text, &origin, options),
             Err(e) => fail("not-utf8", format!("the file is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())),
         },

@@ -14,8 +14,14 @@ pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
     for entry in entries {
-        let path = entry?.path();
-        if path.is_dir() {
+        let entry = entry?;
+        let path = entry.path();
+        // The directory entry says what it is without a lookup; a link is followed.
+        let is_dir = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => t.is_dir(),
+            _ => path.is_dir(),
+        };
+        if is_dir {
             collect(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
             out.push(path);
