@@ -165,7 +165,8 @@ fn record_at(data: &[u8], offset: usize) -> Option<RawRecord<'_>> {
     FileTime(filetime).to_timestamp()?;
     // The BinXML lies between the header and the trailing copy of the size.
     let binxml_size = size.checked_sub(RECORD_HEADER_SIZE + 4)?;
-    let binxml = data.get(offset + RECORD_HEADER_SIZE..offset + RECORD_HEADER_SIZE + binxml_size)?;
+    let start = offset.checked_add(RECORD_HEADER_SIZE)?;
+    let binxml = data.get(start..start.checked_add(binxml_size)?)?;
     Some(RawRecord { id, size, binxml })
 }
 
