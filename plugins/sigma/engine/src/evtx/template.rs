@@ -1151,13 +1151,25 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
 
 /// UTF-16LE text up to its first NUL, as the crate renders it (unpaired surrogates replaced).
 fn write_utf16(out: &mut String, bytes: &[u8]) {
-    let units = bytes.chunks_exact(2).map(|u| u16::from_le_bytes([u[0], u[1]])).take_while(|u| *u != 0);
-    // Nearly all event text is ASCII: one byte per unit, no decoding.
-    if units.clone().all(|u| u < 0x80) {
-        out.extend(units.map(|u| u as u8 as char));
-    } else {
-        out.extend(char::decode_utf16(units).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
+    let units = &bytes[..bytes.len() & !1];
+    let end = units.chunks_exact(2).position(|u| u == [0, 0]).map_or(units.len(), |i| 2 * i);
+    let units = &units[..end];
+    // Nearly all event text is ASCII: every unit's high byte is zero and its low byte is the
+    // character, copied over through a small buffer without decoding.
+    if units.chunks_exact(2).all(|u| u[1] == 0 && u[0] < 0x80) {
+        out.reserve(units.len() / 2);
+        let mut buffer = [0u8; 256];
+        for block in units.chunks(2 * buffer.len()) {
+            let n = block.len() / 2;
+            for (b, u) in buffer.iter_mut().zip(block.chunks_exact(2)) {
+                *b = u[0];
+            }
+            out.push_str(std::str::from_utf8(&buffer[..n]).expect("ASCII"));
+        }
+        return;
     }
+    let decoded = units.chunks_exact(2).map(|u| u16::from_le_bytes([u[0], u[1]]));
+    out.extend(char::decode_utf16(decoded).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
 }
 
 #[cfg(test)]
