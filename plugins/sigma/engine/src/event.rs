@@ -5,6 +5,7 @@
 //! case-insensitive comparisons never lowercase in the hot loop.
 
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 /// An interned field name. Keys are only meaningful with the [`FieldTable`] that issued them.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,19 +81,23 @@ pub enum ValueKind {
 /// Sigma treats every value as a string ("EventID: 4688" matches both `4688` and `"4688"`), so
 /// every value carries its text form; numbers are written in decimal, booleans as
 /// `true`/`false`, null as the empty string.
+///
+/// A value is cheap to clone (its text is shared): loaders hand out one value for text that
+/// repeats (a corpus has a tenth as many distinct values as values).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Value {
     kind: ValueKind,
     /// The text, followed by its lowercase form when that differs (one allocation per value,
     /// none for the lowercase when the text is lowercase already, as most values are).
-    buf: Box<str>,
+    buf: Arc<str>,
     /// Where the text ends in `buf` (its length when there is no distinct lowercase).
     split: usize,
 }
 
 impl Value {
     pub fn null() -> Self {
-        Value { kind: ValueKind::Null, buf: "".into(), split: 0 }
+        static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+        Value { kind: ValueKind::Null, buf: EMPTY.clone(), split: 0 }
     }
 
     pub fn string(text: &str) -> Self {
@@ -138,7 +143,7 @@ impl Value {
     }
 
     fn joined(kind: ValueKind, buf: String, text_len: usize) -> Self {
-        Value { kind, buf: buf.into_boxed_str(), split: text_len }
+        Value { kind, buf: Arc::from(buf), split: text_len }
     }
 
     /// Rebuilds a value from the parts [`Value::kind`], [`Value::text`] and
