@@ -122,28 +122,35 @@ impl Value {
             if !text.bytes().any(|b| b.is_ascii_uppercase()) {
                 return Self::single(kind, text);
             }
-            let mut buf = String::with_capacity(2 * text.len());
-            buf.push_str(text);
-            buf.push_str(text);
-            buf[text.len()..].make_ascii_lowercase();
-            return Self::joined(kind, buf, text.len());
+            return Self::joined(kind, text, |buf| {
+                let start = buf.len();
+                buf.push_str(text);
+                buf[start..].make_ascii_lowercase();
+            });
         }
         let lowered = text.to_lowercase();
         if lowered == text {
             return Self::single(kind, text);
         }
-        let mut buf = String::with_capacity(text.len() + lowered.len());
-        buf.push_str(text);
-        buf.push_str(&lowered);
-        Self::joined(kind, buf, text.len())
+        Self::joined(kind, text, |buf| buf.push_str(&lowered))
     }
 
     fn single(kind: ValueKind, text: &str) -> Self {
         Value { kind, buf: text.into(), split: text.len() }
     }
 
-    fn joined(kind: ValueKind, buf: String, text_len: usize) -> Self {
-        Value { kind, buf: Arc::from(buf), split: text_len }
+    /// `text` followed by what `lower` writes after it, in one allocation (the two are put
+    /// together in a scratch buffer first).
+    fn joined(kind: ValueKind, text: &str, lower: impl FnOnce(&mut String)) -> Self {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.push_str(text);
+            lower(buf);
+            Value { kind, buf: Arc::from(buf.as_str()), split: text.len() }
+        })
     }
 
     /// Rebuilds a value from the parts [`Value::kind`], [`Value::text`] and
@@ -153,12 +160,7 @@ impl Value {
         debug_assert!(lower.is_none_or(|l| *l == *text.to_lowercase() && l != text));
         match lower {
             None => Self::single(kind, text),
-            Some(lower) => {
-                let mut buf = String::with_capacity(text.len() + lower.len());
-                buf.push_str(text);
-                buf.push_str(lower);
-                Self::joined(kind, buf, text.len())
-            }
+            Some(lower) => Self::joined(kind, text, |buf| buf.push_str(lower)),
         }
     }
 

@@ -33,7 +33,6 @@
 //! [`CorpusLoader`] (in `loader.rs`) is the one way callers load a corpus through a cache: it
 //! decides when a cache may be used, parses otherwise and writes the cache back.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 mod loader;
@@ -46,8 +45,6 @@ const MAGIC: &[u8; 8] = b"SFEVTC\r\n";
 /// Bump when the layout or the flattening of events changes.
 pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
-/// Values up to this long are shared when their text repeats (longer ones rarely do).
-const SHARED_TEXT_LEN: usize = 96;
 
 /// Identity of one source file at the time it was parsed: the cache's staleness key.
 ///
@@ -300,9 +297,6 @@ impl Corpus {
         }
         let n = r.count()?;
         let mut events = Vec::with_capacity(n);
-        // Values whose text repeats are made once and shared (as the EVTX loader does), keyed
-        // by the text in the payload itself.
-        let mut shared: HashMap<(u8, &str), Value, foldhash::fast::RandomState> = HashMap::default();
         for _ in 0..n {
             let file = r.varint()?;
             if file >= files.len() as u64 {
@@ -331,12 +325,7 @@ impl Corpus {
                 };
                 let text = r.str()?;
                 let lower = if tag & 0x80 != 0 { Some(r.str()?) } else { None };
-                let value = if text.len() <= SHARED_TEXT_LEN {
-                    shared.entry((tag, text)).or_insert_with(|| Value::from_parts(kind, text, lower)).clone()
-                } else {
-                    Value::from_parts(kind, text, lower)
-                };
-                fields.push((FieldKey(key as u32), value));
+                fields.push((FieldKey(key as u32), Value::from_parts(kind, text, lower)));
             }
             events.push(Event::new(FileId(file as u32), record_id, timestamp, fields));
         }
