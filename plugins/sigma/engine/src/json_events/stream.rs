@@ -283,24 +283,8 @@ impl Node<'_, '_, '_, '_> {
     }
 
     /// An integer, written as `serde_json::Number` writes it (plain decimal).
-    fn integer<E>(self, magnitude: u64, negative: bool) -> Result<bool, E> {
-        let mut digits = [0u8; 21];
-        let mut at = digits.len();
-        let mut rest = magnitude;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        if negative {
-            at -= 1;
-            digits[at] = b'-';
-        }
-        let text = std::str::from_utf8(&digits[at..]).expect("ASCII digits");
-        self.scalar(|| Value::number(text))
+    fn integer<E>(self, n: impl itoa::Integer) -> Result<bool, E> {
+        self.scalar(|| Value::number(itoa::Buffer::new().format(n)))
     }
 }
 
@@ -313,10 +297,10 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_, '_> {
         self.scalar(|| Value::bool(b))
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<bool, E> {
-        self.integer(n.unsigned_abs(), n < 0)
+        self.integer(n)
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<bool, E> {
-        self.integer(n, false)
+        self.integer(n)
     }
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<bool, E> {
         match serde_json::Number::from_f64(n) {

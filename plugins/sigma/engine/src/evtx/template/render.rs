@@ -18,22 +18,8 @@ pub(super) fn write_sid(out: &mut String, sid: &[u8]) {
 }
 
 /// An integer in decimal, as JSON writes it; gives the kind of value it is.
-pub(super) fn write_integer(out: &mut String, magnitude_bits: u64, negative: bool) -> ValueKind {
-    let mut magnitude = if negative { magnitude_bits.wrapping_neg() } else { magnitude_bits };
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (magnitude % 10) as u8;
-        magnitude /= 10;
-        if magnitude == 0 {
-            break;
-        }
-    }
-    if negative {
-        out.push('-');
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+pub(super) fn write_integer(out: &mut String, n: impl itoa::Integer) -> ValueKind {
+    out.push_str(itoa::Buffer::new().format(n));
     ValueKind::Number
 }
 

@@ -177,14 +177,14 @@ impl Walk<'_> {
         let text = &mut *self.text;
         text.clear();
         let kind = match value {
-            BinXmlValue::Int8Type(n) => write_integer(text, i64::from(*n) as u64, *n < 0),
-            BinXmlValue::UInt8Type(n) => write_integer(text, u64::from(*n), false),
-            BinXmlValue::Int16Type(n) => write_integer(text, i64::from(*n) as u64, *n < 0),
-            BinXmlValue::UInt16Type(n) => write_integer(text, u64::from(*n), false),
-            BinXmlValue::Int32Type(n) => write_integer(text, i64::from(*n) as u64, *n < 0),
-            BinXmlValue::UInt32Type(n) => write_integer(text, u64::from(*n), false),
-            BinXmlValue::Int64Type(n) => write_integer(text, *n as u64, *n < 0),
-            BinXmlValue::UInt64Type(n) => write_integer(text, *n, false),
+            BinXmlValue::Int8Type(n) => write_integer(text, *n),
+            BinXmlValue::UInt8Type(n) => write_integer(text, *n),
+            BinXmlValue::Int16Type(n) => write_integer(text, *n),
+            BinXmlValue::UInt16Type(n) => write_integer(text, *n),
+            BinXmlValue::Int32Type(n) => write_integer(text, *n),
+            BinXmlValue::UInt32Type(n) => write_integer(text, *n),
+            BinXmlValue::Int64Type(n) => write_integer(text, *n),
+            BinXmlValue::UInt64Type(n) => write_integer(text, *n),
             BinXmlValue::BoolType(b) => {
                 text.push_str(if *b { "true" } else { "false" });
                 ValueKind::Bool
