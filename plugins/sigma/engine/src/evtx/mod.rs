@@ -36,7 +36,7 @@ use evtx::{EvtxChunk, EvtxChunkData, EvtxChunkHeader, EvtxFileHeader, EvtxRecord
 
 use crate::corpus::{Buckets, LoadedFile};
 use crate::json_events::stream::{Streamed, flatten_record};
-use crate::json_events::{EventParseError, FlatEvent, flatten_event};
+use crate::json_events::{EventParseError, flatten_event};
 use crate::loaded_file::{Checksum, ChunkDamage};
 use chunk::{CHUNK_SIZE, ChunkSlot, FILE_HEADER_SIZE};
 use template::{Flattened, Plans};
@@ -87,7 +87,7 @@ struct Records<'l, 'r> {
     /// The template plans of this file's definitions.
     plans: Plans,
     /// A chunk's events while it is read straight from its templates.
-    chunk_events: Vec<(u64, Option<FlatEvent>)>,
+    chunk_events: Vec<(u64, Flattened)>,
 }
 
 impl Records<'_, '_> {
@@ -97,15 +97,8 @@ impl Records<'_, '_> {
     fn add_record(&mut self, record: EvtxRecord<'_>) -> bool {
         let header_id = record.event_record_id;
         match template::flatten(&record, &mut self.plans, &mut self.loaded.table, self.route) {
-            Some(Flattened::Event(flat)) => {
-                self.loaded.from_templates += 1;
-                self.loaded.push(flat);
-                self.header_ids.push(header_id);
-                true
-            }
-            Some(Flattened::Skipped) => {
-                self.loaded.skipped += 1;
-                self.header_ids.push(header_id);
+            Some(flattened) => {
+                self.keep(header_id, flattened);
                 true
             }
             None => match record.into_json_bytes() {
@@ -129,19 +122,24 @@ impl Records<'_, '_> {
         if !whole {
             self.loaded.table.truncate(names_before);
         } else {
-            for (header_id, flat) in events.drain(..) {
-                match flat {
-                    Some(flat) => {
-                        self.loaded.from_templates += 1;
-                        self.loaded.push(flat);
-                    }
-                    None => self.loaded.skipped += 1,
-                }
-                self.header_ids.push(header_id);
+            for (header_id, flattened) in events.drain(..) {
+                self.keep(header_id, flattened);
             }
         }
         self.chunk_events = events;
         whole
+    }
+
+    /// Keeps what the template path made of the record with this header id.
+    fn keep(&mut self, header_id: u64, flattened: Flattened) {
+        match flattened {
+            Flattened::Event(flat) => {
+                self.loaded.from_templates += 1;
+                self.loaded.push(flat);
+            }
+            Flattened::Skipped => self.loaded.skipped += 1,
+        }
+        self.header_ids.push(header_id);
     }
 
     /// Flattens one rendered record (streaming; through a `serde_json::Value` where streaming

@@ -71,7 +71,7 @@ pub fn flatten_record(json: &[u8], table: &mut FieldTable, route: Option<&Bucket
 /// The event of flattened `fields`: its record id and timestamp are those of its first
 /// `EventRecordID` and `TimeCreated_SystemTime` fields.
 pub(crate) fn finish_event(table: &FieldTable, fields: Vec<(FieldKey, Value)>) -> FlatEvent {
-    let first = |name: &str| table.get(name).and_then(|key| fields.iter().find(|(k, _)| *k == key)).map(|(_, v)| v);
+    let first = |name: &str| first_value(table, &fields, name);
     let record_id = first("EventRecordID").and_then(|v| v.text().trim().parse::<u64>().ok());
     let timestamp_us = first("TimeCreated_SystemTime").and_then(|v| super::parse_timestamp_us(v.text()));
     FlatEvent { record_id, timestamp_us, fields }
@@ -86,7 +86,7 @@ pub(crate) fn push_field(table: &mut FieldTable, fields: &mut Vec<(FieldKey, Val
 /// Whether `route` keeps an event with these fields: its bucket is the corpus index's
 /// (lowercased first Channel value, trimmed first EventID value; "" when absent).
 pub(crate) fn accepted(route: &Buckets, table: &FieldTable, fields: &[(FieldKey, Value)], has_record_id: bool) -> bool {
-    let first = |name: &str| table.get(name).and_then(|key| fields.iter().find(|(k, _)| *k == key)).map(|(_, v)| v);
+    let first = |name: &str| first_value(table, fields, name);
     let channel = first("Channel").map_or("", Value::lower);
     let event_id = first("EventID").map_or("", |v| v.text().trim());
     !has_record_id || route.accepts(channel, event_id)
@@ -120,17 +120,27 @@ impl Sink<'_, '_> {
     /// all there (later parts cannot change the bucket: the first value of a field wins) and
     /// the route rejects the bucket.
     fn route_after_system<E: de::Error>(&mut self) -> Result<(), E> {
-        let Some(route) = self.route else { return Ok(()) };
-        let key = |name: &str| self.table.get(name);
-        let (Some(channel), Some(event_id), Some(record)) = (key("Channel"), key("EventID"), key("EventRecordID")) else { return Ok(()) };
-        let first = |key: FieldKey| self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
-        let (Some(channel), Some(event_id), Some(record)) = (first(channel), first(event_id), first(record)) else { return Ok(()) };
-        if record.text().trim().parse::<u64>().is_ok() && !route.accepts(channel.lower(), event_id.text().trim()) {
+        if self.route.is_some_and(|route| rejected_after_system(route, self.table, &self.fields)) {
             self.stop = Some(Stop::Skip);
             return Err(E::custom("skipped"));
         }
         Ok(())
     }
+}
+
+/// The first value of field `name` among `fields`.
+fn first_value<'f>(table: &FieldTable, fields: &'f [(FieldKey, Value)], name: &str) -> Option<&'f Value> {
+    let key = table.get(name)?;
+    fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// Whether `route` leaves a record out once its `System` part is read (`fields` so far): its
+/// Channel, EventID and numeric EventRecordID are all there (later parts cannot change the
+/// bucket: the first value of a field wins) and the bucket is not one the route accepts.
+pub(crate) fn rejected_after_system(route: &Buckets, table: &FieldTable, fields: &[(FieldKey, Value)]) -> bool {
+    let first = |name: &str| first_value(table, fields, name);
+    let (Some(channel), Some(event_id), Some(record)) = (first("Channel"), first("EventID"), first("EventRecordID")) else { return false };
+    record.text().trim().parse::<u64>().is_ok() && !route.accepts(channel.lower(), event_id.text().trim())
 }
 
 /// An object key, borrowed from the input when it has no escapes.

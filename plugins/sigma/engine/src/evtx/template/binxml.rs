@@ -113,3 +113,11 @@ pub(super) fn utf16(bytes: &[u8]) -> Option<Box<str>> {
 pub(super) fn is_substitution(token: u8) -> bool {
     token == NORMAL_SUBSTITUTION || token == OPTIONAL_SUBSTITUTION
 }
+
+/// Where `part`, a slice of `chunk`, lies in it: BinXML offsets are chunk offsets, and the
+/// crate hands embedded fragments and record windows out as slices.
+pub(super) fn span_in(chunk: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= chunk.len()).then_some(start..end)
+}

@@ -53,7 +53,7 @@ use crate::corpus::Buckets;
 use crate::event::FieldTable;
 use crate::json_events::FlatEvent;
 use crate::json_events::stream::{accepted, finish_event};
-use binxml::{canonical, definition_span, u32_at};
+use binxml::{canonical, definition_span, span_in, u32_at};
 use plan::{Plan, Reader};
 use values::fragment;
 use walk::{Node, Values, Walk, Walked};
@@ -129,8 +129,7 @@ impl Plans {
 }
 
 /// Flattens every record of a chunk (its data and header) straight from its template
-/// instance, appending (header id, event or `None` when the route skips it) to `out`, in the
-/// crate's record order. `false` as soon as a record cannot be: the caller then reads the whole
+/// instance, appending (header id, what it gave) to `out`, in the crate's record order. `false` as soon as a record cannot be: the caller then reads the whole
 /// chunk through the crate, and must put back the names this added to `table`.
 ///
 /// The records are walked as the crate walks a chunk's live records: from the chunk header to
@@ -142,7 +141,7 @@ pub fn flatten_chunk(
     plans: &mut Plans,
     table: &mut FieldTable,
     route: Option<&Buckets>,
-    out: &mut Vec<(u64, Option<FlatEvent>)>,
+    out: &mut Vec<(u64, Flattened)>,
 ) -> bool {
     plans.start_chunk();
     let live_end = (header.free_space_offset as usize).min(data.len());
@@ -192,21 +191,19 @@ pub fn flatten(record: &EvtxRecord<'_>, plans: &mut Plans, table: &mut FieldTabl
     let chunk = record.chunk.data;
     let start = usize::try_from(record.binxml_offset).ok()?;
     let binxml = chunk.get(start..start.checked_add(record.binxml_size as usize)?)?;
-    Some(match flatten_binxml(chunk, binxml, plans, table, route)? {
-        Some(flat) => Flattened::Event(flat),
-        None => Flattened::Skipped,
-    })
+    flatten_binxml(chunk, binxml, plans, table, route)
 }
 
-/// Flattens one record's BinXML (a slice of `chunk`); `Some(None)` when the route skips it.
-fn flatten_binxml(chunk: &[u8], binxml: &[u8], plans: &mut Plans, table: &mut FieldTable, route: Option<&Buckets>) -> Option<Option<FlatEvent>> {
+/// Flattens one record's BinXML (a slice of `chunk`); `None` when the record must go through
+/// JSON (the field table is then as it was).
+fn flatten_binxml(chunk: &[u8], binxml: &[u8], plans: &mut Plans, table: &mut FieldTable, route: Option<&Buckets>) -> Option<Flattened> {
     let (plan, values) = match fragment(chunk, binxml, plans, 0) {
         Some(instance) => (instance.plan, instance.values),
         None => {
             // A record written without a template: its own XML, read like a definition (once:
             // no other record shares it).
-            let start = (binxml.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
-            let plan = Reader { data: chunk, pos: start, end: start + binxml.len(), dependencies: false }.definition()?;
+            let span = span_in(chunk, binxml)?;
+            let plan = Reader { data: chunk, pos: span.start, end: span.end, dependencies: false }.definition()?;
             (Arc::new(plan), Vec::new())
         }
     };
@@ -214,25 +211,21 @@ fn flatten_binxml(chunk: &[u8], binxml: &[u8], plans: &mut Plans, table: &mut Fi
     let mut walk = Walk { table, fields: Vec::with_capacity(32), text: &mut plans.text, values: &mut plans.values, route };
     let walked = walk.event(Node { element: &plan.root, values: &values });
     let Walk { table, fields, .. } = walk;
-    // Names of a record left out are put back, as the JSON path does.
-    let skip = |table: &mut FieldTable| {
-        table.truncate(names_before);
-        Some(None)
-    };
-    match walked {
-        None => {
-            table.truncate(names_before);
-            None
-        }
-        Some(Walked::Skipped) => skip(table),
+    let flattened = match walked {
+        None => None,
+        Some(Walked::Skipped) => Some(Flattened::Skipped),
         Some(Walked::Event) => {
             let flat = finish_event(table, fields);
-            if route.is_some_and(|r| !accepted(r, table, &flat.fields, flat.record_id.is_some())) {
-                return skip(table);
-            }
-            Some(Some(flat))
+            let kept = route.is_none_or(|r| accepted(r, table, &flat.fields, flat.record_id.is_some()));
+            Some(if kept { Flattened::Event(flat) } else { Flattened::Skipped })
         }
+    };
+    // Names of a record left out, or handed to the JSON path, are put back (as the JSON path
+    // does for the records it leaves out).
+    if !matches!(flattened, Some(Flattened::Event(_))) {
+        table.truncate(names_before);
     }
+    flattened
 }
 
 #[cfg(test)]

@@ -37,11 +37,7 @@ pub(super) fn fragment<'a>(chunk: &'a [u8], bytes: &'a [u8], plans: &mut Plans, 
         return None;
     }
     // Offsets in a fragment are chunk offsets: where the fragment lies in the chunk.
-    let start = (bytes.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
-    let end = start + bytes.len();
-    if end > chunk.len() {
-        return None;
-    }
+    let std::ops::Range { start, end } = span_in(chunk, bytes)?;
     let mut pos = start;
     if *chunk.get(pos)? == FRAGMENT_HEADER {
         pos += 4;

@@ -7,7 +7,7 @@ use evtx::binxml::value_variant::BinXmlValue;
 
 use crate::corpus::Buckets;
 use crate::event::{FieldKey, FieldTable, Value, ValueKind};
-use crate::json_events::stream::push_field;
+use crate::json_events::stream::{push_field, rejected_after_system};
 
 use super::plan::*;
 use super::render::*;
@@ -238,7 +238,7 @@ impl Walk<'_> {
             if part.name() == "System" {
                 self.system(part)?;
                 system = true;
-                if self.rejected_after_system() {
+                if self.route.is_some_and(|route| rejected_after_system(route, self.table, &self.fields)) {
                     return Some(Walked::Skipped);
                 }
             } else {
@@ -246,16 +246,6 @@ impl Walk<'_> {
             }
         }
         system.then_some(Walked::Event)
-    }
-
-    /// Whether the route leaves the record out as soon as its `System` is read: its Channel,
-    /// EventID and numeric EventRecordID are all there (later parts cannot change the bucket:
-    /// the first value of a field wins) and the bucket is not one the route accepts.
-    pub(super) fn rejected_after_system(&self) -> bool {
-        let Some(route) = self.route else { return false };
-        let first = |name: &str| self.table.get(name).and_then(|key| self.fields.iter().find(|(k, _)| *k == key)).map(|(_, v)| v);
-        let (Some(channel), Some(event_id), Some(record)) = (first("Channel"), first("EventID"), first("EventRecordID")) else { return false };
-        record.text().trim().parse::<u64>().is_ok() && !route.accepts(channel.lower(), event_id.text().trim())
     }
 
     /// `System`: each element's attributes as `Tag_Attribute`, its text as `Tag`.
