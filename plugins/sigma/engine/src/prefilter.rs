@@ -52,6 +52,11 @@ pub type ParallelFor<'p> = &'p dyn Fn(usize, &(dyn Fn(usize) + Sync));
 /// belongs to.
 struct FieldScan {
     automaton: AhoCorasick,
+    /// The shortest literal's length: a shorter value holds none of them (most values are a few
+    /// bytes: `0x0`, `4688`, `-`).
+    shortest: usize,
+    /// Per pattern id: its length in bytes.
+    lengths: Vec<usize>,
     /// Per pattern id: the units that need this literal.
     units: Vec<Vec<u32>>,
 }
@@ -156,9 +161,11 @@ impl Prefilter {
         });
         let mut by_field: Vec<Option<FieldScan>> = Vec::new();
         let mut keywords = None;
-        for ((field, _, units), automaton) in jobs.into_iter().zip(built) {
+        for ((field, patterns, units), automaton) in jobs.into_iter().zip(built) {
             let automaton = automaton.into_inner().expect("`parallel` builds every automaton");
-            let scan = FieldScan { automaton, units };
+            let lengths: Vec<usize> = patterns.iter().map(String::len).collect();
+            let shortest = lengths.iter().copied().min().unwrap_or(0);
+            let scan = FieldScan { automaton, shortest, lengths, units };
             match field {
                 None => keywords = Some(scan),
                 Some(FieldKey(k)) => {
@@ -188,19 +195,27 @@ impl Prefilter {
         self.filtered.iter().filter(|f| **f).count()
     }
 
-    /// The units with a keyword literal (ascending): their literals are searched in every value.
-    pub fn keyword_units(&self) -> Vec<usize> {
-        let mut units: Vec<usize> = self.keywords.iter().flat_map(|k| k.units.iter().flatten()).map(|&u| u as usize).collect();
-        units.sort_unstable();
-        units.dedup();
-        units
+    /// The units with a keyword literal (ascending), each with the length of its shortest
+    /// keyword literal: their literals are searched in every value, and a value shorter than
+    /// every keyword literal of the units reading an event cannot hold one.
+    pub fn keyword_units(&self) -> Vec<(usize, usize)> {
+        let Some(keywords) = &self.keywords else { return Vec::new() };
+        let mut shortest: BTreeMap<usize, usize> = BTreeMap::new();
+        for (units, &len) in keywords.units.iter().zip(&keywords.lengths) {
+            for &unit in units {
+                let at = shortest.entry(unit as usize).or_insert(len);
+                *at = (*at).min(len);
+            }
+        }
+        shortest.into_iter().collect()
     }
 
-    /// Runs the events in `events` through the index. With `keyword_events` (indexed by corpus
-    /// event), keyword literals are searched only in the events it marks; a caller passes the
-    /// candidates of every unit in [`Prefilter::keyword_units`], since a unit's passes are only
-    /// read for its own candidates.
-    pub fn scan<'c>(&self, corpus: &'c Corpus, events: Range<u32>, keyword_events: Option<&[bool]>) -> Passes {
+    /// Runs the events in `events` through the index. With `keyword_lengths` (indexed by corpus
+    /// event), keyword literals are searched only in the values of an event at least as long as
+    /// its entry (`usize::MAX`: not at all); a caller passes, per event, the shortest keyword
+    /// literal of the units in [`Prefilter::keyword_units`] that have it as a candidate, since
+    /// a unit's passes are only read for its own candidates.
+    pub fn scan<'c>(&self, corpus: &'c Corpus, events: Range<u32>, keyword_lengths: Option<&[usize]>) -> Passes {
         let mut lists: Vec<Option<Vec<u32>>> = self.filtered.iter().map(|f| f.then(Vec::new)).collect();
         // The last event each unit was recorded for, so a unit is recorded once per event.
         let mut last: Vec<u32> = vec![u32::MAX; self.filtered.len()];
@@ -210,6 +225,9 @@ impl Prefilter {
         let mut memo: HashMap<(u32, &'c str), (u32, u32), foldhash::fast::RandomState> = HashMap::default();
         let mut found: Vec<u32> = Vec::new();
         let mut record = |id: u32, scan: &FieldScan, text: &'c str, index: u32| {
+            if text.len() < scan.shortest {
+                return;
+            }
             // Short values are searched each time, their finds dropped after use.
             let (start, end, transient) = if text.len() < MEMO_MIN_BYTES {
                 let start = found.len() as u32;
@@ -236,12 +254,14 @@ impl Prefilter {
             }
         };
         for index in events {
-            let keywords_here = keyword_events.is_none_or(|marked| marked.get(index as usize).copied().unwrap_or(true));
+            let keywords_from = keyword_lengths.map_or(0, |lengths| lengths.get(index as usize).copied().unwrap_or(0));
             for (key, value) in corpus.event(index).fields() {
                 if let Some(Some(scan)) = self.by_field.get(key.0 as usize) {
                     record(key.0, scan, value.lower(), index);
                 }
-                if let Some(scan) = self.keywords.as_ref().filter(|_| keywords_here) {
+                if let Some(scan) = &self.keywords
+                    && value.lower().len() >= keywords_from
+                {
                     record(u32::MAX, scan, value.lower(), index);
                 }
             }

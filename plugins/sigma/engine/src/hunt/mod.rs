@@ -212,23 +212,26 @@ impl<'a> Hunter<'a> {
         }
         let prefilter = Prefilter::new_in(units.iter().map(|(_, c)| *c), parallel);
         // Keyword literals are searched in every value of an event, so only in the events where
-        // a unit with keyword literals reads its passes: the union of those units' candidates.
+        // a unit with keyword literals reads its passes (the union of those units' candidates),
+        // and there only in values as long as the shortest keyword of those units: most events
+        // are read by one keyword rule for all Windows logs (mimikatz, 9 bytes and more), and
+        // most values are shorter than that.
         let keyword_units = prefilter.keyword_units();
-        let keyword_events = (!keyword_units.is_empty()).then(|| {
-            let mut marked = vec![false; self.corpus.len()];
-            for unit in keyword_units {
+        let keyword_lengths = (!keyword_units.is_empty()).then(|| {
+            let mut shortest = vec![usize::MAX; self.corpus.len()];
+            for (unit, len) in keyword_units {
                 for &event in units[unit].0 {
-                    marked[event as usize] = true;
+                    shortest[event as usize] = shortest[event as usize].min(len);
                 }
             }
-            marked
+            shortest
         });
-        RuleIndex { prefilter, offsets, keyword_events }
+        RuleIndex { prefilter, offsets, keyword_lengths }
     }
 
     /// Runs the corpus events in `events` through `index` (all events: `0..corpus().len()`).
     pub fn scan(&self, index: &RuleIndex, events: Range<u32>) -> Passes {
-        index.prefilter.scan(&self.corpus, events, index.keyword_events.as_deref())
+        index.prefilter.scan(&self.corpus, events, index.keyword_lengths.as_deref())
     }
 
     /// [`Hunter::evaluate`] for the rule at `position` of the indexed rules, on only the
@@ -366,9 +369,9 @@ pub struct RuleIndex {
     prefilter: Prefilter,
     /// Per rule: the number of its first unit (compiled logsource variant) in the prefilter.
     offsets: Vec<usize>,
-    /// Per corpus event: whether keyword literals are searched in it (see [`Hunter::index_in`]);
-    /// `None` when no unit has keyword literals.
-    keyword_events: Option<Vec<bool>>,
+    /// Per corpus event: the shortest keyword literal searched in its values (`usize::MAX`: none;
+    /// see [`Hunter::index_in`]); `None` when no unit has keyword literals.
+    keyword_lengths: Option<Vec<usize>>,
 }
 
 impl RuleIndex {
@@ -462,6 +465,40 @@ pub(super) mod tests {
         assert_eq!(ids, [1, 2]);
     }
 
+    /// Keywords are searched only in values at least as long as the shortest keyword of the rules
+    /// reading the event: a value exactly as long as a keyword still matches it, per event.
+    #[test]
+    fn keywords_are_searched_in_values_as_long_as_the_event_s_shortest_keyword() {
+        let c = corpus(&[
+            sysmon1(1, "whoami", "2020-01-01T00:00:00Z", "a"),
+            sysmon1(2, "whoam", "2020-01-01T00:00:01Z", "net"),
+            sec4688(3, "net"),
+            sec4688(4, "whoami"),
+            // A network connection: read by rule 2 only (keyword `tcp`, 3 bytes).
+            r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":3,"EventRecordID":5},"EventData":{"Protocol":"tcp"}}}"##.to_string(),
+        ]);
+        let text = |n: usize, category: &str, keyword: &str| {
+            format!("title: k{n}\nlogsource: {{product: windows, category: {category}}}\ndetection:\n  keywords:\n    - '{keyword}'\n  condition: keywords\n")
+        };
+        let texts = [text(0, "process_creation", "WHOAMI"), text(1, "process_creation", "net"), text(2, "network_connection", "tcp")];
+        let set = rules(&texts.join("---\n"));
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let prepared: Vec<PreparedRule> = set.rules.iter().map(|r| h.prepare(&r.rule).unwrap()).collect();
+        let index = h.index(prepared.iter().map(Some));
+        assert_eq!(index.keyword_lengths.as_deref(), Some(&[3, 3, 3, 3, 3][..]));
+        // Without rule 1, process creations search only values of 6 bytes or more.
+        let two = h.index([Some(&prepared[0]), Some(&prepared[2])]);
+        assert_eq!(two.keyword_lengths.as_deref(), Some(&[6, 6, 6, 6, 3][..]));
+        let passes = h.scan(&two, 0..c.len() as u32);
+        let ids = |events: &[u32]| events.iter().map(|&i| c.event(i).record_id).collect::<Vec<_>>();
+        assert_eq!(ids(&h.evaluate_indexed(&prepared[0], &two, &passes, 0)), [1, 4]);
+        assert_eq!(ids(&h.evaluate_indexed(&prepared[2], &two, &passes, 1)), [5]);
+        let passes = h.scan(&index, 0..c.len() as u32);
+        let all: Vec<Vec<u64>> = prepared.iter().enumerate().map(|(i, p)| ids(&h.evaluate_indexed(p, &index, &passes, i))).collect();
+        assert_eq!(all, [vec![1, 4], vec![2, 3], vec![5]]);
+    }
+
     /// The literal index only skips events a rule cannot match: for rules whose literal sets come
     /// from `and`, `or`, keywords, `cased`, `all` and absent fields, and rules without one (`not`,
     /// regex, a non-ASCII cased value), one indexed hunt gives each rule's unindexed result.
@@ -508,7 +545,9 @@ pub(super) mod tests {
         assert_eq!(units, 2 * texts.len());
         assert!(filtered >= 12, "only {filtered} of {units} units have literals");
         // Scanned in two ranges, as the CLI does in parallel.
-        assert_eq!(index.keyword_events.as_deref(), Some(&[true, true, true, true, true, false][..]));
+        // Rule 2's keyword `whoami` (6 bytes) is searched in process creations only.
+        let m = usize::MAX;
+        assert_eq!(index.keyword_lengths.as_deref(), Some(&[6, 6, 6, 6, 6, m][..]));
         let mut passes = h.scan(&index, 0..2);
         passes.append(h.scan(&index, 2..c.len() as u32));
         let ids = |events: &[u32]| events.iter().map(|&i| c.event(i).record_id).collect::<Vec<_>>();
