@@ -29,7 +29,12 @@
 //!   build our own tree with a line:column on every key and value, see duplicate keys (which
 //!   serde-based loaders silently merge or reject without a position), and control alias
 //!   expansion and nesting depth ourselves. Its parser is a state machine, not recursive, so
-//!   deeply nested input cannot overflow the stack.
+//!   deeply nested input cannot overflow the stack. Its general scanner was the largest cost of
+//!   loading SigmaHQ (~75 ms of CPU for 4.5 MB), so `yaml::simple` reads the plain subset rules
+//!   are written in (block collections, one-line scalars, block scalars, one-line flow lists) line
+//!   by line into the same events, and declines anything else to saphyr-parser: tested to give
+//!   saphyr-parser's events on every corpus rule file (it reads 99.7 % of them) and on thousands
+//!   of randomly edited ones.
 //! - **Matching: `memchr` (memmem), `aho-corasick`, `regex`.** In Wasm, std's `str::contains`
 //!   is ~11x slower than native while these stay within 1.2-2x with `+simd128`
 //!   (shared/reference/wasm-notes.md, section 4). Values are compiled once into byte compares,

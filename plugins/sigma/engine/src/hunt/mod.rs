@@ -478,7 +478,9 @@ pub(super) mod tests {
             r##"{"Event":{"System":{"Channel":"Microsoft-Windows-Sysmon/Operational","EventID":3,"EventRecordID":5},"EventData":{"Protocol":"tcp"}}}"##.to_string(),
         ]);
         let text = |n: usize, category: &str, keyword: &str| {
-            format!("title: k{n}\nlogsource: {{product: windows, category: {category}}}\ndetection:\n  keywords:\n    - '{keyword}'\n  condition: keywords\n")
+            format!(
+                "title: k{n}\nlogsource: {{product: windows, category: {category}}}\ndetection:\n  keywords:\n    - '{keyword}'\n  condition: keywords\n"
+            )
         };
         let texts = [text(0, "process_creation", "WHOAMI"), text(1, "process_creation", "net"), text(2, "network_connection", "tcp")];
         let set = rules(&texts.join("---\n"));
