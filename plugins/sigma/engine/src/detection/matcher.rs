@@ -208,12 +208,16 @@ fn lowered(p: &Pattern) -> Vec<Tok> {
 /// Compiles a pattern into one or more matchers (several when windash positions are expanded);
 /// the value matches when any of them does.
 pub fn compile_pattern(p: &Pattern, cased: bool) -> Vec<StrMatcher> {
+    let dashes = p.0.iter().filter(|t| **t == Tok::Dash).count();
+    if dashes == 0 && !p.0.contains(&Tok::One) {
+        // Nearly every value: one `*` glob, lowercased as it is split (no token copies).
+        return vec![compile_star_glob(&p.0, !cased)];
+    }
     let toks = if cased { p.0.clone() } else { lowered(p) };
-    let dashes = toks.iter().filter(|t| **t == Tok::Dash).count();
     if dashes > MAX_EXPANDED_DASHES || toks.contains(&Tok::One) {
         return vec![regex_of(&toks)];
     }
-    expand_dashes(&toks).iter().map(|v| compile_star_glob(v)).collect()
+    expand_dashes(&toks).iter().map(|v| compile_star_glob(v, false)).collect()
 }
 
 fn expand_dashes(toks: &[Tok]) -> Vec<Vec<Tok>> {
@@ -239,12 +243,19 @@ fn expand_dashes(toks: &[Tok]) -> Vec<Vec<Tok>> {
     variants
 }
 
-/// Compiles a pattern whose only wildcard is `*`.
-fn compile_star_glob(toks: &[Tok]) -> StrMatcher {
-    let mut segments: Vec<String> = vec![String::new()];
+/// Compiles a pattern whose only wildcard is `*`, lowercasing its literals with `lower`.
+fn compile_star_glob(toks: &[Tok], lower: bool) -> StrMatcher {
+    let mut segments: Vec<String> = vec![String::with_capacity(toks.len())];
     for t in toks {
         match t {
-            Tok::Lit(c) => segments.last_mut().unwrap().push(*c),
+            Tok::Lit(c) => {
+                let segment = segments.last_mut().expect("starts with one segment");
+                if !lower || c.is_ascii() {
+                    segment.push(if lower { c.to_ascii_lowercase() } else { *c });
+                } else {
+                    segment.extend(c.to_lowercase());
+                }
+            }
             Tok::Star => segments.push(String::new()),
             Tok::One | Tok::Dash => unreachable!("compile_pattern routes these elsewhere"),
         }
@@ -563,6 +574,17 @@ mod tests {
         assert!(matches!(any.contains.get(), Some(Contains::Automaton(_))));
         // A clone counts its own texts.
         assert_eq!(any.clone().searched.0.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn uncased_values_lowercase_beyond_ascii() {
+        assert!(m("*ÄPFEL*", "Ein Äpfel-Baum"));
+        assert!(m("C:\\ÜBER\\x*", "c:\\über\\x.exe"));
+        // 'İ' lowercases to two characters (i + combining dot).
+        assert!(m("İx", "İX"));
+        assert!(!m("İx", "ix"));
+        // The same through the regex path (`?`).
+        assert!(m("ÄB?X", "äb/x"));
     }
 
     #[test]
