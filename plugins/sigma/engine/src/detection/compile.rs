@@ -237,7 +237,13 @@ fn compile_with(
         searches.push(compile_body(&s.body, Some(options), &mut resolve_once, &mut budget)?);
     }
     let names: Vec<&str> = detection.names().collect();
-    let condition = Expr::from_condition(&detection.condition, &names);
+    let mut condition = Expr::from_condition(&detection.condition, &names);
+    // `and` and `or` do not depend on order: the cheap tests run first, so a regex or a
+    // keyword search runs only on events the cheap ones let through.
+    for search in &mut searches {
+        search.order_by_cost();
+    }
+    condition.order_by_cost(&searches);
     fields.sort();
     fields.dedup();
     Ok(CompiledRule { searches, condition, fields })
@@ -279,6 +285,27 @@ impl CompiledSearch {
             CompiledSearch::AllOf(items) => best_of(items.iter().map(CompiledItem::literals)),
             CompiledSearch::AnyOf(v) => all_of(v.iter().map(CompiledSearch::literals)),
             CompiledSearch::Item(i) => i.literals(),
+        }
+    }
+
+    /// A rough cost of evaluating the search on one event (see [`CompiledItem::cost`]).
+    fn cost(&self) -> u32 {
+        match self {
+            CompiledSearch::AllOf(items) => items.iter().map(CompiledItem::cost).sum(),
+            CompiledSearch::AnyOf(v) => v.iter().map(CompiledSearch::cost).sum(),
+            CompiledSearch::Item(i) => i.cost(),
+        }
+    }
+
+    /// Puts the cheaper items of each `and`/`or` first (stable: equal costs keep their order).
+    fn order_by_cost(&mut self) {
+        match self {
+            CompiledSearch::AllOf(items) => items.sort_by_cached_key(CompiledItem::cost),
+            CompiledSearch::AnyOf(v) => {
+                v.iter_mut().for_each(CompiledSearch::order_by_cost);
+                v.sort_by_cached_key(CompiledSearch::cost);
+            }
+            CompiledSearch::Item(_) => {}
         }
     }
 
@@ -328,6 +355,25 @@ impl Expr {
             Expr::Not(_) => None,
             Expr::And(v) => best_of(v.iter().map(|e| e.literals(searches))),
             Expr::Or(v) => all_of(v.iter().map(|e| e.literals(searches))),
+        }
+    }
+
+    fn cost(&self, searches: &[CompiledSearch]) -> u32 {
+        match self {
+            Expr::Search(i) => searches[*i].cost(),
+            Expr::Not(e) => e.cost(searches),
+            Expr::And(v) | Expr::Or(v) => v.iter().map(|e| e.cost(searches)).sum(),
+        }
+    }
+
+    fn order_by_cost(&mut self, searches: &[CompiledSearch]) {
+        match self {
+            Expr::Search(_) => {}
+            Expr::Not(e) => e.order_by_cost(searches),
+            Expr::And(v) | Expr::Or(v) => {
+                v.iter_mut().for_each(|e| e.order_by_cost(searches));
+                v.sort_by_cached_key(|e| e.cost(searches));
+            }
         }
     }
 
@@ -449,6 +495,21 @@ impl CompiledItem {
             Test::StringsAll { each, cased } => best_of(each.iter().map(|a| of(a, *cased, self.field))),
             _ => None,
         }
+    }
+
+    /// A rough cost of evaluating the item on one event, in units of one byte compare: regexes
+    /// and `?` globs far above literal tests, keyword items (every value of the event) above
+    /// field items.
+    fn cost(&self) -> u32 {
+        const REGEX: u32 = 64;
+        let per_value = match &self.test {
+            Test::Null | Test::Exists(_) => 1,
+            Test::Compare { .. } | Test::TimePart { .. } | Test::FieldRef { .. } | Test::Cidr { .. } => 2,
+            Test::Strings { any, .. } => any.cost(),
+            Test::StringsAll { each, .. } => each.iter().map(AnyOf::cost).sum(),
+            Test::Regex { regexes, .. } => REGEX * regexes.len() as u32,
+        };
+        if self.field.is_none() { per_value.saturating_mul(16) } else { per_value }
     }
 
     #[inline]
@@ -769,4 +830,39 @@ fn expand_placeholders(p: Pattern, options: &CompileOptions) -> Result<Vec<Patte
         i += 1;
     }
     Ok(vec![p])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::{Document, parse_documents};
+
+    fn compiled(detection: &str) -> CompiledRule {
+        let text = format!("title: t\nlogsource: {{product: windows}}\ndetection:\n{detection}\n");
+        let parsed = parse_documents(&text, "t.yml");
+        let Some(Document::Rule(rule)) = parsed.documents.first() else { panic!("{:?}", parsed.diagnostics) };
+        let mut names: Vec<String> = Vec::new();
+        compile(rule, &CompileOptions::default(), &mut |name| {
+            let at = names.iter().position(|n| n == name).unwrap_or_else(|| {
+                names.push(name.to_string());
+                names.len() - 1
+            });
+            FieldKey(at as u32)
+        })
+        .unwrap()
+    }
+
+    /// Regexes and keywords run after the literal tests of the same `and`/`or` and search.
+    #[test]
+    fn cheap_tests_run_first() {
+        let rule = compiled(
+            "  sel_re:\n    CommandLine|re: 'a.*b'\n    Image|endswith: '\\x.exe'\n  keywords:\n    - 'evil'\n  sel_img:\n    Image: 'c:\\x.exe'\n  condition: sel_re and keywords and sel_img",
+        );
+        let Expr::And(parts) = &rule.condition else { panic!("{:?}", rule.condition) };
+        // sel_img (one exact value: 1), the keyword (one needle in every value: 2 x 16), then
+        // sel_re (a suffix and a regex: 1 + 64).
+        assert!(matches!(parts[..], [Expr::Search(2), Expr::Search(1), Expr::Search(0)]), "{parts:?}");
+        let CompiledSearch::AllOf(items) = &rule.searches[0] else { panic!() };
+        assert!(matches!(items[0].test, Test::Strings { .. }) && matches!(items[1].test, Test::Regex { .. }), "{items:?}");
+    }
 }

@@ -473,6 +473,23 @@ impl AnyOf {
         Some(out)
     }
 
+    /// A rough cost of one [`AnyOf::is_match`] (see `CompiledItem::cost`): a hash lookup or one
+    /// automaton pass for the merged values, then each other matcher.
+    pub fn cost(&self) -> u32 {
+        let merged = u32::from(self.exact.is_some()) + if self.needles.is_empty() { 0 } else { 4 };
+        let others: u32 = self
+            .others
+            .iter()
+            .map(|m| match m {
+                StrMatcher::Any | StrMatcher::Exact(_) | StrMatcher::Prefix(_) | StrMatcher::Suffix(_) => 1,
+                StrMatcher::Contains(_) => 2,
+                StrMatcher::Glob(_) => 3,
+                StrMatcher::Regex(_) => 64,
+            })
+            .sum();
+        (merged + others).max(1)
+    }
+
     #[inline]
     pub fn is_match(&self, text: &str) -> bool {
         if let Some(set) = &self.exact
