@@ -30,6 +30,11 @@ use crate::event::FieldKey;
 /// automaton 280 KB of patterns, most of its build time.
 pub const MAX_LITERAL_BYTES: usize = 24;
 
+/// The keyword automaton (searched in every value of most events) is built as a DFA, faster to
+/// search, when its literals are at most this many bytes (SigmaHQ's: about 1.5 KB); other
+/// automata are contiguous NFAs: hundreds of small DFAs cost more to build than they save.
+const DFA_MAX_BYTES: usize = 4 << 10;
+
 /// Values shorter than this are searched every time; longer ones once per scanned range.
 const MEMO_MIN_BYTES: usize = 16;
 
@@ -152,9 +157,12 @@ impl Prefilter {
         parallel(jobs.len(), &|i| {
             // Overlapping search needs the standard match semantics. A contiguous NFA: a DFA
             // over thousands of literals costs ~100 MB to build for little search speed here.
+            let bytes: usize = jobs[i].1.iter().map(String::len).sum();
+            let keywords = jobs[i].0.is_none();
+            let kind = if keywords && bytes <= DFA_MAX_BYTES { AhoCorasickKind::DFA } else { AhoCorasickKind::ContiguousNFA };
             let automaton = AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .kind(Some(kind))
                 .build(&jobs[i].1)
                 .expect("literal automaton: the patterns are bounded by the rules' own limits");
             let _ = built[i].set(automaton);
