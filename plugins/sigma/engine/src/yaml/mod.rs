@@ -131,10 +131,27 @@ fn pos_of(span: &Span) -> Pos {
     Pos::new(span.start.line() as u32, span.start.col() as u32 + 1)
 }
 
+/// From this many entries on, a mapping's keys are checked for duplicates through a set.
+const KEY_SET_MIN: usize = 16;
+
+type KeySet = HashSet<String, foldhash::fast::RandomState>;
+
 /// A collection being built.
 enum Frame {
-    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
-    Map { pos: Pos, anchor: usize, entries: Vec<Entry>, keys: HashSet<String>, pending_key: Option<(String, Pos)> },
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        entries: Vec<Entry>,
+        /// The keys of `entries`, once there are enough of them that comparing with each would
+        /// cost more than hashing (a rule's maps have a handful; a hostile file may have 100,000).
+        keys: Option<KeySet>,
+        pending_key: Option<(String, Pos)>,
+    },
 }
 
 /// Parses every document of `text`.
@@ -218,7 +235,7 @@ fn build_from<'a>(events: impl Iterator<Item = Result<(Event<'a>, Span), YamlErr
                 if matches!(event, Event::SequenceStart(..)) {
                     stack.push(Frame::Seq { pos, anchor, items: Vec::new() });
                 } else {
-                    stack.push(Frame::Map { pos, anchor, entries: Vec::new(), keys: HashSet::new(), pending_key: None });
+                    stack.push(Frame::Map { pos, anchor, entries: Vec::new(), keys: None, pending_key: None });
                 }
                 None
             }
@@ -255,7 +272,12 @@ fn build_from<'a>(events: impl Iterator<Item = Result<(Event<'a>, Span), YamlErr
                                 ));
                             }
                         };
-                        if !keys.insert(key.clone()) {
+                        let duplicate = if entries.len() < KEY_SET_MIN {
+                            entries.iter().any(|e| e.key == key)
+                        } else {
+                            !keys.get_or_insert_with(|| entries.iter().map(|e| e.key.clone()).collect()).insert(key.clone())
+                        };
+                        if duplicate {
                             return Err(YamlError::at(
                                 node.pos,
                                 "duplicate-key",
@@ -382,6 +404,15 @@ mod tests {
         let e = s.error.unwrap();
         assert_eq!(e.code, "duplicate-key");
         assert_eq!(e.pos, Some(Pos::new(3, 1)));
+        // Past the size where keys go into a set: a repeat of an early key and of a late one.
+        let many: String = (0..40).map(|i| format!("k{i}: {i}\n")).collect();
+        assert!(parse_stream(&many).error.is_none());
+        for (again, line) in [("k3", 41), ("k39", 41), ("k20", 41)] {
+            let e = parse_stream(&format!("{many}{again}: x\n")).error.unwrap();
+            assert_eq!((e.code, e.pos), ("duplicate-key", Some(Pos::new(line, 1))), "{again}");
+        }
+        let e = parse_stream(&format!("{}k18: x\n", &many[..many.find("k20").unwrap()])).error.unwrap();
+        assert_eq!((e.code, e.pos), ("duplicate-key", Some(Pos::new(21, 1))));
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub(super) fn events(text: &str) -> Option<Vec<Spanned<'_>>> {
     // The text after a final newline is not a line.
     let body = text.strip_suffix('\n').unwrap_or(text);
     let lines = body.split('\n').enumerate().map(|(i, raw)| Line::new(i + 1, raw)).collect();
-    let mut reader = Reader { lines, at: 0, out: Vec::new(), depth: 0 };
+    // About two events per line.
+    let out = Vec::with_capacity(body.len() / 16);
+    let mut reader = Reader { lines, at: 0, out, depth: 0 };
     reader.stream()?;
     Some(reader.out)
 }
@@ -471,7 +473,7 @@ fn key_of(text: &str) -> Option<(&str, usize)> {
     }
     let mut from = 0;
     let colon = loop {
-        let at = from + text[from..].find(':')?;
+        let at = from + memchr::memchr(b':', &bytes[from..])?;
         match bytes.get(at + 1) {
             None | Some(b' ') => break at,
             _ => from = at + 1,
