@@ -82,6 +82,18 @@ impl CompiledRule {
         v.dedup();
         Some(v)
     }
+
+    /// The same detection reading field `key(k)` wherever this one reads `k`: what compiling the
+    /// rule again would give with a resolver that renames fields that way (the hunt's logsource
+    /// variants differ in field names only, mostly).
+    pub fn with_fields(&self, key: &dyn Fn(FieldKey) -> FieldKey) -> CompiledRule {
+        let mut out = self.clone();
+        out.searches.iter_mut().for_each(|s| s.map_fields(key));
+        out.fields.iter_mut().for_each(|k| *k = key(*k));
+        out.fields.sort();
+        out.fields.dedup();
+        out
+    }
 }
 
 /// Where a [`RequiredLiteral`] must occur: one field's values, or (for keywords) any value.
@@ -285,6 +297,14 @@ impl CompiledSearch {
             CompiledSearch::AllOf(items) => best_of(items.iter().map(CompiledItem::literals)),
             CompiledSearch::AnyOf(v) => all_of(v.iter().map(CompiledSearch::literals)),
             CompiledSearch::Item(i) => i.literals(),
+        }
+    }
+
+    fn map_fields(&mut self, key: &dyn Fn(FieldKey) -> FieldKey) {
+        match self {
+            CompiledSearch::AllOf(items) => items.iter_mut().for_each(|i| i.map_fields(key)),
+            CompiledSearch::AnyOf(v) => v.iter_mut().for_each(|s| s.map_fields(key)),
+            CompiledSearch::Item(i) => i.map_fields(key),
         }
     }
 
@@ -494,6 +514,13 @@ impl CompiledItem {
             Test::Strings { any, cased } => of(any, *cased, self.field),
             Test::StringsAll { each, cased } => best_of(each.iter().map(|a| of(a, *cased, self.field))),
             _ => None,
+        }
+    }
+
+    fn map_fields(&mut self, key: &dyn Fn(FieldKey) -> FieldKey) {
+        self.field = self.field.map(key);
+        if let Test::FieldRef { refs, .. } = &mut self.test {
+            refs.iter_mut().for_each(|k| *k = key(*k));
         }
     }
 

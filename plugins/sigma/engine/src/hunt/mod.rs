@@ -17,6 +17,8 @@
 //! variant's field renames, and evaluated only on the variant's candidate events: the
 //! (Channel, EventID) index picks them before any field is read.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ops::{Deref, Range};
 use std::sync::OnceLock;
 
@@ -165,11 +167,35 @@ impl<'a> Hunter<'a> {
             });
         };
         let entry = &self.map.entries()[entry_index];
-        let mut units = Vec::with_capacity(entry.variants.len());
+        let mut units: Vec<(usize, usize, CompiledRule)> = Vec::with_capacity(entry.variants.len());
         let mut narrowed = Vec::with_capacity(entry.variants.len());
+        // The detection as compiled for the first variant that kept the rule's values, with the
+        // field names it resolved: another such variant differs in field names only (Security
+        // 4688 calls Image NewProcessName), so it re-keys that compile instead of compiling again.
+        let mut unmapped: Option<(usize, Vec<(String, FieldKey)>)> = None;
         for (vi, variant) in entry.variants.iter().enumerate() {
             let rule = variant.map_values(rule);
-            let compiled = compile(&rule, &self.options, &mut |name| variant.resolve(&self.corpus, name))?;
+            let kept_values = matches!(rule, Cow::Borrowed(_));
+            let resolve = |name: &str| variant.resolve(&self.corpus, name);
+            let rekeyed = match &unmapped {
+                Some((unit, names)) if kept_values => rekeyed(&units[*unit].2, names, resolve),
+                _ => None,
+            };
+            let compiled = match rekeyed {
+                Some(compiled) => compiled,
+                None => {
+                    let mut names = Vec::new();
+                    let compiled = compile(&rule, &self.options, &mut |name| {
+                        let key = resolve(name);
+                        names.push((name.to_string(), key));
+                        key
+                    })?;
+                    if kept_values && unmapped.is_none() {
+                        unmapped = Some((units.len(), names));
+                    }
+                    compiled
+                }
+            };
             // A detection that pins EventID lets the index skip every other bucket.
             let event_id = variant.resolve(&self.corpus, "EventID");
             let pinned = if self.narrow_by_event_id { compiled.required_values(event_id) } else { None };
@@ -364,6 +390,19 @@ fn intersect_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
+/// `compiled` (whose resolver gave `names`) for a variant resolving field names with `resolve`;
+/// `None` when two names it read as one field are two fields here (it must be compiled again).
+fn rekeyed(compiled: &CompiledRule, names: &[(String, FieldKey)], resolve: impl Fn(&str) -> FieldKey) -> Option<CompiledRule> {
+    let mut map: HashMap<FieldKey, FieldKey> = HashMap::with_capacity(names.len());
+    for (name, from) in names {
+        let to = resolve(name);
+        if *map.entry(*from).or_insert(to) != to {
+            return None;
+        }
+    }
+    Some(compiled.with_fields(&|key| map.get(&key).copied().unwrap_or(key)))
+}
+
 /// A literal index over prepared rules: see [`Hunter::index`].
 pub struct RuleIndex {
     prefilter: Prefilter,
@@ -463,6 +502,36 @@ pub(super) mod tests {
         let out = h.hunt(&rules(WHOAMI));
         let ids: Vec<u64> = out.rule_matches[0].iter().map(|&i| c.event(i).record_id).collect();
         assert_eq!(ids, [1, 2]);
+    }
+
+    /// A variant that only renames fields gets the first variant's compile re-keyed: the same
+    /// detection a compile of its own gives, field references and keywords included; a rule
+    /// naming two fields the variants tell apart differently is compiled again.
+    #[test]
+    fn renaming_variants_reuse_the_first_compile() {
+        let c = corpus(&[sysmon1(1, "C:\\\\x\\\\whoami.exe", "2020-01-01T00:00:00Z", "a"), sec4688(2, "C:\\\\x\\\\whoami.exe")]);
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let entry = map.lookup_index(Some("windows"), Some("process_creation"), None).unwrap();
+        let variants = &map.entries()[entry].variants;
+        let detections = [
+            "  sel:\n    Image|endswith: '\\whoami.exe'\n    ParentImage|fieldref: Image\n  keywords:\n    - 'x'\n  condition: sel or keywords",
+            "  sel:\n    Image|endswith: '\\whoami.exe'\n    CommandLine|contains|all: ['a', 'b']\n  filter:\n    User: 'SYSTEM'\n  condition: sel and not filter",
+            // Image and NewProcessName are two fields for Sysmon, one for 4688.
+            "  sel:\n    Image: 'a'\n    NewProcessName: 'b'\n  condition: sel",
+        ];
+        for (i, detection) in detections.into_iter().enumerate() {
+            let set = rules(&format!("title: t\nlogsource: {{product: windows, category: process_creation}}\ndetection:\n{detection}\n"));
+            let rule = &set.rules[0].rule;
+            let prepared = h.prepare(rule).unwrap();
+            assert_eq!(prepared.units.len(), variants.len());
+            for (unit, variant) in prepared.units.iter().zip(variants) {
+                let own = compile(&variant.map_values(rule), h.options(), &mut |n| variant.resolve(&c, n)).unwrap();
+                assert_eq!(format!("{:?}", unit.2), format!("{own:?}"), "{detection}");
+            }
+            // The keyword `x` matches both events (in their image paths).
+            assert_eq!(h.evaluate(&prepared), if i == 0 { vec![0, 1] } else { vec![] }, "{detection}");
+        }
     }
 
     /// Keywords are searched only in values at least as long as the shortest keyword of the rules
