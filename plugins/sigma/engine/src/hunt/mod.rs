@@ -126,7 +126,22 @@ impl<'a> Hunter<'a> {
     /// a rule of that logsource is prepared (in parallel when rules are, and not at all for the
     /// logsources no rule uses).
     fn variant_candidates(&self, entry: usize) -> &[Vec<u32>] {
-        self.candidates[entry].get_or_init(|| self.map.entries()[entry].variants.iter().map(|v| v.candidates(&self.corpus)).collect())
+        self.candidates[entry].get_or_init(|| {
+            let entries = self.map.entries();
+            entries[entry]
+                .variants
+                .iter()
+                .map(|variant| {
+                    // Entries may share a variant's conditions (file_access and file_rename: the
+                    // Kernel-File provider, checked on every event): worked out once.
+                    let done = entries.iter().zip(&self.candidates).find_map(|(other, lists)| {
+                        let lists = lists.get()?;
+                        other.variants.iter().position(|v| v.conditions == variant.conditions).map(|at| lists[at].clone())
+                    });
+                    done.unwrap_or_else(|| variant.candidates(&self.corpus))
+                })
+                .collect()
+        })
     }
 
     /// The same hunter without EventID narrowing: every rule reads every candidate event of its
@@ -486,6 +501,27 @@ pub(super) mod tests {
         assert_eq!(h.evaluate(&prepared).len(), 2);
         assert_eq!(worked_out(&h), 1, "only process_creation's entry");
         assert!(map.entries().len() > 10, "the built-in mapping has many logsources");
+    }
+
+    /// Two logsources with the same conditions (file_access, file_rename) get the same events,
+    /// worked out once.
+    #[test]
+    fn logsources_with_the_same_conditions_share_their_candidates() {
+        let kernel_file = |id: u64| {
+            format!(
+                r##"{{"Event":{{"System":{{"Provider":{{"#attributes":{{"Name":"Microsoft-Windows-Kernel-File"}}}},"Channel":"Microsoft-Windows-Kernel-File/Analytic","EventID":12,"EventRecordID":{id}}},"EventData":{{"FileName":"c:\\x"}}}}}}"##
+            )
+        };
+        let c = corpus(&[sysmon1(1, "C:\\\\whoami.exe", "2020-01-01T00:00:00Z", "a"), kernel_file(2), sec4688(3, "x"), kernel_file(4)]);
+        let map = LogsourceMap::builtin().unwrap();
+        let h = Hunter::new(&c, &map, CompileOptions::default());
+        let access = map.lookup_index(Some("windows"), Some("file_access"), None).unwrap();
+        let rename = map.lookup_index(Some("windows"), Some("file_rename"), None).unwrap();
+        assert_eq!(map.entries()[access].variants[0].conditions, map.entries()[rename].variants[0].conditions);
+        assert_eq!(h.variant_candidates(access), [vec![1, 3]]);
+        assert_eq!(h.variant_candidates(rename), [vec![1, 3]]);
+        let process = map.lookup_index(Some("windows"), Some("process_creation"), None).unwrap();
+        assert_eq!(h.variant_candidates(process), [vec![0], vec![2]]);
     }
 
     #[test]
