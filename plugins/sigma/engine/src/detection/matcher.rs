@@ -339,7 +339,7 @@ pub struct AnyOf {
     /// Their automaton, built once it pays for itself.
     contains: OnceLock<Contains>,
     /// Long lists of exact values (hashes, user names, …) as one hash lookup.
-    exact: Option<HashSet<Box<str>>>,
+    exact: Option<HashSet<Box<str>, foldhash::fast::RandomState>>,
     others: Vec<StrMatcher>,
 }
 
