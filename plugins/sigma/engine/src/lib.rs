@@ -79,3 +79,6 @@ pub mod json_events;
 pub mod loaded_file;
 pub mod logsource;
 pub mod prefilter;
+
+#[cfg(test)]
+mod test_support;

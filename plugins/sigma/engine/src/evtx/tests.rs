@@ -270,13 +270,7 @@ fn records_corrupted_under_valid_checksums_never_panic() {
         let original = sample(file);
         let chunk = chunk_range(0);
         let free = u32::from_le_bytes(original[chunk.start + 48..chunk.start + 52].try_into().unwrap()) as usize;
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x2545_f491_4f6c_dd1d);
         for round in 0..400 {
             let mut bytes = original.clone();
             // One to four bytes anywhere among the records, set to random or boundary values.

@@ -276,8 +276,8 @@ impl<'a> Reader<'a> {
                 self.emit(scalar(text, ScalarStyle::DoubleQuoted), &line, offset);
                 &value[len..]
             }
-            b'[' => self.flow_sequence(&line, offset)?,
-            b'{' => self.flow_mapping(&line, offset)?,
+            b'[' => self.flow_collection(&line, offset, false)?,
+            b'{' => self.flow_collection(&line, offset, true)?,
             b'|' | b'>' => return self.block_scalar(&line, offset, parent),
             _ => {
                 let text = plain_block_scalar(value)?;
@@ -297,57 +297,38 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// `[a, 'b', "c"]` on one line; returns what follows the `]`.
-    fn flow_sequence(&mut self, line: &Line<'a>, offset: usize) -> Option<&'a str> {
-        self.emit(Event::SequenceStart(0, None), line, offset);
+    /// `[a, 'b', "c"]`, or with `mapping` `{key: value, …}` (plain keys), on one line; returns
+    /// what follows the closing bracket.
+    fn flow_collection(&mut self, line: &Line<'a>, offset: usize, mapping: bool) -> Option<&'a str> {
+        let (open, close_event, close) =
+            if mapping { (Event::MappingStart(0, None), Event::MappingEnd, b'}') } else { (Event::SequenceStart(0, None), Event::SequenceEnd, b']') };
+        self.emit(open, line, offset);
         let text = line.text;
         let mut at = offset + 1;
         let mut first = true;
         loop {
             at += spaces(&text[at..]);
-            if text[at..].starts_with(']') && first {
+            if first && text.as_bytes().get(at) == Some(&close) {
                 break;
+            }
+            if mapping {
+                at = self.flow_scalar(line, at, true)?;
+                if !text[at..].starts_with(": ") {
+                    return None;
+                }
+                at += 2;
+                at += spaces(&text[at..]);
             }
             at = self.flow_scalar(line, at, false)?;
             at += spaces(&text[at..]);
-            match text.as_bytes().get(at)? {
+            match *text.as_bytes().get(at)? {
                 b',' => at += 1,
-                b']' => break,
+                c if c == close => break,
                 _ => return None,
             }
             first = false;
         }
-        self.emit(Event::SequenceEnd, line, at);
-        Some(&text[at + 1..])
-    }
-
-    /// `{key: value, …}` on one line, plain keys; returns what follows the `}`.
-    fn flow_mapping(&mut self, line: &Line<'a>, offset: usize) -> Option<&'a str> {
-        self.emit(Event::MappingStart(0, None), line, offset);
-        let text = line.text;
-        let mut at = offset + 1;
-        let mut first = true;
-        loop {
-            at += spaces(&text[at..]);
-            if text[at..].starts_with('}') && first {
-                break;
-            }
-            at = self.flow_scalar(line, at, true)?;
-            if !text[at..].starts_with(": ") {
-                return None;
-            }
-            at += 2;
-            at += spaces(&text[at..]);
-            at = self.flow_scalar(line, at, false)?;
-            at += spaces(&text[at..]);
-            match text.as_bytes().get(at)? {
-                b',' => at += 1,
-                b'}' => break,
-                _ => return None,
-            }
-            first = false;
-        }
-        self.emit(Event::MappingEnd, line, at);
+        self.emit(close_event, line, at);
         Some(&text[at + 1..])
     }
 
@@ -745,13 +726,7 @@ second: document
     #[test]
     fn mutated_rule_files_read_as_saphyr_parser_reads_them_or_are_declined() {
         let files = corpus_files();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15);
         const PIECES: [&str; 22] =
             [" ", "  ", ":", ": ", "-", "- ", "#", " #", "'", "\"", "\\", "[", "]", "{", "}", ",", "|", ">", "\n", "\n  ", "&", "é"];
         let (mut accepted, mut total) = (0, 0);
@@ -778,7 +753,7 @@ second: document
                         let start = chars[..at].iter().rposition(|&c| c == '\n').map_or(0, |p| p + 1);
                         let end = chars[at..].iter().position(|&c| c == '\n').map_or(chars.len(), |p| at + p + 1);
                         let line: Vec<char> = chars[start..end].to_vec();
-                        if next() % 2 == 0 {
+                        if next().is_multiple_of(2) {
                             chars.splice(start..start, line);
                         } else {
                             chars.splice(start..start, "  ".chars());

@@ -47,13 +47,7 @@ fn through_json(name: &str, bytes: &[u8], route: Option<&Buckets>) -> LoadedFile
 #[test]
 fn renderings_match_the_crates() {
     use evtx::binxml::value_variant::{BinXmlValue, FileTime};
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = crate::test_support::xorshift(0x9e37_79b9_7f4a_7c15);
     let check = |value: BinXmlValue, write: &dyn Fn(&mut String)| {
         let mut ours = String::new();
         write(&mut ours);
