@@ -286,20 +286,52 @@ impl Corpus {
     }
 
     pub(crate) fn build_index(&mut self) {
-        let channel = self.table.get("Channel");
-        let event_id = self.table.get("EventID");
-        // Keyed by borrowed text while the events are walked (a few hundred buckets for tens of
-        // thousands of events), owned once per bucket at the end.
-        let mut by_text: HashMap<(&str, &str), Vec<u32>, foldhash::fast::RandomState> = HashMap::default();
+        let mut index = BucketIndex::of(&self.table);
         for (i, event) in self.events.iter().enumerate() {
-            let text = |key: Option<FieldKey>, lower: bool| -> &str {
-                let value = key.and_then(|k| event.values(k).next());
-                value.map_or("", |v| if lower { v.lower() } else { v.text().trim() })
-            };
-            by_text.entry((text(channel, true), text(event_id, false))).or_default().push(i as u32);
+            index.add(i as u32, event);
         }
-        let index: BTreeMap<BucketKey, Vec<u32>> = by_text.into_iter().map(|((c, e), events)| ((c.into(), e.into()), events)).collect();
-        self.index = index;
+        self.index = index.finish();
+    }
+}
+
+/// The (Channel, EventID) index being built, one event at a time.
+#[derive(Debug, Default)]
+struct BucketIndex {
+    channel: Option<FieldKey>,
+    event_id: Option<FieldKey>,
+    /// Channel (lowercase) → EventID (trimmed) → events: looked up by borrowed text, so only a
+    /// new bucket allocates (a few hundred buckets for tens of thousands of events).
+    buckets: TextMap<TextMap<Vec<u32>>>,
+}
+
+type TextMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+impl BucketIndex {
+    fn of(table: &FieldTable) -> Self {
+        BucketIndex { channel: table.get("Channel"), event_id: table.get("EventID"), buckets: HashMap::default() }
+    }
+
+    /// Adds event `index` (its keys those of the table `channel` and `event_id` come from).
+    fn add(&mut self, index: u32, event: &Event) {
+        let text = |key: Option<FieldKey>, lower: bool| -> &str {
+            let value = key.and_then(|k| event.values(k).next());
+            value.map_or("", |v| if lower { v.lower() } else { v.text().trim() })
+        };
+        let (channel, event_id) = (text(self.channel, true), text(self.event_id, false));
+        let ids = match self.buckets.get_mut(channel) {
+            Some(ids) => ids,
+            None => self.buckets.entry(channel.into()).or_default(),
+        };
+        match ids.get_mut(event_id) {
+            Some(events) => events.push(index),
+            None => {
+                ids.insert(event_id.into(), vec![index]);
+            }
+        }
+    }
+
+    fn finish(self) -> BTreeMap<BucketKey, Vec<u32>> {
+        self.buckets.into_iter().flat_map(|(channel, ids)| ids.into_iter().map(move |(id, events)| ((channel.clone(), id), events))).collect()
     }
 }
 
@@ -308,6 +340,9 @@ impl Corpus {
 pub struct CorpusBuilder {
     corpus: Corpus,
     warnings: Vec<LoadWarning>,
+    /// Built as events arrive, while each is fresh in the cache (a pass over all events at the
+    /// end read each one from memory again).
+    index: BucketIndex,
 }
 
 impl CorpusBuilder {
@@ -319,18 +354,23 @@ impl CorpusBuilder {
             self.corpus.damaged.push(loaded.integrity);
         }
         let remap: Vec<FieldKey> = loaded.table.names().map(|name| self.corpus.table.intern(name)).collect();
+        // This file may be the first to name them.
+        self.index.channel = self.corpus.table.get("Channel");
+        self.index.event_id = self.corpus.table.get("EventID");
         self.corpus.events.reserve(loaded.events.len());
         for event in loaded.events {
             let (_, record_id, timestamp, mut fields) = event.into_parts();
             for (key, _) in &mut fields {
                 *key = remap[key.0 as usize];
             }
-            self.corpus.events.push(Event::new(file, record_id, timestamp, fields));
+            let event = Event::new(file, record_id, timestamp, fields);
+            self.index.add(self.corpus.events.len() as u32, &event);
+            self.corpus.events.push(event);
         }
     }
 
     pub fn finish(mut self) -> (Corpus, Vec<LoadWarning>) {
-        self.corpus.build_index();
+        self.corpus.index = self.index.finish();
         (self.corpus, self.warnings)
     }
 }
@@ -346,6 +386,28 @@ mod tests {
             b.add(load_json_bytes(name, text.as_bytes()));
         }
         b.finish().0
+    }
+
+    /// The index built while files are added is the one a pass over the finished corpus builds,
+    /// also when a later file is the first to name Channel or EventID.
+    #[test]
+    fn the_index_built_while_adding_is_the_index_of_the_whole() {
+        let mut c = corpus_of(&[
+            ("a.json", r##"{"Event":{"System":{"EventRecordID":1},"EventData":{"Image":"x"}}}"##),
+            ("b.json", r##"{"Event":{"System":{"Channel":"Security","EventRecordID":2}}}"##),
+            (
+                "c.json",
+                r##"{"Event":{"System":{"EventID":4688,"EventRecordID":3,"Channel":"SECURITY"}}}
+{"Event":{"System":{"EventID":" 1 ","EventRecordID":4}}}"##,
+            ),
+        ]);
+        let built = c.index.clone();
+        let expected: Vec<(&str, &str, Vec<u32>)> =
+            vec![("", "", vec![0]), ("", "1", vec![3]), ("security", "", vec![1]), ("security", "4688", vec![2])];
+        let got: Vec<(&str, &str, Vec<u32>)> = built.iter().map(|((ch, id), events)| (&**ch, &**id, events.clone())).collect();
+        assert_eq!(got, expected);
+        c.build_index();
+        assert_eq!(c.index, built);
     }
 
     #[test]
