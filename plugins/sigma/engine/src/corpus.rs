@@ -308,7 +308,16 @@ type TextMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 impl BucketIndex {
     fn of(table: &FieldTable) -> Self {
-        BucketIndex { channel: table.get("Channel"), event_id: table.get("EventID"), buckets: HashMap::default() }
+        let mut index = BucketIndex::default();
+        index.use_keys_of(table);
+        index
+    }
+
+    /// Reads Channel and EventID by their keys in `table` (again when a new file may have been
+    /// the first to name them).
+    fn use_keys_of(&mut self, table: &FieldTable) {
+        self.channel = table.get("Channel");
+        self.event_id = table.get("EventID");
     }
 
     /// Adds event `index` (its keys those of the table `channel` and `event_id` come from).
@@ -354,9 +363,7 @@ impl CorpusBuilder {
             self.corpus.damaged.push(loaded.integrity);
         }
         let remap: Vec<FieldKey> = loaded.table.names().map(|name| self.corpus.table.intern(name)).collect();
-        // This file may be the first to name them.
-        self.index.channel = self.corpus.table.get("Channel");
-        self.index.event_id = self.corpus.table.get("EventID");
+        self.index.use_keys_of(&self.corpus.table);
         self.corpus.events.reserve(loaded.events.len());
         for event in loaded.events {
             let (_, record_id, timestamp, mut fields) = event.into_parts();

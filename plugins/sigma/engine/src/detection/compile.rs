@@ -13,7 +13,7 @@ use regex::Regex;
 
 use super::condition::Condition;
 pub use super::matcher::RegexMemo;
-use super::matcher::{AnyOf, RegexError, StrMatcher, build_regex, check_regex_syntax, compile_pattern};
+use super::matcher::{AnyOf, REGEX_COST, RegexError, StrMatcher, build_regex, check_regex_syntax, compile_pattern};
 use super::modifier::Modifier;
 use super::pattern::{EncodeError, Pattern, Tok, Utf16};
 use super::timestamp::DateTime;
@@ -528,13 +528,12 @@ impl CompiledItem {
     /// and `?` globs far above literal tests, keyword items (every value of the event) above
     /// field items.
     fn cost(&self) -> u32 {
-        const REGEX: u32 = 64;
         let per_value = match &self.test {
             Test::Null | Test::Exists(_) => 1,
             Test::Compare { .. } | Test::TimePart { .. } | Test::FieldRef { .. } | Test::Cidr { .. } => 2,
             Test::Strings { any, .. } => any.cost(),
             Test::StringsAll { each, .. } => each.iter().map(AnyOf::cost).sum(),
-            Test::Regex { regexes, .. } => REGEX * regexes.len() as u32,
+            Test::Regex { regexes, .. } => REGEX_COST * regexes.len() as u32,
         };
         if self.field.is_none() { per_value.saturating_mul(16) } else { per_value }
     }

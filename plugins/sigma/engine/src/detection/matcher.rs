@@ -362,6 +362,9 @@ enum Contains {
     Finders(Vec<Finder<'static>>),
 }
 
+/// The rough cost of one regex test, in units of one byte compare (see `AnyOf::cost`).
+pub(crate) const REGEX_COST: u32 = 64;
+
 /// From this many `contains` literals on, one automaton beats a loop of memmem finders.
 const AHO_CORASICK_MIN: usize = 4;
 /// From this many exact values on, hashing the event value beats comparing it to each.
@@ -484,7 +487,7 @@ impl AnyOf {
                 StrMatcher::Any | StrMatcher::Exact(_) | StrMatcher::Prefix(_) | StrMatcher::Suffix(_) => 1,
                 StrMatcher::Contains(_) => 2,
                 StrMatcher::Glob(_) => 3,
-                StrMatcher::Regex(_) => 64,
+                StrMatcher::Regex(_) => REGEX_COST,
             })
             .sum();
         (merged + others).max(1)

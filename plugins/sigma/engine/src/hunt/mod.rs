@@ -212,7 +212,7 @@ impl<'a> Hunter<'a> {
                 }
             };
             // A detection that pins EventID lets the index skip every other bucket.
-            let event_id = variant.resolve(&self.corpus, "EventID");
+            let event_id = resolve("EventID");
             let pinned = if self.narrow_by_event_id { compiled.required_values(event_id) } else { None };
             narrowed.push(pinned.map(|ids| {
                 let ids: Vec<String> = ids.iter().map(|id| id.trim().to_string()).collect();

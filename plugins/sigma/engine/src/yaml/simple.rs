@@ -20,8 +20,9 @@ use saphyr_parser::{Event, Marker, ScalarStyle, Span};
 /// An event with its start position (only the start is set: the tree keeps only starts).
 pub(super) type Spanned<'a> = (Event<'a>, Span);
 
-/// Longest implicit key YAML allows.
-const MAX_KEY_CHARS: usize = 1024;
+/// Longest implicit key YAML allows (1,024 characters; counted here in bytes, which declines a
+/// few more keys to saphyr-parser, never fewer).
+const MAX_KEY_BYTES: usize = 1024;
 
 /// The events of `text` if it lies within the subset, else `None`.
 pub(super) fn events(text: &str) -> Option<Vec<Spanned<'_>>> {
@@ -183,11 +184,10 @@ impl<'a> Reader<'a> {
     fn block_sequence(&mut self, indent: usize, indentless: bool) -> Option<()> {
         let first = self.peek()?;
         let start = if indentless {
-            let content = first.text[1..].trim_start_matches(' ');
-            if content.is_empty() || content.starts_with('#') {
+            if nothing_but_a_comment(&first.text[1..]) {
                 return None;
             }
-            first.text.len() - content.len()
+            1 + spaces(&first.text[1..])
         } else {
             0
         };
@@ -204,16 +204,15 @@ impl<'a> Reader<'a> {
                 break;
             }
             let rest = &line.text[1..];
-            let content = rest.trim_start_matches(' ');
-            if content.is_empty() || content.starts_with('#') {
+            if nothing_but_a_comment(rest) {
                 // `-` alone: the item is the block below it.
                 self.at += 1;
                 self.block_node(Some(indent))?;
                 continue;
             }
             // The item's content, read as a line of its own where it starts.
-            let offset = line.text.len() - content.len();
-            let item = Line { indent: line.col(offset), text: content, ..line };
+            let offset = 1 + spaces(rest);
+            let item = Line { indent: line.col(offset), text: &line.text[offset..], ..line };
             self.lines[self.at] = item;
             if item.is_seq_item() || key_of(item.text).is_some() {
                 self.block_node(None)?;
@@ -241,8 +240,7 @@ impl<'a> Reader<'a> {
             self.emit(scalar(Cow::Borrowed(key), ScalarStyle::Plain), &line, 0);
             self.at += 1;
             let rest = &line.text[after..];
-            let value = rest.trim_start_matches(' ');
-            if value.is_empty() || value.starts_with('#') {
+            if nothing_but_a_comment(rest) {
                 match self.peek() {
                     Some(next) if !Self::is_document_marker(&next)? && next.indent > indent => self.block_node(Some(indent))?,
                     // A sequence may sit at its key's indentation.
@@ -254,7 +252,7 @@ impl<'a> Reader<'a> {
                 }
                 continue;
             }
-            self.inline_value(line, line.text.len() - value.len(), indent)?;
+            self.inline_value(line, after + spaces(rest), indent)?;
         }
         let end = self.peek().or(self.lines.last().copied()).expect("a collection has a line");
         self.emit(Event::MappingEnd, &end, 0);
@@ -285,9 +283,7 @@ impl<'a> Reader<'a> {
                 &value[text.len()..]
             }
         };
-        // After the value: nothing, or a comment after a space.
-        let after = rest.trim_start_matches(' ');
-        if !(after.is_empty() || (after.starts_with('#') && after.len() < rest.len())) {
+        if !nothing_but_a_comment(rest) {
             return None;
         }
         // A deeper line below continues the value (a multi-line scalar) or is an error.
@@ -368,9 +364,7 @@ impl<'a> Reader<'a> {
         let header = &line.text[offset..];
         let folded = header.starts_with('>');
         let chomp = header.as_bytes().get(1).copied().filter(|c| matches!(c, b'-' | b'+'));
-        let after = &header[1 + chomp.is_some() as usize..];
-        let trimmed = after.trim_start_matches(' ');
-        if !(trimmed.is_empty() || (trimmed.starts_with('#') && trimmed.len() < after.len())) {
+        if !nothing_but_a_comment(&header[1 + chomp.is_some() as usize..]) {
             return None;
         }
         // The first line sets the indentation; leading empty lines are left to saphyr-parser.
@@ -408,13 +402,14 @@ impl<'a> Reader<'a> {
                 None => empties += 1,
                 Some(text) => {
                     if i > 0 {
-                        if folded {
-                            value.push_str(if empties == 0 { " " } else { "" });
-                            value.extend(std::iter::repeat_n('\n', empties));
-                        } else {
+                        // Literal: each line break kept. Folded: a single break becomes a
+                        // space, and of several the first is dropped.
+                        if !folded {
                             value.push('\n');
-                            value.extend(std::iter::repeat_n('\n', empties));
+                        } else if empties == 0 {
+                            value.push(' ');
                         }
+                        value.extend(std::iter::repeat_n('\n', empties));
                     }
                     empties = 0;
                     value.push_str(text);
@@ -434,6 +429,12 @@ impl<'a> Reader<'a> {
 
 fn spaces(text: &str) -> usize {
     text.len() - text.trim_start_matches(' ').len()
+}
+
+/// What follows a value or indicator on its line is nothing, or a comment (`#` after a space).
+fn nothing_but_a_comment(rest: &str) -> bool {
+    let after = rest.trim_start_matches(' ');
+    after.is_empty() || (after.starts_with('#') && after.len() < rest.len())
 }
 
 /// Whether a plain scalar may start with `first` (followed by `second`): not with an indicator,
@@ -461,7 +462,7 @@ fn key_of(text: &str) -> Option<(&str, usize)> {
         }
     };
     let key = &text[..colon];
-    if key.ends_with(' ') || key.contains(" #") || key.len() > MAX_KEY_CHARS {
+    if key.ends_with(' ') || key.contains(" #") || key.len() > MAX_KEY_BYTES {
         return None;
     }
     Some((key, colon + 1))
